@@ -1,0 +1,1 @@
+"""The Qt-free engine: everything that scans, trains, evaluates or exports."""

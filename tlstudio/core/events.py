@@ -1,0 +1,108 @@
+"""Small frozen events yielded by the engine's generators (fit, distill, scan...).
+
+The CLI prints them; the GUI routes them to its panels. Keep them cheap to create and
+free of tensors so they cross threads safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    backbone: str
+    device: str
+    precision: str  # "fp32", "bf16", "fp16"
+    classes: tuple[str, ...]
+    n_train: int
+    n_val: int
+    epochs: int
+    batches_per_epoch: int
+    trainable_params: int
+    total_params: int
+    start_epoch: int = 0  # > 0 when resumed
+    phase: str = "main"  # "main", "baseline" (from-scratch comparison), "distill"
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """Long work that is not a training batch: download, scan, feature caching, evaluation."""
+
+    task: str  # "download", "scan", "cache", "eval", ...
+    done: int
+    total: int | None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Log(Event):
+    message: str
+
+
+@dataclass(frozen=True)
+class Warn(Event):
+    message: str
+    path: str | None = None  # the file concerned, if any
+
+
+@dataclass(frozen=True)
+class BatchEnd(Event):
+    epoch: int  # 0-based
+    batch: int  # 0-based within the epoch
+    batches: int  # per epoch
+    step: int  # global optimiser step
+    loss: float
+    lr: float
+    images_per_s: float
+    parts: dict[str, float] = field(default_factory=dict)  # loss components (e.g. soft/hard in KD)
+    phase: str = "main"
+
+
+@dataclass(frozen=True)
+class EpochEnd(Event):
+    epoch: int  # 0-based
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_macro_f1: float
+    lr: float
+    seconds: float
+    best: bool  # this epoch is the best so far (its weights were kept)
+    trainable_params: int
+    parts: dict[str, float] = field(default_factory=dict)
+    phase: str = "main"
+
+
+@dataclass(frozen=True)
+class Unfrozen(Event):
+    """Gradual unfreezing opened one more group."""
+
+    epoch: int
+    group: str
+    trainable_params: int
+
+
+@dataclass(frozen=True)
+class Checkpointed(Event):
+    path: str
+    epoch: int
+    kind: str  # "last" (resumable) or "best" (weights)
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    run_dir: str
+    status: str  # "finished", "stopped", "early_stopped", "failed"
+    best_epoch: int | None
+    best_val_acc: float | None
+    message: str = ""
+    result: dict[str, Any] = field(default_factory=dict)

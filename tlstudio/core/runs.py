@@ -1,0 +1,185 @@
+"""The run folder: what a training run leaves behind, and how to read it back.
+
+RUN_DIR/
+  run.json           RunInfo (below): config, classes, data fingerprint, versions, status, timings
+  config.json        the TrainConfig (or DistillConfig) that made the run
+  split.json         the train/val(/test) split actually used (dataset.Split)
+  history.csv        one row per epoch
+  model.safetensors  best-epoch weights of the whole timm model (new head included)
+  last.pt            resumable checkpoint (model, optimizer, scheduler, epoch, RNG); weights_only-safe
+  eval.json          evaluate.EvalReport of the best weights on the validation split
+  baseline/          a complete run folder: the same config from scratch (negative-transfer check)
+  log.txt            human-readable log
+All writes are atomic (tlstudio.core.atomic).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tlstudio.core.atomic import atomic_write_text
+
+RUN_SCHEMA_VERSION = 1
+RUN_JSON = "run.json"
+CONFIG_JSON = "config.json"
+SPLIT_JSON = "split.json"
+HISTORY_CSV = "history.csv"
+BEST_WEIGHTS = "model.safetensors"
+LAST_CKPT = "last.pt"
+EVAL_JSON = "eval.json"
+LOG_TXT = "log.txt"
+BASELINE_DIR = "baseline"
+
+HISTORY_FIELDS = [
+    "epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds", "trainable_params",
+]
+
+
+class RunError(Exception):
+    """A run folder is missing, incomplete or invalid. The message names the file."""
+
+
+class ModelSpec(BaseModel):
+    """What is needed to rebuild the model and feed it (also embedded in exports)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str
+    num_classes: int = Field(ge=1)
+    classes: list[str]
+    image_size: int = Field(ge=8)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+
+
+class RunInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = RUN_SCHEMA_VERSION
+    kind: Literal["train", "distill"] = "train"
+    name: str = ""
+    status: Literal["running", "stopped", "finished", "early_stopped", "failed"] = "running"
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    config: dict[str, Any]
+    model: ModelSpec
+    data: dict[str, Any] = Field(default_factory=dict)  # root, fingerprint, counts, n_train, n_val
+    versions: dict[str, str] = Field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    epochs_done: int = 0
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_val_macro_f1: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    baseline: dict[str, Any] | None = None  # gain of transfer over scratch
+    extra: dict[str, Any] = Field(default_factory=dict)  # distillation report and the like
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    import tlstudio
+
+    return {
+        "tlstudio": tlstudio.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / RUN_JSON).is_file()
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a TL Studio run folder (no {RUN_JSON})")
+    try:
+        return RunInfo.model_validate_json(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # pydantic ValidationError, UnicodeDecodeError, ...
+        raise RunError(f"{path}: invalid run file: {str(exc).splitlines()[0]}") from exc
+
+
+def write_run(run_dir: str | Path, info: RunInfo) -> None:
+    info.updated = time.time()
+    atomic_write_text(Path(run_dir) / RUN_JSON, info.model_dump_json(indent=2))
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    path = Path(run_dir) / HISTORY_CSV
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: float(v) for k, v in row.items() if v not in (None, "")})
+    return rows
+
+
+def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(Path(run_dir) / HISTORY_CSV, buf.getvalue())
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Run folders directly under ``root`` (and their baselines are not listed), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
+    return sorted(runs, key=lambda p: (p / RUN_JSON).stat().st_mtime, reverse=True)
+
+
+def load_run_model(run_dir: str | Path, which: Literal["best", "last"] = "best"):
+    """Rebuild the run's model with its trained weights, in eval mode. Returns (model, RunInfo)."""
+    from tlstudio.core.backbones import create_model
+    from tlstudio.core.weights import load_state_dict_file
+
+    info = read_run(run_dir)
+    model = create_model(info.model.backbone, info.model.num_classes, init="scratch")
+    if which == "last":
+        ckpt_path = Path(run_dir) / LAST_CKPT
+        import torch
+
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise RunError(f"{ckpt_path}: cannot read checkpoint: {exc}") from exc
+        state = ckpt["model"]
+    else:
+        path = Path(run_dir) / BEST_WEIGHTS
+        if not path.is_file():
+            raise RunError(f"{run_dir}: the run has no trained weights yet ({BEST_WEIGHTS} missing)")
+        state = load_state_dict_file(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunError(
+            f"{run_dir}: weights do not fit {info.model.backbone}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    model.eval()
+    return model, info
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
