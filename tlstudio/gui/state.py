@@ -10,11 +10,16 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-STEPS = ("data", "model", "layers", "train", "evaluate", "predict", "runs")
+STEPS = ("data", "model", "layers", "train", "distill", "evaluate", "predict", "runs")
+STEP_TITLES = {
+    "data": "Data", "model": "Model", "layers": "Layers", "train": "Train", "distill": "Distill",
+    "evaluate": "Evaluate", "predict": "Predict", "runs": "Runs",
+}
 
 
 class AppState(QObject):
     dataset_changed = Signal()  # scan_report / split replaced
+    split_changed = Signal()  # split replaced for the same scan (val fraction / seed)
     settings_changed = Signal(str)  # name of the TrainConfig field that changed ("" = many)
     model_changed = Signal()  # backbone / model_info / groups replaced
     freeze_changed = Signal()  # trainable list changed
@@ -46,6 +51,14 @@ class AppState(QObject):
     def set_dataset(self, data_dir: str, report: Any, split: Any = None) -> None:
         self.data_dir, self.scan_report, self.split = data_dir, report, split
         self.dataset_changed.emit()
+
+    def set_split(self, split: Any) -> None:
+        """A new train/val split of the same scan (val fraction or seed changed)."""
+        self.split = split
+        self.split_changed.emit()
+
+    def set_advice(self, advice: Any) -> None:
+        self.advice = advice
 
     def set_setting(self, name: str, value: Any) -> None:
         if self.settings.get(name) != value:
