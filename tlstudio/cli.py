@@ -1,17 +1,352 @@
-"""The command line: the same engine as the GUI, printed as text or JSON. No Qt here."""
+"""The command line: the same engine as the GUI, printed as text or JSON. No Qt here.
+
+Every command takes --json for machine-readable output (progress goes to stderr), and bad
+input ends with one clear line and a non-zero exit code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
 
 # Modules that add subcommands: each defines register(subparsers) and sets a `func` default.
 _PLUGINS = ("tlstudio.cli_distill", "tlstudio.cli_export")
 
+EXIT_USER_ERROR = 2
+
+
+def _err(msg: str) -> None:
+    print(f"tlstudio: error: {msg}", file=sys.stderr)
+
+
+# ---- event printing ---------------------------------------------------------------------------
+class EventPrinter:
+    """Prints engine events: a batch progress bar on stderr, one line per epoch."""
+
+    def __init__(self, as_json: bool = False, stream=None) -> None:
+        self.as_json = as_json
+        self.out = stream or (sys.stderr if as_json else sys.stdout)
+        self.bar = None
+        self.pbars: dict[str, Any] = {}
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __call__(self, ev: Any) -> None:
+        from tlstudio.core import events as E
+
+        if isinstance(ev, E.BatchEnd):
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=ev.batches, desc=f"epoch {ev.epoch + 1}", unit="batch",
+                                file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar.n = ev.batch + 1
+            self.bar.set_postfix(loss=f"{ev.loss:.4f}", img_s=f"{ev.images_per_s:.0f}", refresh=False)
+            self.bar.refresh()
+            return
+        if isinstance(ev, E.Progress):
+            from tqdm import tqdm
+
+            bar = self.pbars.get(ev.task)
+            if bar is None:
+                bar = self.pbars[ev.task] = tqdm(total=ev.total, desc=ev.task, file=sys.stderr, leave=False)
+            if ev.total is not None:
+                bar.total = ev.total
+            bar.n = ev.done
+            bar.refresh()
+            if ev.total is not None and ev.done >= ev.total:
+                bar.close()
+                del self.pbars[ev.task]
+            return
+        self._close_bar()
+        if isinstance(ev, E.RunStarted):
+            tag = " (from-scratch baseline)" if ev.phase == "baseline" else ""
+            self._p(f"Run {ev.run_dir}{tag}\n  {ev.backbone} on {ev.device} ({ev.precision}), "
+                    f"{len(ev.classes)} classes, {ev.n_train} train / {ev.n_val} val images, "
+                    f"{ev.trainable_params:,} of {ev.total_params:,} parameters trainable")
+        elif isinstance(ev, E.EpochEnd):
+            star = " *" if ev.best else ""
+            self._p(f"epoch {ev.epoch + 1}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
+                    f"val acc {ev.val_acc:.1%}  macro-F1 {ev.val_macro_f1:.3f}  lr {ev.lr:.2e}  {ev.seconds:.1f}s{star}")
+        elif isinstance(ev, E.Warn):
+            self._p(f"warning: {ev.message}")
+        elif isinstance(ev, E.Log):
+            self._p(ev.message)
+        elif isinstance(ev, E.Unfrozen):
+            self._p(f"unfroze {ev.group} ({ev.trainable_params:,} trainable parameters)")
+        elif isinstance(ev, E.Finished):
+            acc = "n/a" if ev.best_val_acc is None else f"{ev.best_val_acc:.1%}"
+            self._p(f"{ev.status}: best val acc {acc}" + (f" ({ev.message})" if ev.message else ""))
+
+    def _p(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def drive(gen: Generator, printer: Callable[[Any], None]) -> Any:
+    """Run an engine generator to the end, printing its events; return its value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            return done.value
+        printer(ev)
+
+
+def _stop_on_sigint() -> threading.Event:
+    """Ctrl+C sets the engine's stop flag (it saves a resumable checkpoint); twice aborts."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this batch (Ctrl+C again to abort)...", file=sys.stderr)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def cmd_scan(args) -> int:
+    from tlstudio.core.dataset import scan
+
+    report = scan(args.dir, csv_path=args.csv)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(f"{report.root}: {report.layout} layout, {len(report.classes)} classes, {len(report.samples)} images")
+    width = max((len(c) for c in report.classes), default=5)
+    for c in report.classes:
+        print(f"  {c:<{width}}  {report.counts.get(c, 0):>6}")
+    if report.skipped:
+        print(f"{len(report.skipped)} skipped files:")
+        for s in report.skipped:
+            print(f"  {s.path}: {s.reason}")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from tlstudio.core.backbones import list_models
+
+    models = list_models(args.filter or "", pretrained_only=args.pretrained)
+    if args.json:
+        _print_json([m.__dict__ if hasattr(m, "__dict__") else m for m in models])
+        return 0
+    print(f"{'name':<40} {'family':<16} {'params':>9} {'input':>5}  pretrained")
+    for m in models:
+        flags = ("offline" if m.offline else "yes" if m.pretrained else "no") + ("  recommended" if m.recommended else "")
+        print(f"{m.name:<40} {m.family:<16} {m.params / 1e6:>8.1f}M {m.input_size:>5}  {flags}")
+    print(f"{len(models)} models")
+    return 0
+
+
+def _train_config(args) -> Any:
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.errors import UserError
+    from tlstudio.core.paths import sample_dir
+
+    data_dir = str(sample_dir()) if getattr(args, "sample", False) else args.dir
+    init = None
+    if args.scratch:
+        init = "scratch"
+    elif args.weights:
+        init = "file"
+    elif args.init_from:
+        init = "run"
+    values: dict[str, Any] = {
+        "data_dir": data_dir, "init": init, "weights_file": args.weights, "init_run": args.init_from,
+        "freeze": args.freeze, "augment": args.augment, "seed": args.seed, "device": args.device,
+        "baseline": getattr(args, "baseline", None) or None, "out_dir": args.out,
+        "class_weights": args.class_weights or None,
+    }
+    for name in ("backbone", "epochs", "batch_size", "lr", "image_size", "val_fraction", "optimizer",
+                 "label_smoothing", "weight_decay", "warmup_epochs", "precision", "workers", "cache",
+                 "early_stop_patience", "body_lr_mult", "layer_decay"):
+        values[name] = getattr(args, name, None)
+    values = {k: v for k, v in values.items() if v is not None}
+    if args.config:  # a saved config.json; flags given on the command line override it
+        try:
+            base = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{args.config}: cannot read the config: {exc}") from exc
+        base.pop("out_dir", None)
+        values = {**base, **values}
+    if not values.get("data_dir"):
+        raise UserError("give a data folder, or --sample for the bundled sample data set")
+    return TrainConfig(**values)
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Training flags shared by train and distill."""
+    p.add_argument("--backbone", help="timm model name (default: tf_efficientnet_lite0, offline ImageNet weights)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", metavar="FILE", help="start from a local .safetensors/.pth/.pt weights file")
+    src.add_argument("--init-from", metavar="RUN_DIR", help="chained transfer: start from an earlier run's body")
+    src.add_argument("--scratch", action="store_true", help="random initialisation (no transfer)")
+    p.add_argument("--freeze", help="head | last:N | none | gradual:K (default head)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="head learning rate (default: advised from the data)")
+    p.add_argument("--body-lr-mult", type=float, help="body LR = lr x this (default 0.1)")
+    p.add_argument("--layer-decay", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--augment", choices=["none", "light", "strong"])
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
+    p.add_argument("--early-stop-patience", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--cache", choices=["auto", "off"])
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder under the runs dir)")
+    p.add_argument("--config", metavar="JSON", help="start from a saved config.json; flags override it")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (progress on stderr)")
+
+
+def _run_summary(info: Any) -> dict[str, Any]:
+    from tlstudio.core import runs
+
+    out = {"run_dir": info.config.get("out_dir"), "status": info.status, "best_epoch": info.best_epoch,
+           "best_val_acc": info.best_val_acc, "best_val_macro_f1": info.best_val_macro_f1,
+           "classes": info.model.classes, "baseline": info.baseline}
+    ev = Path(info.config.get("out_dir", "")) / runs.EVAL_JSON
+    if ev.is_file():
+        out["eval"] = json.loads(ev.read_text(encoding="utf-8"))
+    return out
+
+
+def _finish_run(args, info) -> int:
+    if args.json:
+        _print_json(_run_summary(info))
+    elif info.baseline:
+        b = info.baseline
+        print(f"transfer {b['transfer_val_acc']:.1%} vs scratch {b['scratch_val_acc']:.1%}: gain {b['gain'] * 100:+.1f} points")
+    return 0 if info.status in ("finished", "early_stopped", "stopped") else 1
+
+
+def cmd_train(args) -> int:
+    from tlstudio.core.engine import fit
+    from tlstudio.core.parallel import distributed_context
+
+    config = _train_config(args)
+    dist = distributed_context()
+    printer = EventPrinter(as_json=args.json) if dist.is_main else (lambda ev: None)
+    info = drive(fit(config, stop=_stop_on_sigint()), printer)
+    if not dist.is_main:
+        return 0
+    return _finish_run(args, info)
+
+
+def cmd_resume(args) -> int:
+    from tlstudio.core.engine import resume
+
+    info = drive(resume(args.run_dir, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
+    return _finish_run(args, info)
+
+
+def cmd_eval(args) -> int:
+    from tlstudio.core.evaluate import evaluate
+
+    report = evaluate(args.run_dir, args.dir)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(f"{report.n} images: accuracy {report.accuracy:.1%}, macro-F1 {report.macro_f1:.3f}")
+    for k, v in sorted(report.top_k.items()):
+        print(f"  top-{k} accuracy {v:.1%}")
+    print(f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
+    for row in report.per_class:
+        print(f"{row['name']:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} {row['support']:>7}")
+    print("confusion matrix (rows: true, columns: predicted)")
+    for name, r in zip(report.classes, report.confusion):
+        print(f"  {name:<20} " + " ".join(f"{v:>5}" for v in r))
+    if report.misclassified:
+        print(f"{len(report.misclassified)} misclassified:")
+        for m in report.misclassified[:20]:
+            print(f"  {m['path']}: {m['true']} -> {m['pred']} ({m['confidence']:.1%})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tlstudio.core.evaluate import predict
+
+    preds = predict(args.run_dir, args.paths, top_k=args.top_k)
+    if args.json:
+        _print_json([{"path": p.path, "top": [{"class": c, "prob": pr} for c, pr in p.top], "error": p.error}
+                     for p in preds])
+        return 0 if any(p.error is None for p in preds) else EXIT_USER_ERROR
+    for p in preds:
+        if p.error:
+            print(f"{p.path}: error: {p.error}")
+        else:
+            print(f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top))
+    return 0 if any(p.error is None for p in preds) else EXIT_USER_ERROR
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tlstudio", description="No-code transfer learning on images.")
+    p = argparse.ArgumentParser(prog="tlstudio", description="No-code transfer learning on images. "
+                                "Run without arguments to open the desktop app.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="check a data folder: classes, counts, skipped files, warnings")
+    s.add_argument("dir")
+    s.add_argument("--csv", help="a CSV of path,label (paths relative to the CSV)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("models", help="list backbones")
+    s.add_argument("--filter", default="")
+    s.add_argument("--pretrained", action="store_true", help="only models with pretrained weights")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("train", help="fine-tune a backbone on a folder of labelled images")
+    s.add_argument("dir", nargs="?")
+    s.add_argument("--sample", action="store_true", help="use the bundled sample data set")
+    s.add_argument("--baseline", action="store_true", help="also train from scratch and report the gain of transfer")
+    add_train_flags(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("resume", help="continue a stopped run")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_resume)
+
+    s = sub.add_parser("eval", help="evaluate a run on its validation split or another folder")
+    s.add_argument("run_dir")
+    s.add_argument("dir", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="classify image files or folders with a run's model")
+    s.add_argument("run_dir")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
     from importlib import import_module
 
     for name in _PLUGINS:
@@ -27,7 +362,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from pydantic import ValidationError
+
+    from tlstudio.core.errors import UserError
+
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        _err(str(exc))
+        return EXIT_USER_ERROR
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _err(f"invalid setting {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+        return EXIT_USER_ERROR
+    except FileNotFoundError as exc:
+        _err(f"{exc.filename}: no such file or folder")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _err("aborted")
+        return 130
 
 
 if __name__ == "__main__":

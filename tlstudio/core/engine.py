@@ -1,0 +1,671 @@
+"""The training engine: a generator of events that the CLI prints and the GUI shows.
+
+fit(config, stop) scans the data, builds the model from its weight source, freezes layer
+groups, trains with a pluggable objective, keeps the best weights, checkpoints every epoch
+(and when stopped), and returns the RunInfo. resume(run_dir) continues a stopped run to the
+same result an uninterrupted run with the same seed would have reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Generator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tlstudio.core import runs
+from tlstudio.core.atomic import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from tlstudio.core.config import TrainConfig
+from tlstudio.core.errors import UserError
+from tlstudio.core.events import (
+    BatchEnd,
+    Checkpointed,
+    EpochEnd,
+    Event,
+    Finished,
+    Log,
+    Progress,
+    RunStarted,
+    Unfrozen,
+    Warn,
+)
+from tlstudio.core.objectives import ClassificationObjective, Objective, ObjectiveContext
+
+MAX_SKIPPED_LISTED = 50  # individual warnings for skipped files; the rest are summarised
+FP_CHECK_STEPS = 3  # reduced precision must give finite losses on these first steps
+
+
+class RunStopped(Exception):
+    pass
+
+
+class TrainingFailed(UserError):
+    pass
+
+
+@dataclasses.dataclass
+class _Trackers:
+    history: list[dict[str, float]]
+    best_epoch: int | None = None
+    best_acc: float = -1.0
+    best_loss: float = math.inf
+    best_f1: float | None = None
+    bad_epochs: int = 0
+
+
+def _in_thread(fn: Callable[..., Any], task: str, stop: threading.Event | None, **kwargs) -> Generator[Event, None, Any]:
+    """Run fn(progress=cb, **kwargs) in a thread; yield its progress callbacks as Progress events."""
+    q: queue.Queue = queue.Queue()
+    out: dict[str, Any] = {}
+
+    def progress(done: int, total: int | None = None) -> None:
+        q.put(Progress(task=task, done=int(done), total=None if total is None else int(total)))
+
+    def target() -> None:
+        try:
+            out["value"] = fn(progress=progress, **kwargs)
+        except BaseException as exc:  # re-raised in the generator's thread
+            out["error"] = exc
+        finally:
+            q.put(None)
+
+    t = threading.Thread(target=target, name=f"tlstudio-{task}", daemon=True)
+    t.start()
+    last = 0.0
+    while True:
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            if stop is not None and stop.is_set() and task == "download":
+                raise RunStopped()
+            continue
+        if item is None:
+            break
+        now = time.monotonic()
+        if now - last > 0.1 or (item.total and item.done >= item.total):
+            last = now
+            yield item
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy(), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    from tlstudio.core.paths import default_runs_dir
+
+    if config.out_dir:
+        return Path(config.out_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = default_runs_dir() / f"{stamp}-{config.backbone}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _confusion_metrics(conf) -> tuple[float, float]:
+    """(accuracy, macro-F1) from a confusion matrix tensor (rows: true, cols: predicted)."""
+    import torch
+
+    conf = conf.double()
+    total = conf.sum()
+    acc = float(conf.diag().sum() / total) if total > 0 else 0.0
+    tp = conf.diag()
+    prec = tp / conf.sum(0).clamp(min=1)
+    rec = tp / conf.sum(1).clamp(min=1)
+    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(tp))
+    present = conf.sum(1) > 0
+    macro = float(f1[present].mean()) if bool(present.any()) else 0.0
+    return acc, macro
+
+
+class _Logger:
+    """Appends Log/Warn events to the run's log.txt (never fails the run)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / runs.LOG_TXT
+
+    def __call__(self, ev: Event) -> None:
+        if isinstance(ev, Log | Warn):
+            kind = "WARNING" if isinstance(ev, Warn) else "INFO"
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(f"{datetime.now().isoformat(timespec='seconds')} {kind} {ev.message}\n")
+            except OSError:
+                pass
+
+
+def fit(
+    config: TrainConfig,
+    stop: threading.Event | None = None,
+    pause: threading.Event | None = None,
+    objective: Objective | None = None,
+    extra_train: list[Any] | None = None,
+    run_kind: str = "train",
+    phase: str = "main",
+    _resume_from: Path | None = None,
+) -> Generator[Event, None, runs.RunInfo]:
+    """Train per ``config``; yield events; return the run's RunInfo."""
+    stop = stop or threading.Event()
+    pause = pause or threading.Event()
+    run_dir = _resume_from or _new_run_dir(config)
+    if _resume_from is None:
+        if runs.is_run_dir(run_dir):
+            raise UserError(f"{run_dir} already holds a run: resume it, or choose another output folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = config.model_copy(update={"out_dir": str(run_dir)})
+        config.to_json_file(run_dir / runs.CONFIG_JSON)
+    logger = _Logger(run_dir)
+    gen = _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, _resume_from is not None)
+    try:
+        while True:
+            ev = next(gen)
+            logger(ev)
+            yield ev
+    except StopIteration as done:
+        info = done.value
+    if config.baseline and run_kind == "train" and phase == "main" and info.status in ("finished", "early_stopped"):
+        info = yield from _baseline(config, run_dir, info, stop, pause, logger)
+    return info
+
+
+def resume(run_dir: str | Path, stop: threading.Event | None = None, pause: threading.Event | None = None,
+           objective: Objective | None = None, extra_train: list[Any] | None = None) -> Generator[Event, None, runs.RunInfo]:
+    """Continue a stopped run from its last checkpoint."""
+    run_dir = Path(run_dir)
+    info = runs.read_run(run_dir)
+    if not (run_dir / runs.LAST_CKPT).is_file():
+        raise UserError(f"{run_dir}: no checkpoint to resume from ({runs.LAST_CKPT} missing)")
+    if info.status in ("finished", "early_stopped"):
+        raise UserError(f"{run_dir}: this run already {info.status.replace('_', ' ')}; nothing to resume")
+    if info.kind != "train" and objective is None:
+        raise UserError(f"{run_dir}: a {info.kind} run; resume it with its own command")
+    try:
+        config = TrainConfig.from_json_file(run_dir / runs.CONFIG_JSON)
+    except Exception as exc:
+        raise UserError(f"{run_dir / runs.CONFIG_JSON}: cannot read the run's settings: {exc}") from exc
+    return (yield from fit(config, stop, pause, objective=objective, extra_train=extra_train,
+                           run_kind=info.kind, _resume_from=run_dir))
+
+
+def _baseline(config, run_dir, info, stop, pause, logger) -> Generator[Event, None, runs.RunInfo]:
+    """The same configuration from random initialisation: does transfer help here?"""
+    base_cfg = config.model_copy(update={
+        "init": "scratch", "weights_file": None, "init_run": None, "baseline": False,
+        "freeze": "none", "frozen_groups": None, "out_dir": str(run_dir / runs.BASELINE_DIR),
+    })
+    yield Log("Training the same model from scratch (baseline) to measure the gain of transfer")
+    base_dir = run_dir / runs.BASELINE_DIR
+    if runs.is_run_dir(base_dir):  # an interrupted baseline: continue it
+        base_gen = fit(base_cfg, stop, pause, phase="baseline", _resume_from=base_dir) \
+            if (base_dir / runs.LAST_CKPT).is_file() else None
+    else:
+        base_gen = fit(base_cfg, stop, pause, phase="baseline")
+    if base_gen is None:
+        base = runs.read_run(base_dir)
+    else:
+        base = yield from base_gen
+    if base.status not in ("finished", "early_stopped") or base.best_val_acc is None:
+        yield Warn("The from-scratch baseline did not finish; the gain of transfer is unknown")
+        return info
+    gain = (info.best_val_acc or 0.0) - base.best_val_acc
+    info.baseline = {
+        "run_dir": str(base_dir),
+        "transfer_val_acc": info.best_val_acc,
+        "scratch_val_acc": base.best_val_acc,
+        "gain": gain,
+        "negative_transfer": gain < 0,
+    }
+    runs.write_run(run_dir, info)
+    msg = (f"Transfer {info.best_val_acc:.1%} vs from scratch {base.best_val_acc:.1%}: "
+           f"gain {gain * 100:+.1f} points")
+    if gain < 0:
+        ev: Event = Warn(f"Negative transfer: {msg}. The pretrained weights hurt on this data; "
+                         "try unfreezing more layers or another backbone.")
+    else:
+        ev = Log(msg)
+    logger(ev)
+    yield ev
+    return info
+
+
+def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, resuming) -> Generator[Event, None, runs.RunInfo]:
+    import torch
+
+    from tlstudio.core import backbones, layers, pipeline, precision
+    from tlstudio.core.dataset import Split, make_split, scan
+
+    t_start = time.time()
+    ckpt = None
+    if resuming:
+        try:
+            ckpt = torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(f"{run_dir / runs.LAST_CKPT}: cannot read the checkpoint: {exc}") from exc
+    _seed_everything(config.seed)
+
+    # --- data -----------------------------------------------------------------------------
+    yield Log(f"Scanning {config.data_dir}")
+    report = yield from _in_thread(scan, "scan", stop, path=config.data_dir, stop=stop)
+    report.require_trainable()
+    for w in report.warnings:
+        yield Warn(w)
+    for s in report.skipped[:MAX_SKIPPED_LISTED]:
+        yield Warn(f"Skipped {s.path}: {s.reason}", path=s.path)
+    if len(report.skipped) > MAX_SKIPPED_LISTED:
+        yield Warn(f"... and {len(report.skipped) - MAX_SKIPPED_LISTED} more skipped files (see the Data step)")
+    classes = list(report.classes)
+    split_path = run_dir / runs.SPLIT_JSON
+    if resuming and split_path.is_file():
+        import json
+
+        split = Split.from_json(json.loads(split_path.read_text(encoding="utf-8")))
+    else:
+        split = make_split(report, val_fraction=config.val_fraction, seed=config.effective_split_seed)
+        atomic_write_json(split_path, split.to_json())
+    if not split.val:
+        raise UserError(f"{config.data_dir}: no images left for validation; add images or raise the validation fraction")
+    train_samples = list(split.train) + list(extra_train or [])
+    train_split = dataclasses.replace(split, train=train_samples)
+    counts = [0] * len(classes)
+    for s in split.train:
+        counts[s.label] += 1
+
+    # --- model ----------------------------------------------------------------------------
+    yield Log(f"Creating {config.backbone} ({config.init}) with a new {len(classes)}-class head")
+    logs: list[str] = []
+    model = yield from _in_thread(
+        backbones.create_model, "download", stop, name=config.backbone, num_classes=len(classes),
+        init="scratch" if resuming else config.init, weights_file=config.weights_file,
+        init_run=config.init_run, log=logs.append,
+    )
+    for m in logs:
+        yield Log(m)
+    data_cfg = backbones.data_config(model, config.image_size)
+    spec = backbones.model_spec(model, config.backbone, classes, config.image_size)
+    groups = layers.layer_groups(model)
+    if config.frozen_groups is not None:
+        frozen = set(config.frozen_groups)
+        trainable = [g.is_head or g.index not in frozen for g in groups]
+        gradual_every = None
+    else:
+        trainable, gradual_every = layers.plan_from_spec(config.freeze, groups)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        trainable = list(ckpt["trainable"])
+
+    lr = config.lr
+    if lr is None:
+        from tlstudio.core.advice import advise
+
+        adv = advise(len(split.train) / max(1, len(classes)), "unknown", len(classes))
+        lr = adv.lr
+        yield Log(f"Learning rate {lr:g} (advised: {adv.reason})")
+
+    device = precision.resolve_device(config.device)
+    threads = precision.set_threads(config.leave_one_core)
+    plan = precision.choose_precision(device, model, config.precision, config.channels_last)
+    model.to(device)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    if objective is None:
+        objective = ClassificationObjective(config.label_smoothing, config.class_weights)
+
+    # --- loaders (feature cache when only the head trains) --------------------------------
+    features_mode = (
+        config.cache != "off" and gradual_every is None and layers.frozen_prefix_is_whole_body(trainable)
+        and objective.supports_features_mode() and not config.compile
+    )
+    batch_size = int(ckpt["batch_size"]) if ckpt is not None else config.batch_size
+    loaders, train_module = yield from _make_loaders(
+        config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop)
+    layers.apply_freeze(model, groups, trainable)
+
+    ctx = ObjectiveContext(
+        model=train_module, device=device, classes=classes, precision=plan, config=config,
+        train_samples=train_samples, features_mode=features_mode, run_dir=run_dir, class_counts=counts,
+    )
+    setup_events = objective.setup(ctx)
+    if setup_events is not None:
+        yield from setup_events
+    extra_params = [p for m in objective.extra_modules() for p in m.parameters()]
+    for m in objective.extra_modules():
+        m.to(device)
+
+    # every parameter is handed to the optimiser (frozen ones have no grad and are skipped),
+    # so gradual unfreezing needs no new optimiser and resume sees the same state layout
+    pgroups = layers.param_groups(model, groups, [True] * len(groups), lr=lr, body_lr_mult=config.body_lr_mult,
+                                  layer_decay=config.layer_decay, weight_decay=config.weight_decay)
+    if extra_params:
+        pgroups.append({"params": extra_params, "lr": lr, "weight_decay": config.weight_decay})
+    for g in pgroups:
+        g.setdefault("lr", lr)
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(pgroups, lr=lr, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(pgroups, lr=lr)
+    steps_per_epoch = max(1, loaders.batches_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, total_steps))
+    scaler = torch.amp.GradScaler(device.type) if plan.use_scaler else None
+
+    trackers = _Trackers(history=[])
+    start_epoch, start_batch, step = 0, 0, 0
+    partial = {"loss_sum": 0.0, "count": 0}
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        for m, sd in zip(objective.extra_modules(), ckpt.get("extra_modules", [])):
+            m.load_state_dict(sd)
+        start_epoch, start_batch, step = int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
+        partial = dict(ckpt["partial"])
+        t = ckpt["trackers"]
+        trackers = _Trackers(history=list(t["history"]), best_epoch=t["best_epoch"], best_acc=t["best_acc"],
+                             best_loss=t["best_loss"], best_f1=t["best_f1"], bad_epochs=t["bad_epochs"])
+        _set_rng_state(ckpt["rng"])
+
+    info = runs.RunInfo(
+        kind=run_kind, name=run_dir.name, status="running", config=config.model_dump(mode="json"), model=spec,
+        data={"root": report.root, "layout": report.layout, "fingerprint": report.fingerprint,
+              "counts": report.counts, "n_train": len(split.train), "n_val": len(split.val),
+              "n_unlabelled": len(extra_train or []), "skipped": len(report.skipped)},
+        versions=runs.versions(), seed=config.seed, device=str(device), precision=plan.name,
+        epochs_done=start_epoch, best_epoch=trackers.best_epoch,
+        best_val_acc=None if trackers.best_epoch is None else trackers.best_acc,
+        timings={"threads": float(threads)},
+    )
+    if resuming:
+        old = runs.read_run(run_dir)
+        info.created, info.baseline, info.extra = old.created, old.baseline, old.extra
+        info.timings.update({k: v for k, v in old.timings.items() if k == "train_s"})
+    runs.write_run(run_dir, info)
+
+    n_train_params, n_total = layers.count_params(model)
+    yield RunStarted(
+        run_dir=str(run_dir), backbone=config.backbone, device=str(device), precision=plan.name,
+        classes=tuple(classes), n_train=loaders.n_train, n_val=loaders.n_val, epochs=config.epochs,
+        batches_per_epoch=steps_per_epoch, trainable_params=n_train_params, total_params=n_total,
+        start_epoch=start_epoch, phase=phase,
+    )
+    if resuming:
+        yield Log(f"Resumed at epoch {start_epoch + 1}, batch {start_batch + 1}")
+
+    def save_last(epoch: int, batch: int) -> None:
+        atomic_torch_save(run_dir / runs.LAST_CKPT, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "extra_modules": [m.state_dict() for m in objective.extra_modules()],
+            "epoch": epoch, "batch": batch, "step": step, "batch_size": batch_size,
+            "trainable": list(trainable), "partial": dict(partial), "rng": _rng_state(),
+            "trackers": dataclasses.asdict(trackers),
+        })
+
+    def finish(status: str, message: str = "") -> Generator[Event, None, runs.RunInfo]:
+        info.status = status
+        info.epochs_done = len(trackers.history)
+        info.best_epoch = trackers.best_epoch
+        info.best_val_acc = None if trackers.best_epoch is None else trackers.best_acc
+        info.best_val_macro_f1 = trackers.best_f1
+        info.timings["train_s"] = info.timings.get("train_s", 0.0) + (time.time() - t_start)
+        runs.write_run(run_dir, info)
+        if status in ("finished", "early_stopped") and trackers.best_epoch is not None:
+            yield from _final_eval(run_dir, info, split, device)
+        yield Finished(run_dir=str(run_dir), status=status, best_epoch=trackers.best_epoch,
+                       best_val_acc=info.best_val_acc, message=message,
+                       result={"best_val_macro_f1": trackers.best_f1, "epochs_done": info.epochs_done})
+        return info
+
+    fp_checked = 0
+    ema_ips = None
+    epoch = start_epoch
+    while epoch < config.epochs:
+        # gradual unfreezing: one more group every K epochs
+        if gradual_every is not None:
+            new = layers.gradual_plan(groups, epoch, gradual_every)
+            if new != trainable:
+                opened = [g.name for g, a, b in zip(groups, trainable, new) if b and not a]
+                trainable = new
+                layers.apply_freeze(model, groups, trainable)
+                n_tr, _ = layers.count_params(model)
+                yield Unfrozen(epoch=epoch, group=", ".join(opened), trainable_params=n_tr)
+        if features_mode:
+            train_module.train()
+        else:
+            layers.set_train_mode(model, groups, trainable)
+        t_epoch = time.time()
+        first_batch = start_batch if epoch == start_epoch else 0
+        if first_batch == 0:
+            partial = {"loss_sum": 0.0, "count": 0}
+        try:
+            batch_i = first_batch
+            for batch_i, (x, y, idx) in enumerate(loaders.train_batches(epoch, first_batch), start=first_batch):
+                if stop.is_set():
+                    raise RunStopped()
+                while pause.is_set() and not stop.is_set():
+                    time.sleep(0.05)
+                if stop.is_set():
+                    raise RunStopped()
+                for f in loaders.failures[:]:
+                    loaders.failures.remove(f)
+                    path, reason = (f.path, f.reason) if hasattr(f, "path") else f
+                    yield Warn(f"Skipped {path} during training: {reason}", path=path)
+                if x.shape[0] == 0:
+                    continue
+                t0 = time.perf_counter()
+                x = x.to(device, non_blocking=True)
+                if plan.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y, idx = y.to(device), idx.to(device)
+                with plan.autocast():
+                    loss, parts = objective.loss(train_module, x, y, idx)
+                if not torch.isfinite(loss):
+                    if plan.name != "fp32" and fp_checked < FP_CHECK_STEPS:
+                        plan = plan.fallback_fp32()
+                        scaler = None
+                        yield Warn("Reduced precision gave a non-finite loss; continuing in fp32")
+                        with plan.autocast():
+                            loss, parts = objective.loss(train_module, x, y, idx)
+                    if not torch.isfinite(loss):
+                        save_best_if_none = trackers.best_epoch is not None
+                        msg = (f"The loss became {float(loss)} at epoch {epoch + 1}, batch {batch_i + 1}: "
+                               "training stopped. Try a lower learning rate."
+                               + (" The best weights so far are kept." if save_best_if_none else ""))
+                        yield Warn(msg)
+                        return (yield from finish("failed", msg))
+                fp_checked += 1
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                sched.step()
+                step += 1
+                lv = float(loss.detach())
+                partial["loss_sum"] += lv * x.shape[0]
+                partial["count"] += x.shape[0]
+                dt = max(1e-6, time.perf_counter() - t0)
+                ips = x.shape[0] / dt
+                ema_ips = ips if ema_ips is None else 0.9 * ema_ips + 0.1 * ips
+                yield BatchEnd(epoch=epoch, batch=batch_i, batches=steps_per_epoch, step=step, loss=lv,
+                               lr=_head_lr(opt), images_per_s=ema_ips, parts=dict(parts), phase=phase)
+        except RunStopped:
+            save_last(epoch, batch_i)
+            yield Checkpointed(path=str(run_dir / runs.LAST_CKPT), epoch=epoch, kind="last")
+            return (yield from finish("stopped", f"Stopped at epoch {epoch + 1}, batch {batch_i + 1}; resumable"))
+        except Exception as exc:
+            if not _is_oom(exc) or batch_size <= 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            yield Warn(f"Out of memory: retrying epoch {epoch + 1} with batch size {batch_size}")
+            loaders, train_module = yield from _make_loaders(
+                config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop)
+            ctx.model = train_module
+            start_batch, start_epoch = 0, epoch
+            continue
+
+        # --- validation --------------------------------------------------------------------
+        val_loss, val_acc, val_f1 = _validate(train_module, loaders.val, len(classes), device, plan)
+        train_loss = partial["loss_sum"] / max(1, partial["count"])
+        improved = (val_acc > trackers.best_acc + 1e-9) or (
+            abs(val_acc - trackers.best_acc) <= 1e-9 and val_loss < trackers.best_loss)
+        if improved:
+            trackers.best_epoch, trackers.best_acc, trackers.best_loss, trackers.best_f1 = epoch, val_acc, val_loss, val_f1
+            trackers.bad_epochs = 0
+            atomic_save_safetensors(run_dir / runs.BEST_WEIGHTS, model.state_dict(),
+                                    metadata={"tlstudio_model": spec.model_dump_json()})
+        else:
+            trackers.bad_epochs += 1
+        n_tr, _ = layers.count_params(model)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+               "val_macro_f1": val_f1, "lr": _head_lr(opt), "seconds": time.time() - t_epoch,
+               "trainable_params": n_tr}
+        trackers.history.append(row)
+        runs.write_history(run_dir, trackers.history)
+        yield EpochEnd(epoch=epoch, epochs=config.epochs, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc,
+                       val_macro_f1=val_f1, lr=row["lr"], seconds=row["seconds"], best=improved,
+                       trainable_params=n_tr, phase=phase)
+        if improved:
+            yield Checkpointed(path=str(run_dir / runs.BEST_WEIGHTS), epoch=epoch, kind="best")
+        epoch += 1
+        save_last(epoch, 0)
+        yield Checkpointed(path=str(run_dir / runs.LAST_CKPT), epoch=epoch - 1, kind="last")
+        info.epochs_done = epoch
+        info.best_epoch, info.best_val_acc, info.best_val_macro_f1 = trackers.best_epoch, trackers.best_acc, trackers.best_f1
+        runs.write_run(run_dir, info)
+        if config.early_stop_patience and trackers.bad_epochs >= config.early_stop_patience and epoch < config.epochs:
+            yield Log(f"Early stopping: no improvement for {trackers.bad_epochs} epochs")
+            return (yield from finish("early_stopped"))
+    return (yield from finish("finished"))
+
+
+def _head_lr(opt) -> float:
+    return max(g["lr"] for g in opt.param_groups)
+
+
+def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop):
+    from tlstudio.core import pipeline
+
+    if features_mode:
+        from tlstudio.core.feature_cache import FeatureCache, head_module
+
+        cache = FeatureCache(
+            model, train_split, data_cfg, batch_size=batch_size, augment=config.augment, seed=config.seed,
+            budget_mb=config.cache_budget_mb, device=device, precision=plan,
+            model_key=f"{config.backbone}|{config.init}|{config.weights_file}|{config.init_run}",
+        )
+        loaders = yield from cache.prepare(stop=stop)
+        return loaders, head_module(model)
+    loaders = pipeline.build_loaders(
+        train_split, data_cfg, batch_size=batch_size, augment=config.augment, seed=config.seed,
+        workers=config.workers, cache=config.cache, cache_budget_mb=config.cache_budget_mb, device=device,
+    )
+    return loaders, model
+
+
+def _validate(module, val_loader, n_classes: int, device, plan) -> tuple[float, float, float]:
+    import torch
+
+    module.eval()
+    conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    loss_sum, n = 0.0, 0
+    with torch.inference_mode(), plan.autocast():
+        for x, y, _idx in val_loader:
+            if x.shape[0] == 0:
+                continue
+            x = x.to(device)
+            if plan.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device)
+            logits = module(x).float()
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            n += x.shape[0]
+            pred = logits.argmax(1)
+            conf += torch.bincount((y * n_classes + pred).cpu(), minlength=n_classes * n_classes).view(n_classes, n_classes)
+    acc, f1 = _confusion_metrics(conf)
+    return loss_sum / max(1, n), acc, f1
+
+
+def _final_eval(run_dir: Path, info: runs.RunInfo, split, device) -> Generator[Event, None, None]:
+    """Evaluate the best weights on the validation split and write eval.json."""
+    try:
+        from tlstudio.core.evaluate import evaluate_model
+    except ImportError:
+        return
+    yield Progress(task="eval", done=0, total=len(split.val), message="Evaluating the best weights")
+    model, _ = runs.load_run_model(run_dir)
+    report = evaluate_model(model, info.model, list(split.val), device=str(device))
+    atomic_write_json(run_dir / runs.EVAL_JSON, report.to_json())
+    yield Progress(task="eval", done=len(split.val), total=len(split.val))
+    yield Log(f"Best epoch {info.best_epoch + 1}: validation accuracy {report.accuracy:.1%}, macro-F1 {report.macro_f1:.3f}")
