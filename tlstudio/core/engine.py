@@ -145,8 +145,13 @@ def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
+    from tlstudio.core.parallel import distributed_context
     from tlstudio.core.paths import default_runs_dir
 
+    if not distributed_context().is_main:  # only rank 0 writes the real run folder
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="tlstudio-rank-"))
     if config.out_dir:
         return Path(config.out_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -328,7 +333,13 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         atomic_write_json(split_path, split.to_json())
     if not split.val:
         raise UserError(f"{config.data_dir}: no images left for validation; add images or raise the validation fraction")
+    dist = _init_distributed()
     train_samples = list(split.train) + list(extra_train or [])
+    if dist.enabled:  # each process trains on its own shard; all validate on the full split
+        # equal shard sizes: every process must run the same number of steps or DDP deadlocks
+        per_rank = len(train_samples) // dist.world_size
+        train_samples = train_samples[dist.rank::dist.world_size][:per_rank]
+        yield Log(f"Distributed: process {dist.rank + 1} of {dist.world_size}, {len(train_samples)} training images")
     train_split = dataclasses.replace(split, train=train_samples)
     counts = [0] * len(classes)
     for s in split.train:
@@ -366,6 +377,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         yield Log(f"Learning rate {lr:g} (advised: {adv.reason})")
 
     device = precision.resolve_device(config.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     threads = precision.set_threads(config.leave_one_core)
     plan = precision.choose_precision(device, model, config.precision, config.channels_last)
     model.to(device)
@@ -385,6 +398,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop)
     layers.apply_freeze(model, groups, trainable)
 
+    train_module = _maybe_ddp(train_module, dist, device)
     ctx = ObjectiveContext(
         model=train_module, device=device, classes=classes, precision=plan, config=config,
         train_samples=train_samples, features_mode=features_mode, run_dir=run_dir, class_counts=counts,
@@ -493,6 +507,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
                 opened = [g.name for g, a, b in zip(groups, trainable, new) if b and not a]
                 trainable = new
                 layers.apply_freeze(model, groups, trainable)
+                if dist.enabled:
+                    train_module = ctx.model = _maybe_ddp(model, dist, device)
                 n_tr, _ = layers.count_params(model)
                 yield Unfrozen(epoch=epoch, group=", ".join(opened), trainable_params=n_tr)
         if features_mode:
@@ -571,7 +587,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             yield Warn(f"Out of memory: retrying epoch {epoch + 1} with batch size {batch_size}")
             loaders, train_module = yield from _make_loaders(
                 config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop)
-            ctx.model = train_module
+            train_module = ctx.model = _maybe_ddp(train_module, dist, device)
             start_batch, start_epoch = 0, epoch
             continue
 
@@ -608,6 +624,30 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             yield Log(f"Early stopping: no improvement for {trackers.bad_epochs} epochs")
             return (yield from finish("early_stopped"))
     return (yield from finish("finished"))
+
+
+def _init_distributed():
+    from tlstudio.core.parallel import distributed_context
+
+    dist = distributed_context()
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            import torch
+
+            tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
+def _maybe_ddp(module, dist, device):
+    if not dist.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = module.module if isinstance(module, DistributedDataParallel) else module
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(inner, device_ids=ids)
 
 
 def _head_lr(opt) -> float:

@@ -1,0 +1,38 @@
+"""`tlstudio train` under torchrun: 2 CPU processes (gloo) finish as well as one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tlstudio.core import runs
+from tlstudio.core.synthetic import make_synthetic_folder
+
+COMMON = ["--backbone", "test_resnet", "--scratch", "--image-size", "48", "--freeze", "none", "--epochs", "4",
+          "--batch-size", "8", "--lr", "0.01", "--augment", "none", "--precision", "fp32", "--workers", "0",
+          "--warmup-epochs", "0", "--seed", "0"]
+
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env["TLSTUDIO_HOME"] = str(tmp_path / "home")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    data = make_synthetic_folder(tmp_path / "d", per_class=24, size=48, easy=True)
+    one = subprocess.run([sys.executable, "-m", "tlstudio", "train", str(data), *COMMON, "--out", str(tmp_path / "one")],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "tlstudio", "train", str(data), *COMMON, "--out", str(tmp_path / "two")],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    # only rank 0 printed the run header and wrote the run folder
+    assert two.stdout.count("Run ") == 1, two.stdout
+    info_one, info_two = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
+    assert info_two.status == "finished"
+    assert info_one.best_val_acc > 0.8
+    assert info_two.best_val_acc >= info_one.best_val_acc - 0.1, (info_one.best_val_acc, info_two.best_val_acc)
