@@ -1,0 +1,313 @@
+"""Training/validation batches: seeded, resumable, cached, tolerant of files that vanish.
+
+A batch is ``(x, y, idx)``: x float32 NCHW normalised with data_cfg mean/std at
+data_cfg['input_size'], y long labels (-1 = unlabelled), idx long indices into the sample list
+(split.train for train, split.val for val, `samples` for eval_loader).
+
+Determinism: the order of epoch e is ``randperm(n, Generator(seed * 1000 + e))`` and each
+sample's augmentation draws from an RNG seeded by (seed, e, index), so batch b of epoch e is a
+pure function of (seed, e, b) - ``train_batches(e, start_batch=b)`` resumes mid-epoch exactly.
+
+Speed: images are decoded and resized once into a DecodedCache (RAM within the budget, then
+disk); augmentation works on the cached uint8 tensors. Batches are assembled in a background
+thread (decode in a small thread pool; PIL and torch release the GIL) while the model trains
+on the previous one. No worker processes: threads are safe with Qt and in a PyInstaller bundle,
+and with the cache they are faster than processes here (benchmarks/RESULTS.md).
+
+Failures: an image that cannot be read is dropped from its batch and recorded once in
+``loaders.failures`` (SkippedFile); a batch left empty is skipped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from tlstudio.core.augment import PRESETS, augment_one, normalise, sample_rng, scale_size
+from tlstudio.core.decoded_cache import DecodedCache, _image_errors, decode_resized
+
+if TYPE_CHECKING:
+    import torch
+
+Batch = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
+
+
+def _skipped(path: str, reason: str):
+    try:
+        from tlstudio.core.dataset import SkippedFile
+
+        return SkippedFile(path=path, reason=reason)
+    except ImportError:  # dataset.py not there yet: same fields, plain tuple
+        return (path, reason)
+
+
+def _sample_fields(s: Any) -> tuple[str, int]:
+    if hasattr(s, "path"):
+        return str(s.path), int(getattr(s, "label", -1))
+    path, label = s  # (path, label) tuples are accepted too
+    return str(path), int(label)
+
+
+def default_threads() -> int:
+    from tlstudio.core.precision import available_cores
+
+    return max(1, min(4, available_cores()))
+
+
+class _Source:
+    """Turns sample indices into normalised batches (shared by the train and val iterables)."""
+
+    def __init__(self, samples: Sequence[Any], data_cfg: dict, *, augment: str, seed: int,
+                 cache: DecodedCache | None, threads: int, failures: list, failed: set[str],
+                 pin: bool = False):
+        if augment not in PRESETS:
+            from tlstudio.core.errors import UserError
+
+            raise UserError(f"unknown augmentation {augment!r}: use none, light or strong")
+        fields = [_sample_fields(s) for s in samples]
+        self.paths = [p for p, _ in fields]
+        self.labels = [lab for _, lab in fields]
+        self.size = int(data_cfg["input_size"][-1])
+        self.short = scale_size(data_cfg)
+        self.interp = str(data_cfg.get("interpolation") or "bilinear")
+        self.mean = tuple(data_cfg.get("mean") or (0.485, 0.456, 0.406))
+        self.std = tuple(data_cfg.get("std") or (0.229, 0.224, 0.225))
+        self.augment = augment
+        self.seed = int(seed)
+        self.cache = cache
+        self.threads = max(1, int(threads))
+        self.failures = failures
+        self.failed = failed
+        self.pin = pin
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _image(self, i: int):
+        path = self.paths[i]
+        if path in self.failed:
+            return None
+        try:
+            if self.cache is not None:
+                return self.cache.get(path)
+            return decode_resized(path, self.short, self.interp)
+        except _image_errors() as e:
+            with self._lock:
+                if path not in self.failed:
+                    self.failed.add(path)
+                    self.failures.append(_skipped(path, getattr(e, "reason", str(e))))
+            return None
+
+    def _item(self, i: int, epoch: int, train: bool):
+        img = self._image(i)
+        if img is None:
+            return None
+        if train and self.augment != "none":
+            return augment_one(img, self.size, self.augment, sample_rng(self.seed, epoch, i))
+        return augment_one(img, self.size, "none", None)
+
+    def batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> Batch | None:
+        import torch
+
+        if pool is not None and len(indices) > 1:
+            items = list(pool.map(lambda i: self._item(i, epoch, train), indices))
+        else:
+            items = [self._item(i, epoch, train) for i in indices]
+        keep = [(i, it) for i, it in zip(indices, items) if it is not None]
+        if not keep:
+            return None
+        u8 = torch.stack([it[0] for _, it in keep])
+        x = normalise(u8, self.mean, self.std)
+        for n, (_, (_, box)) in enumerate(keep):
+            if box is not None:
+                t, l, h, w = box
+                x[n, :, t:t + h, l:l + w] = 0.0
+        y = torch.tensor([self.labels[i] for i, _ in keep], dtype=torch.long)
+        idx = torch.tensor([i for i, _ in keep], dtype=torch.long)
+        if self.pin:
+            x = x.pin_memory()
+        return x, y, idx
+
+
+def _chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    batches = [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    # a trailing batch of one breaks BatchNorm in train mode: fold it into the previous batch
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed) * 1000 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _prefetch(make: Callable[[int], Batch | None], count: int, threads: int, depth: int = 2) -> Iterator[Batch]:
+    """Yield make(0..count-1) in order (skipping None), built `depth` batches ahead in a thread."""
+    if count <= 0:
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for b in range(count):
+                if stop.is_set():
+                    return
+                item = make(b)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            q.put(done)
+        except BaseException as e:  # surfaced in the consumer thread
+            q.put(("__error__", e))
+
+    t = threading.Thread(target=work, name="tlstudio-batches", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, tuple) and len(item) == 2 and item[0] == "__error__":
+                raise item[1]
+            if item is not None:
+                yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
+class _Epochs:
+    """Iterable view: iterating gives the batches of the loaders' current epoch."""
+
+    def __init__(self, loaders: "Loaders", train: bool):
+        self._l = loaders
+        self._train = train
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._train:
+            return self._l.train_batches(self._l.epoch)
+        return self._l.val_batches()
+
+    def __len__(self) -> int:
+        return self._l.batches_per_epoch if self._train else self._l.val_batches_count
+
+
+@dataclass
+class Loaders:
+    train: Iterable = field(init=False)
+    val: Iterable = field(init=False)
+    n_train: int = 0
+    n_val: int = 0
+    batches_per_epoch: int = 0
+    failures: list = field(default_factory=list)  # SkippedFile (path, reason), each path once
+    batch_size: int = 32
+    seed: int = 0
+    epoch: int = 0
+    cache: DecodedCache | None = None
+    threads: int = 1
+    _train_src: Any = None
+    _val_src: Any = None
+    _pool: Any = None
+
+    def __post_init__(self) -> None:
+        self.train = _Epochs(self, True)
+        self.val = _Epochs(self, False)
+
+    @property
+    def val_batches_count(self) -> int:
+        return (self.n_val + self.batch_size - 1) // self.batch_size if self.n_val else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def train_order(self, epoch: int) -> list[list[int]]:
+        return _chunks(epoch_order(self.n_train, self.seed, epoch), self.batch_size)
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """Batches start_batch.. of epoch `epoch` (positional: empty batches are skipped, not renumbered)."""
+        chunks = self.train_order(epoch)[int(start_batch):]
+        src, pool = self._train_src, self._pool
+        return _prefetch(lambda b: src.batch(chunks[b], epoch, True, pool), len(chunks), self.threads)
+
+    def val_batches(self) -> Iterator[Batch]:
+        n, bs = self.n_val, self.batch_size
+        chunks = [list(range(i, min(n, i + bs))) for i in range(0, n, bs)]
+        src, pool = self._val_src, self._pool
+        return _prefetch(lambda b: src.batch(chunks[b], 0, False, pool), len(chunks), self.threads)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _make_cache(data_cfg: dict, cache: str, cache_budget_mb: int) -> DecodedCache | None:
+    if cache == "off" or cache_budget_mb <= 0:
+        return None
+    return DecodedCache(scale_size(data_cfg), str(data_cfg.get("interpolation") or "bilinear"),
+                        budget_bytes=int(cache_budget_mb) << 20)
+
+
+def build_loaders(split: Any, data_cfg: dict, *, batch_size: int, augment: str, seed: int,
+                  workers: int | None = None, cache: str = "auto", cache_budget_mb: int = 2048,
+                  device: Any = "cpu") -> Loaders:
+    """Train/val loaders for a Split. `workers` = decode threads (None: up to 4, one per core);
+    `cache` auto|off (decoded-image cache in RAM within cache_budget_mb, overflow on disk)."""
+    import torch
+
+    threads = default_threads() if workers is None else max(1, int(workers))
+    dc = _make_cache(data_cfg, cache, cache_budget_mb)
+    failures: list = []
+    failed: set[str] = set()
+    pin = torch.device(device).type == "cuda"
+    common = dict(cache=dc, threads=threads, failures=failures, failed=failed, pin=pin)
+    train_src = _Source(split.train, data_cfg, augment=augment, seed=seed, **common)
+    val_src = _Source(split.val, data_cfg, augment="none", seed=seed, **common)
+    n_train = len(train_src)
+    loaders = Loaders(n_train=n_train, n_val=len(val_src), failures=failures,
+                      batch_size=int(batch_size), seed=int(seed), cache=dc, threads=threads,
+                      _train_src=train_src, _val_src=val_src,
+                      _pool=ThreadPoolExecutor(threads, thread_name_prefix="tlstudio-decode") if threads > 1 else None)
+    loaders.batches_per_epoch = len(_chunks(range(n_train), loaders.batch_size)) if n_train else 0
+    return loaders
+
+
+class _EvalIterable:
+    def __init__(self, src: _Source, batch_size: int, pool: ThreadPoolExecutor | None):
+        self._src, self._bs, self._pool = src, int(batch_size), pool
+        self.failures = src.failures
+
+    def __len__(self) -> int:
+        return (len(self._src) + self._bs - 1) // self._bs
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self._src)
+        chunks = [list(range(i, min(n, i + self._bs))) for i in range(0, n, self._bs)]
+        return _prefetch(lambda b: self._src.batch(chunks[b], 0, False, self._pool), len(chunks),
+                         self._src.threads)
+
+
+def eval_loader(samples: Sequence[Any], data_cfg: dict, *, batch_size: int, workers: int | None = None) -> _EvalIterable:
+    """Deterministic eval batches (resize short side to input/crop_pct, centre crop, normalise).
+    Unreadable files are dropped and listed in `.failures`; no caching (one pass)."""
+    threads = default_threads() if workers is None else max(1, int(workers))
+    src = _Source(samples, data_cfg, augment="none", seed=0, cache=None, threads=threads,
+                  failures=[], failed=set())
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="tlstudio-eval") if threads > 1 else None
+    return _EvalIterable(src, batch_size, pool)
