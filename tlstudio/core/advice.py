@@ -1,0 +1,73 @@
+"""Strategy advice: the transfer-learning strategy table, as a starting point the user may change.
+
+| target data | similarity | strategy |
+| small | high | train only the head (feature extraction) |
+| small | low  | unfreeze more layers (risky; consider another approach) |
+| large | high | fine-tune the whole model |
+| large | low  | fine-tune everything (scratch possible; source weights still speed it up) |
+
+The numbers (thresholds, learning rates, epochs) come from benchmarks/bench_realweights.py
+(EfficientNet-Lite0 ImageNet weights, CPU, AdamW with the body at 0.1x the head's rate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Similarity = Literal["high", "low", "unknown"]
+
+#: below this many images per class the target set is "small" (head-only / partial fine-tuning)
+SMALL_PER_CLASS = 100
+#: from this many images per class the target set is "large" (whole-model fine-tuning)
+LARGE_PER_CLASS = 500
+
+
+@dataclass(frozen=True)
+class Advice:
+    freeze: str
+    lr: float
+    epochs: int
+    reason: str
+
+
+def advise(images_per_class: float, similarity: Similarity = "unknown", n_classes: int = 2) -> Advice:
+    """Freeze preset, head learning rate and epochs from data size and similarity to ImageNet."""
+    ipc = max(0.0, float(images_per_class))
+    sim = similarity if similarity in ("high", "low") else "unknown"
+    size = "small" if ipc < SMALL_PER_CLASS else ("large" if ipc >= LARGE_PER_CLASS else "medium")
+    n = int(ipc * max(1, n_classes))
+
+    if size == "small":
+        if sim == "low":
+            return Advice("last:2", 1e-3, _epochs(n, 20),
+                          f"Only {ipc:.0f} images per class and images unlike ImageNet: the head alone "
+                          "may not be enough, so the last two groups also adapt, at a 10x lower rate "
+                          "(risky with this little data; compare against the from-scratch baseline).")
+        return Advice("head", 3e-3, _epochs(n, 15),
+                      f"Only {ipc:.0f} images per class: train just the new head on the pretrained "
+                      "features (feature extraction), which avoids overfitting and is fast.")
+    if size == "medium":
+        if sim == "high":
+            return Advice("last:2", 1e-3, _epochs(n, 12),
+                          f"{ipc:.0f} images per class on ImageNet-like images: fine-tune the last "
+                          "two groups with the head; earlier layers keep their generic features.")
+        return Advice("gradual:2", 1e-3, _epochs(n, 15),
+                      f"{ipc:.0f} images per class: start with the head, then unfreeze one more "
+                      "group every 2 epochs so the body adapts without being wrecked early.")
+    if sim == "low":
+        return Advice("none", 1e-3, _epochs(n, 20),
+                      f"Plenty of data ({ipc:.0f} per class) unlike ImageNet: fine-tune the whole "
+                      "model; from scratch would work too, but pretrained weights converge faster.")
+    return Advice("none", 5e-4, _epochs(n, 10),
+                  f"Plenty of data ({ipc:.0f} per class): fine-tune the whole model for the best "
+                  "accuracy, with the pretrained body at a lower learning rate.")
+
+
+def _epochs(n_images: int, base: int) -> int:
+    """Fewer epochs on big sets (each epoch is long), more on tiny ones (cheap, noisy)."""
+    if n_images >= 20_000:
+        return max(5, base // 2)
+    if n_images < 200:
+        return base + 5
+    return base
