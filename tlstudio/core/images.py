@@ -1,0 +1,275 @@
+"""Opening user images safely: one place that knows every way an image file can be bad.
+
+`probe_image` is the cheap check used by the scan (header, size cap, light integrity check,
+no full decode). `load_rgb` is the full load used for training and prediction: it returns a
+plain 8-bit RGB image whatever the file holds (EXIF rotation, palette, CMYK, 16-bit, grey,
+alpha, animation) or raises `ImageError` whose message names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlstudio.core.errors import UserError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+# Formats users commonly have that PIL cannot read here: say so instead of "not an image".
+UNSUPPORTED_IMAGE_EXTENSIONS: dict[str, str] = {
+    ".heic": "HEIC photo (not supported: convert to JPEG)",
+    ".heif": "HEIF photo (not supported: convert to JPEG)",
+    ".avif": "AVIF image (not supported: convert to JPEG or PNG)",
+    ".svg": "vector SVG (not supported: export to PNG)",
+    ".cr2": "camera RAW (not supported: convert to JPEG)",
+    ".nef": "camera RAW (not supported: convert to JPEG)",
+    ".arw": "camera RAW (not supported: convert to JPEG)",
+    ".dng": "camera RAW (not supported: convert to JPEG)",
+    ".raw": "camera RAW (not supported: convert to JPEG)",
+}
+
+# PIL's own default (about 89 megapixels, e.g. 9459x9459). Anything larger is refused as a
+# possible decompression bomb. Kept <= Image.MAX_IMAGE_PIXELS so PIL's warning range is covered
+# by our explicit check too.
+DEFAULT_MAX_PIXELS: int = 89_478_485
+
+# Files and folders that operating systems and tools scatter around: ignored silently.
+SYSTEM_NAMES: frozenset[str] = frozenset(
+    {
+        "thumbs.db",
+        "ehthumbs.db",
+        "desktop.ini",
+        "__macosx",
+        "$recycle.bin",
+        "system volume information",
+        "icon\r",
+        "__pycache__",
+    }
+)
+
+# Make PIL's bomb warning an error app-wide (it is a refusal, never a note). Tests and code that
+# reset warning filters are covered by the explicit pixel check in `_open_checked` as well.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+class ImageError(UserError):
+    """An image file that cannot be used. `reason` is short and human readable."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_hidden_name(name: str) -> bool:
+    """Dot-files, macOS/Windows clutter and notebook checkpoints: never data, never reported."""
+    return name.startswith(".") or name.startswith("~$") or name.lower() in SYSTEM_NAMES
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "permission denied (cannot read the file)"
+    if e.errno == errno.ELOOP:
+        return "symlink loop"
+    if isinstance(e, FileNotFoundError):
+        return "file not found (deleted, or a broken link)"
+    if isinstance(e, IsADirectoryError):
+        return "is a folder, not a file"
+    return f"cannot read the file ({e.strerror or e})"
+
+
+def _pixels_reason(size: tuple[int, int], max_pixels: int) -> str | None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        return f"invalid image size {w}x{h}"
+    if w * h > max_pixels:
+        return f"too many pixels ({w}x{h} = {w * h:,}; limit {max_pixels:,}): possible decompression bomb"
+    return None
+
+
+def _stat_reason(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return _os_reason(e)
+    if not os.path.isfile(path):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+def _open_checked(f, path: str, max_pixels: int) -> Image.Image:
+    """Image.open with every bomb path turned into ImageError (error, warning, our own cap)."""
+    try:
+        im = Image.open(f)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, f"too many pixels: possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (content is not a known image format)") from None
+    except OSError as e:  # e.g. PermissionError surfaced late, or a broken header
+        raise ImageError(path, f"unreadable image header ({e})") from None
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError) as e:  # plugin parse errors
+        raise ImageError(path, f"corrupt image header ({type(e).__name__}: {e})") from None
+    reason = _pixels_reason(im.size, max_pixels)
+    if reason:
+        im.close()
+        raise ImageError(path, reason)
+    return im
+
+
+def _jpeg_looks_truncated(f, size: int) -> bool:
+    """A complete JPEG ends with the EOI marker FFD9 (maybe followed by a little padding)."""
+    n = min(size, 4096)
+    f.seek(size - n)
+    return b"\xff\xd9" not in f.read(n)
+
+
+def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, full: bool = False) -> str | None:
+    """Return None when the file looks like a usable image, else a short reason.
+
+    Cheap by default: header, pixel cap, PNG chunk CRCs (verify reads no pixel data), and for
+    JPEG the end marker (a full decode only if the marker is missing, to confirm truncation).
+    `full=True` decodes the image completely (slow, catches corruption inside pixel data).
+    """
+    p = os.fspath(path)
+    reason = _stat_reason(p)
+    if reason:
+        return reason
+    try:
+        with open(p, "rb") as f:
+            try:
+                im = _open_checked(f, p, max_pixels)
+            except ImageError as e:
+                return e.reason
+            fmt = im.format
+            try:
+                if full:
+                    _decode_first_frame(im, p)
+                elif fmt == "JPEG":
+                    if _jpeg_looks_truncated(f, os.fstat(f.fileno()).st_size):
+                        f.seek(0)
+                        _decode_first_frame(_open_checked(f, p, max_pixels), p)
+                elif fmt == "PNG":
+                    im.verify()
+            except ImageError as e:
+                return e.reason
+            except Exception as e:  # verify() raises many types on corrupt data
+                return f"corrupt image data ({type(e).__name__}: {e})"
+            finally:
+                im.close()
+    except OSError as e:
+        return _os_reason(e)
+    return None
+
+
+def _decode_first_frame(im: Image.Image, path: str) -> Image.Image:
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, f"too many pixels: possible decompression bomb ({e})") from None
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg.lower():
+            raise ImageError(path, "truncated image (the file ends before the image data does)") from None
+        raise ImageError(path, f"corrupt image data ({msg})") from None
+    except Exception as e:  # decoders raise ValueError/SyntaxError/etc. on garbage
+        raise ImageError(path, f"corrupt image data ({type(e).__name__}: {e})") from None
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer and float single-channel images into 0..255 (not clip)."""
+    import numpy as np
+
+    a = np.asarray(im)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        elif lo < 0.0 or hi > 255.0:
+            a = (a - lo) * (255.0 / (hi - lo if hi > lo else 1.0))
+    else:
+        a = a.astype(np.int64)
+        hi = int(a.max()) if a.size else 0
+        lo = int(a.min()) if a.size else 0
+        if lo < 0:
+            a = (a - lo) * 255.0 / max(1, hi - lo)
+        elif hi > 65535:
+            a = a * (255.0 / hi)
+        elif hi > 255:
+            a = a / 257.0  # 16-bit data: 65535 -> 255
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def _on_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(bg, rgba).convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is composited on white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I", "F") or mode.startswith("I;"):
+        return _to_8bit(im).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _on_white(im)
+    if mode == "P":
+        if "transparency" in im.info:
+            return _on_white(im.convert("RGBA"))
+        return im.convert("RGB")
+    return im.convert("RGB")  # 1, L, CMYK, YCbCr, HSV
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Load the first frame of an image as 8-bit RGB with EXIF orientation applied.
+
+    Raises ImageError (a UserError) naming the file and the reason for every failure.
+    """
+    p = os.fspath(path)
+    reason = _stat_reason(p)
+    if reason:
+        raise ImageError(p, reason)
+    try:
+        with open(p, "rb") as f:
+            im = _open_checked(f, p, max_pixels)
+            try:
+                _decode_first_frame(im, p)
+                try:
+                    im = ImageOps.exif_transpose(im) or im
+                except Exception:  # broken EXIF: keep the pixels unrotated rather than refuse the photo
+                    pass
+                try:
+                    rgb = to_rgb(im)
+                except Exception as e:
+                    raise ImageError(p, f"unsupported colour mode {im.mode} ({e})") from None
+                rgb.load()
+                if rgb is im:
+                    rgb = im.copy()  # detach from the (closing) file
+                return rgb
+            finally:
+                im.close()
+    except OSError as e:
+        raise ImageError(p, _os_reason(e)) from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header, EXIF rotation not applied."""
+    with Image.open(path) as im:
+        return im.size
