@@ -528,8 +528,9 @@ def scan(
         tops = list(splits.items()) if splits else [("", root)]
         for split_name, top in tops:
             for fname in _visible_files(top):
-                fp = os.path.join(top, fname)
-                skipped.append(SkippedFile(fp, "not inside a class folder"))
+                # images beside the class folders are reported; READMEs, CSVs etc. are not data
+                if os.path.splitext(fname)[1].lower() in IMAGE_EXTENSIONS:
+                    skipped.append(SkippedFile(os.path.join(top, fname), "not inside a class folder"))
             for cls in _visible_dirs(top):
                 class_dirs.append((cls, split_name))
                 w = _walk_root(os.path.join(top, cls), progress, stop)
