@@ -1,0 +1,352 @@
+"""Distillation: the KD loss formula, the objective, teachers, and end-to-end runs."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlstudio.core.distill import (
+    DistillConfig,
+    DistillError,
+    DistillObjective,
+    Teacher,
+    check_teacher_classes,
+    hint_loss,
+    kd_loss,
+    resolve_stage,
+    soft_targets,
+)
+from tlstudio.core.objectives import ObjectiveContext
+from tlstudio.core.runs import ModelSpec, RunInfo
+
+
+# ------------------------------------------------------------------ the loss, by hand
+def _softmax(z, T=1.0):
+    e = [math.exp(v / T) for v in z]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def _hand_kd(s_rows, t_rows, ys, T, alpha):
+    kls, ces = [], []
+    for s, t, y in zip(s_rows, t_rows, ys):
+        pt, ps = _softmax(t, T), _softmax(s, T)
+        kls.append(sum(a * (math.log(a) - math.log(b)) for a, b in zip(pt, ps)))
+        if y >= 0:
+            ces.append(-math.log(_softmax(s)[y]))
+    kl = sum(kls) / len(kls)  # batchmean over all rows
+    ce = sum(ces) / len(ces) if ces else 0.0  # labelled rows only
+    return alpha * T * T * kl + (1 - alpha) * ce, kl, ce
+
+
+S = [[1.0, 2.0, 0.5], [0.2, -1.0, 3.0], [-0.5, 0.3, 0.1]]
+TT = [[2.0, 1.0, 0.0], [0.0, 0.0, 4.0], [1.5, -2.0, 0.7]]
+
+
+@pytest.mark.parametrize("T,alpha", [(2.0, 0.3), (4.0, 0.7), (1.0, 0.5), (8.0, 0.9)])
+def test_kd_loss_matches_hand_computed_formula(T, alpha):
+    y = [1, 2, 0]
+    expected, kl, ce = _hand_kd(S, TT, y, T, alpha)
+    loss, parts = kd_loss(torch.tensor(S), torch.tensor(TT), torch.tensor(y), T=T, alpha=alpha)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert parts["soft"] == pytest.approx(alpha * T * T * kl, rel=1e-5)
+    assert parts["hard"] == pytest.approx((1 - alpha) * ce, rel=1e-5)
+    assert parts["soft"] + parts["hard"] == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_kd_loss_t_squared_factor_and_limits():
+    s, t, y = torch.tensor(S), torch.tensor(TT), torch.tensor([1, 2, 0])
+    _, kl4, ce = _hand_kd(S, TT, [1, 2, 0], 4.0, 1.0)
+    # alpha = 1: pure soft term, scaled by T^2 (16 at T = 4, not 1)
+    loss1, parts1 = kd_loss(s, t, y, T=4.0, alpha=1.0)
+    assert float(loss1) == pytest.approx(16.0 * kl4, rel=1e-5)
+    assert parts1["hard"] == 0.0
+    # alpha = 0: exactly cross-entropy with the labels, whatever the teacher says
+    loss0, parts0 = kd_loss(s, t, y, T=4.0, alpha=0.0)
+    assert float(loss0) == pytest.approx(float(torch.nn.functional.cross_entropy(s, y)), rel=1e-6)
+    assert float(loss0) == pytest.approx(ce, rel=1e-5)
+    assert parts0["soft"] == 0.0
+    loss0b, _ = kd_loss(s, -t, y, T=4.0, alpha=0.0)
+    assert float(loss0b) == pytest.approx(float(loss0))
+    # a student that equals the teacher has zero soft loss
+    loss_same, _ = kd_loss(t, t, y, T=4.0, alpha=1.0)
+    assert abs(float(loss_same)) < 1e-6
+
+
+def test_unlabelled_rows_only_get_the_soft_term():
+    T, alpha = 3.0, 0.6
+    y = [-1, 2, -1]
+    expected, kl, ce = _hand_kd(S, TT, y, T, alpha)
+    loss, parts = kd_loss(torch.tensor(S), torch.tensor(TT), torch.tensor(y), T=T, alpha=alpha)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert parts["hard"] == pytest.approx((1 - alpha) * -math.log(_softmax(S[1])[2]), rel=1e-5)
+    # a batch of unlabelled rows only: no hard term, still a gradient from the teacher
+    s = torch.tensor(S, requires_grad=True)
+    loss_u, parts_u = kd_loss(s, torch.tensor(TT), torch.tensor([-1, -1, -1]), T=T, alpha=alpha)
+    assert parts_u["hard"] == 0.0 and parts_u["soft"] > 0
+    loss_u.backward()
+    assert s.grad.abs().sum() > 0
+
+
+def test_multi_teacher_soft_targets_average_probabilities():
+    t1, t2 = torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([[0.0, 3.0, 0.0]])
+    p = soft_targets([t1, t2], 2.0)
+    p1, p2 = torch.softmax(t1 / 2, 1), torch.softmax(t2 / 2, 1)
+    assert torch.allclose(p, (p1 + p2) / 2)
+    pw = soft_targets([t1, t2], 2.0, [3.0, 1.0])
+    assert torch.allclose(pw, 0.75 * p1 + 0.25 * p2)
+    # kd_loss with a list of teachers uses the averaged probabilities
+    s, y = torch.tensor([[0.5, 0.2, -0.1]]), torch.tensor([0])
+    loss, _ = kd_loss(s, [t1, t2], y, T=2.0, alpha=1.0)
+    ps = torch.log_softmax(s / 2, 1)
+    expected = 4.0 * float((p * (p.log() - ps)).sum())
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_hint_loss_matches_spatial_sizes_and_is_scale_free():
+    torch.manual_seed(0)
+    t = torch.randn(2, 8, 8, 8)
+    s_same = torch.nn.functional.interpolate(t, size=(16, 16))  # same content, bigger map
+    assert float(hint_loss(s_same, t)) < 1e-4
+    assert float(hint_loss(5.0 * t + 3.0, t)) < 1e-4  # standardised: scale and shift do not matter
+    assert float(hint_loss(torch.randn(2, 8, 4, 4), t)) > 0.5
+    with pytest.raises(ValueError):
+        hint_loss(torch.randn(2, 4, 8, 8), t)
+
+
+# ------------------------------------------------------------------ settings and teachers
+def test_distill_config_validates_and_gives_a_plain_student_config(tmp_path):
+    cfg = DistillConfig(data_dir=str(tmp_path), teachers=["a", "b"], teacher_weights=[2, 1],
+                        feature_loss="3:-1", backbone="resnet10t", epochs=2)
+    assert cfg.temperature == 4.0 and cfg.alpha == 0.7
+    plain = cfg.student_config(out_dir=str(tmp_path / "x"))
+    assert type(plain).__name__ == "TrainConfig"
+    assert plain.backbone == "resnet10t" and plain.epochs == 2 and plain.out_dir == str(tmp_path / "x")
+    assert "teachers" not in plain.model_dump()
+    with pytest.raises(ValueError, match="weights"):
+        DistillConfig(data_dir=".", teachers=["a"], teacher_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="TEACHER_STAGE"):
+        DistillConfig(data_dir=".", teachers=["a"], feature_loss="3")
+    with pytest.raises(ValueError):
+        DistillConfig(data_dir=".", teachers=[])
+    with pytest.raises(ValueError):
+        DistillConfig(data_dir=".", teachers=["a"], alpha=1.5)
+
+
+def test_teacher_classes_must_match_with_a_clear_error():
+    assert check_teacher_classes("runA", ["a", "b"], ["a", "b"]) is None
+    assert check_teacher_classes("runA", ["b", "a", "c"], ["a", "b", "c"]) == [1, 0, 2]
+    with pytest.raises(DistillError) as err:
+        check_teacher_classes("runs/teacher1", ["cat", "dog"], ["cat", "dog", "fox"])
+    msg = str(err.value)
+    assert "runs/teacher1" in msg and "fox" in msg
+    with pytest.raises(DistillError, match="wolf"):
+        check_teacher_classes("t", ["cat", "wolf"], ["cat", "dog"])
+
+
+def test_resolve_stage_by_index_and_name():
+    import timm
+
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    assert resolve_stage(m, "-1", "student") == "layer4"
+    assert resolve_stage(m, "2", "student") == "layer2"
+    assert resolve_stage(m, "layer3", "student") == "layer3"
+    with pytest.raises(DistillError, match="stage 9"):
+        resolve_stage(m, "9", "student")
+    with pytest.raises(DistillError, match="nope"):
+        resolve_stage(m, "nope", "student")
+
+
+# ------------------------------------------------------------------ the objective in a manual loop
+def _blobs(n_per_class: int, seed: int, dim: int = 8, n_classes: int = 3, spread: float = 1.3):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_classes, dim, generator=torch.Generator().manual_seed(123)) * 2.0
+    xs, ys = [], []
+    for c in range(n_classes):
+        xs.append(centers[c] + spread * torch.randn(n_per_class, dim, generator=g))
+        ys += [c] * n_per_class
+    return torch.cat(xs), torch.tensor(ys)
+
+
+def _mlp(seed: int, dim: int = 8, hidden: int = 32, n_classes: int = 3):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes))
+
+
+def _fake_teacher(model, classes, name="teacher_run", backbone="mlp"):
+    spec = ModelSpec(backbone=backbone, num_classes=len(classes), classes=list(classes), image_size=32)
+    info = RunInfo(config={}, model=spec)
+    return Teacher(name, model.eval().requires_grad_(False), info, None)
+
+
+def _train(model, objective, x, y, epochs=60, lr=0.05, extra=()):
+    params = list(model.parameters()) + [p for m in extra for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    idx = torch.arange(len(x))
+    history = []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        total = 0.0
+        for b in perm.split(32):
+            loss, parts = objective.loss(model, x[b], y[b], idx[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        history.append(total / len(x))
+    return history
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+class _CE:
+    def loss(self, model, x, y, idx):
+        keep = y >= 0
+        return torch.nn.functional.cross_entropy(model(x[keep]), y[keep]), {}
+
+
+def _ctx(model, classes, n, tmp_path):
+    from tlstudio.core.dataset import Sample
+
+    return ObjectiveContext(model=model, device=torch.device("cpu"), classes=list(classes), precision=None,
+                            config=None, train_samples=[Sample(f"s{i}", 0) for i in range(n)],
+                            features_mode=False, run_dir=Path(tmp_path))
+
+
+def test_objective_teacher_labels_unlabelled_data_and_beats_few_labels(tmp_path):
+    """Teacher on all labels; student on 2 labels per class + the rest unlabelled beats labels alone."""
+    classes = ["a", "b", "c"]
+    x, y = _blobs(60, seed=1, dim=16, spread=2.5)
+    xv, yv = _blobs(200, seed=2, dim=16, spread=2.5)
+    teacher = _mlp(0, dim=16)
+    _train(teacher, _CE(), x, y, epochs=40)
+    t_acc = _acc(teacher, xv, yv)
+    assert t_acc > 0.8
+    # a few labels per class, the rest unlabelled
+    few = torch.full_like(y, -1)
+    for c in range(3):
+        few[(y == c).nonzero()[:2, 0]] = c
+    results = []
+    for seed in (0, 1, 2):
+        alone = _mlp(10 + seed, dim=16)
+        _train(alone, _CE(), x, few, epochs=60)
+        student = _mlp(10 + seed, dim=16)
+        cfg = DistillConfig(data_dir=str(tmp_path), teachers=["teacher_run"], augment="light",
+                            label_smoothing=0.0, temperature=4.0, alpha=0.7)
+        obj = DistillObjective(cfg, teachers=[_fake_teacher(teacher, classes)])
+        events = list(obj.setup(_ctx(student, classes, len(x), tmp_path)))
+        assert any("every batch" in getattr(e, "message", "") for e in events)  # augment: no cache
+        hist = _train(student, obj, x, few, epochs=60)
+        assert hist[-1] < hist[0]
+        results.append((_acc(alone, xv, yv), _acc(student, xv, yv)))
+    mean_alone = sum(a for a, _ in results) / 3
+    mean_kd = sum(b for _, b in results) / 3
+    assert all(b > a for a, b in results), results
+    assert mean_kd > mean_alone + 0.08, results
+    assert mean_kd > 0.9 * t_acc, (results, t_acc)
+
+
+def test_objective_multi_teacher_and_permuted_classes(tmp_path):
+    classes = ["a", "b", "c"]
+    x, y = _blobs(40, seed=3)
+    t1, t2 = _mlp(1), _mlp(2)
+    _train(t1, _CE(), x, y, epochs=30)
+    _train(t2, _CE(), x, y, epochs=30)
+    # teacher 2 was "trained" with classes listed in another order: its columns must be permuted back
+    order = [2, 0, 1]
+    t2_perm = torch.nn.Sequential(t2, _Permute(order))
+    teacher2 = _fake_teacher(t2_perm, [classes[i] for i in order], name="t2")
+    cfg = DistillConfig(data_dir=str(tmp_path), teachers=["t1", "t2"], teacher_weights=[1, 1], augment="light")
+    obj = DistillObjective(cfg, teachers=[_fake_teacher(t1, classes, name="t1"), teacher2])
+    student = _mlp(5)
+    events = list(obj.setup(_ctx(student, classes, len(x), tmp_path)))
+    assert teacher2.perm == [1, 2, 0]
+    assert any("Multi-teacher" in getattr(e, "message", "") for e in events)
+    with torch.no_grad():
+        probs, _ = obj.teacher_probs(x[:5], torch.arange(5))
+    expected = (torch.softmax(t1(x[:5]) / 4, 1) + torch.softmax(t2(x[:5]) / 4, 1)) / 2
+    assert torch.allclose(probs, expected, atol=1e-6)
+    hist = _train(student, obj, x, y, epochs=20)
+    assert hist[-1] < hist[0] * 0.7
+    assert _acc(student, x, y) > 0.8
+
+
+class _Permute(torch.nn.Module):
+    def __init__(self, order):
+        super().__init__()
+        self.order = order
+
+    def forward(self, z):
+        return z[:, self.order]
+
+
+def test_objective_feature_hint_with_adapter_decreases(tmp_path):
+    import timm
+
+    classes = ["a", "b", "c"]
+    torch.manual_seed(0)
+    teacher = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    student = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    cfg = DistillConfig(data_dir=str(tmp_path), teachers=["t"], augment="light", feature_loss="-1:-1",
+                        feature_weight=1.0, backbone="test_efficientnet", image_size=32)
+    obj = DistillObjective(cfg, teachers=[_fake_teacher(teacher, classes, backbone="test_resnet")])
+    events = list(obj.setup(_ctx(student, classes, 16, tmp_path)))
+    assert not obj.supports_features_mode()
+    assert obj.adapter is not None and obj.adapter.in_channels != obj.adapter.out_channels
+    assert any("adapter" in getattr(e, "message", "") for e in events)
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.randint(0, 3, (16,))
+    student.train()
+    feats = []
+    opt = torch.optim.Adam(list(student.parameters()) + list(obj.adapter.parameters()), lr=0.01)
+    for _ in range(15):
+        loss, parts = obj.loss(student, x, y, torch.arange(16))
+        assert set(parts) == {"soft", "hard", "feature"}
+        feats.append(parts["feature"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert feats[-1] < feats[0] * 0.8, feats
+    # hooks only capture while training forward passes are armed: eval forwards keep nothing
+    student.eval()
+    with torch.no_grad():
+        student(x)
+    assert obj._s_cap.value is None
+
+
+def test_teacher_cache_when_inputs_are_deterministic(tmp_path, shapes3):
+    """augment none: the teacher runs once over the training images, not during training."""
+    import timm
+
+    from tlstudio.core.dataset import Sample
+
+    classes = ["circle", "square", "triangle"]
+    samples = [Sample(str(p), classes.index(p.parent.name)) for p in sorted(Path(shapes3).rglob("*.png"))]
+    samples.append(Sample(samples[0].path, -1))  # an unlabelled copy
+    torch.manual_seed(0)
+    teacher = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    t = _fake_teacher(teacher, classes, backbone="test_resnet")
+    cfg = DistillConfig(data_dir=str(shapes3), teachers=["t"], augment="none", batch_size=8)
+    obj = DistillObjective(cfg, teachers=[t])
+    student = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    ctx = _ctx(student, classes, 0, tmp_path)
+    ctx.train_samples = samples
+    events = list(obj.setup(ctx))
+    assert any("computed once" in getattr(e, "message", "") for e in events)
+    assert obj.cached_probs.shape == (len(samples), 3)
+    assert torch.allclose(obj.cached_probs[0], obj.cached_probs[-1], atol=1e-5)  # same image, same target
+
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(4, 3, 32, 32)
+    probs, _ = obj.teacher_probs(x, torch.tensor([0, 1, 2, len(samples) - 1]))
+    assert calls == []  # served from the cache
+    assert torch.allclose(probs[0], obj.cached_probs[0])
