@@ -1,0 +1,215 @@
+"""TrainPanel: settings <-> state, run control, events -> curves/progress/warnings (fake engine)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tlstudio.core import events as ev
+from tlstudio.core.config import TrainConfig
+from tlstudio.gui.panels.train_panel import TrainPanel
+from tlstudio.gui.runner import JobRunner
+from tlstudio.gui.state import AppState
+from tlstudio.gui.widgets import error_dialog
+from tlstudio.gui.widgets.curves import CurvesWidget, Series
+
+
+@pytest.fixture
+def panel(qtbot, tmp_path):
+    state = AppState()
+    runner = JobRunner()
+    p = TrainPanel(state, runner)
+    qtbot.addWidget(p)
+    p.resize(1200, 800)
+    yield p
+    runner.stop()
+    runner.wait(5000)
+
+
+def fake_fit_factory(run_dir: str, n_batches: int = 50, epochs: int = 1, delay: float = 0.0, fail: bool = False):
+    def fake_fit(config, stop=None, pause=None):
+        yield ev.RunStarted(run_dir=run_dir, backbone=config.backbone, device="cpu", precision="fp32",
+                            classes=("a", "b", "c"), n_train=400, n_val=100, epochs=epochs,
+                            batches_per_epoch=n_batches, trainable_params=1234, total_params=56789)
+        yield ev.Warn("2 images could not be read", path="/data/a/bad.jpg")
+        step = 0
+        for e in range(epochs):
+            for b in range(n_batches):
+                if stop is not None and stop.is_set():
+                    yield ev.Finished(run_dir, "stopped", None, None)
+                    return SimpleNamespace(status="stopped", best_val_acc=None, config={"out_dir": run_dir})
+                if fail and b == 10:
+                    raise RuntimeError("boom in the engine")
+                if delay:
+                    time.sleep(delay)
+                yield ev.BatchEnd(epoch=e, batch=b, batches=n_batches, step=step, loss=2.0 / (1 + step),
+                                  lr=1e-3, images_per_s=321.0)
+                step += 1
+            yield ev.EpochEnd(epoch=e, epochs=epochs, train_loss=0.5, val_loss=0.6, val_acc=0.8 + 0.01 * e,
+                              val_macro_f1=0.79, lr=1e-3, seconds=1.5, best=True, trainable_params=1234)
+        yield ev.Finished(run_dir, "finished", epochs - 1, 0.8)
+        return SimpleNamespace(status="finished", best_val_acc=0.8, config={"out_dir": run_dir})
+
+    return fake_fit
+
+
+def test_defaults_come_from_train_config(panel):
+    d = TrainConfig.model_fields
+    assert panel.epochs.value() == d["epochs"].default
+    assert panel.batch_size.value() == d["batch_size"].default
+    assert panel.lr.text() == ""  # blank = advised
+    assert panel.augment.currentText() == d["augment"].default
+    assert panel.optimizer.currentText() == d["optimizer"].default
+    assert panel.early_stop_patience.value() == d["early_stop_patience"].default
+    assert panel.advanced is not None  # advanced settings are folded away
+    assert all(w.toolTip() for w in panel._fields.values())
+
+
+def test_widgets_write_state_and_state_updates_widgets(panel):
+    panel.epochs.setValue(3)
+    panel.augment.setCurrentText("strong")
+    panel.baseline.setChecked(True)
+    panel.lr.setText("3e-4")
+    panel.lr.editingFinished.emit()
+    panel.early_stop_patience.setValue(0)
+    s = panel.state.settings
+    assert s["epochs"] == 3 and s["augment"] == "strong" and s["baseline"] is True
+    assert s["lr"] == pytest.approx(3e-4)
+    assert s["early_stop_patience"] is None  # 0 shows "off"
+    panel.state.update_settings({"batch_size": 8, "optimizer": "sgd", "lr": None})
+    assert panel.batch_size.value() == 8 and panel.optimizer.currentText() == "sgd"
+    assert panel.lr.text() == ""
+    panel.state.data_dir = "/x"
+    cfg = panel.make_config()
+    assert cfg.epochs == 3 and cfg.batch_size == 8 and cfg.lr is None and cfg.leave_one_core
+
+
+def test_start_without_data_explains(panel):
+    assert not panel.start_btn.isEnabled()
+    assert panel.start() is False
+    assert "data folder" in panel.hint.text()
+    assert not panel.runner.running
+
+
+def test_events_reach_curves_progress_and_warnings(panel, qtbot, monkeypatch, tmp_path):
+    monkeypatch.setattr("tlstudio.core.engine.fit", fake_fit_factory(str(tmp_path / "run1")))
+    panel.state.set_dataset(str(tmp_path), None)
+    assert panel.start_btn.isEnabled()
+    training = []
+    panel.state.training_changed.connect(training.append)
+    with qtbot.waitSignal(panel.run_finished, timeout=10_000) as blocker:
+        assert panel.start()
+    assert blocker.args == [str(tmp_path / "run1"), "finished"]
+    assert panel.curves.points("loss") == 50
+    assert panel.curves.points("smooth") == 50
+    assert panel.curves.points("lr") == 50
+    assert panel.curves.points("val_acc") == 1 and panel.curves.points("val_loss") == 1
+    assert panel.batch_bar.value() == 50 and panel.batch_bar.maximum() == 50
+    assert panel.epoch_bar.value() == 1
+    assert "cpu" in panel.device_label.text() and "fp32" in panel.device_label.text()
+    assert "321 img/s" in panel.speed_label.text()
+    assert panel.warnings.count() == 1 and "bad.jpg" in panel.warnings.item(0).text()
+    assert "80.0%" in panel.metrics_label.text()
+    assert panel.state.current_run == str(tmp_path / "run1")
+    assert training == [True, False]
+    assert panel.notifications and "finished" in panel.notifications[-1]
+    assert panel.state.step_status["train"] == "done"
+    assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
+
+
+def test_stop_and_pause_buttons(panel, qtbot, monkeypatch, tmp_path):
+    monkeypatch.setattr("tlstudio.core.engine.fit",
+                        fake_fit_factory(str(tmp_path / "r"), n_batches=100_000, delay=0.002))
+    panel.state.set_dataset(str(tmp_path), None)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.batch_bar.value() >= 3, timeout=5000)
+    assert panel.stop_btn.isEnabled() and panel.pause_btn.isEnabled()
+    assert not panel.start_btn.isEnabled() and not panel.epochs.isEnabled()
+    panel.pause_btn.click()
+    assert panel.pause_btn.text() == "Resume" and panel.runner.paused
+    qtbot.wait(100)
+    v = panel.batch_bar.value()
+    qtbot.wait(200)
+    assert panel.batch_bar.value() <= v + 1
+    panel.pause_btn.click()
+    assert panel.pause_btn.text() == "Pause"
+    qtbot.waitUntil(lambda: panel.batch_bar.value() > v + 2, timeout=5000)
+    with qtbot.waitSignal(panel.run_finished, timeout=5000) as blocker:
+        panel.stop_btn.click()
+    assert blocker.args[1] == "stopped"
+    assert "stopped" in panel.status_label.text().lower()
+
+
+def test_failure_is_shown_and_panel_stays_usable(panel, qtbot, monkeypatch, tmp_path):
+    captured: list = []
+    monkeypatch.setattr(error_dialog, "CAPTURE", captured)
+    monkeypatch.setattr("tlstudio.core.engine.fit", fake_fit_factory(str(tmp_path / "r"), fail=True))
+    panel.state.set_dataset(str(tmp_path), None)
+    with qtbot.waitSignal(panel.runner.failed, timeout=5000):
+        panel.start()
+    assert captured and "boom in the engine" in captured[0][1]
+    assert "Traceback" in captured[0][2]
+    assert "boom" in panel.status_label.text()
+    assert panel.start_btn.isEnabled()
+    monkeypatch.setattr("tlstudio.core.engine.fit", fake_fit_factory(str(tmp_path / "r2"), n_batches=5))
+    with qtbot.waitSignal(panel.run_finished, timeout=5000):
+        panel.start()
+    assert panel.curves.points("loss") == 5  # a fresh run starts fresh curves
+
+
+def test_events_of_other_jobs_are_ignored(panel, qtbot):
+    """The runner is shared (distill uses it too): the train panel only shows its own job."""
+    def other(stop, pause):
+        for i in range(5):
+            yield ev.BatchEnd(epoch=0, batch=i, batches=5, step=i, loss=1.0, lr=1e-3, images_per_s=1.0)
+        return None
+
+    with qtbot.waitSignal(panel.runner.finished, timeout=5000):
+        panel.runner.start(other, owner="distill")
+    assert panel.curves.points("loss") == 0 and panel.events_seen == 0
+
+
+def test_curves_throttle_and_bounded_memory(qtbot):
+    w = CurvesWidget(redraw_ms=100)
+    qtbot.addWidget(w)
+    t0 = time.perf_counter()
+    for i in range(100_000):
+        w.add_batch(i // 1000, i % 1000, 1000, float(np.exp(-i / 30_000)), 1e-3)
+    feed_s = time.perf_counter() - t0
+    assert w.redraws == 0  # nothing drawn synchronously while feeding
+    t0 = time.perf_counter()
+    w.flush()
+    w.resize(900, 500)
+    w.grab()
+    draw_s = time.perf_counter() - t0
+    assert w.points("loss") == 100_000
+    print(f"feed 100k: {feed_s:.2f} s, draw: {draw_s:.3f} s")
+    assert feed_s < 10 and draw_s < 3, (feed_s, draw_s)
+    qtbot.waitUntil(lambda: w.redraws >= 1, timeout=2000)
+
+
+def test_series_is_bounded_and_rewinds():
+    s = Series(capacity=16, max_points=1000)
+    for i in range(10_000):
+        s.append(i, i)
+    assert len(s) <= 1000 and s.nbytes <= 2 * 1000 * 8
+    assert np.all(np.diff(s.x) > 0) and s.x[-1] >= 9000
+    s2 = Series()
+    for i in range(10):
+        s2.append(i, i)
+    s2.append(5, -1)  # a resumed run replays from step 5
+    assert list(s2.x) == [0, 1, 2, 3, 4, 5] and s2.y[-1] == -1
+
+
+def test_resume_replay_does_not_duplicate_points(qtbot):
+    w = CurvesWidget()
+    qtbot.addWidget(w)
+    for b in range(10):
+        w.add_batch(0, b, 10, 1.0, 1e-3)
+    for b in range(5, 10):  # resumed from the checkpoint at batch 5
+        w.add_batch(0, b, 10, 0.5, 1e-3)
+    w.flush()
+    assert w.points("loss") == 10
