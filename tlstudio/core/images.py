@@ -53,9 +53,21 @@ SYSTEM_NAMES: frozenset[str] = frozenset(
     }
 )
 
-# Make PIL's bomb warning an error app-wide (it is a refusal, never a note). Tests and code that
-# reset warning filters are covered by the explicit pixel check in `_open_checked` as well.
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _bomb_warnings_are_errors() -> None:
+    """PIL only *warns* between 1x and 2x its pixel limit: make that warning an error, app-wide.
+
+    Re-asserted before each open (cheap) because tests and libraries reset warning filters;
+    catch_warnings() is not used since it is not thread-safe and scans run in threads. The
+    explicit pixel check in `_open_checked` refuses those images in any case.
+    """
+    f = warnings.filters
+    if not f or f[0][0] != "error" or f[0][2] is not Image.DecompressionBombWarning:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+_bomb_warnings_are_errors()
 
 
 class ImageError(UserError):
@@ -111,6 +123,7 @@ def _stat_reason(path: str) -> str | None:
 
 def _open_checked(f, path: str, max_pixels: int) -> Image.Image:
     """Image.open with every bomb path turned into ImageError (error, warning, our own cap)."""
+    _bomb_warnings_are_errors()
     try:
         im = Image.open(f)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
