@@ -362,6 +362,16 @@ _PATH_HEADERS = {"path", "file", "filename", "file_name", "filepath", "file_path
 _LABEL_HEADERS = {"label", "class", "category", "target", "labels", "class_name", "y"}
 
 
+def _csv_has_label_header(path: str) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = next(csv.reader([f.readline()]), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    cols = {c.strip().lower() for c in first}
+    return bool(cols & _PATH_HEADERS) and bool(cols & _LABEL_HEADERS)
+
+
 def _read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], list[SkippedFile], list[str]]:
     """Rows (absolute path, label, split or None, line no.), skipped rows, warnings."""
     root = os.path.dirname(os.path.abspath(csv_path))
@@ -488,8 +498,13 @@ def scan(
     warns: list[str] = []
     if csv_file is None:
         csvs = [f for f in _visible_files(root) if f.lower().endswith(".csv")]
-        if not _visible_dirs(root) and len(csvs) == 1:
-            csv_file = os.path.join(root, csvs[0])
+        if len(csvs) == 1 and not _split_dirs(root):
+            cand = os.path.join(root, csvs[0])
+            # a lone CSV is the labels when nothing else is there, or when its header says so
+            if not _visible_dirs(root) or _csv_has_label_header(cand):
+                csv_file = cand
+                if _visible_dirs(root):
+                    warns.append(f"Using the labels in {csvs[0]} (not the sub-folder names) as classes.")
     if csv_file is None:
         new_root = _unwrap(root)
         if new_root != root:

@@ -1,0 +1,90 @@
+"""tlstudio.core.images: the contract beyond the bad-input cases in tests/reliability."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlstudio.core.errors import UserError
+from tlstudio.core.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    is_hidden_name,
+    load_rgb,
+    probe_image,
+    to_rgb,
+)
+
+
+def test_constants():
+    assert all(e.startswith(".") and e == e.lower() for e in IMAGE_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"} <= IMAGE_EXTENSIONS
+    assert 50_000_000 < DEFAULT_MAX_PIXELS < 12000 * 12000
+
+
+def test_image_error_is_user_error_naming_file():
+    e = ImageError("/x/y.jpg", "truncated image")
+    assert isinstance(e, UserError) and e.path == "/x/y.jpg" and e.reason == "truncated image"
+    assert str(e) == "/x/y.jpg: truncated image"
+
+
+def test_load_rgb_is_detached_from_file(tmp_path):
+    p = tmp_path / "a.png"
+    Image.new("RGB", (10, 6), (9, 8, 7)).save(p)
+    im = load_rgb(p)
+    os.remove(p)  # the returned image must not need the file any more
+    assert im.mode == "RGB" and im.size == (10, 6)
+    assert tuple(np.asarray(im)[0, 0]) == (9, 8, 7)
+
+
+def test_load_rgb_accepts_str_and_uppercase_extension(tmp_path):
+    p = tmp_path / "UPPER.JPG"
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(p, format="JPEG")
+    assert load_rgb(str(p)).size == (8, 8)
+    assert probe_image(str(p)) is None
+
+
+def test_wrong_extension_but_real_image_is_used(tmp_path):
+    p = tmp_path / "really_png.jpg"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(p, format="PNG")
+    assert probe_image(p) is None
+    assert tuple(np.asarray(load_rgb(p))[0, 0]) == (1, 2, 3)
+
+
+def test_full_probe_finds_corruption_header_probe_misses(tmp_path):
+    p = tmp_path / "cut.bmp"
+    Image.new("RGB", (64, 64), (5, 5, 5)).save(p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    assert probe_image(p) is None  # BMP header is fine: the cheap check cannot know
+    reason = probe_image(p, full=True)
+    assert reason is not None and ("truncated" in reason or "corrupt" in reason)
+    with pytest.raises(ImageError):
+        load_rgb(p)
+
+
+def test_missing_file_and_folder(tmp_path):
+    assert "not found" in probe_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="not found"):
+        load_rgb(tmp_path / "nope.png")
+    assert probe_image(tmp_path) is not None
+
+
+@pytest.mark.parametrize(
+    "name,hidden",
+    [(".DS_Store", True), ("Thumbs.db", True), ("thumbs.db", True), ("desktop.ini", True), ("__MACOSX", True),
+     (".ipynb_checkpoints", True), ("._x.jpg", True), ("cat.jpg", False), ("__init__", False), ("Thumbs.png", False)],
+)
+def test_hidden_names(name, hidden):
+    assert is_hidden_name(name) is hidden
+
+
+def test_to_rgb_modes():
+    assert to_rgb(Image.new("RGB", (2, 2))).mode == "RGB"
+    for mode in ("1", "L", "P", "CMYK", "YCbCr", "HSV", "RGBA", "LA", "I", "F", "I;16"):
+        out = to_rgb(Image.new(mode, (3, 2)))
+        assert out.mode == "RGB" and out.size == (3, 2), mode
