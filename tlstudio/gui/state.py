@@ -38,6 +38,7 @@ class AppState(QObject):
         # TrainConfig fields the user set (data_dir is filled in by make_config)
         self.settings: dict[str, Any] = {}
         self.model_info: Any = None  # tlstudio.core.backbones.ModelInfo
+        self.model: Any = None  # the built torch module (structure for layer groups / memory estimate)
         self.groups: list[Any] = []  # tlstudio.core.layers.LayerGroup
         self.trainable: list[bool] = []
         self.advice: Any = None  # tlstudio.core.advice.Advice
@@ -69,8 +70,9 @@ class AppState(QObject):
         self.settings.update(values)
         self.settings_changed.emit("")
 
-    def set_model(self, info: Any, groups: list[Any], trainable: list[bool]) -> None:
+    def set_model(self, info: Any, groups: list[Any], trainable: list[bool], model: Any = None) -> None:
         self.model_info, self.groups, self.trainable = info, list(groups), list(trainable)
+        self.model = model
         self.model_changed.emit()
         self.freeze_changed.emit()
 
@@ -96,4 +98,22 @@ class AppState(QObject):
         """The TrainConfig the user has set up (raises pydantic.ValidationError when invalid)."""
         from tlstudio.core.config import TrainConfig
 
-        return TrainConfig(data_dir=self.data_dir or "", **self.settings)
+        values = dict(self.settings)
+        if self.runs_dir and not values.get("out_dir"):
+            values["out_dir"] = str(new_run_dir(self.runs_dir, values.get("backbone") or "model"))
+        return TrainConfig(data_dir=self.data_dir or "", **values)
+
+
+def new_run_dir(runs_dir: str, backbone: str) -> Any:
+    """A fresh run folder name inside a project's runs folder (same naming as the engine)."""
+    import re
+    import time
+    from pathlib import Path
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone)[:80]
+    base = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path

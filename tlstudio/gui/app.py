@@ -1,0 +1,178 @@
+"""Start the desktop app: QApplication, style, logging, crash handlers, the main window.
+
+``run_app(argv)``: argv may hold ``--sample``, a folder to open, or a ``.tlsproj`` project
+(also after ``--project``). ``TLSTUDIO_SMOKE=1``: open the window, load the bundled sample,
+wait for the scan, print ``SMOKE OK <n_classes> <n_images>`` and exit 0 (exit 1 on failure).
+
+Errors never end the app silently: an uncaught exception in the UI thread goes to the log file
+and to a dialog (the traceback behind "Show Details..."); faulthandler writes hard crashes
+(segfaults) to the same log file.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+_T0 = time.perf_counter()
+log = logging.getLogger("tlstudio")
+_fault_file: Any = None  # kept open for faulthandler for the life of the process
+
+
+def setup_logging() -> str:
+    """Log to tlstudio.core.paths.log_file() (rotated), and enable faulthandler there."""
+    global _fault_file
+    from logging.handlers import RotatingFileHandler
+
+    from tlstudio.core.paths import log_file
+
+    path = log_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = RotatingFileHandler(path, maxBytes=2_000_000, backupCount=2, encoding="utf-8")
+    except OSError:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("tlstudio")
+    if not any(getattr(h, "baseFilename", None) == getattr(handler, "baseFilename", 0) for h in root.handlers):
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        if _fault_file is None:
+            _fault_file = open(path.with_suffix(".crash.log"), "a", encoding="utf-8")  # noqa: SIM115
+        faulthandler.enable(file=_fault_file, all_threads=True)
+    except (OSError, ValueError):
+        faulthandler.enable()
+    return str(path)
+
+
+def _excepthook(etype, value, tb) -> None:  # noqa: ANN001
+    """Uncaught exceptions (UI thread and Python threads): log, then show a dialog; keep running."""
+    import traceback
+
+    if issubclass(etype, KeyboardInterrupt):
+        sys.__excepthook__(etype, value, tb)
+        return
+    details = "".join(traceback.format_exception(etype, value, tb))
+    log.error("uncaught exception:\n%s", details)
+    try:
+        from PySide6.QtCore import QThread
+        from PySide6.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is None or QThread.currentThread() is not app.thread():
+            return  # not on the UI thread: logged; a dialog from here would crash Qt
+        from tlstudio.core.errors import UserError
+        from tlstudio.gui.widgets.error_dialog import show_error
+
+        if isinstance(value, UserError):
+            show_error(app.activeWindow(), "TL Studio", str(value))
+        else:
+            from tlstudio.core.paths import log_file
+
+            show_error(app.activeWindow(), "TL Studio: unexpected error",
+                       f"Something went wrong: {etype.__name__}: {value}\n\nThe app keeps running; "
+                       f"details are in {log_file()}.", details)
+    except Exception:  # noqa: BLE001 - the hook itself must never raise
+        sys.__excepthook__(etype, value, tb)
+
+
+def install_excepthook() -> None:
+    import threading
+
+    sys.excepthook = _excepthook
+    threading.excepthook = lambda a: _excepthook(a.exc_type, a.exc_value, a.exc_traceback)
+
+
+def make_app(argv: list[str] | None = None) -> Any:
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "tlstudio", *(argv or [])])
+    app.setApplicationName("TL Studio")
+    app.setOrganizationName("TLStudio")
+    app.setStyle("Fusion")
+    from tlstudio.core.paths import resources_dir
+
+    qss = resources_dir() / "style.qss"
+    if qss.is_file():
+        try:
+            app.setStyleSheet(qss.read_text(encoding="utf-8"))
+        except OSError:
+            pass
+    return app
+
+
+def _parse(argv: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sample": False, "project": None, "folder": None}
+    it = iter(argv)
+    for a in it:
+        if a == "--sample":
+            out["sample"] = True
+        elif a == "--project":
+            out["project"] = next(it, None)
+        elif a.endswith(".tlsproj"):
+            out["project"] = a
+        elif a.endswith(".zip") and os.path.isfile(a):
+            out["zip"] = a
+        elif not a.startswith("-") and os.path.isdir(a):
+            out["folder"] = a
+    return out
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    setup_logging()
+    install_excepthook()
+    log.info("starting TL Studio (args %s)", argv)
+    app = make_app()
+    from tlstudio.gui.main_window import MainWindow
+
+    win = MainWindow()
+    win.show()
+    log.info("window shown after %.2f s", time.perf_counter() - _T0)
+    smoke = os.environ.get("TLSTUDIO_SMOKE") == "1"
+    opts = _parse(argv)
+    if smoke:
+        return _smoke(app, win)
+    if opts["project"]:
+        win.open_project(opts["project"])
+    elif opts.get("zip"):
+        win.open_zip(opts["zip"])
+    elif opts["folder"]:
+        win.open_folder(opts["folder"])
+    elif opts["sample"]:
+        win.panel("data").open_sample()
+    return int(app.exec())
+
+
+def _smoke(app: Any, win: Any) -> int:
+    from PySide6.QtCore import QTimer
+
+    data = win.panel("data")
+    result: dict[str, Any] = {}
+
+    def done(report: Any) -> None:
+        result["report"] = report
+        app.quit()
+
+    def failed(msg: str) -> None:
+        result["error"] = msg
+        app.quit()
+
+    data.scan_finished.connect(done)
+    data.scan_failed.connect(failed)
+    QTimer.singleShot(0, data.open_sample)
+    QTimer.singleShot(120_000, lambda: failed("timeout waiting for the scan"))
+    app.exec()
+    win.ensure_panels()
+    if "report" not in result:
+        print(f"SMOKE FAILED {result.get('error', '?')}", flush=True)
+        return 1
+    r = result["report"]
+    print(f"SMOKE OK {len(r.classes)} {len(r.samples)}", flush=True)
+    win.close()
+    return 0

@@ -1,0 +1,647 @@
+"""Step 2, Model: choose a backbone (searchable, size filters, recommended first) and where its
+starting weights come from (pretrained / local file / an earlier run / from scratch).
+
+Choosing a backbone builds its structure in a background thread (random weights: fast, no
+download) so the Layers step can show its groups at once; the weights themselves are loaded by
+the engine when training starts. "Download weights" fetches pretrained weights ahead of time
+with a progress bar and Cancel; offline, the WeightsError message with its choices is shown.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QColor, QFont
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from tlstudio.gui.state import AppState
+from tlstudio.gui.tooltips import tip
+from tlstudio.gui.widgets.layer_strip import human_count
+
+SIZES = {"all": (0, 10**13), "small": (0, 10_000_000), "medium": (10_000_000, 50_000_000),
+         "large": (50_000_000, 10**13)}
+WEIGHT_FILE_FILTER = "Weights (*.safetensors *.pth *.pt);;All files (*)"
+
+
+class _Cancelled(BaseException):
+    """Raised inside the download progress callback to abort it (BaseException: not swallowed)."""
+
+
+class BackboneTableModel(QAbstractTableModel):
+    COLUMNS = ("", "Name", "Family", "Params", "Input", "Pretrained", "Offline")
+    TIPS = ("recommended", "backbone", "family", "params", "input_size", "pretrained", "offline")
+    SortRole = Qt.ItemDataRole.UserRole + 1
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.infos: list[Any] = []
+
+    def set_infos(self, infos: list[Any]) -> None:
+        self.beginResetModel()
+        self.infos = list(infos)
+        self.endResetModel()
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.infos)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return self.COLUMNS[section]
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return tip(self.TIPS[section])
+        return None
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        m, c = self.infos[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return ("★" if m.recommended else "", m.name, m.family, human_count(m.params) if m.params else "?",
+                    f"{m.input_size} px", "yes" if m.pretrained else "no",
+                    "yes" if m.offline else "")[c]
+        if role == self.SortRole:
+            return (0 if m.recommended else 1, m.name, m.family, m.params, m.input_size, int(m.pretrained),
+                    int(m.offline))[c]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            extra = " Recommended starting point." if m.recommended else ""
+            off = " Weights are on this computer." if m.offline else ""
+            return f"{m.name} ({m.family}): {m.params:,} weights, {m.input_size} px input.{extra}{off}"
+        if role == Qt.ItemDataRole.FontRole and m.recommended:
+            f = QFont()
+            f.setBold(True)
+            return f
+        if role == Qt.ItemDataRole.ForegroundRole and c == 0:
+            return QColor("#e8a10a")
+        if role == Qt.ItemDataRole.TextAlignmentRole and c in (3, 4):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+
+class BackboneFilter(QSortFilterProxyModel):
+    """Text filter (every word must match name or family) and a size class."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.words: list[str] = []
+        self.size = "all"
+        self.pretrained_only = False
+        self.setSortRole(BackboneTableModel.SortRole)
+
+    def set_text(self, text: str) -> None:
+        self.words = text.lower().split()
+        self.invalidateFilter()
+
+    def set_size(self, size: str) -> None:
+        self.size = size
+        self.invalidateFilter()
+
+    def set_pretrained_only(self, on: bool) -> None:
+        self.pretrained_only = on
+        self.invalidateFilter()
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
+        m = self.sourceModel().infos[row]
+        lo, hi = SIZES[self.size]
+        if self.size != "all" and not (m.params and lo <= m.params < hi):  # unknown size: only in "all"
+            return False
+        if self.pretrained_only and not (m.pretrained or m.offline):
+            return False
+        hay = f"{m.name} {m.family}".lower()
+        return all(w in hay for w in self.words)
+
+
+class ModelPanel(QWidget):
+    models_loaded = Signal(int)  # number of catalogue entries
+    model_built = Signal(object)  # the built model (structure)
+    model_failed = Signal(str)
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self._gen = 0
+        self._dl_gen = 0
+        self._dl_cancel: threading.Event | None = None
+        self._workers: list[Any] = []
+        self._loaded = False
+        self._build()
+        self._build_timer = QTimer(self, singleShot=True, interval=250)
+        self._build_timer.timeout.connect(self.build_model)
+        state.dataset_changed.connect(self._dataset_changed)
+        state.settings_changed.connect(self._settings_changed)
+        self._sync_from_settings()
+
+    # --- layout -------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search backbones, e.g. resnet, efficientnet, vit…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setToolTip("Type part of a name or family. " + tip("backbone"))
+        self.size_combo = QComboBox()
+        for label, key in (("All sizes", "all"), ("Small (< 10 M)", "small"), ("Medium (10-50 M)", "medium"),
+                           ("Large (> 50 M)", "large")):
+            self.size_combo.addItem(label, key)
+        self.size_combo.setToolTip(tip("size_filter"))
+        self.table_model = BackboneTableModel(self)
+        self.proxy = BackboneFilter(self)
+        self.proxy.setSourceModel(self.table_model)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # recommended first
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setAlternatingRowColors(True)
+        self.table.setToolTip(tip("backbone"))
+        h = self.table.horizontalHeader()
+        h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        h.setSectionResizeMode(2, QHeaderView.ResizeMode.Interactive)
+        h.resizeSection(2, 110)
+        self.search.textChanged.connect(self.proxy.set_text)
+        self.size_combo.currentIndexChanged.connect(lambda: self.proxy.set_size(self.size_combo.currentData()))
+        self.table.selectionModel().currentRowChanged.connect(self._row_changed)
+        self.count_label = QLabel("Loading the model list…")
+
+        top = QHBoxLayout()
+        top.addWidget(self.search, 3)
+        top.addWidget(self.size_combo, 1)
+
+        # weight source
+        self.radios: dict[str, QRadioButton] = {}
+        self.source_group = QButtonGroup(self)
+        src_box = QGroupBox("Starting weights")
+        src_box.setToolTip(tip("pretrained"))
+        sv = QVBoxLayout(src_box)
+        for key, text in (("pretrained", "Pretrained on ImageNet (transfer learning)"),
+                          ("file", "A weights file on this computer"),
+                          ("run", "A model I trained earlier (chained transfer)"),
+                          ("scratch", "From scratch (random weights, no transfer)")):
+            rb = QRadioButton(text)
+            rb.setToolTip(tip(f"init_{key}"))
+            self.radios[key] = rb
+            self.source_group.addButton(rb)
+            sv.addWidget(rb)
+            if key == "pretrained":
+                row = QHBoxLayout()
+                row.setContentsMargins(22, 0, 0, 0)
+                self.download_btn = QPushButton("Download weights now")
+                self.download_btn.setToolTip(tip("download"))
+                self.download_btn.clicked.connect(self.download_weights)
+                self.dl_progress = QProgressBar()
+                self.dl_progress.setToolTip(tip("download"))
+                self.dl_progress.hide()
+                self.dl_cancel_btn = QPushButton("Cancel")
+                self.dl_cancel_btn.setToolTip("Stop the download (what was fetched is kept and resumed later).")
+                self.dl_cancel_btn.clicked.connect(self.cancel_download)
+                self.dl_cancel_btn.hide()
+                row.addWidget(self.download_btn)
+                row.addWidget(self.dl_progress, 1)
+                row.addWidget(self.dl_cancel_btn)
+                sv.addLayout(row)
+            elif key == "file":
+                row = QHBoxLayout()
+                row.setContentsMargins(22, 0, 0, 0)
+                self.file_edit = QLineEdit()
+                self.file_edit.setPlaceholderText(".safetensors, .pth or .pt")
+                self.file_edit.setToolTip(tip("init_file"))
+                self.file_edit.editingFinished.connect(self._file_edited)
+                b = QPushButton("Browse…")
+                b.setToolTip(tip("init_file"))
+                b.clicked.connect(self.choose_weights_file)
+                row.addWidget(self.file_edit, 1)
+                row.addWidget(b)
+                sv.addLayout(row)
+            elif key == "run":
+                row = QHBoxLayout()
+                row.setContentsMargins(22, 0, 0, 0)
+                self.run_edit = QLineEdit()
+                self.run_edit.setPlaceholderText("a run folder (contains run.json)")
+                self.run_edit.setToolTip(tip("init_run"))
+                self.run_edit.editingFinished.connect(self._run_edited)
+                b = QPushButton("Browse…")
+                b.setToolTip(tip("init_run"))
+                b.clicked.connect(self.choose_run)
+                row.addWidget(self.run_edit, 1)
+                row.addWidget(b)
+                sv.addLayout(row)
+        self.source_group.buttonClicked.connect(self._source_changed)
+
+        self.size_spin = QSpinBox()
+        self.size_spin.setRange(0, 1024)
+        self.size_spin.setSingleStep(32)
+        self.size_spin.setSpecialValueText("model default")
+        self.size_spin.setSuffix(" px")
+        self.size_spin.setToolTip(tip("input_size") + " Smaller is faster; 0 uses the model's own size.")
+        self.size_spin.valueChanged.connect(self._size_changed)
+        opts = QGroupBox("Input")
+        form = QFormLayout(opts)
+        form.addRow("Image size", self.size_spin)
+
+        self.selected_label = QLabel("No backbone selected.")
+        self.selected_label.setWordWrap(True)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.setStyleSheet("color: #c5221f;")
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumHeight(8)
+        self.busy.setTextVisible(False)
+        self.busy.hide()
+
+        side = QVBoxLayout()
+        side.addWidget(self.selected_label)
+        side.addWidget(self.busy)
+        side.addWidget(src_box)
+        side.addWidget(opts)
+        side.addWidget(self.message)
+        side.addStretch(1)
+        side_w = QWidget()
+        side_w.setLayout(side)
+        side_w.setMaximumWidth(460)
+
+        left = QVBoxLayout()
+        left.addLayout(top)
+        left.addWidget(self.table, 1)
+        left.addWidget(self.count_label)
+        lay = QHBoxLayout(self)
+        lay.addLayout(left, 3)
+        lay.addWidget(side_w, 2)
+
+    # --- catalogue ----------------------------------------------------------------------
+    def showEvent(self, ev) -> None:  # noqa: ANN001
+        super().showEvent(ev)
+        self.load_models()
+
+    def load_models(self) -> None:
+        """Fill the list in the background (imports timm); does nothing once loaded."""
+        if self._loaded:
+            return
+        self._loaded = True
+        self._start(_list_models_job, returned=self._models_ready, errored=self._models_error)
+
+    def _start(self, fn, *args, returned=None, errored=None) -> Any:  # noqa: ANN001
+        from superqt.utils import create_worker
+
+        w = create_worker(fn, *args, _start_thread=False)
+        if returned:
+            w.returned.connect(returned)
+        if errored:
+            w.errored.connect(errored)
+        self._workers.append(w)
+        w.finished.connect(lambda w=w: self._workers.remove(w) if w in self._workers else None)
+        w.start()
+        return w
+
+    def _models_ready(self, infos: list[Any]) -> None:
+        self.table_model.set_infos(infos)
+        self.count_label.setText(f"{len(infos):,} backbones; ★ = recommended starting points. "
+                                 "Click a column to sort.")
+        self.models_loaded.emit(len(infos))
+        self._select_name(self.state.settings.get("backbone") or _default_backbone())
+
+    def _models_error(self, exc: BaseException) -> None:
+        self._loaded = False
+        self.count_label.setText(f"Could not list the models: {exc}")
+        self.state.set_step_status("model", "attention")
+
+    def _select_name(self, name: str) -> bool:
+        for r, m in enumerate(self.table_model.infos):
+            if m.name == name:
+                ix = self.proxy.mapFromSource(self.table_model.index(r, 1))
+                if not ix.isValid():  # hidden by the filters: clear them
+                    self.search.clear()
+                    self.size_combo.setCurrentIndex(0)
+                    ix = self.proxy.mapFromSource(self.table_model.index(r, 1))
+                self.table.selectionModel().setCurrentIndex(
+                    ix, self.table.selectionModel().SelectionFlag.ClearAndSelect
+                    | self.table.selectionModel().SelectionFlag.Rows)
+                self.table.scrollTo(ix)
+                return True
+        return False
+
+    def selected_info(self) -> Any:
+        ix = self.table.selectionModel().currentIndex()
+        if not ix.isValid():
+            return None
+        return self.table_model.infos[self.proxy.mapToSource(ix).row()]
+
+    def _row_changed(self, current: QModelIndex, _prev: QModelIndex) -> None:
+        if not current.isValid():
+            return
+        info = self.table_model.infos[self.proxy.mapToSource(current).row()]
+        self.state.set_setting("backbone", info.name)
+        self._show_selected(info)
+        self._build_timer.start()
+
+    def _show_selected(self, info: Any, n_params: int | None = None) -> None:
+        n_params = n_params or info.params
+        size = f"{human_count(n_params)} weights" if n_params else "size unknown until built"
+        avail = ("weights already on this computer" if info.offline else
+                 "pretrained weights downloadable" if info.pretrained else "no pretrained weights")
+        self.selected_label.setText(
+            f"<b>{info.name}</b> ({info.family}) · {size} · "
+            f"{info.input_size} px · {avail}")
+        self._update_download_button()
+
+    # --- weight source ------------------------------------------------------------------
+    def _sync_from_settings(self) -> None:
+        s = self.state.settings
+        init = s.get("init", "pretrained")
+        self.radios.get(init, self.radios["pretrained"]).setChecked(True)
+        self.file_edit.setText(s.get("weights_file") or "")
+        self.run_edit.setText(s.get("init_run") or "")
+        self.size_spin.blockSignals(True)
+        self.size_spin.setValue(int(s.get("image_size") or 0))
+        self.size_spin.blockSignals(False)
+        if self._loaded and s.get("backbone"):
+            info = self.selected_info()
+            if info is None or info.name != s["backbone"]:
+                self._select_name(s["backbone"])
+
+    def _settings_changed(self, name: str) -> None:
+        if name in ("", "init", "weights_file", "init_run", "image_size", "backbone"):
+            self._sync_from_settings()
+
+    def init_kind(self) -> str:
+        for k, rb in self.radios.items():
+            if rb.isChecked():
+                return k
+        return "pretrained"
+
+    def _source_changed(self) -> None:
+        kind = self.init_kind()
+        self.state.set_setting("init", kind)
+        self._update_download_button()
+        self._check_source()
+
+    def _update_download_button(self) -> None:
+        info = self.selected_info()
+        ok = self.init_kind() == "pretrained" and info is not None and info.pretrained and not info.offline
+        self.download_btn.setEnabled(ok and self._dl_cancel is None)
+        self.download_btn.setToolTip(tip("download") if ok else
+                                     "Nothing to download: the weights are already here, or not pretrained.")
+
+    def choose_weights_file(self) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, "Choose a weights file", "", WEIGHT_FILE_FILTER)
+        if f:
+            self.set_weights_file(f)
+
+    def set_weights_file(self, path: str) -> None:
+        self.file_edit.setText(path)
+        self.radios["file"].setChecked(True)
+        self.state.set_setting("weights_file", path)
+        self.state.set_setting("init", "file")
+        self._check_source()
+
+    def _file_edited(self) -> None:
+        if self.file_edit.text().strip():
+            self.set_weights_file(self.file_edit.text().strip())
+
+    def choose_run(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Choose an earlier run folder", self.state.runs_dir or "")
+        if d:
+            self.set_init_run(d)
+
+    def set_init_run(self, path: str) -> None:
+        """Chained transfer: the run decides the backbone; its classes may differ from ours."""
+        from tlstudio.core.runs import read_run
+
+        self.run_edit.setText(path)
+        self.radios["run"].setChecked(True)
+        try:
+            info = read_run(path)
+        except Exception as exc:  # noqa: BLE001 - RunError / validation: shown, not raised
+            self._fail(f"{path}: not a usable run folder ({exc})")
+            return
+        self.state.set_setting("init_run", path)
+        self.state.set_setting("init", "run")
+        self.message.setText("")
+        if self._loaded:
+            self._select_name(info.model.backbone)
+        else:
+            self.state.set_setting("backbone", info.model.backbone)
+
+    def _run_edited(self) -> None:
+        if self.run_edit.text().strip():
+            self.set_init_run(self.run_edit.text().strip())
+
+    def _check_source(self) -> None:
+        """Needs attention when the chosen source is incomplete; otherwise follows the build."""
+        kind = self.init_kind()
+        s = self.state.settings
+        if kind == "file" and not s.get("weights_file"):
+            self._fail("Choose a weights file (.safetensors, .pth or .pt), or pick another source.", dialog=False)
+        elif kind == "run" and not s.get("init_run"):
+            self._fail("Choose the folder of an earlier run, or pick another source.", dialog=False)
+        else:
+            self.message.setText("")
+            if self.state.model is not None:
+                self.state.set_step_status("model", "done")
+            if kind == "file":
+                self._build_timer.start()  # validates the file against the architecture
+
+    def _size_changed(self, v: int) -> None:
+        self.state.set_setting("image_size", v or None)
+
+    # --- building the structure ---------------------------------------------------------
+    def _dataset_changed(self) -> None:
+        if self.state.model is not None and self._num_classes() != getattr(self, "_built_classes", None):
+            self._build_timer.start()
+
+    def _num_classes(self) -> int:
+        r = self.state.scan_report
+        return max(2, len(r.classes)) if r is not None else 2
+
+    def build_model(self) -> None:
+        info = self.selected_info()
+        if info is None:
+            return
+        self._gen += 1
+        gen = self._gen
+        kind = self.init_kind()
+        wf = self.state.settings.get("weights_file") if kind == "file" else None
+        init = "file" if (kind == "file" and wf) else "scratch"  # structure only; file is also validated
+        n = self._num_classes()
+        self.busy.show()
+        self.state.set_step_status("model", "busy")
+        self.state.status_message.emit(f"Building {info.name} …")
+        self._start(_build_job, info.name, n, init, wf,
+                    returned=lambda res, g=gen, i=info, n=n: self._built(g, i, n, res),
+                    errored=lambda exc, g=gen: self._build_error(g, exc))
+
+    def _built(self, gen: int, info: Any, n: int, res: tuple[Any, list[Any]]) -> None:
+        if gen != self._gen:
+            return
+        model, groups = res
+        self._built_classes = n
+        self.busy.hide()
+        self.message.setText("")
+        trainable = _initial_trainable(self.state, groups)
+        self.state.model_info = info
+        self.state.set_model(info, groups, trainable, model)
+        self.state.set_step_status("model", "done")
+        self._show_selected(info, sum(g.n_params for g in groups))
+        self.state.status_message.emit(f"{info.name}: {len(groups)} layer groups")
+        self._check_source()
+        self.model_built.emit(model)
+
+    def _build_error(self, gen: int, exc: BaseException) -> None:
+        if gen != self._gen:
+            return
+        self.busy.hide()
+        self._fail(str(exc), exc=exc)
+
+    def _fail(self, msg: str, exc: BaseException | None = None, dialog: bool = True) -> None:
+        from tlstudio.core.errors import UserError
+
+        self.message.setText(msg)
+        self.state.set_step_status("model", "attention")
+        self.model_failed.emit(msg)
+        if exc is not None and not isinstance(exc, UserError) and dialog:
+            from tlstudio.gui.widgets.error_dialog import show_exception
+
+            show_exception(self, "Could not build the model", exc)
+
+    # --- download -----------------------------------------------------------------------
+    def download_weights(self) -> None:
+        info = self.selected_info()
+        if info is None or self._dl_cancel is not None:
+            return
+        self._dl_gen += 1
+        gen = self._dl_gen
+        cancel = threading.Event()
+        self._dl_cancel = cancel
+        bridge = _DownloadProgress(self)
+        bridge.changed.connect(self._dl_progress)
+        self.dl_progress.setRange(0, 0)
+        self.dl_progress.setFormat("Downloading… %p%")
+        self.dl_progress.show()
+        self.dl_cancel_btn.show()
+        self.download_btn.setEnabled(False)
+        self.message.setText("")
+        self.state.status_message.emit(f"Downloading the weights of {info.name} …")
+        self._start(_download_job, info.name, self._num_classes(), bridge, cancel,
+                    returned=lambda res, g=gen: self._dl_done(g, res),
+                    errored=lambda exc, g=gen: self._dl_error(g, exc))
+
+    def cancel_download(self) -> None:
+        if self._dl_cancel is not None:
+            self._dl_cancel.set()
+            self._dl_gen += 1
+            self._dl_ended()
+            self.state.status_message.emit("Download cancelled.")
+
+    def _dl_progress(self, done: int, total: int) -> None:
+        if total > 0:
+            self.dl_progress.setRange(0, total)
+            self.dl_progress.setValue(done)
+            self.dl_progress.setFormat(f"{done / 1e6:.1f} / {total / 1e6:.1f} MB")
+
+    def _dl_ended(self) -> None:
+        self._dl_cancel = None
+        self.dl_progress.hide()
+        self.dl_cancel_btn.hide()
+        self._update_download_button()
+
+    def _dl_done(self, gen: int, res: str) -> None:
+        if gen != self._dl_gen:
+            return
+        self._dl_ended()
+        if res == "cancelled":
+            return
+        self.state.status_message.emit("Weights downloaded.")
+        self.download_btn.setEnabled(False)
+        self.download_btn.setText("Weights downloaded")
+
+    def _dl_error(self, gen: int, exc: BaseException) -> None:
+        if gen != self._dl_gen:
+            return
+        self._dl_ended()
+        self._fail(str(exc), exc=exc)
+
+
+class _DownloadProgress(QObject):
+    changed = Signal(int, int)
+
+
+def _default_backbone() -> str:
+    from tlstudio.core.config import DEFAULT_BACKBONE
+
+    return DEFAULT_BACKBONE
+
+
+def _initial_trainable(state: AppState, groups: list[Any]) -> list[bool]:
+    """Keep an explicit per-group choice if it fits, else the freeze preset (default: head only)."""
+    from tlstudio.core.layers import plan_from_spec
+
+    fg = state.settings.get("frozen_groups")
+    if fg is not None and all(0 <= i < len(groups) for i in fg):
+        return [not (i in fg) or g.is_head for i, g in enumerate(groups)]
+    try:
+        return plan_from_spec(state.settings.get("freeze") or "head", groups)[0]
+    except Exception:  # noqa: BLE001 - e.g. last:N larger than the model: fall back to head only
+        return plan_from_spec("head", groups)[0]
+
+
+def _list_models_job() -> list[Any]:
+    from tlstudio.core.backbones import list_models
+
+    return list_models("")
+
+
+def _build_job(name: str, n: int, init: str, weights_file: str | None) -> tuple[Any, list[Any]]:
+    from tlstudio.core.backbones import create_model
+    from tlstudio.core.layers import layer_groups
+
+    model = create_model(name, n, init=init, weights_file=weights_file)
+    return model, layer_groups(model)
+
+
+def _download_job(name: str, n: int, bridge: _DownloadProgress, cancel: threading.Event) -> str:
+    from tlstudio.core.backbones import create_model
+
+    def progress(done: int, total: int | None) -> None:
+        if cancel.is_set():
+            raise _Cancelled()
+        bridge.changed.emit(int(done), int(total or 0))
+
+    try:
+        create_model(name, n, init="pretrained", progress=progress)
+    except _Cancelled:
+        return "cancelled"
+    return "ok"

@@ -1,0 +1,99 @@
+"""Save a PNG of every panel with the sample data loaded: ``python -m tlstudio.gui.screenshots OUT_DIR``.
+
+Runs offscreen (QT_QPA_PLATFORM=offscreen is set when no display is given). The window is
+driven as a user would: sample data opened, the default backbone chosen, then each step shown
+and grabbed. Optional: ``--run RUN_DIR`` selects an earlier run so Evaluate/Runs have content.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_BYTES = 300_000
+
+
+def _wait(app: Any, cond, timeout: float) -> bool:  # noqa: ANN001
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        app.processEvents()
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _save(widget: Any, path: Path) -> Path:
+    """Grab and save; shrink (in steps) if the PNG would exceed MAX_BYTES."""
+    from PySide6.QtCore import Qt
+
+    pm = widget.grab()
+    scale = 1.0
+    while True:
+        img = pm if scale == 1.0 else pm.scaledToWidth(int(pm.width() * scale),
+                                                       Qt.TransformationMode.SmoothTransformation)
+        img.save(str(path), "PNG", 9)
+        if path.stat().st_size <= MAX_BYTES or scale < 0.5:
+            return path
+        scale *= 0.85
+
+
+def take_screenshots(out_dir: str | Path, run_dir: str | None = None) -> list[Path]:
+    from tlstudio.gui.app import make_app
+    from tlstudio.gui.main_window import MainWindow
+    from tlstudio.gui.panels.data_panel import sample_folder
+    from tlstudio.gui.state import STEPS
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    app = make_app()
+    win = MainWindow()
+    win.resize(1280, 800)
+    win.show()
+    win.ensure_panels()
+    st = win.state
+    data = win.panel("data")
+    saved = [_save(win, out / "0-start.png")]
+    data.open_folder(str(sample_folder()))
+    _wait(app, lambda: st.scan_report is not None and not data.scanning, 60)
+    model = win.panel("model")
+    win.show_step(STEPS.index("model"))
+    _wait(app, lambda: model.table_model.rowCount() > 0, 60)
+    _wait(app, lambda: st.model is not None and bool(st.groups), 120)
+    layers = win.panel("layers")
+    if st.groups:
+        layers.apply_preset("last:2")
+    if run_dir:
+        st.set_current_run(run_dir)
+    for i, step in enumerate(STEPS):
+        win.show_step(i)
+        if step == "data":  # let the visible thumbnails decode
+            _wait(app, lambda: data.thumb_model.loader.pending() == 0, 10)
+            _wait(app, lambda: False, 0.3)
+        elif step == "layers":
+            _wait(app, lambda: layers.memory_label.text() not in ("estimating…", "–"), 60)
+        else:
+            _wait(app, lambda: False, 0.3)
+        saved.append(_save(win, out / f"{i + 1}-{step}.png"))
+    win.close()
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m tlstudio.gui.screenshots OUT_DIR [--run RUN_DIR]")
+        return 2
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    run = argv[argv.index("--run") + 1] if "--run" in argv else None
+    for p in take_screenshots(argv[0], run):
+        print(f"{p} {p.stat().st_size // 1024} KB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
