@@ -1,15 +1,314 @@
-"""RunsPanel (placeholder being filled in by gui-train; the constructor is final)."""
+"""Step 7, Runs: the history of runs, open one, overlay curves, rename, delete.
+
+Rename changes the run's display name (run.json), never its folder: other runs (chained
+transfer) and projects refer to runs by folder. Delete asks first and only removes folders that
+are run folders inside the runs directory.
+"""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+import datetime as _dt
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from tlstudio.gui.state import AppState
 
+log = logging.getLogger("tlstudio.gui")
+
+COLUMNS = ["Name", "Date", "Backbone", "Status", "Best val acc", "Epochs", "Transfer gain"]
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _runs_root(state: AppState) -> Path:
+    if state.runs_dir:
+        return Path(state.runs_dir)
+    from tlstudio.core.paths import default_runs_dir
+
+    return Path(default_runs_dir())
+
 
 class RunsPanel(QWidget):
+    run_opened = Signal(str)
+
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("Runs (coming)"))
+        self.runs: list[tuple[Path, Any]] = []  # (run_dir, RunInfo)
+        # tests replace these to answer the dialogs
+        self.confirm = self._confirm
+        self.ask_name = self._ask_name
+        self._build()
+        state.runs_changed.connect(self.refresh)
+        state.current_run_changed.connect(self._select_current)
+        state.training_changed.connect(lambda _: self._update_buttons())
+        self.refresh()
+
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        top = QHBoxLayout()
+        self.root_label = QLabel()
+        self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        top.addWidget(self.root_label, 1)
+        self.refresh_btn = QPushButton("Refresh")
+        self.open_btn = QPushButton("Open run")
+        self.open_btn.setToolTip("Make this run the current one: Evaluate, Predict and Export use its model.")
+        self.overlay_btn = QPushButton("Compare curves")
+        self.overlay_btn.setToolTip("Draw the validation curves of the selected runs on top of each other.")
+        self.rename_btn = QPushButton("Rename…")
+        self.rename_btn.setToolTip("Change the run's display name (its folder stays the same).")
+        self.delete_btn = QPushButton("Delete…")
+        self.delete_btn.setToolTip("Delete the selected runs and their files (asks first).")
+        self.folder_btn = QPushButton("Show folder")
+        self.folder_btn.setToolTip("Open the run folder in the file manager.")
+        for b in (self.refresh_btn, self.open_btn, self.overlay_btn, self.rename_btn, self.delete_btn,
+                  self.folder_btn):
+            top.addWidget(b)
+        root.addLayout(top)
+        self.refresh_btn.clicked.connect(self.refresh)
+        self.open_btn.clicked.connect(self.open_selected)
+        self.overlay_btn.clicked.connect(self.overlay_selected)
+        self.rename_btn.clicked.connect(self.rename_selected)
+        self.delete_btn.clicked.connect(self.delete_selected)
+        self.folder_btn.clicked.connect(self._show_folder)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setSortingEnabled(True)
+        self.table.setToolTip("Every training run in the runs folder. Double-click to open one; select "
+                              "several and click Compare curves to overlay them.")
+        self.table.itemDoubleClicked.connect(lambda _: self.open_selected())
+        self.table.itemSelectionChanged.connect(self._update_buttons)
+        split.addWidget(self.table)
+
+        plots = pg.GraphicsLayoutWidget()
+        plots.setBackground("w")
+        self.acc_plot = plots.addPlot(row=0, col=0, title="Validation accuracy")
+        self.loss_plot = plots.addPlot(row=0, col=1, title="Validation loss")
+        for p in (self.acc_plot, self.loss_plot):
+            p.showGrid(x=True, y=True, alpha=0.25)
+            p.setLabel("bottom", "epoch")
+        self.acc_legend = self.acc_plot.addLegend(offset=(-10, -10))
+        self.plots = plots
+        split.addWidget(plots)
+        split.setSizes([300, 300])
+        root.addWidget(split, 1)
+        self.overlaid: list[str] = []
+
+    # ------------------------------------------------------------------ table
+    def refresh(self) -> None:
+        from tlstudio.core.runs import RunError, list_runs, read_run
+
+        root = _runs_root(self.state)
+        self.root_label.setText(f"Runs in {root}")
+        selected = set(self.selected_dirs())
+        self.runs = []
+        for d in list_runs(root):
+            try:
+                self.runs.append((d, read_run(d)))
+            except (RunError, OSError) as exc:  # a damaged run is listed, not fatal
+                log.warning("%s", exc)
+                self.runs.append((d, None))
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(self.runs))
+        for r, (d, info) in enumerate(self.runs):
+            self._fill_row(r, d, info)
+            if str(d) in selected:
+                self.table.selectRow(r)
+        self.table.setSortingEnabled(True)
+        self.table.resizeColumnsToContents()
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self._select_current(self.state.current_run or "")
+        self._update_buttons()
+
+    def _fill_row(self, r: int, d: Path, info: Any) -> None:
+        def item(text: str, sort: Any = None, right: bool = False) -> QTableWidgetItem:
+            it = QTableWidgetItem(text)
+            if sort is not None:
+                it.setData(Qt.ItemDataRole.UserRole + 1, sort)
+            if right:
+                it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            it.setData(Qt.ItemDataRole.UserRole, str(d))
+            it.setToolTip(str(d))
+            return it
+
+        if info is None:
+            self.table.setItem(r, 0, item(d.name))
+            self.table.setItem(r, 3, item("unreadable"))
+            for c in (1, 2, 4, 5, 6):
+                self.table.setItem(r, c, item(""))
+            return
+        date = _dt.datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M")
+        acc = "" if info.best_val_acc is None else f"{info.best_val_acc:.1%}"
+        epochs_total = info.config.get("epochs", "")
+        gain = ""
+        if info.baseline and info.baseline.get("gain") is not None:
+            g = float(info.baseline["gain"])
+            gain = f"{g * 100:+.1f} pts" + (" ⚠" if g < 0 else "")
+        name = info.name or d.name
+        if info.kind != "train":
+            name += f" ({info.kind})"
+        self.table.setItem(r, 0, item(name))
+        self.table.setItem(r, 1, item(date))
+        self.table.setItem(r, 2, item(info.model.backbone))
+        self.table.setItem(r, 3, item(info.status.replace("_", " ")))
+        self.table.setItem(r, 4, item(acc, right=True))
+        self.table.setItem(r, 5, item(f"{info.epochs_done}/{epochs_total}", right=True))
+        self.table.setItem(r, 6, item(gain, right=True))
+
+    def selected_dirs(self) -> list[str]:
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        out = []
+        for r in rows:
+            it = self.table.item(r, 0)
+            if it is not None:
+                out.append(it.data(Qt.ItemDataRole.UserRole))
+        return out
+
+    def select_dirs(self, dirs: list[str]) -> None:
+        self.table.clearSelection()
+        mode = self.table.selectionMode()
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        for r in range(self.table.rowCount()):
+            it = self.table.item(r, 0)
+            if it is not None and it.data(Qt.ItemDataRole.UserRole) in dirs:
+                self.table.selectRow(r)
+        self.table.setSelectionMode(mode)
+
+    def _select_current(self, run_dir: str) -> None:
+        for r in range(self.table.rowCount()):
+            it = self.table.item(r, 0)
+            if it is None:
+                continue
+            f = it.font()
+            f.setBold(bool(run_dir) and it.data(Qt.ItemDataRole.UserRole) == run_dir)
+            it.setFont(f)
+
+    def _update_buttons(self) -> None:
+        sel = self.selected_dirs()
+        running = bool(self.state.training)
+        self.open_btn.setEnabled(len(sel) == 1)
+        self.overlay_btn.setEnabled(len(sel) >= 1)
+        self.rename_btn.setEnabled(len(sel) == 1)
+        self.delete_btn.setEnabled(bool(sel) and not running)
+        self.folder_btn.setEnabled(len(sel) == 1)
+
+    # ------------------------------------------------------------------ actions
+    def open_selected(self) -> None:
+        sel = self.selected_dirs()
+        if len(sel) == 1:
+            self.state.set_current_run(sel[0])
+            self.state.status_message.emit(f"Opened run {Path(sel[0]).name}")
+            self.run_opened.emit(sel[0])
+
+    def overlay_selected(self) -> None:
+        self.overlay(self.selected_dirs())
+
+    def overlay(self, dirs: list[str]) -> None:
+        """Draw validation accuracy and loss per epoch of each run (history.csv)."""
+        from tlstudio.core.runs import read_history
+
+        self.acc_plot.clear()
+        self.loss_plot.clear()
+        self.acc_legend.clear()
+        self.overlaid = []
+        names = {str(d): (i.name if i is not None and i.name else d.name) for d, i in self.runs}
+        for n, d in enumerate(dirs):
+            rows = read_history(d)
+            if not rows:
+                continue
+            pen = pg.mkPen(_COLOURS[n % len(_COLOURS)], width=2)
+            x = [r["epoch"] + 1 for r in rows if "epoch" in r]
+            name = names.get(str(d), Path(d).name)
+            self.acc_plot.plot(x, [r.get("val_acc", float("nan")) for r in rows], pen=pen, symbol="o",
+                               symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)], name=name)
+            self.loss_plot.plot(x, [r.get("val_loss", float("nan")) for r in rows], pen=pen, symbol="o",
+                                symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)])
+            self.overlaid.append(d)
+        if not self.overlaid and dirs:
+            self.state.status_message.emit("The selected runs have no finished epoch to draw yet.")
+
+    def rename_selected(self) -> None:
+        from tlstudio.core.runs import read_run, write_run
+
+        sel = self.selected_dirs()
+        if len(sel) != 1:
+            return
+        info = read_run(sel[0])
+        new = self.ask_name(info.name or Path(sel[0]).name)
+        if new is None:
+            return
+        new = new.strip()
+        if not new or new == info.name:
+            return
+        info.name = new[:200]
+        write_run(sel[0], info)
+        self.state.runs_changed.emit()  # this panel and the others that show run names refresh
+
+    def delete_selected(self) -> None:
+        sel = self.selected_dirs()
+        if not sel or self.state.training:
+            return
+        names = ", ".join(Path(d).name for d in sel[:5]) + (" …" if len(sel) > 5 else "")
+        if not self.confirm(f"Delete {len(sel)} run(s) and all their files?\n{names}\nThis cannot be undone."):
+            return
+        from tlstudio.core.runs import is_run_dir
+
+        root = _runs_root(self.state).resolve()
+        for d in sel:
+            p = Path(d).resolve()
+            # only real run folders inside the runs directory: never follow a crafted path elsewhere
+            if p.parent != root or not is_run_dir(p) or p.is_symlink():
+                log.warning("refusing to delete %s (not a run folder in %s)", p, root)
+                continue
+            try:
+                shutil.rmtree(p)
+            except OSError as exc:
+                from tlstudio.gui.widgets.error_dialog import show_error
+
+                show_error(self, "Cannot delete", f"{p}: {exc}", modal=False)
+            if self.state.current_run and Path(self.state.current_run).resolve() == p:
+                self.state.set_current_run(None)
+        self.state.runs_changed.emit()  # refreshes this table too
+
+    def _show_folder(self) -> None:
+        sel = self.selected_dirs()
+        if len(sel) == 1:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(sel[0]))
+
+    # ------------------------------------------------------------------ dialogs
+    def _confirm(self, text: str) -> bool:
+        r = QMessageBox.question(self, "Delete runs", text,
+                                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                 QMessageBox.StandardButton.No)
+        return r == QMessageBox.StandardButton.Yes
+
+    def _ask_name(self, current: str) -> str | None:
+        text, ok = QInputDialog.getText(self, "Rename run", "Name:", text=current)
+        return text if ok else None

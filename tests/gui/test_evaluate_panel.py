@@ -1,0 +1,145 @@
+"""EvaluatePanel: eval.json shown as metrics/table/heat map, cell click -> gallery, baseline, re-evaluate."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QPoint, Qt
+
+from tests.gui.test_runs_panel import make_fake_run
+from tlstudio.core.evaluate import EvalReport
+from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.gui.panels.evaluate_panel import EvaluatePanel
+from tlstudio.gui.state import AppState
+from tlstudio.gui.widgets import error_dialog
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = make_synthetic_folder(tmp_path / "imgs", per_class=2, size=32)
+    return sorted(str(p) for p in folder.rglob("*.png"))
+
+
+@pytest.fixture
+def panel(qtbot):
+    state = AppState()
+    p = EvaluatePanel(state)
+    qtbot.addWidget(p)
+    p.resize(1100, 750)
+    p.show()
+    return p
+
+
+def test_empty_state(panel):
+    assert not panel.eval_btn.isEnabled()
+    assert panel.table.rowCount() == 0
+    assert "No run selected" in panel.run_label.text()
+
+
+def test_shows_eval_json_of_current_run(panel, tmp_path, images):
+    run = make_fake_run(tmp_path / "runs", "r1", acc=0.87, images=images)
+    panel.state.set_current_run(str(run))
+    assert panel.acc_label.text() == "87.0%"
+    assert panel.f1_label.text() == "0.850"
+    assert "top-1: 87.0%" in panel.topk_label.text() and "top-2: 98.0%" in panel.topk_label.text()
+    assert panel.table.rowCount() == 3
+    assert panel.table.item(1, 0).text() == "square"
+    assert panel.confusion.matrix[0] == [7, 3, 0]
+    assert panel.eval_btn.isEnabled() and panel.folder_btn.isEnabled()
+    assert len(panel.gallery_paths()) == 4  # every mistake, most confident first
+    assert panel.gallery_paths()[0] == images[0]
+    assert panel.state.step_status["evaluate"] == "done"
+    assert not panel.baseline_box.isVisible()
+
+
+def test_click_confusion_cell_lists_its_images(panel, qtbot, tmp_path, images):
+    run = make_fake_run(tmp_path / "runs", "r1", images=images)
+    panel.state.set_current_run(str(run))
+    rect = panel.confusion.cell_rect(0, 1)  # true circle, predicted square: 3 images
+    with qtbot.waitSignal(panel.confusion.cell_clicked) as blocker:
+        qtbot.mouseClick(panel.confusion, Qt.MouseButton.LeftButton, pos=rect.center())
+    assert blocker.args == [0, 1]
+    assert panel.gallery_paths() == images[:3]
+    assert "circle predicted as square" in panel.gallery_label.text()
+    panel.show_cell(2, 0)
+    assert panel.gallery_paths() == [images[3]]
+    panel.show_cell(1, 1)  # diagonal: correct images are counted, not listed
+    assert panel.gallery_paths() == [] and "correctly" in panel.gallery_label.text()
+    panel.all_btn.click()
+    assert len(panel.gallery_paths()) == 4
+    assert panel.confusion.cell_at(QPoint(0, 0)) is None
+
+
+def test_gallery_thumbnails_load(panel, qtbot, tmp_path, images):
+    run = make_fake_run(tmp_path / "runs", "r1", images=images)
+    panel.state.set_current_run(str(run))
+    m = panel.gallery_model
+    for r in range(m.rowCount()):
+        m.data(m.index(r), Qt.ItemDataRole.DecorationRole)
+    qtbot.waitUntil(lambda: m.loader.decoded >= 4, timeout=5000)
+    assert "90%" in m.data(m.index(0), Qt.ItemDataRole.DisplayRole)
+
+
+def test_baseline_gain_and_negative_transfer_warning(panel, tmp_path):
+    good = make_fake_run(tmp_path / "runs", "good", acc=0.9,
+                         baseline={"transfer_val_acc": 0.9, "scratch_val_acc": 0.6, "gain": 0.3,
+                                   "negative_transfer": False})
+    panel.state.set_current_run(str(good))
+    assert panel.baseline_box.isVisible()
+    assert "+30.0 points" in panel.baseline_label.text()
+    assert "Negative transfer" not in panel.baseline_label.text()
+    bad = make_fake_run(tmp_path / "runs", "bad", acc=0.5,
+                        baseline={"transfer_val_acc": 0.5, "scratch_val_acc": 0.7, "gain": -0.2,
+                                  "negative_transfer": True})
+    panel.state.set_current_run(str(bad))
+    assert "-20.0 points" in panel.baseline_label.text()
+    assert "Negative transfer" in panel.baseline_label.text()
+
+
+def test_evaluate_another_folder_runs_in_background(panel, qtbot, tmp_path, monkeypatch):
+    run = make_fake_run(tmp_path / "runs", "r1")
+    panel.state.set_current_run(str(run))
+    calls = []
+
+    def fake_evaluate(run_dir, folder=None, progress=None, **kw):
+        calls.append((run_dir, folder))
+        if progress:
+            progress(5, 10)
+        return EvalReport(accuracy=0.5, macro_f1=0.4, top_k={1: 0.5}, per_class=[
+            {"name": c, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for c in ("circle", "square", "triangle")],
+            confusion=[[1, 1, 0], [0, 1, 1], [1, 0, 1]], classes=["circle", "square", "triangle"],
+            misclassified=[], n=6, source=str(folder))
+
+    monkeypatch.setattr("tlstudio.core.evaluate.evaluate", fake_evaluate)
+    with qtbot.waitSignal(panel.report_shown, timeout=5000):
+        assert panel.evaluate(str(tmp_path / "other"))
+    assert calls == [(str(run), str(tmp_path / "other"))]
+    assert panel.acc_label.text() == "50.0%"
+    assert panel.source_label.text() == str(tmp_path / "other")
+    assert "No misclassified" in panel.gallery_label.text()
+    assert panel.eval_btn.isEnabled()
+
+
+def test_evaluation_failure_shows_dialog(panel, qtbot, tmp_path, monkeypatch):
+    captured: list = []
+    monkeypatch.setattr(error_dialog, "CAPTURE", captured)
+    run = make_fake_run(tmp_path / "runs", "r1")
+    panel.state.set_current_run(str(run))
+
+    def boom(run_dir, folder=None, **kw):
+        raise ValueError(f"{folder}: class 'dog' is not one of the run's classes")
+
+    monkeypatch.setattr("tlstudio.core.evaluate.evaluate", boom)
+    with qtbot.waitSignal(panel.job.failed, timeout=5000):
+        panel.evaluate("/tmp/x")
+    assert captured and "dog" in captured[0][1]
+    assert panel.eval_btn.isEnabled()
+    assert panel.acc_label.text() != "-"  # the previous report stays
+
+
+def test_damaged_eval_json(panel, tmp_path):
+    run = make_fake_run(tmp_path / "runs", "r1")
+    (run / "eval.json").write_text("{broken", encoding="utf-8")
+    panel.state.set_current_run(str(run))
+    assert panel.table.rowCount() == 0
+    assert "unreadable" in panel.gallery_label.text()
+    assert panel.eval_btn.isEnabled()

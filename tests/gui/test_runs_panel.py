@@ -1,0 +1,169 @@
+"""RunsPanel: the table of runs, open, overlay curves, rename, delete (asks first)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tlstudio.core.runs import (
+    BEST_WEIGHTS,
+    EVAL_JSON,
+    LAST_CKPT,
+    ModelSpec,
+    RunInfo,
+    read_run,
+    write_history,
+    write_run,
+)
+from tlstudio.gui.panels.runs_panel import RunsPanel
+from tlstudio.gui.state import AppState
+
+
+def make_fake_run(root: Path, name: str, *, acc: float = 0.9, epochs: int = 3, status: str = "finished",
+                  classes=("circle", "square", "triangle"), baseline: dict | None = None,
+                  images: list[str] | None = None, backbone: str = "resnet10t", mtime: float | None = None) -> Path:
+    """A run folder as the engine leaves it (run.json, history.csv, eval.json, weights file)."""
+    d = root / name
+    d.mkdir(parents=True)
+    info = RunInfo(config={"epochs": epochs, "backbone": backbone, "data_dir": str(root)},
+                   model=ModelSpec(backbone=backbone, num_classes=len(classes), classes=list(classes), image_size=32),
+                   status=status, epochs_done=epochs, best_epoch=epochs - 1, best_val_acc=acc, baseline=baseline)
+    write_run(d, info)
+    write_history(d, [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "val_acc": acc * (e + 1) / epochs,
+                       "val_macro_f1": acc, "lr": 1e-3, "seconds": 2.0, "trainable_params": 1000} for e in range(epochs)])
+    (d / BEST_WEIGHTS).write_bytes(b"not really weights")
+    if status == "stopped":
+        (d / LAST_CKPT).write_bytes(b"ckpt")
+    imgs = images or []
+    mis = [{"path": imgs[i] if i < len(imgs) else "", "true": classes[0], "pred": classes[1], "confidence": 0.9 - 0.1 * i}
+           for i in range(3)] + [{"path": imgs[3] if len(imgs) > 3 else "", "true": classes[2], "pred": classes[0],
+                                  "confidence": 0.55}]
+    report = {"accuracy": acc, "macro_f1": acc - 0.02, "top_k": {"1": acc, "2": 0.98},
+              "per_class": [{"name": c, "precision": 0.9, "recall": 0.8 + 0.05 * i, "f1": 0.85, "support": 10}
+                            for i, c in enumerate(classes)],
+              "confusion": [[7, 3, 0], [0, 10, 0], [1, 0, 9]], "classes": list(classes), "misclassified": mis,
+              "n": 30, "failures": [], "source": "validation split"}
+    (d / EVAL_JSON).write_text(json.dumps(report), encoding="utf-8")
+    if mtime is not None:
+        os.utime(d / "run.json", (mtime, mtime))
+    return d
+
+
+@pytest.fixture
+def setup(qtbot, tmp_path):
+    root = tmp_path / "runs"
+    now = time.time()
+    a = make_fake_run(root, "run_a", acc=0.8, mtime=now - 100)
+    b = make_fake_run(root, "run_b", acc=0.95, baseline={"gain": -0.05, "scratch_val_acc": 1.0,
+                                                         "transfer_val_acc": 0.95}, mtime=now - 50)
+    c = make_fake_run(root, "run_c", acc=0.5, status="stopped", epochs=1, mtime=now)
+    (root / "not_a_run").mkdir()
+    state = AppState()
+    state.runs_dir = str(root)
+    p = RunsPanel(state)
+    qtbot.addWidget(p)
+    p.resize(1000, 700)
+    return p, state, (a, b, c)
+
+
+def _col(panel, r, c):
+    return panel.table.item(r, c).text()
+
+
+def test_table_lists_runs_newest_first(setup):
+    p, state, (a, b, c) = setup
+    assert p.table.rowCount() == 3
+    names = [_col(p, r, 0) for r in range(3)]
+    assert names == ["run_c", "run_b", "run_a"]
+    assert _col(p, 1, 2) == "resnet10t"
+    assert _col(p, 1, 4) == "95.0%"
+    assert _col(p, 0, 3) == "stopped"
+    assert _col(p, 0, 5) == "1/1"
+    assert "-5.0" in _col(p, 1, 6) and "⚠" in _col(p, 1, 6)  # negative transfer flagged
+    assert _col(p, 1, 1)  # a date
+
+
+def test_open_sets_current_run(setup, qtbot):
+    p, state, (a, b, c) = setup
+    p.select_dirs([str(b)])
+    assert p.open_btn.isEnabled()
+    with qtbot.waitSignal(state.current_run_changed):
+        p.open_btn.click()
+    assert state.current_run == str(b)
+    assert p.table.item(1, 0).font().bold()
+
+
+def test_overlay_two_runs(setup):
+    p, state, (a, b, c) = setup
+    p.select_dirs([str(a), str(b)])
+    assert sorted(p.selected_dirs()) == sorted([str(a), str(b)])
+    p.overlay_btn.click()
+    assert p.overlaid == [str(b), str(a)] or p.overlaid == [str(a), str(b)]
+    items = p.acc_plot.listDataItems()
+    assert len(items) == 2
+    ys = sorted(float(i.yData[-1]) for i in items)
+    assert ys == pytest.approx([0.8, 0.95])
+    assert len(p.loss_plot.listDataItems()) == 2
+
+
+def test_rename_changes_display_name_only(setup):
+    p, state, (a, b, c) = setup
+    p.select_dirs([str(a)])
+    p.ask_name = lambda current: "my best model"
+    p.rename_btn.click()
+    assert read_run(a).name == "my best model"
+    assert a.is_dir()
+    assert "my best model" in [_col(p, r, 0) for r in range(3)]
+
+
+def test_delete_asks_and_cancel_keeps(setup):
+    p, state, (a, b, c) = setup
+    asked = []
+    p.confirm = lambda text: asked.append(text) or False
+    p.select_dirs([str(a)])
+    p.delete_btn.click()
+    assert asked and "cannot be undone" in asked[0]
+    assert a.is_dir() and p.table.rowCount() == 3
+
+
+def test_delete_removes_run_and_clears_current(setup):
+    p, state, (a, b, c) = setup
+    state.set_current_run(str(a))
+    p.confirm = lambda text: True
+    p.select_dirs([str(a)])
+    p.delete_btn.click()
+    assert not a.exists()
+    assert p.table.rowCount() == 2
+    assert state.current_run is None
+
+
+def test_delete_refuses_paths_outside_runs_dir(setup, tmp_path):
+    p, state, (a, b, c) = setup
+    outside = make_fake_run(tmp_path / "elsewhere", "victim")
+    p.confirm = lambda text: True
+    p.table.item(0, 0).setData(256, str(outside))  # a crafted entry pointing elsewhere
+    p.select_dirs([str(outside)])
+    p.delete_selected()
+    assert outside.is_dir()
+
+
+def test_delete_disabled_while_training(setup):
+    p, state, (a, b, c) = setup
+    p.select_dirs([str(a)])
+    assert p.delete_btn.isEnabled()
+    state.set_training(True)
+    assert not p.delete_btn.isEnabled()
+
+
+def test_refresh_on_runs_changed_and_damaged_run(setup):
+    p, state, (a, b, c) = setup
+    bad = Path(state.runs_dir) / "damaged"
+    bad.mkdir()
+    (bad / "run.json").write_text("{not json", encoding="utf-8")
+    state.runs_changed.emit()
+    assert p.table.rowCount() == 4
+    assert "unreadable" in [_col(p, r, 3) for r in range(4)]
