@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import stat
 import threading
 import time
 from collections import Counter, defaultdict
@@ -34,7 +35,7 @@ from tlstudio.core.images import (
     UNSUPPORTED_IMAGE_EXTENSIONS,
     _os_reason,
     is_hidden_name,
-    probe_image,
+    probe_file,
 )
 
 Progress = Callable[[int, "int | None"], None]
@@ -195,7 +196,7 @@ def _walk(top: str, out: _Walk, seen_dirs: set[tuple[int, int]], depth: int = 0,
             else:
                 out.skipped.append(SkippedFile(e.path, _os_reason(err)))
             continue
-        if os.path.isdir(e.path):
+        if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in seen_dirs:
                 why = "symlink loop (links back to a folder already scanned)" if is_link else "folder already scanned"
@@ -205,7 +206,9 @@ def _walk(top: str, out: _Walk, seen_dirs: set[tuple[int, int]], depth: int = 0,
             _walk(e.path, out, seen_dirs, depth + 1, on_found)
             continue
         ext = os.path.splitext(e.name)[1].lower()
-        if ext in IMAGE_EXTENSIONS:
+        if not stat.S_ISREG(st.st_mode):  # FIFO, socket, device: opening could block
+            out.skipped.append(SkippedFile(e.path, "not a regular file"))
+        elif ext in IMAGE_EXTENSIONS:
             out.images.append(_File(e.path, st.st_size, st.st_mtime_ns))
             if on_found is not None:
                 on_found()
@@ -286,14 +289,6 @@ def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) * 2))
 
 
-def _hash_file(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _probe_all(
     files: Sequence[_File],
     *,
@@ -318,13 +313,13 @@ def _probe_all(
             if stop is not None and stop.is_set():
                 return 0
             f = files[i]
-            r = probe_image(f.path, max_pixels, full=full)
+            if f.size == 0:
+                reasons[i] = "empty file (0 bytes)"
+                continue
+            r, h = probe_file(f.path, max_pixels, full, want_hash=sizes[f.size] > 1, stat_checked=True)
             reasons[i] = r
-            if r is None and sizes[f.size] > 1:
-                try:
-                    hashes[f.path] = _hash_file(f.path)
-                except OSError as e:
-                    reasons[i] = _os_reason(e)
+            if h is not None:
+                hashes[f.path] = h
         return min(n, lo + chunk) - lo
 
     done = 0
@@ -446,6 +441,8 @@ def _fingerprint(layout: str, entries: list[tuple[str, int, int, str, str]]) -> 
 
 
 def _rel(path: str, root: str) -> str:
+    if path.startswith(root) and path[len(root) : len(root) + 1] == os.sep:
+        return path[len(root) + 1 :].replace(os.sep, "/")  # fast path: relpath is slow at 50k files
     try:
         return os.path.relpath(path, root).replace(os.sep, "/")
     except ValueError:  # other drive on Windows
@@ -528,8 +525,8 @@ def scan(
             except OSError as e:
                 skipped.append(SkippedFile(full, f"{os.path.basename(csv_file)} line {lineno}: {_os_reason(e)}"))
                 continue
-            if os.path.isdir(full):
-                skipped.append(SkippedFile(full, f"{os.path.basename(csv_file)} line {lineno}: is a folder, not an image"))
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(SkippedFile(full, f"{os.path.basename(csv_file)} line {lineno}: not an image file"))
                 continue
             cands.append((_File(full, st.st_size, st.st_mtime_ns), label, split or ""))
         if any(s for _, _, s in cands):

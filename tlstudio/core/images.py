@@ -9,7 +9,9 @@ alpha, animation) or raises `ImageError` whose message names the file and the re
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -114,7 +116,7 @@ def _stat_reason(path: str) -> str | None:
         st = os.stat(path)
     except OSError as e:
         return _os_reason(e)
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):  # folders, FIFOs (open would block), devices
         return "not a regular file"
     if st.st_size == 0:
         return "empty file (0 bytes)"
@@ -155,16 +157,38 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, f
     JPEG the end marker (a full decode only if the marker is missing, to confirm truncation).
     `full=True` decodes the image completely (slow, catches corruption inside pixel data).
     """
+    return probe_file(path, max_pixels, full)[0]
+
+
+def probe_file(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    full: bool = False,
+    *,
+    want_hash: bool = False,
+    stat_checked: bool = False,
+) -> tuple[str | None, str | None]:
+    """`probe_image` plus, for usable files and `want_hash`, a content hash read through the same
+    open file (the scan's duplicate check). `stat_checked`: the caller already knows the path is
+    a non-empty regular file."""
     p = os.fspath(path)
-    reason = _stat_reason(p)
-    if reason:
-        return reason
+    if not stat_checked:
+        reason = _stat_reason(p)
+        if reason:
+            return reason, None
+    digest = None
     try:
         with open(p, "rb") as f:
+            if want_hash:  # before PIL, which closes the file when done
+                h = hashlib.blake2b(digest_size=16)
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                digest = h.hexdigest()
+                f.seek(0)
             try:
                 im = _open_checked(f, p, max_pixels)
             except ImageError as e:
-                return e.reason
+                return e.reason, None
             fmt = im.format
             try:
                 if full:
@@ -176,14 +200,14 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, f
                 elif fmt == "PNG":
                     im.verify()
             except ImageError as e:
-                return e.reason
+                return e.reason, None
             except Exception as e:  # verify() raises many types on corrupt data
-                return f"corrupt image data ({type(e).__name__}: {e})"
+                return f"corrupt image data ({type(e).__name__}: {e})", None
             finally:
                 im.close()
     except OSError as e:
-        return _os_reason(e)
-    return None
+        return _os_reason(e), None
+    return None, digest
 
 
 def _decode_first_frame(im: Image.Image, path: str) -> Image.Image:
