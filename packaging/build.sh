@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build TL Studio as a one-folder desktop app (dist/tlstudio/) with PyInstaller, report its
+# size and smoke-test it. Called by `make package`.
+#
+# The bundle is built in its own venv (build/pkgenv) with a CPU-only torch: the default
+# Linux torch wheel pulls in ~3 GB of NVIDIA libraries. Knobs (environment):
+#   PKG_VENV=path        build venv (default build/pkgenv; PKG_VENV=.venv reuses the dev venv)
+#   TORCH_SPEC=...       torch requirement (default "torch"; e.g. "torch==2.13.0+cpu")
+#   TORCH_INDEX=url      where CPU wheels live (default https://download.pytorch.org/whl/cpu);
+#                        if it cannot be reached, the normal index / find-links are used
+#   SKIP_SMOKE=1         do not run the smoke test after building
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PY:-python3}"
+PKG_VENV="${PKG_VENV:-build/pkgenv}"
+TORCH_SPEC="${TORCH_SPEC:-torch}"
+TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+VPY="$PKG_VENV/bin/python"
+# try the CPU index quickly; when it cannot be reached use the normal index / find-links
+IDX=(--index-url "$TORCH_INDEX" --retries 1 --timeout 20)
+t0=$(date +%s)
+
+if [ ! -x "$VPY" ]; then
+  echo "== creating build venv $PKG_VENV"
+  "$PY" -m venv "$PKG_VENV"
+  "$VPY" -m pip install -q --upgrade pip
+fi
+
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  echo "== installing CPU torch ($TORCH_SPEC)"
+  "$VPY" -m pip install -q "$TORCH_SPEC" "${IDX[@]}" \
+    || "$VPY" -m pip install -q "$TORCH_SPEC"
+fi
+TORCH_V="$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+if ! "$VPY" -c "import torchvision" 2>/dev/null; then
+  echo "== installing torchvision for torch $TORCH_V"
+  "$VPY" -m pip install -q torchvision "torch==$TORCH_V" "${IDX[@]}" \
+    || "$VPY" -m pip install -q torchvision "torch==$TORCH_V"
+fi
+
+echo "== installing TL Studio and PyInstaller into $PKG_VENV"
+"$VPY" -m pip install -q "torch==$TORCH_V" "$ROOT[export]" "pyinstaller>=6.3"
+
+if "$VPY" -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)'; then
+  echo "!! torch in $PKG_VENV is a CUDA build: NVIDIA libraries are kept (bundle of several GB)."
+  echo "!! For a small CPU bundle: rm -r $PKG_VENV and set TORCH_SPEC/TORCH_INDEX to a CPU wheel."
+  export TLSTUDIO_KEEP_CUDA=1
+fi
+
+if [ ! -f resources/icons/tlstudio.png ]; then
+  QT_QPA_PLATFORM=offscreen "$VPY" packaging/render_icon.py
+fi
+
+echo "== running PyInstaller"
+"$VPY" -m PyInstaller --noconfirm --clean --log-level WARN \
+  --distpath dist --workpath build/pyinstaller packaging/tlstudio.spec
+
+# Linux desktop integration files travel with the bundle (see packaging/README.md).
+cp packaging/tlstudio.desktop resources/icons/tlstudio.png packaging/install-desktop.sh dist/tlstudio/
+
+t1=$(date +%s)
+echo "== bundle: dist/tlstudio ($(du -sh dist/tlstudio | cut -f1), $(find dist/tlstudio -type f | wc -l) files, built in $((t1 - t0)) s)"
+
+if [ -z "${SKIP_SMOKE:-}" ]; then
+  "$VPY" packaging/smoke_test.py dist/tlstudio
+fi

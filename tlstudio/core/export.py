@@ -1,0 +1,433 @@
+"""Exports of a trained run that work without TL Studio, each verified after writing.
+
+OUT_DIR/
+  model.safetensors      timm state dict (+ preprocessing in the safetensors metadata)
+  config.json            timm/Hugging Face model config: `timm.create_model("local-dir:OUT_DIR")`
+                         or `timm.create_model(arch, num_classes=N, pretrained=True,
+                         pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=N))`
+  model.onnx             fp32, dynamic batch, input "input" NCHW, output "logits";
+                         preprocessing in metadata_props["tlstudio"] (JSON)
+  model.int8.onnx        int8 (onnxruntime static QDQ with calibration images, else dynamic)
+  model.torchscript.pt   torch.jit.trace; preprocessing in the extra file "tlstudio.json"
+  preprocessing.json     classes, input size, mean/std, interpolation, crop: what every export needs
+  export_report.json     ExportReport: sizes, max abs differences to PyTorch, int8 vs fp32
+  MODEL_CARD.md (+ PNGs) written by model_card.write_model_card
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlstudio.core.errors import UserError
+from tlstudio.core.runs import ModelSpec, RunInfo
+
+FORMATS = ("safetensors", "onnx", "torchscript", "int8")
+ONNX_OPSET = 17
+FP32_TOLERANCE = 1e-4  # max abs logit difference accepted between an fp32 export and PyTorch
+PREPROCESSING_JSON = "preprocessing.json"
+REPORT_JSON = "export_report.json"
+ONNX_FILE, INT8_FILE, TS_FILE, ST_FILE = "model.onnx", "model.int8.onnx", "model.torchscript.pt", "model.safetensors"
+
+Progress = Callable[[str, int, int], None]  # (message, step, steps)
+
+
+class ExportError(UserError):
+    """An export could not be written or failed its check. The message names the file."""
+
+
+@dataclass
+class ExportReport:
+    run_dir: str
+    out_dir: str
+    formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per format: path, bytes, checks
+    int8: dict[str, Any] | None = None  # {"fp32": {...}, "int8": {...}}: size_bytes, latency_ms, accuracy
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # format -> why it failed
+    model_card: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def preprocessing_meta(spec: ModelSpec) -> dict[str, Any]:
+    """What inference needs besides the weights; stored next to and inside every export."""
+    return {
+        "backbone": spec.backbone,
+        "classes": list(spec.classes),
+        "num_classes": spec.num_classes,
+        "image_size": spec.image_size,
+        "input_shape": [1, 3, spec.image_size, spec.image_size],
+        "input_name": "input",
+        "output_name": "logits",
+        "layout": "NCHW, RGB, float32, (pixel/255 - mean) / std",
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "interpolation": spec.interpolation,
+        "crop_pct": spec.crop_pct,
+        "crop_mode": spec.crop_mode,
+        "resize": "short side to floor(image_size / crop_pct), then center crop image_size",
+        "output": "logits; softmax for probabilities",
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _quiet():
+    """Exporters warn about their own deprecations; those are not the user's problem."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _check_inputs(spec: ModelSpec, samples: Sequence, n: int = 8, seed: int = 0) -> np.ndarray:
+    """Real preprocessed images when the run has some, plus random ones (covers any input)."""
+    from tlstudio.core.evaluate import load_batch
+
+    s = spec.image_size
+    real = np.zeros((0, 3, s, s), np.float32)
+    if samples:
+        real, _, _ = load_batch([x.path for x in list(samples)[:n]], spec)
+    rnd = np.random.default_rng(seed).standard_normal((max(2, n - len(real)), 3, s, s)).astype(np.float32)
+    return np.concatenate([real, rnd]).astype(np.float32)
+
+
+def _torch_logits(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).float().numpy()
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_forward(sess) -> Callable[[np.ndarray], np.ndarray]:
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _run_samples(run_dir: Path) -> tuple[list, list]:
+    """(train, val) samples of the run's split; empty lists when there is no usable split."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        return [], []
+    try:
+        from tlstudio.core.dataset import Split
+
+        split = Split.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except Exception:  # noqa: BLE001 - exports still work without the split (no accuracy then)
+        return [], []
+    exists = lambda ss: [s for s in ss if Path(s.path).is_file()]  # noqa: E731 - data may have moved
+    return exists(split.train), exists(split.val) or exists(split.test)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def export_safetensors(model, spec: ModelSpec, out: Path, info: RunInfo | None = None) -> dict[str, Any]:
+    """model.safetensors + timm's config.json (loads with timm alone, head included)."""
+    from tlstudio.core.atomic import atomic_save_safetensors, atomic_write_json
+
+    meta = preprocessing_meta(spec)
+    atomic_save_safetensors(out / ST_FILE, model.state_dict(),
+                            metadata={"format": "pt", "tlstudio": json.dumps(meta)})
+    cfg = timm_config(model, spec)
+    if info is not None:
+        cfg["tlstudio"] = {"run": info.name, "versions": info.versions}
+    atomic_write_json(out / "config.json", cfg)
+    return {"path": str(out / ST_FILE), "config": str(out / "config.json"), "bytes": _size(out / ST_FILE),
+            "load_with": f'timm.create_model("local-dir:{out}")'}
+
+
+def timm_config(model, spec: ModelSpec) -> dict[str, Any]:
+    """The config.json format of timm's Hugging Face exports, with our preprocessing and labels."""
+    data_cfg = {
+        "input_size": (3, spec.image_size, spec.image_size),
+        "mean": tuple(spec.mean), "std": tuple(spec.std),
+        "interpolation": spec.interpolation, "crop_pct": spec.crop_pct, "crop_mode": spec.crop_mode,
+    }
+    try:  # timm's own writer records the model's reconstruction arguments too
+        import tempfile
+
+        from timm.models._hub import save_config_for_hf
+
+        with tempfile.TemporaryDirectory() as td, _quiet():
+            p = Path(td) / "config.json"
+            save_config_for_hf(model, str(p), model_config={"label_names": list(spec.classes)},
+                               data_config=data_cfg)
+            cfg = json.loads(p.read_text())
+    except Exception:  # noqa: BLE001 - older timm: write the same format by hand
+        pc = {k: v for k, v in getattr(model, "pretrained_cfg", {}).items()
+              if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+        pc.pop("hf_hub_id", None)
+        pc.pop("url", None)
+        pc.pop("file", None)
+        pc.pop("label_names", None)
+        cfg = {"architecture": spec.backbone, "num_classes": spec.num_classes,
+               "num_features": getattr(model, "num_features", None), "label_names": list(spec.classes),
+               "pretrained_cfg": pc}
+    pc = cfg.setdefault("pretrained_cfg", {})
+    pc.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()})
+    pc["num_classes"] = spec.num_classes
+    pc.pop("test_input_size", None)
+    pc.pop("test_crop_pct", None)
+    cfg["architecture"] = cfg.get("architecture") or spec.backbone
+    cfg["num_classes"] = spec.num_classes
+    cfg["label_names"] = list(spec.classes)
+    return cfg
+
+
+def export_onnx(model, spec: ModelSpec, out: Path, check_x: np.ndarray, filename: str = ONNX_FILE) -> dict[str, Any]:
+    import onnx
+    import torch
+
+    path = out / filename
+    tmp = out / f".{filename}.tmp"
+    dummy = torch.from_numpy(check_x[:2].copy())
+    with _quiet():
+        try:
+            torch.onnx.export(
+                model, (dummy,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["input"], output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
+            )
+        except TypeError:  # torch without the `dynamo` switch: the TorchScript exporter is the default
+            torch.onnx.export(
+                model, (dummy,), str(tmp), opset_version=ONNX_OPSET,
+                input_names=["input"], output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
+            )
+    m = onnx.load(str(tmp))
+    _set_onnx_metadata(m, spec)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
+    diff = _max_diff(_ort_forward(_ort_session(path)), model, check_x)
+    if not diff < FP32_TOLERANCE:
+        raise ExportError(f"{path}: onnxruntime differs from PyTorch by {diff:.2e} (> {FP32_TOLERANCE:g})")
+    return {"path": str(path), "bytes": _size(path), "opset": ONNX_OPSET, "max_abs_diff": diff,
+            "checked_batches": [1, len(check_x)]}
+
+
+def _set_onnx_metadata(m, spec: ModelSpec) -> None:
+    meta = preprocessing_meta(spec)
+    props = {"tlstudio": json.dumps(meta), "classes": json.dumps(meta["classes"]),
+             "image_size": str(spec.image_size), "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+             "interpolation": spec.interpolation, "crop_pct": str(spec.crop_pct), "crop_mode": spec.crop_mode}
+    del m.metadata_props[:]
+    for k, v in props.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    m.producer_name = "TL Studio"
+    m.doc_string = f"{spec.backbone} fine-tuned on {spec.num_classes} classes by TL Studio"
+
+
+def _max_diff(forward, model, x: np.ndarray) -> float:
+    """Max abs logit difference over a batch of 1 and the whole batch (proves the dynamic batch)."""
+    want = _torch_logits(model, x)
+    d1 = np.abs(forward(x[:1]) - want[:1]).max()
+    dn = np.abs(forward(x) - want).max()
+    return float(max(d1, dn))
+
+
+def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -> dict[str, Any]:
+    import torch
+
+    from tlstudio.core.atomic import atomic_write
+
+    path = out / TS_FILE
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(model, torch.from_numpy(check_x[:2].copy()), check_trace=False)
+        extra = {"tlstudio.json": json.dumps(preprocessing_meta(spec))}
+        atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
+        loaded = torch.jit.load(str(path), map_location="cpu")
+
+    def fwd(x):
+        with torch.no_grad():
+            return loaded(torch.from_numpy(x)).float().numpy()
+
+    diff = _max_diff(fwd, model, check_x)
+    if not diff < FP32_TOLERANCE:
+        raise ExportError(f"{path}: TorchScript differs from PyTorch by {diff:.2e} (> {FP32_TOLERANCE:g})")
+    return {"path": str(path), "bytes": _size(path), "max_abs_diff": diff, "method": "trace"}
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over preprocessed images."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self._it = iter([{"input": b} for b in batches])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # some onnxruntime versions call it
+        pass
+
+
+def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray | None) -> dict[str, Any]:
+    """int8 ONNX: static QDQ (per-channel) calibrated on real images when given, else dynamic."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = out / INT8_FILE
+    tmp = out / f".{INT8_FILE}.tmp.onnx"
+    method = "dynamic"
+    with _quiet():
+        if calib is not None and len(calib):
+            try:
+                from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+                batches = [calib[i : i + 1] for i in range(len(calib))]
+                quantize_static(
+                    str(onnx_path), str(tmp), _Calibration(batches), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+                method = f"static QDQ, {len(batches)} calibration images"
+            except Exception:  # noqa: BLE001 - an op the static quantizer cannot handle
+                method = "dynamic"
+        if method == "dynamic":
+            quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
+            method = "dynamic (weights int8, activations quantized at run time)"
+    import onnx
+
+    m = onnx.load(str(tmp))
+    _set_onnx_metadata(m, spec)
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
+    for f in out.glob(".*.tmp*"):  # calibration scratch files of onnxruntime
+        f.unlink(missing_ok=True)
+    _ort_session(path)  # it loads
+    return {"path": str(path), "bytes": _size(path), "method": method}
+
+
+def compare_int8(model, spec: ModelSpec, out: Path, val: Sequence, *, repeats: int = 10) -> dict[str, Any]:
+    """Size, batch-1 latency and validation accuracy of fp32 (PyTorch, ONNX) next to int8."""
+    from tlstudio.core.evaluate import measure_forward_latency, measure_latency, report_from_probs, run_samples
+
+    rows: dict[str, Any] = {}
+    fwds = {"fp32_onnx": _ort_forward(_ort_session(out / ONNX_FILE)),
+            "int8_onnx": _ort_forward(_ort_session(out / INT8_FILE))}
+    sizes = {"fp32_onnx": _size(out / ONNX_FILE), "int8_onnx": _size(out / INT8_FILE)}
+    for name, fwd in fwds.items():
+        row = {"size_bytes": sizes[name],
+               "latency_ms": 1000 * measure_forward_latency(fwd, spec.image_size, 1, repeats=repeats)}
+        if val:
+            probs, labels, _, _ = run_samples(fwd, spec, list(val), batch_size=32)
+            row["accuracy"] = report_from_probs(probs, labels, spec.classes).accuracy if labels else None
+        rows[name] = row
+    torch_row = {"latency_ms": 1000 * measure_latency(model, spec.image_size, 1, repeats=repeats)}
+    if val:
+        from tlstudio.core.evaluate import torch_forward
+
+        probs, labels, _, _ = run_samples(torch_forward(model), spec, list(val), batch_size=32)
+        torch_row["accuracy"] = report_from_probs(probs, labels, spec.classes).accuracy if labels else None
+    rows["fp32_pytorch"] = torch_row
+    rows["n_val"] = len(val)
+    a, b = rows["fp32_onnx"], rows["int8_onnx"]
+    rows["size_ratio"] = b["size_bytes"] / a["size_bytes"] if a["size_bytes"] else None
+    rows["speedup"] = a["latency_ms"] / b["latency_ms"] if b["latency_ms"] else None
+    if a.get("accuracy") is not None and b.get("accuracy") is not None:
+        rows["accuracy_drop"] = a["accuracy"] - b["accuracy"]
+    return rows
+
+
+# --------------------------------------------------------------------------- the whole export
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] = FORMATS,
+    progress: Progress | None = None,
+    *,
+    model_card: bool = True,
+    calibration_images: int = 32,
+) -> ExportReport:
+    """Write and verify the chosen formats of a run's best weights. One failing format does not
+    stop the others; its reason is in ExportReport.errors. Raises ExportError only when nothing
+    can be done (no run, unknown format)."""
+    from tlstudio.core.atomic import atomic_write_json
+    from tlstudio.core.runs import RunError, load_run_model
+
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    formats = list(dict.fromkeys(FORMATS if "all" in formats else formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ExportError(f"unknown export format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}, all")
+    if "int8" in formats and "onnx" not in formats:
+        formats.insert(formats.index("int8"), "onnx")  # int8 is quantized from the fp32 ONNX
+    try:
+        model, info = load_run_model(run_dir)
+    except RunError as exc:
+        raise ExportError(str(exc)) from exc
+    spec = info.model
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    meta = preprocessing_meta(spec)
+    atomic_write_json(out / PREPROCESSING_JSON, meta)
+    report = ExportReport(run_dir=str(run_dir), out_dir=str(out), preprocessing=meta)
+    train, val = _run_samples(run_dir)
+    check_x = _check_inputs(spec, val or train)
+    steps = len(formats) + (1 if model_card else 0)
+
+    def step(i: int, msg: str) -> None:
+        if progress:
+            progress(msg, i, steps)
+
+    for i, fmt in enumerate(formats):
+        step(i, f"exporting {fmt}")
+        try:
+            if fmt == "safetensors":
+                report.formats[fmt] = export_safetensors(model, spec, out, info)
+            elif fmt == "onnx":
+                report.formats[fmt] = export_onnx(model, spec, out, check_x)
+            elif fmt == "torchscript":
+                report.formats[fmt] = export_torchscript(model, spec, out, check_x)
+            elif fmt == "int8":
+                if "onnx" not in report.formats:
+                    raise ExportError(f"{out / INT8_FILE}: needs the fp32 ONNX export, which failed")
+                calib = _check_inputs(spec, train[:: max(1, len(train) // calibration_images)][:calibration_images],
+                                      n=calibration_images) if train else None
+                report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib)
+                report.int8 = compare_int8(model, spec, out, val)
+        except Exception as exc:  # noqa: BLE001 - report it, go on with the other formats
+            report.errors[fmt] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    if model_card:
+        step(len(formats), "writing the model card")
+        try:
+            from tlstudio.core.model_card import write_model_card
+
+            report.model_card = str(write_model_card(run_dir, out, report))
+        except Exception as exc:  # noqa: BLE001
+            report.errors["model_card"] = f"{type(exc).__name__}: {exc}"
+    report.seconds = time.time() - t0
+    atomic_write_json(out / REPORT_JSON, report.to_json())
+    step(steps, "done")
+    return report
