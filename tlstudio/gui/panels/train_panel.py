@@ -403,6 +403,17 @@ class TrainPanel(QWidget):
         self._write_setting("lr", self._value("lr"))
         config = self.state.make_config()
         config.leave_one_core = True  # keep a core for the UI thread
+        if self.state.runs_dir and not config.out_dir:
+            # the project's runs folder (the one the Runs step lists), named like the engine does
+            from datetime import datetime
+            from pathlib import Path
+
+            base = Path(self.state.runs_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{config.backbone}"
+            path, i = base, 1
+            while path.exists():
+                i += 1
+                path = base.with_name(f"{base.name}-{i}")
+            config.out_dir = str(path)
         return config
 
     def _why_not_ready(self) -> str:
