@@ -610,7 +610,7 @@ def _class_warnings(classes: list[str], counts: dict[str, int], split_counts: di
         warns.append(f"Only one class ('{classes[0]}'): need at least two classes to train.")
     for c in classes:
         if 0 < counts[c] < MIN_PER_CLASS:
-            warns.append(f"Class '{c}' has only {counts[c]} images (at least {MIN_PER_CLASS} needed for a meaningful validation; 20+ is better).")
+            warns.append(f"Class '{c}' has only {counts[c]} image{'s' if counts[c] > 1 else ''} (at least {MIN_PER_CLASS} needed for a meaningful validation; 20+ is better).")
     nonzero = {c: n for c, n in counts.items() if n > 0}
     if len(nonzero) >= 2:
         big = max(nonzero, key=lambda c: nonzero[c])

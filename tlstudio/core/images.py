@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -111,6 +112,12 @@ def _pixels_reason(size: tuple[int, int], max_pixels: int) -> str | None:
     return None
 
 
+def _bomb_reason(e: Exception, max_pixels: int) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(e))  # PIL states the size, not the dimensions
+    size = f"{int(m.group(1)):,} pixels; " if m else ""
+    return f"too many pixels ({size}limit {min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels):,}): possible decompression bomb"
+
+
 def _stat_reason(path: str) -> str | None:
     try:
         st = os.stat(path)
@@ -129,7 +136,7 @@ def _open_checked(f, path: str, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(f)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(path, f"too many pixels: possible decompression bomb ({e})") from None
+        raise ImageError(path, _bomb_reason(e, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image (content is not a known image format)") from None
     except OSError as e:  # e.g. PermissionError surfaced late, or a broken header
@@ -216,7 +223,7 @@ def _decode_first_frame(im: Image.Image, path: str) -> Image.Image:
             im.seek(0)
         im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(path, f"too many pixels: possible decompression bomb ({e})") from None
+        raise ImageError(path, _bomb_reason(e, DEFAULT_MAX_PIXELS)) from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg.lower():
