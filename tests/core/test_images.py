@@ -55,12 +55,24 @@ def test_wrong_extension_but_real_image_is_used(tmp_path):
     assert tuple(np.asarray(load_rgb(p))[0, 0]) == (1, 2, 3)
 
 
-def test_full_probe_finds_corruption_header_probe_misses(tmp_path):
-    p = tmp_path / "cut.bmp"
-    Image.new("RGB", (64, 64), (5, 5, 5)).save(p)
+@pytest.mark.parametrize("fmt,mode", [("bmp", "RGB"), ("bmp", "L"), ("bmp", "1"), ("tiff", "RGB"), ("ppm", "RGB"), ("tiff", "I;16")])
+def test_truncated_uncompressed_found_without_decoding(tmp_path, fmt, mode):
+    p = tmp_path / f"cut.{fmt}"
+    Image.new(mode, (33, 17)).save(p)
+    assert probe_image(p) is None
     data = p.read_bytes()
-    p.write_bytes(data[: len(data) // 2])
-    assert probe_image(p) is None  # BMP header is fine: the cheap check cannot know
+    p.write_bytes(data[:-40])
+    assert "truncated" in probe_image(p)
+    with pytest.raises(ImageError):
+        load_rgb(p)
+
+
+def test_full_probe_finds_corruption_header_probe_misses(tmp_path):
+    p = tmp_path / "cut.gif"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) * 2 // 3])
+    assert probe_image(p) is None  # GIF header is fine: the cheap check cannot know
     reason = probe_image(p, full=True)
     assert reason is not None and ("truncated" in reason or "corrupt" in reason)
     with pytest.raises(ImageError):

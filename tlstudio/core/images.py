@@ -157,6 +157,30 @@ def _jpeg_looks_truncated(f, size: int) -> bool:
     return b"\xff\xd9" not in f.read(n)
 
 
+_RAW_BITS = {
+    "1": 1, "L": 8, "P": 8, "LA": 16, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "RGB": 24, "BGR": 24,
+    "RGBA": 32, "BGRA": 32, "RGBX": 32, "BGRX": 32, "CMYK": 32, "I": 32, "F": 32, "I;32": 32, "F;32F": 32,
+}
+
+
+def _raw_tiles_truncated(im: Image.Image, size: int) -> bool:
+    """Uncompressed data (BMP, TIFF, PPM): the file must be long enough for every row."""
+    for t in getattr(im, "tile", None) or []:
+        if t[0] != "raw":
+            continue
+        x0, y0, x1, y1 = t[1]
+        args = t[3] if isinstance(t[3], tuple) else (t[3],)
+        stride = args[1] if len(args) > 1 and args[1] else 0
+        if not stride:
+            bits = _RAW_BITS.get(args[0])
+            if bits is None:
+                continue
+            stride = ((x1 - x0) * bits + 7) // 8
+        if t[2] + stride * (y1 - y0) > size:
+            return True
+    return False
+
+
 def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, full: bool = False) -> str | None:
     """Return None when the file looks like a usable image, else a short reason.
 
@@ -206,6 +230,8 @@ def probe_file(
                         _decode_first_frame(_open_checked(f, p, max_pixels), p)
                 elif fmt == "PNG":
                     im.verify()
+                elif _raw_tiles_truncated(im, os.fstat(f.fileno()).st_size):
+                    return "truncated image (the file ends before the image data does)", None
             except ImageError as e:
                 return e.reason, None
             except Exception as e:  # verify() raises many types on corrupt data
