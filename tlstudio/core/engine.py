@@ -59,7 +59,7 @@ class _Trackers:
     bad_epochs: int = 0
 
 
-def _in_thread(fn: Callable[..., Any], task: str, stop: threading.Event | None, **kwargs) -> Generator[Event, None, Any]:
+def _in_thread(fn: Callable[..., Any], task: str, cancel: threading.Event | None, **kwargs) -> Generator[Event, None, Any]:
     """Run fn(progress=cb, **kwargs) in a thread; yield its progress callbacks as Progress events."""
     q: queue.Queue = queue.Queue()
     out: dict[str, Any] = {}
@@ -82,7 +82,7 @@ def _in_thread(fn: Callable[..., Any], task: str, stop: threading.Event | None, 
         try:
             item = q.get(timeout=0.1)
         except queue.Empty:
-            if stop is not None and stop.is_set() and task == "download":
+            if cancel is not None and cancel.is_set() and task == "download":
                 raise RunStopped()
             continue
         if item is None:
@@ -550,7 +550,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
                             loss, parts = objective.loss(train_module, x, y, idx)
                     if not torch.isfinite(loss):
                         save_best_if_none = trackers.best_epoch is not None
-                        msg = (f"The loss became {float(loss)} at epoch {epoch + 1}, batch {batch_i + 1}: "
+                        msg = (f"The loss became {float(loss.detach())} at epoch {epoch + 1}, batch {batch_i + 1}: "
                                "training stopped. Try a lower learning rate."
                                + (" The best weights so far are kept." if save_best_if_none else ""))
                         yield Warn(msg)
