@@ -100,3 +100,32 @@ def test_to_rgb_modes():
     for mode in ("1", "L", "P", "CMYK", "YCbCr", "HSV", "RGBA", "LA", "I", "F", "I;16"):
         out = to_rgb(Image.new(mode, (3, 2)))
         assert out.mode == "RGB" and out.size == (3, 2), mode
+
+
+def _noise_jpeg(path, progressive=False, size=96):
+    arr = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, quality=90, progressive=progressive)
+    return path
+
+
+def test_truncated_progressive_jpeg(tmp_path):
+    p = _noise_jpeg(tmp_path / "prog.jpg", progressive=True)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    assert "truncated" in probe_image(p)
+
+
+def test_jpeg_with_trailing_padding_is_not_called_truncated(tmp_path):
+    p = _noise_jpeg(tmp_path / "padded.jpg")
+    p.write_bytes(p.read_bytes() + b"\0" * 10_000)  # some cameras/tools append data after EOI
+    assert probe_image(p) is None
+    assert load_rgb(p).size == (96, 96)
+
+
+def test_file_deleted_after_scan_gives_image_error(tmp_path):
+    p = _noise_jpeg(tmp_path / "gone.jpg")
+    assert probe_image(p) is None
+    p.unlink()
+    with pytest.raises(ImageError, match="not found") as ei:
+        load_rgb(p)
+    assert ei.value.path == str(p)
