@@ -303,6 +303,23 @@ def test_unicode_and_very_long_names(ds):
         assert load_rgb(p).size == (16, 16)
 
 
+@pytest.mark.skipif(os.name != "posix" or os.uname().sysname == "Darwin", reason="needs a byte-name file system")
+def test_non_utf8_names_skipped_with_reason(ds):
+    raw = os.fsencode(str(ds / "a")) + b"/\xff\xfe-latin1-\xe9.png"
+    Image.new("RGB", (8, 8)).save(raw, format="PNG")
+    raw_dir = os.fsencode(str(ds)) + b"/\xfeclass"
+    os.mkdir(raw_dir)
+    Image.new("RGB", (8, 8)).save(raw_dir + b"/x.png", format="PNG")
+    r = scan(ds)
+    assert r.classes == ["a", "b"] and r.counts == {"a": N_GOOD, "b": N_GOOD}
+    bad = [s for s in r.skipped if "UTF-8" in s.reason]
+    assert len(bad) == 2
+    import json
+
+    json.dumps(r.to_json(), ensure_ascii=False).encode("utf-8")  # printable and storable
+    _assert_rest_fine(r)
+
+
 # ----------------------------------------------------------------------------- folders
 
 

@@ -34,6 +34,8 @@ from tlstudio.core.images import (
     IMAGE_EXTENSIONS,
     UNSUPPORTED_IMAGE_EXTENSIONS,
     _os_reason,
+    bad_name_reason,
+    display_path,
     is_hidden_name,
     probe_file,
 )
@@ -187,6 +189,10 @@ def _walk(top: str, out: _Walk, seen_dirs: set[tuple[int, int]], depth: int = 0,
     for e in entries:
         if is_hidden_name(e.name):
             continue
+        bad = bad_name_reason(e.name)
+        if bad:
+            out.skipped.append(SkippedFile(display_path(e.path), bad))
+            continue
         try:
             is_link = e.is_symlink()
             st = os.stat(e.path)  # follows links: ELOOP / ENOENT for bad links
@@ -242,7 +248,7 @@ def _walk_root(top: str, progress: Progress | None, stop: threading.Event | None
 def _visible_dirs(folder: str) -> list[str]:
     try:
         with os.scandir(folder) as it:
-            return sorted(e.name for e in it if not is_hidden_name(e.name) and e.is_dir())
+            return sorted(e.name for e in it if not is_hidden_name(e.name) and e.is_dir() and not bad_name_reason(e.name))
     except OSError:
         return []
 
@@ -250,7 +256,15 @@ def _visible_dirs(folder: str) -> list[str]:
 def _visible_files(folder: str) -> list[str]:
     try:
         with os.scandir(folder) as it:
-            return sorted(e.name for e in it if not is_hidden_name(e.name) and not e.is_dir())
+            return sorted(e.name for e in it if not is_hidden_name(e.name) and not e.is_dir() and not bad_name_reason(e.name))
+    except OSError:
+        return []
+
+
+def _undecodable_names(folder: str) -> list[str]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if not is_hidden_name(e.name) and bad_name_reason(e.name))
     except OSError:
         return []
 
@@ -436,7 +450,7 @@ def _fingerprint(layout: str, entries: list[tuple[str, int, int, str, str]]) -> 
     """entries: (relative path, size, mtime_ns, class name, split) - stable across runs."""
     h = hashlib.sha256(layout.encode())
     for rel, size, mtime, cls, split in sorted(entries):
-        h.update(f"{rel}\t{size}\t{mtime}\t{cls}\t{split}\n".encode())
+        h.update(f"{rel}\t{size}\t{mtime}\t{cls}\t{split}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 
 
@@ -543,6 +557,8 @@ def scan(
                 # images beside the class folders are reported; READMEs, CSVs etc. are not data
                 if os.path.splitext(fname)[1].lower() in IMAGE_EXTENSIONS:
                     skipped.append(SkippedFile(os.path.join(top, fname), "not inside a class folder"))
+            for name in _undecodable_names(top):
+                skipped.append(SkippedFile(display_path(os.path.join(top, name)), bad_name_reason(name) or ""))
             for cls in _visible_dirs(top):
                 class_dirs.append((cls, split_name))
                 w = _walk_root(os.path.join(top, cls), progress, stop)

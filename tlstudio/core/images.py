@@ -24,11 +24,23 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 
+
+def _avif_supported() -> bool:
+    try:
+        from PIL import features
+
+        return bool(features.check("avif"))
+    except Exception:  # older Pillow: no AVIF plugin at all
+        return False
+
+
+if _avif_supported():
+    IMAGE_EXTENSIONS = IMAGE_EXTENSIONS | {".avif"}
+
 # Formats users commonly have that PIL cannot read here: say so instead of "not an image".
 UNSUPPORTED_IMAGE_EXTENSIONS: dict[str, str] = {
     ".heic": "HEIC photo (not supported: convert to JPEG)",
     ".heif": "HEIF photo (not supported: convert to JPEG)",
-    ".avif": "AVIF image (not supported: convert to JPEG or PNG)",
     ".svg": "vector SVG (not supported: export to PNG)",
     ".cr2": "camera RAW (not supported: convert to JPEG)",
     ".nef": "camera RAW (not supported: convert to JPEG)",
@@ -36,6 +48,8 @@ UNSUPPORTED_IMAGE_EXTENSIONS: dict[str, str] = {
     ".dng": "camera RAW (not supported: convert to JPEG)",
     ".raw": "camera RAW (not supported: convert to JPEG)",
 }
+if ".avif" not in IMAGE_EXTENSIONS:
+    UNSUPPORTED_IMAGE_EXTENSIONS[".avif"] = "AVIF image (not supported by this Pillow: convert to JPEG or PNG)"
 
 # PIL's own default (about 89 megapixels, e.g. 9459x9459). Anything larger is refused as a
 # possible decompression bomb. Kept <= Image.MAX_IMAGE_PIXELS so PIL's warning range is covered
@@ -85,6 +99,24 @@ class ImageError(UserError):
 def is_hidden_name(name: str) -> bool:
     """Dot-files, macOS/Windows clutter and notebook checkpoints: never data, never reported."""
     return name.startswith(".") or name.startswith("~$") or name.lower() in SYSTEM_NAMES
+
+
+def bad_name_reason(name: str) -> str | None:
+    """File names that are not valid UTF-8 break JSON, logs and the GUI: skip them with a reason."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8 (rename it)"
+    return None
+
+
+def display_path(path: str) -> str:
+    """`path` made printable when it holds undecodable bytes (only for messages)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def is_image_name(name: str) -> bool:
