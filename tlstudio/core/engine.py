@@ -355,6 +355,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
     )
     for m in logs:
         yield Log(m)
+    if not resuming:
+        _init_new_head(model)
     data_cfg = backbones.data_config(model, config.image_size)
     spec = backbones.model_spec(model, config.backbone, classes, config.image_size)
     groups = layers.layer_groups(model)
@@ -624,6 +626,22 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             yield Log(f"Early stopping: no improvement for {trackers.bad_epochs} epochs")
             return (yield from finish("early_stopped"))
     return (yield from finish("finished"))
+
+
+def _init_new_head(model) -> None:
+    """Small random weights for the new head: some timm inits (EfficientNet's 1/sqrt(n_classes)
+    range) give a fresh head logits of +-10 on pretrained features, which wastes the first epochs."""
+    import torch
+
+    head = model.get_classifier()
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)] if head is not None else []
+    if not linears:
+        return
+    last = linears[-1]
+    with torch.no_grad():
+        torch.nn.init.normal_(last.weight, std=0.01)
+        if last.bias is not None:
+            last.bias.zero_()
 
 
 def _init_distributed():
