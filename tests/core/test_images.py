@@ -129,3 +129,23 @@ def test_file_deleted_after_scan_gives_image_error(tmp_path):
     with pytest.raises(ImageError, match="not found") as ei:
         load_rgb(p)
     assert ei.value.path == str(p)
+
+
+def test_min_size_decodes_large_jpeg_reduced_but_never_below(tmp_path):
+    p = tmp_path / "photo.jpg"
+    a = np.zeros((1200, 1600, 3), np.uint8)
+    a[:, :800] = (220, 30, 30)  # left half red, right half blue
+    a[:, 800:] = (30, 30, 220)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(p, quality=92, exif=exif.tobytes())
+    full = load_rgb(p)
+    small = load_rgb(p, min_size=224)
+    assert full.size == (1200, 1600)  # rotated to portrait
+    assert small.size[0] < full.size[0] and min(small.size) >= 224
+    assert small.size[0] / small.size[1] == pytest.approx(full.size[0] / full.size[1], rel=0.02)
+    ref = np.asarray(full.resize(small.size, Image.BILINEAR)).astype(int)
+    assert np.abs(np.asarray(small).astype(int) - ref).mean() < 8  # same picture, same orientation
+    png = tmp_path / "photo.png"
+    Image.fromarray(a).save(png)
+    assert load_rgb(png, min_size=224).size == (1600, 1200)  # non-JPEG: full size
