@@ -141,6 +141,7 @@ def test_min_size_decodes_large_jpeg_reduced_but_never_below(tmp_path):
     Image.fromarray(a).save(p, quality=92, exif=exif.tobytes())
     full = load_rgb(p)
     small = load_rgb(p, min_size=224)
+    assert load_rgb(p, draft=(224, 224)).size == small.size
     assert full.size == (1200, 1600)  # rotated to portrait
     assert small.size[0] < full.size[0] and min(small.size) >= 224
     assert small.size[0] / small.size[1] == pytest.approx(full.size[0] / full.size[1], rel=0.02)

@@ -339,12 +339,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # 1, L, CMYK, YCbCr, HSV
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *, min_size: int | None = None) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    min_size: int | None = None,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
     """Load the first frame of an image as 8-bit RGB with EXIF orientation applied.
 
     `min_size`: the caller will shrink the image so its shorter side is about this many pixels;
     JPEGs are then decoded at a reduced scale (1/2..1/8, never below `min_size` on either side),
     which makes loading large photos several times faster. Other formats load at full size.
+    `draft=(w, h)` is the same with PIL's own request form (min_size=s is draft=(s, s)).
     Raises ImageError (a UserError) naming the file and the reason for every failure.
     """
     p = os.fspath(path)
@@ -355,8 +362,9 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *, m
         with open(p, "rb") as f:
             src = _open_checked(f, p, max_pixels)
             try:
-                if min_size and src.format == "JPEG" and min(src.size) >= 2 * min_size:
-                    src.draft(src.mode if src.mode in ("RGB", "L") else None, (min_size, min_size))
+                want = draft or ((min_size, min_size) if min_size else None)
+                if want and src.format == "JPEG" and src.size[0] >= 2 * want[0] and src.size[1] >= 2 * want[1]:
+                    src.draft(src.mode if src.mode in ("RGB", "L") else None, (int(want[0]), int(want[1])))
                 _decode_first_frame(src, p)
                 im = src
                 try:
