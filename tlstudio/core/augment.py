@@ -130,10 +130,15 @@ def augment_one(img: "torch.Tensor", size: int, preset: str, rng) -> tuple["torc
     return out.contiguous(), erase
 
 
-def normalise(batch_u8: "torch.Tensor", mean, std) -> "torch.Tensor":
-    """uint8 NCHW -> float32 NCHW, (x/255 - mean) / std in one fused pass."""
+def normalise(images, mean, std) -> "torch.Tensor":
+    """uint8 CHW images (list or NCHW tensor) -> float32 NCHW (x/255 - mean) / std, in place."""
     import torch
 
-    m = torch.tensor([float(v) * 255.0 for v in mean]).view(1, -1, 1, 1)
+    n = len(images)
+    c, h, w = images[0].shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32)
+    for i in range(n):
+        out[i].copy_(images[i])  # uint8 -> float conversion fused with the copy
     s = torch.tensor([1.0 / (float(v) * 255.0) for v in std]).view(1, -1, 1, 1)
-    return (batch_u8.float() - m).mul_(s)
+    m = torch.tensor([float(mu) / float(sd) for mu, sd in zip(mean, std)]).view(1, -1, 1, 1)
+    return out.mul_(s).sub_(m)

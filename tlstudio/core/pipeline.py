@@ -102,26 +102,32 @@ class _Source:
                     self.failures.append(_skipped(path, getattr(e, "reason", str(e))))
             return None
 
-    def _item(self, i: int, epoch: int, train: bool):
-        img = self._image(i)
+    def _augment(self, i: int, img, epoch: int, train: bool):
         if img is None:
             return None
         if train and self.augment != "none":
             return augment_one(img, self.size, self.augment, sample_rng(self.seed, epoch, i))
         return augment_one(img, self.size, "none", None)
 
+    def _item(self, i: int, epoch: int, train: bool):
+        return self._augment(i, self._image(i), epoch, train)
+
     def batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> Batch | None:
         import torch
 
-        if pool is not None and len(indices) > 1:
-            items = list(pool.map(lambda i: self._item(i, epoch, train), indices))
+        # decode (PIL, GIL released) in the pool only when something is not cached yet; the
+        # torch augmentation runs here, single-threaded (see _data_thread_torch)
+        cache = self.cache
+        misses = len(indices) if cache is None else sum(1 for i in indices if self.paths[i] not in cache)
+        if pool is not None and misses > 1:
+            imgs = list(pool.map(self._image, indices))
         else:
-            items = [self._item(i, epoch, train) for i in indices]
+            imgs = [self._image(i) for i in indices]
+        items = [self._augment(i, img, epoch, train) for i, img in zip(indices, imgs)]
         keep = [(i, it) for i, it in zip(indices, items) if it is not None]
         if not keep:
             return None
-        u8 = torch.stack([it[0] for _, it in keep])
-        x = normalise(u8, self.mean, self.std)
+        x = normalise([it[0] for _, it in keep], self.mean, self.std)
         for n, (_, (_, box)) in enumerate(keep):
             if box is not None:
                 t, l, h, w = box
@@ -148,6 +154,37 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+class _data_thread_torch:
+    """Torch ops in data threads run single-threaded: small ops split over cores only fight the
+    training step's own threads (10x slower per op on a busy 2-core box). torch keeps one
+    per-thread setting (OpenMP) plus a global default for threads created later; the global is
+    restored when the last data thread ends."""
+
+    def __enter__(self):
+        global _threads_users, _threads_saved
+        import torch
+
+        with _threads_lock:
+            if _threads_users == 0:
+                _threads_saved = torch.get_num_threads()
+            _threads_users += 1
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        global _threads_users
+        import torch
+
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_saved > 0:
+                torch.set_num_threads(_threads_saved)
+
+
 def _prefetch(make: Callable[[int], Batch | None], count: int, threads: int, depth: int = 2) -> Iterator[Batch]:
     """Yield make(0..count-1) in order (skipping None), built `depth` batches ahead in a thread."""
     if count <= 0:
@@ -172,7 +209,11 @@ def _prefetch(make: Callable[[int], Batch | None], count: int, threads: int, dep
         except BaseException as e:  # surfaced in the consumer thread
             q.put(("__error__", e))
 
-    t = threading.Thread(target=work, name="tlstudio-batches", daemon=True)
+    def run() -> None:
+        with _data_thread_torch():
+            work()
+
+    t = threading.Thread(target=run, name="tlstudio-batches", daemon=True)
     t.start()
     try:
         while True:
