@@ -145,3 +145,23 @@ def test_not_a_zip_and_nonempty_destination(tmp_path):
     with pytest.raises(ArchiveError, match="not empty"):
         safe_extract_zip(z, busy)
     assert (busy / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # zipfile warns when the test writes the clash
+@pytest.mark.parametrize("second", ["d/x.png", "d/x.png/inner.png", "d/x.png/"])
+def test_clashing_entries_refused_cleanly(tmp_path, second):
+    z = _zip(tmp_path / "clash.zip", [("d/x.png", _png_bytes((1, 1, 1))), (second, b"y")])
+    with pytest.raises(ArchiveError, match="clash.zip"):
+        safe_extract_zip(z, tmp_path / "out")
+    _assert_nothing_left(tmp_path / "out")
+
+
+def test_corrupt_member_data(tmp_path):
+    z = _zip(tmp_path / "crc.zip", [("d/a.bin", b"hello world" * 1000)])
+    raw = bytearray(z.read_bytes())
+    i = raw.index(b"d/a.bin") + len("d/a.bin") + 5  # inside the compressed data of the first member
+    raw[i] ^= 0xFF
+    z.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match="corrupt"):
+        safe_extract_zip(z, tmp_path / "out")
+    _assert_nothing_left(tmp_path / "out")

@@ -124,12 +124,12 @@ def safe_extract_zip(
             written = 0
             for info, parts in plan:
                 target = tmp.joinpath(*parts)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
                 n = 0
                 try:
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "xb") as out:
                         while chunk := src.read(_CHUNK):
                             n += len(chunk)
@@ -140,8 +140,10 @@ def safe_extract_zip(
                                     f"{zp.name}: entry '{info.filename}' holds more data than it declares: possible zip bomb."
                                 )
                             out.write(chunk)
-                except FileExistsError:
-                    raise ArchiveError(f"{zp.name}: entry '{info.filename}' appears twice (refused).") from None
+                except (FileExistsError, NotADirectoryError):
+                    raise ArchiveError(
+                        f"{zp.name}: entry '{info.filename}' clashes with another entry of the same name (refused)."
+                    ) from None
                 except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
                     raise ArchiveError(f"{zp.name}: entry '{info.filename}' is corrupt or unsupported ({e}).") from None
                 except ArchiveError:
