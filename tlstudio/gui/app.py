@@ -44,10 +44,21 @@ def setup_logging() -> str:
     try:
         if _fault_file is None:
             _fault_file = open(path.with_suffix(".crash.log"), "a", encoding="utf-8")  # noqa: SIM115
+            import atexit
+
+            atexit.register(_close_fault_file)
         faulthandler.enable(file=_fault_file, all_threads=True)
     except (OSError, ValueError):
         faulthandler.enable()
     return str(path)
+
+
+def _close_fault_file() -> None:
+    global _fault_file
+    if _fault_file is not None:
+        faulthandler.disable()
+        _fault_file.close()
+        _fault_file = None
 
 
 def _excepthook(etype, value, tb) -> None:  # noqa: ANN001

@@ -162,6 +162,9 @@ class MainWindow(QMainWindow):
     def showEvent(self, ev) -> None:  # noqa: ANN001
         super().showEvent(ev)
         QTimer.singleShot(0, self.ensure_panels)
+        from tlstudio.gui.heavy import preload
+
+        QTimer.singleShot(500, preload)  # torch/timm in the background, after the window is up
 
     def show_step(self, index: int) -> None:
         if not (0 <= index < len(STEPS)):
@@ -258,16 +261,13 @@ class MainWindow(QMainWindow):
 
     def open_zip(self, path: str) -> None:
         """Extract into the user cache (safely: no traversal, no bombs, no symlinks), then scan."""
-        from superqt.utils import create_worker
+        from tlstudio.gui.workers import start_worker
 
         self.show_step(0)
         self.show_message(f"Extracting {path} …")
         self.state.set_step_status("data", "busy")
-        w = create_worker(_extract_zip_job, path, _start_thread=False)
-        w.returned.connect(self.open_folder)
-        w.errored.connect(lambda exc: self._zip_failed(path, exc))
-        self._zip_worker = w
-        w.start()
+        start_worker(self, _extract_zip_job, path, returned=self.open_folder,
+                     errored=lambda exc: self._zip_failed(path, exc))
 
     def _zip_failed(self, path: str, exc: BaseException) -> None:
         from tlstudio.gui.widgets.error_dialog import show_exception

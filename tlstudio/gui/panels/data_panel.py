@@ -35,6 +35,7 @@ from tlstudio.gui.state import AppState
 from tlstudio.gui.tooltips import tip
 from tlstudio.gui.widgets.class_table import ClassBarChart, ClassTable
 from tlstudio.gui.widgets.thumbnails import ThumbnailModel, ThumbnailView
+from tlstudio.gui.workers import start_worker
 
 MAX_SKIPPED_ROWS = 5000  # the full list stays in the scan report; the table shows the first ones
 
@@ -210,8 +211,6 @@ class DataPanel(QWidget):
 
     def open_folder(self, path: str) -> None:
         """Scan ``path`` in a background thread; a scan already running is stopped first."""
-        from superqt.utils import create_worker
-
         self.stop_scan()
         self._generation += 1
         gen = self._generation
@@ -235,13 +234,11 @@ class DataPanel(QWidget):
                 last[0] = now  # throttled: the UI gets at most ~20 updates a second
                 self._progress.changed.emit(int(done), -1 if total is None else int(total))
 
-        worker = create_worker(_scan_job, path, progress, stop, float(self.val_spin.value()),
-                               int(self.seed_spin.value()), _start_thread=False)
-        worker.returned.connect(lambda rep, g=gen: self._scan_done(g, rep))
-        worker.errored.connect(lambda exc, g=gen: self._scan_error(g, exc))
-        self._worker = worker
         self.scan_started.emit(path)
-        worker.start()
+        self._worker = start_worker(
+            self, _scan_job, path, progress, stop, float(self.val_spin.value()), int(self.seed_spin.value()),
+            returned=lambda rep, g=gen: self._scan_done(g, rep),
+            errored=lambda exc, g=gen: self._scan_error(g, exc))
 
     def stop_scan(self) -> None:
         if self._stop is not None:

@@ -313,20 +313,16 @@ class LayersPanel(QWidget):
         st = self.state
         if st.model is None or not st.groups:
             return
-        from superqt.utils import create_worker
+        from tlstudio.gui.workers import start_worker
 
         self._mem_gen += 1
         gen = self._mem_gen
         bs = int(st.settings.get("batch_size") or 32)
         size = int(st.settings.get("image_size") or (st.model_info.input_size if st.model_info else 224))
         self.memory_label.setText("estimating…")
-        w = create_worker(_memory_job, st.model, list(st.groups), list(st.trainable), bs, size,
-                          _start_thread=False)
-        w.returned.connect(lambda b, g=gen, bs=bs, size=size: self._memory_done(g, b, bs, size))
-        w.errored.connect(lambda exc, g=gen: self._memory_done(g, None, bs, size))
-        self._workers.append(w)
-        w.finished.connect(lambda w=w: self._workers.remove(w) if w in self._workers else None)
-        w.start()
+        start_worker(self, _memory_job, st.model, list(st.groups), list(st.trainable), bs, size,
+                     returned=lambda n, g=gen, bs=bs, size=size: self._memory_done(g, n, bs, size),
+                     errored=lambda exc, g=gen, bs=bs, size=size: self._memory_done(g, None, bs, size))
 
     def _memory_done(self, gen: int, n: int | None, bs: int, size: int) -> None:
         if gen != self._mem_gen:
@@ -351,6 +347,9 @@ def _spec_text(spec: str) -> str:
 
 
 def _memory_job(model: Any, groups: list[Any], trainable: list[bool], bs: int, size: int) -> int:
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
     from tlstudio.core.layers import estimate_train_memory
 
     return estimate_train_memory(model, groups, trainable, bs, size)

@@ -315,17 +315,9 @@ class ModelPanel(QWidget):
         self._start(_list_models_job, returned=self._models_ready, errored=self._models_error)
 
     def _start(self, fn, *args, returned=None, errored=None) -> Any:  # noqa: ANN001
-        from superqt.utils import create_worker
+        from tlstudio.gui.workers import start_worker
 
-        w = create_worker(fn, *args, _start_thread=False)
-        if returned:
-            w.returned.connect(returned)
-        if errored:
-            w.errored.connect(errored)
-        self._workers.append(w)
-        w.finished.connect(lambda w=w: self._workers.remove(w) if w in self._workers else None)
-        w.start()
-        return w
+        return start_worker(self, fn, *args, returned=returned, errored=errored)
 
     def _models_ready(self, infos: list[Any]) -> None:
         self.table_model.set_infos(infos)
@@ -619,12 +611,18 @@ def _initial_trainable(state: AppState, groups: list[Any]) -> list[bool]:
 
 
 def _list_models_job() -> list[Any]:
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
     from tlstudio.core.backbones import list_models
 
     return list_models("")
 
 
 def _build_job(name: str, n: int, init: str, weights_file: str | None) -> tuple[Any, list[Any]]:
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
     from tlstudio.core.backbones import create_model
     from tlstudio.core.layers import layer_groups
 
@@ -633,6 +631,9 @@ def _build_job(name: str, n: int, init: str, weights_file: str | None) -> tuple[
 
 
 def _download_job(name: str, n: int, bridge: _DownloadProgress, cancel: threading.Event) -> str:
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
     from tlstudio.core.backbones import create_model
 
     def progress(done: int, total: int | None) -> None:
