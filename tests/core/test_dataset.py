@@ -292,3 +292,20 @@ def test_sample_data_set_is_trainable():
     assert r.skipped == [] and r.warnings == []
     total = sum(p.stat().st_size for p in sample_dir().rglob("*") if p.is_file())
     assert total <= 600 * 1024
+
+
+def test_big_files_equal_at_both_ends_are_not_duplicates(tmp_path):
+    """The quick hash reads only the ends of big files; a full hash must confirm a match."""
+    import numpy as np
+
+    root = make_folder(tmp_path / "ds", {"a": 5, "b": 5})
+    arr = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)  # ~270 KB BMP
+    Image.fromarray(arr).save(root / "a" / "big.bmp")
+    arr[150, 150] ^= 0xFF  # differs only in the middle of the file
+    Image.fromarray(arr).save(root / "b" / "big.bmp")
+    assert (root / "a" / "big.bmp").stat().st_size > 2 * 64 * 1024
+    r = scan(root)
+    assert not any("same image" in w.lower() for w in r.warnings)
+    shutil.copy(root / "a" / "big.bmp", root / "b" / "copy.bmp")
+    r = scan(root)
+    assert any("same image" in w.lower() and "a/big.bmp = b/copy.bmp" in w for w in r.warnings)

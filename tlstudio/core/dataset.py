@@ -31,11 +31,13 @@ from typing import Any, Literal
 from tlstudio.core.errors import UserError
 from tlstudio.core.images import (
     DEFAULT_MAX_PIXELS,
+    QUICK_HASH_SPAN,
     IMAGE_EXTENSIONS,
     UNSUPPORTED_IMAGE_EXTENSIONS,
     _os_reason,
     bad_name_reason,
     display_path,
+    full_hash,
     is_hidden_name,
     probe_file,
 )
@@ -649,11 +651,23 @@ def _class_warnings(classes: list[str], counts: dict[str, int], split_counts: di
 
 
 def _duplicate_warnings(usable: list[tuple[_File, str, str]], hashes: dict[str, str], root: str) -> list[str]:
-    groups: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    quick: dict[str, list[tuple[_File, str, str]]] = defaultdict(list)
     for f, cls, split in usable:
         h = hashes.get(f.path)
         if h is not None:
-            groups[h].append((_rel(f.path, root), cls, split))
+            quick[h].append((f, cls, split))
+    groups: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for h, members in quick.items():
+        if len(members) < 2:
+            continue
+        for f, cls, split in members:
+            key = h
+            if f.size > 2 * QUICK_HASH_SPAN:  # quick hash saw only the ends: confirm on all bytes
+                try:
+                    key = full_hash(f.path)
+                except OSError:
+                    continue
+            groups[key].append((_rel(f.path, root), cls, split))
     cross: dict[tuple[str, str], list[str]] = defaultdict(list)
     leaks: list[str] = []
     same = 0
