@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from pathlib import Path
@@ -22,6 +23,15 @@ from tlstudio.core.distill import (
 )
 from tlstudio.core.objectives import ObjectiveContext
 from tlstudio.core.runs import ModelSpec, RunInfo
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster than two fighting over a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------ the loss, by hand
@@ -350,3 +360,160 @@ def test_teacher_cache_when_inputs_are_deterministic(tmp_path, shapes3):
     probs, _ = obj.teacher_probs(x, torch.tensor([0, 1, 2, len(samples) - 1]))
     assert calls == []  # served from the cache
     assert torch.allclose(probs[0], obj.cached_probs[0])
+
+
+# ------------------------------------------------------------------ end to end through the engine
+def _copy_subset(full: Path, few: Path, unlab: Path, n_labelled: int) -> None:
+    import shutil
+
+    unlab.mkdir(parents=True)
+    for cdir in sorted(p for p in full.iterdir() if p.is_dir()):
+        files = sorted(cdir.iterdir())
+        (few / cdir.name).mkdir(parents=True)
+        for f in files[:n_labelled]:
+            shutil.copy(f, few / cdir.name / f.name)
+        for f in files[n_labelled:]:  # the rest, without labels (flat folder)
+            shutil.copy(f, unlab / f.name)
+
+
+def _drive(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            return events, done.value
+
+
+def _held_out_acc(run_dir, samples):
+    from tlstudio.core.evaluate import evaluate_model
+    from tlstudio.core.runs import load_run_model
+
+    model, info = load_run_model(run_dir)
+    return evaluate_model(model, info.model, samples).accuracy
+
+
+_FAST = dict(precision="fp32", seed=0, batch_size=16, early_stop_patience=None, warmup_epochs=0.0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Hard shapes (random colours): 30 per class, a held-out test folder, a Lite0 teacher on all labels."""
+    import os
+
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.engine import fit
+    from tlstudio.core.synthetic import make_synthetic_folder
+
+    root = tmp_path_factory.mktemp("distill_world")
+    old_home = os.environ.get("TLSTUDIO_HOME")
+    os.environ["TLSTUDIO_HOME"] = str(root / "home")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        full = make_synthetic_folder(root / "full", per_class=30, size=48, seed=0)
+        test = make_synthetic_folder(root / "test", per_class=20, size=48, seed=99)
+        _copy_subset(full, root / "few", root / "unlab", n_labelled=3)
+        teacher_cfg = TrainConfig(data_dir=str(full), out_dir=str(root / "teacher"), backbone="tf_efficientnet_lite0",
+                                  image_size=64, freeze="head", epochs=5, lr=1e-2, augment="none", **_FAST)
+        _, info = _drive(fit(teacher_cfg))
+        assert info.status == "finished"
+    finally:
+        torch.set_num_threads(n)
+        if old_home is None:
+            os.environ.pop("TLSTUDIO_HOME", None)
+        else:
+            os.environ["TLSTUDIO_HOME"] = old_home
+    from tlstudio.core.dataset import scan
+
+    return {"root": root, "full": full, "few": root / "few", "unlab": root / "unlab",
+            "teacher": root / "teacher", "test": scan(str(test)).samples}
+
+
+@pytest.mark.slow
+@pytest.mark.realweights
+def test_teacher_labels_unlabelled_images_and_beats_the_few_labels_alone(world, tmp_path):
+    """3 labels per class + 81 unlabelled: the distilled student beats the same student on 3 labels alone."""
+    from tlstudio.core.distill import distill
+    from tlstudio.core.events import BatchEnd, Log
+    from tlstudio.core.runs import read_run
+
+    teacher_acc = _held_out_acc(world["teacher"], world["test"])
+    assert teacher_acc > 0.8, teacher_acc
+    cfg = DistillConfig(data_dir=str(world["few"]), teachers=[str(world["teacher"])],
+                        unlabeled_dir=str(world["unlab"]), out_dir=str(tmp_path / "kd"),
+                        backbone="tf_efficientnet_lite0", image_size=64, freeze="head", epochs=6, lr=1e-2,
+                        augment="none", val_fraction=0.34, latency_repeats=1, latency_rounds=1, **_FAST)
+    events, info = _drive(distill(cfg))
+    assert info.status == "finished" and info.kind == "distill"
+    messages = [e.message for e in events if isinstance(e, Log)]
+    assert any("computed once" in m for m in messages)  # head-only on cached features: teacher cached
+    assert any("81 unlabelled images" in m for m in messages)
+    batches = [e for e in events if isinstance(e, BatchEnd) and e.phase == "distill"]
+    assert batches and all({"soft", "hard"} <= set(e.parts) for e in batches)
+
+    kd_acc = _held_out_acc(tmp_path / "kd", world["test"])
+    alone_acc = _held_out_acc(tmp_path / "kd" / "student_baseline", world["test"])
+    assert kd_acc > alone_acc + 0.1, (kd_acc, alone_acc, teacher_acc)
+    assert kd_acc > 0.75  # the student learnt (chance is 1/3)
+
+    # the trade-off report: in the run folder, in run.json, three rows measured on the same images
+    rep = json.loads((tmp_path / "kd" / "tradeoff.json").read_text())
+    assert [r["role"] for r in rep["rows"]] == ["teacher", "student", "student_baseline"]
+    assert len({r["n_val"] for r in rep["rows"]}) == 1
+    assert all(r["latency_ms_b1"] > 0 and r["latency_ms_b32"] > 0 and r["params"] > 0 for r in rep["rows"])
+    student = rep["rows"][1]
+    assert student["retained_pct"] == pytest.approx(100 * student["accuracy"] / rep["rows"][0]["accuracy"])
+    assert "Acc. retained" in (tmp_path / "kd" / "tradeoff.md").read_text()
+    assert read_run(tmp_path / "kd").extra["tradeoff"]["rows"][1]["accuracy"] == student["accuracy"]
+    assert "keeps" in rep["summary"] and "self-distillation" in rep["summary"]
+
+
+@pytest.mark.slow
+@pytest.mark.realweights
+def test_multi_teacher_feature_kd_run_completes_and_losses_decrease(world, tmp_path):
+    """Two teachers (Lite0 + a tiny ResNet), hint loss through an adapter, a scratch student, augment on."""
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.distill import distill
+    from tlstudio.core.engine import fit
+    from tlstudio.core.events import BatchEnd, Log
+
+    t2_cfg = TrainConfig(data_dir=str(world["full"]), out_dir=str(tmp_path / "t2"), backbone="test_resnet",
+                         init="scratch", freeze="none", image_size=32, epochs=1, lr=3e-3, augment="none", **_FAST)
+    _, t2 = _drive(fit(t2_cfg))
+    assert t2.status == "finished"
+    cfg = DistillConfig(data_dir=str(world["full"]), teachers=[str(world["teacher"]), str(tmp_path / "t2")],
+                        teacher_weights=[2.0, 1.0], out_dir=str(tmp_path / "kd"), backbone="test_efficientnet",
+                        init="scratch", freeze="none", image_size=32, epochs=3, lr=3e-3, augment="light",
+                        feature_loss="-1:-1", feature_weight=1.0, student_baseline=False,
+                        latency_repeats=1, latency_rounds=1, **_FAST)
+    events, info = _drive(distill(cfg))
+    assert info.status == "finished"
+    messages = " | ".join(e.message for e in events if isinstance(e, Log))
+    assert "Multi-teacher" in messages and "adapter" in messages and "every batch" in messages
+    by_epoch: dict[int, dict[str, list[float]]] = {}
+    for e in events:
+        if isinstance(e, BatchEnd):
+            assert {"soft", "hard", "feature"} <= set(e.parts)
+            for k in ("soft", "feature"):
+                by_epoch.setdefault(e.epoch, {}).setdefault(k, []).append(e.parts[k])
+    first, last = by_epoch[0], by_epoch[max(by_epoch)]
+    for k in ("soft", "feature"):
+        assert sum(last[k]) / len(last[k]) < sum(first[k]) / len(first[k]), (k, first[k], last[k])
+    rep = json.loads((tmp_path / "kd" / "tradeoff.json").read_text())
+    assert [r["role"] for r in rep["rows"]] == ["teacher", "teacher", "student"]
+    assert rep["gain_over_baseline_points"] is None  # no student baseline was asked for
+
+
+def test_cli_distill_refuses_a_teacher_with_other_classes(world, tmp_path, capsys):
+    from tlstudio.cli import main
+    from tlstudio.core.synthetic import make_synthetic_folder
+
+    other = make_synthetic_folder(tmp_path / "other", classes=("cross", "ring"), per_class=4, size=32)
+    code = main(["distill", str(other), "--teacher", str(world["teacher"]), "--student", "test_efficientnet",
+                 "--epochs", "1", "--out", str(tmp_path / "kd")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(world["teacher"]) in err[0] and "cross" in err[0], err
+    code = main(["distill", str(other), "--teacher", str(tmp_path / "nope"), "--student", "test_efficientnet"])
+    assert code == 2 and "nope" in capsys.readouterr().err

@@ -60,7 +60,8 @@ class DistillConfig(TrainConfig):
     unlabeled_dir: str | None = None
     student_baseline: bool = True  # also train the student without a teacher for the report
     cache_teacher: bool = True  # compute teacher outputs once when its inputs are deterministic
-    latency_repeats: int = Field(5, ge=1)
+    latency_repeats: int = Field(5, ge=1)  # timed passes per latency measurement
+    latency_rounds: int = Field(3, ge=1)  # interleaved rounds; the best round counts (robust to load bursts)
 
     @field_validator("feature_loss")
     @classmethod
@@ -641,7 +642,8 @@ def distill(config: DistillConfig, stop: threading.Event | None = None,
     from tlstudio.core.tradeoff import build_tradeoff, save_tradeoff, tradeoff_table
 
     report = yield from build_tradeoff(run_dir, config.teachers, baseline_dir, device=config.device,
-                                       repeats=config.latency_repeats, batch_size=config.batch_size)
+                                       repeats=config.latency_repeats, rounds=config.latency_rounds,
+                                       batch_size=config.batch_size)
     save_tradeoff(run_dir, report)
     info = read_run(run_dir)
     info.extra["tradeoff"] = report
