@@ -72,8 +72,8 @@ def test_steps_sidebar_and_shortcuts(qtbot, win):
     for i in (2, 0, 7):
         qtbot.keyClick(win, Qt.Key(Qt.Key.Key_1 + i), Qt.KeyboardModifier.ControlModifier)
         assert win.stack.currentIndex() == i
-    win.sidebar.setCurrentRow(1)
-    assert win.current_step() == "model"
+    win.sidebar.setCurrentRow(3)
+    assert win.current_step() == "train"
     # status icons follow the state
     win.state.set_step_status("layers", "attention")
     assert win.sidebar.status_of("layers") == "attention"

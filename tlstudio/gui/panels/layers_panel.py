@@ -174,7 +174,9 @@ class LayersPanel(QWidget):
         name = st.model_info.name if st.model_info is not None else ""
         self.title.setText(f"<b>{name}</b>: {len(groups)} layer groups, input at the top, "
                            "output (head) at the bottom" if groups else "No model yet: choose one in step 2.")
+        self.last_spin.blockSignals(True)  # a clamped value is not a user choice
         self.last_spin.setMaximum(max(1, len(groups) - 1))
+        self.last_spin.blockSignals(False)
         self._sync_preset_from_settings()
         self.strip.set_groups(groups, st.trainable)
         self._update_counts()
@@ -248,6 +250,8 @@ class LayersPanel(QWidget):
         st.set_trainable(tr)
 
     def _spin_changed(self, rb: QRadioButton) -> None:
+        if self._syncing:
+            return
         rb.setChecked(True)
         self._preset_clicked()
 

@@ -119,17 +119,23 @@ class BackboneFilter(QSortFilterProxyModel):
         self.pretrained_only = False
         self.setSortRole(BackboneTableModel.SortRole)
 
+    def _refilter(self, change) -> None:  # noqa: ANN001
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.10 (invalidateFilter is deprecated there)
+            self.beginFilterChange()
+            change()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            change()
+            self.invalidateFilter()
+
     def set_text(self, text: str) -> None:
-        self.words = text.lower().split()
-        self.invalidateFilter()
+        self._refilter(lambda: setattr(self, "words", text.lower().split()))
 
     def set_size(self, size: str) -> None:
-        self.size = size
-        self.invalidateFilter()
+        self._refilter(lambda: setattr(self, "size", size))
 
     def set_pretrained_only(self, on: bool) -> None:
-        self.pretrained_only = on
-        self.invalidateFilter()
+        self._refilter(lambda: setattr(self, "pretrained_only", on))
 
     def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
         m = self.sourceModel().infos[row]
