@@ -52,7 +52,8 @@ def machine() -> dict:
 def print_machine() -> None:
     m = machine()
     print(f"# machine: {m['cpu']}, {m['cores']} cores, flags {','.join(m['flags'])}, RAM {m['ram']}, "
-          f"torch {m['torch']}, python {m['python']}" + (f", GPU {m['cuda']}" if m["cuda"] else ""))
+          f"torch {m['torch']}, python {m['python']}" + (f", GPU {m['cuda']}" if m["cuda"] else "")
+          + f"; load average {os.getloadavg()[0]:.1f} (shared machine)")
 
 
 def make_jpeg_folder(name: str, n_classes: int = 4, per_class: int = 32, size: tuple[int, int] = (500, 375),

@@ -1,0 +1,109 @@
+"""Benchmark 4: achieved training FLOP/s as a fraction of the measured matmul peak.
+
+Peak: a large square matmul (fp32, and bf16) timed on this machine, median of several runs.
+Model FLOPs: torch.utils.flop_counter.FlopCounterMode over one training step (forward +
+backward) of the model at the given batch size. Achieved: FLOPs / median step time, for fp32
+(default layout) and for the plan TL Studio picks (bf16 autocast + channels_last here).
+The fraction is the distance to the physical limit of the precision in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import median, print_machine, report
+
+
+def matmul_peak(dtype, n: int, reps: int) -> float:
+    import torch
+
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / min(ts)  # min: the peak is what the hardware can do when not disturbed
+
+
+def step_flops(model, x, y) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(fc.get_total_flops())
+
+
+def time_steps(model, x, y, plan, steps: int) -> float:
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = plan.prepare_input(x)
+    ts = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        with plan.autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:  # first step warms oneDNN kernels up
+            ts.append(time.perf_counter() - t)
+    return median(ts)
+
+
+def main():
+    import timm
+    import torch
+
+    from tlstudio.core.precision import PrecisionPlan, choose_precision, set_threads
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", default="resnet18,efficientnet_b0,vit_tiny_patch16_224")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=224)
+    a = ap.parse_args()
+    set_threads(False)
+    models = ["resnet18"] if a.quick else a.models.split(",")
+    batch = 16 if a.quick else a.batch
+    steps = 3 if a.quick else 5
+    print_machine()
+    n = 2048 if a.quick else 4096
+    peak32 = matmul_peak(torch.float32, n, 5)
+    peak16 = matmul_peak(torch.bfloat16, n, 5)
+    print(f"# matmul peak ({n}x{n}): fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s")
+    print(f"# training step (forward+backward+SGD), batch {batch}, {a.size}px")
+    print("| model | precision | GFLOP/step | step s | achieved GFLOP/s | fraction of matmul peak |")
+    print("|---|---|---|---|---|---|")
+    ratios = {}
+    for name in models:
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=10)
+        model.train()
+        x = torch.randn(batch, 3, a.size, a.size)
+        y = torch.randint(0, 10, (batch,))
+        flops = step_flops(model, x, y)
+        fp32 = PrecisionPlan(torch.device("cpu"), None, "fp32", False, False)
+        auto = choose_precision(torch.device("cpu"), model)
+        for plan in (fp32, auto) if auto.name != "fp32" else (fp32,):
+            plan.prepare_model(model)
+            s = time_steps(model, x, y, plan, steps)
+            ach = flops / s
+            peak = peak16 if plan.name == "bf16" else peak32
+            frac = ach / peak
+            print(f"| {name} | {plan.name}{' + channels_last' if plan.channels_last else ''} | {flops / 1e9:.1f} | "
+                  f"{s:.2f} | {ach / 1e9:.0f} | {frac:.1%} |", flush=True)
+            ratios[f"{name}_{plan.name}_fraction_of_peak"] = round(frac, 3)
+            model.to(memory_format=torch.contiguous_format)
+    report("flops", ratios, {"peak_fp32_gflops": round(peak32 / 1e9), "peak_bf16_gflops": round(peak16 / 1e9)})
+
+
+if __name__ == "__main__":
+    main()
