@@ -414,7 +414,9 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
 
     # every parameter is handed to the optimiser (frozen ones have no grad and are skipped),
     # so gradual unfreezing needs no new optimiser and resume sees the same state layout
-    pgroups = layers.param_groups(model, groups, [True] * len(groups), lr=lr, body_lr_mult=config.body_lr_mult,
+    # from scratch there is no pretrained body to protect: one learning rate for all
+    body_mult = 1.0 if config.init == "scratch" else config.body_lr_mult
+    pgroups = layers.param_groups(model, groups, [True] * len(groups), lr=lr, body_lr_mult=body_mult,
                                   layer_decay=config.layer_decay, weight_decay=config.weight_decay)
     if extra_params:
         pgroups.append({"params": extra_params, "lr": lr, "weight_decay": config.weight_decay})
@@ -514,9 +516,10 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
                 n_tr, _ = layers.count_params(model)
                 yield Unfrozen(epoch=epoch, group=", ".join(opened), trainable_params=n_tr)
         if features_mode:
-            train_module.train()
+            _unwrap(train_module).train()
         else:
             layers.set_train_mode(model, groups, trainable)
+        train_module.training = True  # a DDP wrapper's own flag (its children were set above)
         t_epoch = time.time()
         first_batch = start_batch if epoch == start_epoch else 0
         if first_batch == 0:
@@ -594,7 +597,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             continue
 
         # --- validation --------------------------------------------------------------------
-        val_loss, val_acc, val_f1 = _validate(train_module, loaders.val, len(classes), device, plan)
+        val_loss, val_acc, val_f1 = _validate(_unwrap(train_module), loaders.val, len(classes), device, plan)
         train_loss = partial["loss_sum"] / max(1, partial["count"])
         improved = (val_acc > trackers.best_acc + 1e-9) or (
             abs(val_acc - trackers.best_acc) <= 1e-9 and val_loss < trackers.best_loss)
@@ -656,6 +659,10 @@ def _init_distributed():
 
             tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist
+
+
+def _unwrap(module):
+    return getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
 
 
 def _maybe_ddp(module, dist, device):
