@@ -7,7 +7,14 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("gui", "--project") or argv[0].endswith(".tlsproj"):
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # the packaged (frozen) app may start worker processes
+    import os
+
+    gui = not argv or argv[0] in ("gui", "--project", "--sample") or argv[0].endswith(".tlsproj") \
+        or os.path.isdir(argv[0])  # `tlstudio FOLDER` opens the app on that folder
+    if gui:
         from tlstudio.gui.app import run_app
 
         return run_app(argv[1:] if argv and argv[0] == "gui" else argv)
