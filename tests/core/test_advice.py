@@ -1,0 +1,58 @@
+"""Strategy advice follows the transfer-learning strategy table."""
+
+from __future__ import annotations
+
+import pytest
+
+from tlstudio.core.advice import LARGE_PER_CLASS, SMALL_PER_CLASS, Advice, advise
+from tlstudio.core.backbones import create_model
+from tlstudio.core.config import FREEZE_PATTERN, TrainConfig
+from tlstudio.core.layers import layer_groups, plan_from_spec
+
+
+def _n_trainable(freeze: str, groups) -> int:
+    plan, every = plan_from_spec(freeze, groups)
+    return len(groups) if every else sum(plan)  # gradual ends with everything trainable
+
+
+def test_table_corners():
+    small_high = advise(20, "high", 2)
+    assert small_high.freeze == "head"  # feature extraction
+    small_low = advise(20, "low", 2)
+    assert small_low.freeze != "head"  # unfreeze more layers
+    assert "risk" in small_low.reason.lower()
+    large_high = advise(2000, "high", 10)
+    assert large_high.freeze == "none"  # fine-tune the whole model
+    large_low = advise(2000, "low", 10)
+    assert large_low.freeze == "none"
+    assert "scratch" in large_low.reason.lower()
+
+
+def test_worked_example_skin_disease_100_images():
+    a = advise(50, "unknown", 2)  # 100 images, healthy/sick
+    assert a.freeze == "head"
+
+
+@pytest.mark.parametrize("sim", ["high", "low", "unknown"])
+def test_more_data_never_freezes_more(sim):
+    groups = layer_groups(create_model("test_resnet", 2, init="scratch"))
+    counts = [_n_trainable(advise(ipc, sim, 5).freeze, groups) for ipc in (5, 30, SMALL_PER_CLASS,
+                                                                            300, LARGE_PER_CLASS, 5000)]
+    assert counts == sorted(counts)
+    assert counts[0] < counts[-1]
+
+
+@pytest.mark.parametrize("ipc", [1, 10, 99, 100, 250, 499, 500, 10_000])
+@pytest.mark.parametrize("sim", ["high", "low", "unknown"])
+def test_every_advice_is_a_valid_config(ipc, sim):
+    a = advise(ipc, sim, 4)
+    assert isinstance(a, Advice)
+    assert FREEZE_PATTERN.match(a.freeze)
+    assert 1e-5 <= a.lr <= 1e-2 and 3 <= a.epochs <= 60
+    TrainConfig(data_dir=".", freeze=a.freeze, lr=a.lr, epochs=a.epochs)  # accepted as is
+    assert a.reason.endswith(".") and len(a.reason) < 300
+    assert a.reason.count(". ") == 0  # one sentence
+
+
+def test_head_only_gets_a_higher_lr_than_whole_model():
+    assert advise(20, "high").lr > advise(5000, "high").lr
