@@ -237,3 +237,21 @@ def test_smoke_mode_subprocess(tmp_path):
     _, ok, n_classes, n_images = line.split()
     assert ok == "OK" and int(n_classes) >= 2 and int(n_images) > int(n_classes)
     assert (tmp_path / "logs" / "tlstudio.log").is_file()
+
+
+def test_every_control_of_the_first_steps_has_a_tooltip(win):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QAbstractSpinBox, QComboBox, QLineEdit
+
+    missing, checked = [], 0
+    for step in ("data", "model", "layers"):
+        for cls in (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QAbstractItemView):
+            for w in win.panel(step).findChildren(cls):
+                if w.parent() is not None and isinstance(w.parent(), (QAbstractSpinBox, QComboBox)):
+                    continue  # the line edit inside a spin box / combo box
+                if type(w).__name__ in ("QTabBar", "QHeaderView") or not w.isVisibleTo(win.panel(step)):
+                    continue
+                checked += 1
+                if not w.toolTip():
+                    missing.append(f"{step}: {type(w).__name__} {getattr(w, 'text', lambda: '')()!r}")
+    assert not missing, missing
+    assert checked > 25, checked

@@ -135,7 +135,7 @@ class DataPanel(QWidget):
         lv = QVBoxLayout(left)
         lv.setContentsMargins(0, 0, 0, 0)
         lv.addWidget(self.summary)
-        lv.addWidget(self.class_table, 3)
+        lv.addWidget(self.class_table, 2)
         lv.addWidget(self.chart, 2)
         lv.addWidget(split_box)
 
@@ -326,6 +326,11 @@ class DataPanel(QWidget):
         self.warnings_list.addItems(list(report.warnings))
         self.tabs.setTabText(1, f"Skipped files ({len(report.skipped):,})")
         self.tabs.setTabText(2, f"Warnings ({len(report.warnings)})")
+        from PySide6.QtGui import QColor
+
+        bar = self.tabs.tabBar()
+        bar.setTabTextColor(1, QColor("#c5221f") if report.skipped else bar.palette().text().color())
+        bar.setTabTextColor(2, QColor("#e8710a") if report.warnings else bar.palette().text().color())
         presplit = report.presplit is not None
         self.val_spin.setEnabled(not presplit)
         self.val_spin.setToolTip(
