@@ -14,6 +14,17 @@ import pytest
 from tlstudio.core import evaluate as ev
 from tlstudio.core.runs import ModelSpec, RunInfo, write_run
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- stand-ins
 # backbones.py / weights.py / dataset.py are written by other owners in parallel. When one is
 # not importable yet, a minimal stand-in that follows docs/INTERFACES.md is installed for the
@@ -113,7 +124,7 @@ def core_modules(monkeypatch):
 # --------------------------------------------------------------------------- a real run folder
 
 
-def make_run(run_dir: Path, data_dir: Path, *, backbone="test_resnet", image_size=48, steps=25, seed=0):
+def make_run(run_dir: Path, data_dir: Path, *, backbone="test_resnet", image_size=48, steps=8, seed=0):
     """A finished-looking run folder: a tiny timm model trained a few steps on `data_dir`."""
     import timm
     import torch
@@ -136,7 +147,7 @@ def make_run(run_dir: Path, data_dir: Path, *, backbone="test_resnet", image_siz
     x, _, _ = ev.load_batch([s.path for s in train], spec)
     x = torch.from_numpy(x)
     y = torch.tensor([s.label for s in train])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
         opt.zero_grad()

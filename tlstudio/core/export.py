@@ -2,8 +2,8 @@
 
 OUT_DIR/
   model.safetensors      timm state dict (+ preprocessing in the safetensors metadata)
-  config.json            timm/Hugging Face model config: `timm.create_model("local-dir:OUT_DIR")`
-                         or `timm.create_model(arch, num_classes=N, pretrained=True,
+  config.json            timm/Hugging Face model config: `timm.create_model("local-dir:OUT_DIR",
+                         pretrained=True)` or `timm.create_model(arch, num_classes=N, pretrained=True,
                          pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=N))`
   model.onnx             fp32, dynamic batch, input "input" NCHW, output "logits";
                          preprocessing in metadata_props["tlstudio"] (JSON)
@@ -89,10 +89,18 @@ def preprocessing_meta(spec: ModelSpec) -> dict[str, Any]:
 
 @contextmanager
 def _quiet():
-    """Exporters warn about their own deprecations; those are not the user's problem."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """Exporters warn (and log to the root logger) about their own internals and deprecations;
+    those are not the user's problem."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def _check_inputs(spec: ModelSpec, samples: Sequence, n: int = 8, seed: int = 0) -> np.ndarray:
@@ -161,7 +169,7 @@ def export_safetensors(model, spec: ModelSpec, out: Path, info: RunInfo | None =
         cfg["tlstudio"] = {"run": info.name, "versions": info.versions}
     atomic_write_json(out / "config.json", cfg)
     return {"path": str(out / ST_FILE), "config": str(out / "config.json"), "bytes": _size(out / ST_FILE),
-            "load_with": f'timm.create_model("local-dir:{out}")'}
+            "load_with": f'timm.create_model("local-dir:{out}", pretrained=True)'}
 
 
 def timm_config(model, spec: ModelSpec) -> dict[str, Any]:
@@ -368,6 +376,7 @@ def export_run(
     *,
     model_card: bool = True,
     calibration_images: int = 32,
+    latency_repeats: int = 10,
 ) -> ExportReport:
     """Write and verify the chosen formats of a run's best weights. One failing format does not
     stop the others; its reason is in ExportReport.errors. Raises ExportError only when nothing
@@ -416,7 +425,7 @@ def export_run(
                 calib = _check_inputs(spec, train[:: max(1, len(train) // calibration_images)][:calibration_images],
                                       n=calibration_images) if train else None
                 report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib)
-                report.int8 = compare_int8(model, spec, out, val)
+                report.int8 = compare_int8(model, spec, out, val, repeats=latency_repeats)
         except Exception as exc:  # noqa: BLE001 - report it, go on with the other formats
             report.errors[fmt] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
     if model_card:

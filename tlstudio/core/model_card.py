@@ -287,7 +287,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, export_report=Non
       "`timm.data.create_transform(**cfg)`):\n")
     a("```python")
     a("import timm")
-    a('model = timm.create_model("local-dir:.").eval()  # reads config.json + model.safetensors here')
+    a('model = timm.create_model("local-dir:/path/to/this/folder", pretrained=True).eval()  # config.json + model.safetensors')
     a(f'# or: timm.create_model("{spec.backbone}", num_classes={spec.num_classes}, pretrained=True,')
     a(f'#         pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={spec.num_classes}))')
     a("```\n")

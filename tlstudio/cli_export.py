@@ -1,0 +1,61 @@
+"""`tlstudio export RUN_DIR --format ...`: the export subcommand (registered by tlstudio.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+FORMAT_CHOICES = ("safetensors", "onnx", "torchscript", "int8", "all")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a run: safetensors (+timm config), ONNX, TorchScript, int8; with a model card",
+        description="Write the run's best weights in formats that work without TL Studio, check each "
+        "against PyTorch, and write MODEL_CARD.md beside them.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a TL Studio run folder")
+    p.add_argument("--format", "-f", dest="formats", action="append", choices=FORMAT_CHOICES,
+                   help="repeatable; default: all")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
+    p.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=run_export)
+
+
+def _progress(message: str, step: int, steps: int) -> None:
+    if step < steps:
+        print(f"[{step + 1}/{steps}] {message}...", file=sys.stderr, flush=True)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tlstudio.core.errors import UserError
+    from tlstudio.core.export import export_run
+
+    formats = args.formats or ["all"]
+    try:
+        report = export_run(args.run_dir, args.out, formats=formats, progress=None if args.json else _progress,
+                            model_card=not args.no_card)
+    except UserError as exc:
+        print(f"tlstudio export: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        for fmt, d in report.formats.items():
+            check = f"max abs diff {d['max_abs_diff']:.1e}" if "max_abs_diff" in d else d.get("method", "")
+            print(f"{fmt:12s} {d['path']}  {d['bytes'] / 1e6:.2f} MB  {check}")
+        q = report.int8
+        if q:
+            for name in ("fp32_pytorch", "fp32_onnx", "int8_onnx"):
+                r = q[name]
+                acc = "n/a" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}%"
+                size = f"{r['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in r else "-"
+                print(f"  {name:13s} size {size:>9s}  latency {r['latency_ms']:.2f} ms/img  accuracy {acc}")
+        if report.model_card:
+            print(f"model card   {report.model_card}")
+        for fmt, err in report.errors.items():
+            print(f"FAILED {fmt}: {err}", file=sys.stderr)
+    return 1 if report.errors else 0
