@@ -51,10 +51,10 @@ def _mime(paths) -> QMimeData:
     return m
 
 
-def _drop(target, paths) -> tuple[bool, bool]:
+def _drop(target, paths, pos: QPoint | None = None) -> tuple[bool, bool]:
     """A real drag-enter + drop on ``target`` (a child widget: Qt propagates to the window)."""
     mime = _mime(paths)
-    pos = QPoint(target.width() // 2, target.height() // 2)
+    pos = pos or QPoint(target.width() // 2, target.height() // 2)
     enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(target, enter)
@@ -134,6 +134,22 @@ def test_drop_images_adds_them_to_a_class(qtbot, win, shapes3, tmp_path):
         assert _drop(win.stack, files) == (True, True)
     assert win.state.scan_report.counts["circle"] == 15
     assert len(list((shapes3 / "circle").iterdir())) == 15
+
+
+def test_drop_images_on_a_class_row_needs_no_question(qtbot, win, shapes3, tmp_path):
+    data = win.panel("data")
+    with qtbot.waitSignal(data.scan_finished, timeout=30_000):
+        win.open_folder(str(shapes3))
+    from tlstudio.core.synthetic import make_synthetic_folder
+
+    extra = make_synthetic_folder(tmp_path / "extra", classes=("ring",), per_class=2, size=32)
+    win.ask_class = lambda classes, n: pytest.fail("should not ask: dropped on a class row")
+    row = win.state.scan_report.classes.index("square")
+    vp = data.class_table.viewport()
+    pos = QPoint(20, data.class_table.rowViewportPosition(row) + 5)
+    with qtbot.waitSignal(data.scan_finished, timeout=30_000):
+        assert _drop(vp, sorted((extra / "ring").iterdir()), pos) == (True, True)
+    assert win.state.scan_report.counts["square"] == 14
 
 
 def test_drop_of_other_files_is_refused(win, tmp_path):

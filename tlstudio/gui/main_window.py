@@ -276,13 +276,14 @@ class MainWindow(QMainWindow):
         self.show_message(f"Could not open {path}")
         show_exception(self, "Could not open the archive", exc)
 
-    def add_images(self, files: list[str]) -> None:
-        """Image files dropped: copy them into a class folder of the data set, then rescan."""
+    def add_images(self, files: list[str], target_class: str | None = None) -> None:
+        """Image files dropped: copy them into a class folder of the data set, then rescan.
+        Dropped on a class row (or on the grid filtered to a class): that class; else ask."""
         from tlstudio.gui.widgets.error_dialog import show_error
 
         r = self.state.scan_report
         classes = list(r.classes) if r is not None else []
-        cls = self.ask_class(classes, len(files))
+        cls = target_class or self.ask_class(classes, len(files))
         if not cls:
             return
         cls = cls.strip()
@@ -358,9 +359,12 @@ class MainWindow(QMainWindow):
             return
         ev.setDropAction(Qt.DropAction.CopyAction)
         ev.accept()
-        self.handle_drop(kind, paths)
+        target = None
+        if kind == "images" and "data" in self.panels:
+            target = self.panels["data"].class_at(self.mapToGlobal(ev.position().toPoint()))
+        self.handle_drop(kind, paths, target)
 
-    def handle_drop(self, kind: str, paths: list[str]) -> None:
+    def handle_drop(self, kind: str, paths: list[str], target_class: str | None = None) -> None:
         log.info("drop: %s %s", kind, paths[:3])
         if kind == "folder":
             self.open_folder(paths[0])
@@ -368,7 +372,7 @@ class MainWindow(QMainWindow):
             self.open_zip(paths[0])
         elif kind == "images":
             # deferred: a modal dialog inside dropEvent would block the drag source
-            QTimer.singleShot(0, lambda: self.add_images(paths))
+            QTimer.singleShot(0, lambda: self.add_images(paths, target_class))
 
     # --- projects -----------------------------------------------------------------------
     def new_project(self) -> None:

@@ -383,6 +383,23 @@ class DataPanel(QWidget):
         self.thumb_model.set_class_filter(self.class_filter.currentData())
         self.thumbs.scrollToTop()
 
+    def class_at(self, global_pos) -> str | None:  # noqa: ANN001 - QPoint
+        """The class under a screen position (a class row, or the grid while filtered to a class):
+        images dropped there go to that class without asking."""
+        report = self.state.scan_report
+        if report is None or not self.isVisible():
+            return None
+        vp = self.class_table.viewport()
+        local = vp.mapFromGlobal(global_pos)
+        if vp.rect().contains(local):
+            row = self.class_table.rowAt(local.y())
+            return report.classes[row] if 0 <= row < len(report.classes) else None
+        tv = self.thumbs.viewport()
+        label = self.class_filter.currentData()
+        if label is not None and tv.isVisible() and tv.rect().contains(tv.mapFromGlobal(global_pos)):
+            return report.classes[label]
+        return None
+
     def _table_selected(self) -> None:
         rows = {i.row() for i in self.class_table.selectedItems()}
         if len(rows) == 1:
