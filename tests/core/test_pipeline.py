@@ -201,3 +201,16 @@ def test_decoded_cache_disk_entry_invalidated_when_file_changes(shapes3, tmp_pat
     dc3 = DecodedCache(short, "bilinear", budget_bytes=0, disk_dir=tmp_path / "dc", disk_budget_bytes=1 << 30)
     b = dc3.get(p)
     assert dc3.stats.decodes == 1 and not torch.equal(a, b)
+
+
+def test_prune_dir_removes_oldest_first(tmp_path):
+    from tlstudio.core.decoded_cache import prune_dir
+
+    for i in range(5):
+        f = tmp_path / "d" / f"{i}.npy"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"x" * 100)
+        os.utime(f, (1000 + i, 1000 + i))
+    removed = prune_dir(tmp_path / "d", 250)
+    assert removed == 300
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["3.npy", "4.npy"]

@@ -110,6 +110,37 @@ def decode_resized(path: str, short_side: int, interpolation: str = "bilinear") 
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+def prune_dir(root: str | Path, max_bytes: int, *, keep: set[str] | None = None) -> int:
+    """Delete the least recently modified cache files under `root` until it holds <= max_bytes.
+    Returns the bytes removed. Caches are rebuildable, so removal errors are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    files = []
+    for dirpath, _dirs, names in os.walk(root):
+        for nm in names:
+            f = os.path.join(dirpath, nm)
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, f))
+    total = sum(sz for _, sz, _ in files)
+    removed = 0
+    for _, sz, f in sorted(files):
+        if total <= max_bytes:
+            break
+        if keep and f in keep:
+            continue
+        try:
+            os.remove(f)
+        except OSError:
+            continue
+        total -= sz
+        removed += sz
+    return removed
+
+
 @dataclass
 class CacheStats:
     ram_hits: int = 0

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_VIEWS = 4
+KEEP_FEATURE_SETS = 8  # feature sets of earlier runs kept on disk (newest first)
 _FORMAT = "feat-v1"
 
 
@@ -85,6 +86,19 @@ def file_hash(path: str) -> str:
     except OSError:
         return ""
     return h.hexdigest()
+
+
+def _prune_feature_sets(parent: Path, keep: Path) -> None:
+    """Keep the newest KEEP_FEATURE_SETS feature sets (plus the one in use); caches are rebuildable."""
+    import shutil
+
+    try:
+        sets = sorted((d for d in parent.iterdir() if d.is_dir() and d != keep),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for d in sets[KEEP_FEATURE_SETS - 1:]:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class _FeatureBatches:
@@ -200,6 +214,7 @@ class FeatureCache:
         hashes_v = [file_hash(_sample_fields(s)[0]) for s in val]
         key = self._key(hashes_t, hashes_v)
         root = user_cache_dir() / "features" / key
+        _prune_feature_sets(root.parent, keep=root)
         self.path = root
         labels = torch.tensor([_sample_fields(s)[1] for s in train], dtype=torch.long)
         val_labels = torch.tensor([_sample_fields(s)[1] for s in val], dtype=torch.long)
@@ -219,6 +234,7 @@ class FeatureCache:
                 vvalid = np.load(root / "val_valid.npy")
                 self.failures = [self._skipped(p, r) for p, r in meta.get("failures", [])]
                 self.reused = True
+                os.utime(root)  # most recently used: pruned last
             except (OSError, ValueError):
                 meta = None
         if meta is None:

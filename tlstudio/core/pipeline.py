@@ -301,8 +301,13 @@ class Loaders:
 def _make_cache(data_cfg: dict, cache: str, cache_budget_mb: int) -> DecodedCache | None:
     if cache == "off" or cache_budget_mb <= 0:
         return None
-    return DecodedCache(scale_size(data_cfg), str(data_cfg.get("interpolation") or "bilinear"),
-                        budget_bytes=int(cache_budget_mb) << 20)
+    dc = DecodedCache(scale_size(data_cfg), str(data_cfg.get("interpolation") or "bilinear"),
+                      budget_bytes=int(cache_budget_mb) << 20)
+    if dc.disk_dir is not None:  # earlier runs' spill files: keep the disk cache bounded across runs
+        from tlstudio.core.decoded_cache import prune_dir
+
+        prune_dir(dc.disk_dir, dc.disk_budget_bytes)
+    return dc
 
 
 def build_loaders(split: Any, data_cfg: dict, *, batch_size: int, augment: str, seed: int,
