@@ -109,3 +109,8 @@ def test_create_scratch_and_data_config_and_spec():
     lite = create_model("tf_efficientnet_lite0", 2, init="scratch")
     s2 = model_spec(lite, "tf_efficientnet_lite0", ["x", "y"])
     assert s2.mean == (0.5, 0.5, 0.5) and s2.std == (0.5, 0.5, 0.5) and s2.image_size == 224
+
+
+def test_fixed_size_transformers_accept_other_input_sizes():
+    m = create_model("vit_tiny_patch16_224", 3, init="scratch")
+    assert m(torch.randn(1, 3, 96, 96)).shape == (1, 3)

@@ -159,3 +159,50 @@ def test_lite0_wheel_loads_offline(monkeypatch, tmp_path):
     changed = sum(not torch.equal(m.state_dict()[k], ref[k]) for k in body if not k.endswith("num_batches_tracked"))
     assert changed > 200  # really loaded, not left at random init
     assert any("offline" in s for s in logs)
+
+
+def test_download_reports_progress_and_lands_in_the_cache(tmp_path, monkeypatch):
+    """The network is simulated: hf_hub_download writes the file the way the hub would."""
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    src = _timm("test_resnet", 1000, seed=9)
+    calls = []
+
+    def fake_download(repo_id, filename, *, cache_dir=None, tqdm_class=None, **kw):
+        calls.append((repo_id, filename, cache_dir))
+        bar = tqdm_class(total=1000, unit="B")
+        for _ in range(4):
+            bar.update(250)
+        bar.close()
+        return str(_fake_hub_cache(cache, repo_id, src.state_dict()))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    prog = []
+    m = create_model("test_resnet", 2, init="pretrained", progress=lambda d, t: prog.append((d, t)))
+    assert calls and calls[0][0] == timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
+    assert calls[0][2] == str(cache)
+    assert prog == [(250, 1000), (500, 1000), (750, 1000), (1000, 1000)]
+    assert _body_equal(src, m)
+    # a second call finds it in the cache without downloading again
+    create_model("test_resnet", 2, init="pretrained")
+    assert len(calls) == 1
+
+
+def test_failed_download_lists_the_choices(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def broken(*a, **k):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
+    with pytest.raises(WeightsError) as ei:
+        create_model("test_resnet", 2, init="pretrained")
+    msg = str(ei.value)
+    assert "download" in msg and "Name or service not known" in msg
+    assert "scratch" in msg and "earlier TL Studio run" in msg and "weights file" in msg

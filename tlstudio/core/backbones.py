@@ -263,7 +263,7 @@ def create_model(
     if init == "pretrained" and name not in LITE0_NAMES:
         return _create_hub_pretrained(name, num_classes, progress, log)
 
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    model = _timm_create(name, pretrained=False, num_classes=num_classes)
     if init == "scratch":
         log(f"{name}: random initialisation (from scratch)")
     elif init == "pretrained":  # the Lite0 wheel, offline
@@ -283,6 +283,21 @@ def create_model(
     else:
         raise UserError(f"unknown init {init!r}: use pretrained, file, run or scratch")
     return model
+
+
+def _timm_create(name: str, **kwargs):
+    """timm.create_model; fixed-size models (ViT, Swin, ...) are made size-flexible so the
+    input size stays a free setting (position embeddings are interpolated on the fly)."""
+    import timm
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.fixed_input_size:
+        try:
+            return timm.create_model(name, dynamic_img_size=True, **kwargs)
+        except TypeError:  # this family has no such option
+            pass
+    return timm.create_model(name, **kwargs)
 
 
 def _run_source(name: str, init_run, log: Callable[[str], None]) -> tuple[str, Path]:
@@ -319,7 +334,7 @@ def _create_hub_pretrained(name, num_classes, progress, log):
         if hf_offline():
             raise WeightsError(no_weights_message(name, "the app is offline (HF_HUB_OFFLINE)"))
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+            model = _timm_create(name, pretrained=True, num_classes=num_classes)
         except Exception as exc:
             raise WeightsError(no_weights_message(name, f"loading failed ({str(exc).splitlines()[0][:200]})")) from exc
         log(f"{name}: loaded pretrained weights ({cfg.tag or 'default'}), new {num_classes}-class head")
@@ -327,7 +342,7 @@ def _create_hub_pretrained(name, num_classes, progress, log):
     path = download_hub_weights(name, cfg_d, progress)
     sd = load_state_dict_file(path)
     try:
-        model = timm.create_model(
+        model = _timm_create(
             name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(state_dict=sd)
         )
     except Exception as exc:
