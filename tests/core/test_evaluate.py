@@ -335,3 +335,24 @@ def test_measure_latency_positive():
     m = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     s = ev.measure_latency(m, 32, batch_size=2, repeats=3, warmup=1)
     assert 0 < s < 5
+
+
+def test_parallel_eval_loader_path_gives_same_report(tmp_path, shapes3, core_modules, monkeypatch):
+    """Large sets go through pipeline.eval_loader (threads); small ones through the plain loop."""
+    pytest.importorskip("tlstudio.core.pipeline")
+    model, spec, _ = make_run(tmp_path / "run", shapes3, steps=2)
+    samples = list(core_modules.match_classes(core_modules.scan(shapes3), spec.classes).samples)
+    bad = shapes3 / "circle" / "zz_broken.png"
+    bad.write_bytes(b"\x89PNG broken")
+    samples.append(type(samples[0])(str(bad), 0))
+    used = []
+    real = ev._eval_loader_probs
+    monkeypatch.setattr(ev, "_eval_loader_probs", lambda *a: used.append(real(*a)) or used[-1])
+    fast = ev.evaluate_model(model, spec, samples, batch_size=4)  # 37 > 4 * 4: the parallel loader
+    assert len(used) == 1 and used[0] is not None
+    monkeypatch.setenv("TLSTUDIO_EVAL_LOADER", "0")
+    plain = ev.evaluate_model(model, spec, samples, batch_size=4)
+    assert fast.n == plain.n == 36
+    assert fast.confusion == plain.confusion
+    assert [f["path"] for f in fast.failures] == [f["path"] for f in plain.failures] == [str(bad)]
+    assert sorted(m["path"] for m in fast.misclassified) == sorted(m["path"] for m in plain.misclassified)
