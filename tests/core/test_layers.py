@@ -206,3 +206,42 @@ def test_memory_estimate_grows_with_trainable_and_batch():
     assert estimate_train_memory(m, groups, none, 8, 2 * SIZE) > e_none
     total = count_params(m)[1]
     assert e_none > 16 * total  # weights + grads + two AdamW moments, fp32
+
+
+class _NoMatcher(torch.nn.Module):
+    """A model without timm's group_matcher: the automatic fallback grouping must still work."""
+
+    def __init__(self):
+        super().__init__()
+        layers = []
+        c = 3
+        for w in (8, 8, 16, 16, 32, 32):
+            layers += [torch.nn.Conv2d(c, w, 3, padding=1), torch.nn.BatchNorm2d(w), torch.nn.ReLU()]
+            c = w
+        self.features = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(c, 3)
+        self.pretrained_cfg = {"classifier": "fc"}
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def test_fallback_grouping_without_group_matcher():
+    torch.manual_seed(0)
+    m = _NoMatcher()
+    groups = layer_groups(m)
+    assert len(groups) >= 3 and groups[-1].is_head
+    assert set(groups[-1].param_names) == {"fc.weight", "fc.bias"}
+    assert sorted(n for g in groups for n in g.param_names) == sorted(n for n, _ in m.named_parameters())
+    trainable, _ = plan_from_spec("head", groups)
+    apply_freeze(m, groups, trainable)
+    set_train_mode(m, groups, trainable)
+    before = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("fc.")}
+    opt = torch.optim.AdamW(param_groups(m, groups, trainable, lr=1e-2))
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 0]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = m.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
