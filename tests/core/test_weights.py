@@ -206,3 +206,27 @@ def test_failed_download_lists_the_choices(tmp_path, monkeypatch):
     msg = str(ei.value)
     assert "download" in msg and "Name or service not known" in msg
     assert "scratch" in msg and "earlier TL Studio run" in msg and "weights file" in msg
+
+
+def test_progress_callback_can_cancel_a_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def fake_download(repo_id, filename, *, cache_dir=None, tqdm_class=None, **kw):
+        bar = tqdm_class(total=100)
+        for _ in range(10):
+            bar.update(10)
+        raise AssertionError("not reached: the download should have been cancelled")
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(done, total):
+        if done >= 30:
+            raise Cancelled()
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    with pytest.raises(Cancelled):
+        create_model("test_resnet", 2, init="pretrained", progress=progress)

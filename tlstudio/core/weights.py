@@ -319,6 +319,8 @@ def _progress_tqdm(progress: Callable[[int, int | None], None] | None):
     from tqdm.auto import tqdm as base
 
     class _Tqdm(base):
+        cancelled: BaseException | None = None
+
         def __init__(self, *args, **kwargs):
             kwargs["disable"] = False
             kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
@@ -329,8 +331,9 @@ def _progress_tqdm(progress: Callable[[int, int | None], None] | None):
             if progress is not None:
                 try:
                     progress(int(self.n), int(self.total) if self.total else None)
-                except Exception:
-                    pass
+                except BaseException as exc:  # the caller cancels by raising: pass it through
+                    _Tqdm.cancelled = exc
+                    raise
             return out
 
         def close(self):
@@ -362,10 +365,13 @@ def download_hub_weights(
     from huggingface_hub import hf_hub_download
 
     last: Exception | None = None
+    tq = _progress_tqdm(progress)
     for fn in files:
         try:
-            return hf_hub_download(repo, fn, cache_dir=hf_cache_dir(), tqdm_class=_progress_tqdm(progress))
+            return hf_hub_download(repo, fn, cache_dir=hf_cache_dir(), tqdm_class=tq)
         except Exception as exc:  # EntryNotFound -> try next name; network errors -> report
+            if tq.cancelled is not None:  # raised by the progress callback: a cancel, not a failure
+                raise tq.cancelled from None
             last = exc
             if type(exc).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
                 continue
