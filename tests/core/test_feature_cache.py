@@ -172,3 +172,21 @@ def test_failed_image_reported_and_excluded(shapes3):
     assert [f.path if hasattr(f, "path") else f[0] for f in loaders.failures] == [sp.train[3].path]
     seen = torch.cat([i for _, _, i in loaders.train_batches(0)]).tolist()
     assert 3 not in seen and len(seen) == len(sp.train) - 1
+
+
+def test_feature_epoch_runs_single_threaded_and_restores(shapes3):
+    m, cfg = _model()
+    sp = _split(shapes3)
+    loaders, _ = _run(_cache(m, cfg, sp).prepare())
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        it = iter(loaders.train)
+        next(it)
+        assert torch.get_num_threads() == 1
+        it.close()  # e.g. the engine stops mid-epoch
+        assert torch.get_num_threads() == 2
+        list(loaders.val)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)

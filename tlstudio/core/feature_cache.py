@@ -143,21 +143,42 @@ class FeatureLoaders(Loaders):
 
         v = int(epoch) % self.views
         feats = self.feats[v]
-        for chunk in self.train_order(epoch)[int(start_batch):]:
-            rows = [i for i in chunk if self.valid[i]]
-            if not rows:
-                continue
-            yield (self._take(feats, rows), self.labels[torch.as_tensor(rows)], torch.as_tensor(rows, dtype=torch.long))
+        with _one_thread():
+            for chunk in self.train_order(epoch)[int(start_batch):]:
+                rows = [i for i in chunk if self.valid[i]]
+                if not rows:
+                    continue
+                yield (self._take(feats, rows), self.labels[torch.as_tensor(rows)],
+                       torch.as_tensor(rows, dtype=torch.long))
 
     def val_batches(self) -> Iterator:
         import torch
 
         n, bs = self.n_val, self.batch_size
-        for s in range(0, n, bs):
-            rows = [i for i in range(s, min(n, s + bs)) if self.val_valid[i]]
-            if rows:
-                yield (self._take(self.val_feats, rows), self.val_labels[torch.as_tensor(rows)],
-                       torch.as_tensor(rows, dtype=torch.long))
+        with _one_thread():
+            for s in range(0, n, bs):
+                rows = [i for i in range(s, min(n, s + bs)) if self.val_valid[i]]
+                if rows:
+                    yield (self._take(self.val_feats, rows), self.val_labels[torch.as_tensor(rows)],
+                           torch.as_tensor(rows, dtype=torch.long))
+
+
+class _one_thread:
+    """While a feature epoch is iterated, the consuming thread (which runs the head's training
+    step between batches) uses one torch thread: [B, D] x [D, C] matmuls are too small to split,
+    and OpenMP hand-offs cost more than the work (up to 100x on a busy machine). Restored when the
+    epoch ends or the iterator is closed."""
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved)
 
 
 class FeatureCache:
