@@ -168,7 +168,10 @@ def _is_oom(exc: BaseException) -> bool:
 
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    # PyTorch's CPU allocator says "DefaultCPUAllocator: can't allocate memory", not "out of memory"
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in msg for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))
 
 
 def _confusion_metrics(conf) -> tuple[float, float]:
