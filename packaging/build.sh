@@ -42,6 +42,16 @@ fi
 echo "== installing TL Studio and PyInstaller into $PKG_VENV"
 "$VPY" -m pip install -q "torch==$TORCH_V" "$ROOT[export]" "pyinstaller>=6.3"
 
+if ! "$VPY" -c "import torchvision" 2>/dev/null; then
+  # CUDA-built torchvision next to a CPU torch (no CPU torchvision wheel reachable): the same
+  # shim as the bundle's runtime hook, so PyInstaller's analysis can import timm.
+  echo "== torchvision ops do not load with this torch: installing the torchvision shim in $PKG_VENV"
+  SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  cp packaging/rthook_torchvision.py "$SITE/_tlstudio_tv_shim.py"
+  echo "import _tlstudio_tv_shim" > "$SITE/_tlstudio_tv_shim.pth"
+  "$VPY" -W ignore -c "import timm" || { echo "!! timm still does not import in $PKG_VENV"; exit 1; }
+fi
+
 if "$VPY" -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)'; then
   echo "!! torch in $PKG_VENV is a CUDA build: NVIDIA libraries are kept (bundle of several GB)."
   echo "!! For a small CPU bundle: rm -r $PKG_VENV and set TORCH_SPEC/TORCH_INDEX to a CPU wheel."
