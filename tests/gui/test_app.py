@@ -78,11 +78,13 @@ def test_steps_sidebar_and_shortcuts(qtbot, win):
     win.state.set_step_status("layers", "attention")
     assert win.sidebar.status_of("layers") == "attention"
     assert "needs attention" in win.sidebar.item(2).toolTip()
-    # every step has its real panel (no placeholders once the other owners' modules exist)
-    for step in STEPS:
-        assert win.panel(step) is not None
-    assert not any(w.objectName().startswith("placeholder_") for w in win.panels.values()
-                   if w.objectName() and step not in win.placeholders)
+    # every step has its real panel, inside its page of the stack
+    expected = {"data": "DataPanel", "model": "ModelPanel", "layers": "LayersPanel", "train": "TrainPanel",
+                "distill": "DistillPanel", "evaluate": "EvaluatePanel", "predict": "PredictPanel",
+                "runs": "RunsPanel"}
+    for i, step in enumerate(STEPS):
+        assert type(win.panel(step)).__name__ == expected[step]
+        assert win.stack.widget(i).isAncestorOf(win.panel(step))
 
 
 def test_drop_folder_anywhere_opens_it(qtbot, win, shapes3):

@@ -51,14 +51,6 @@ def app_settings() -> QSettings:
     return QSettings(str(d / "tlstudio.ini"), QSettings.Format.IniFormat)
 
 
-def _placeholder(step: str, missing: str) -> QWidget:
-    w = QLabel(f"<h3>{STEP_TITLES[step]}</h3><p>This step is not available in this build "
-               f"(module <code>{missing}</code> is missing).</p>")
-    w.setAlignment(Qt.AlignmentFlag.AlignCenter)
-    w.setObjectName(f"placeholder_{step}")
-    return w
-
-
 class MainWindow(QMainWindow):
     def __init__(self, state: AppState | None = None, runner: Any = None,
                  settings: QSettings | None = None) -> None:
@@ -71,7 +63,6 @@ class MainWindow(QMainWindow):
         self.runner = runner
         self.settings = settings or app_settings()
         self.panels: dict[str, QWidget] = {}
-        self.placeholders: dict[str, str] = {}
         self._closing = False
         self.setWindowTitle("TL Studio")
         self.setAcceptDrops(True)
@@ -122,21 +113,12 @@ class MainWindow(QMainWindow):
 
             panel = LayersPanel(self.state)
         else:
-            module, cls, needs_runner = _OTHER_PANELS[step]
-            try:
-                from importlib import import_module
+            from importlib import import_module
 
-                mod = import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:  # a real bug inside the module: do not hide it
-                    raise
-                log.warning("step %s: %s is missing, showing a placeholder", step, module)
-                self.placeholders[step] = module
-                panel = _placeholder(step, module)
-            else:
-                klass = getattr(mod, cls)
-                panel = klass(self.state, self.runner) if needs_runner else klass(self.state)
-                self._adopt_shortcuts(panel)
+            module, cls, needs_runner = _OTHER_PANELS[step]
+            klass = getattr(import_module(module), cls)
+            panel = klass(self.state, self.runner) if needs_runner else klass(self.state)
+            self._adopt_shortcuts(panel)
         self.panels[step] = panel
         self._pages[step].layout().addWidget(panel)
         return panel
