@@ -239,11 +239,29 @@ def test_excepthook_logs_and_shows_dialog(win, errors):
         raise RuntimeError("boom in a slot")
     except RuntimeError as exc:
         _excepthook(type(exc), exc, exc.__traceback__)
+    sys.excepthook = sys.__excepthook__
     assert errors and "boom in a slot" in errors[-1][1]
     assert "Traceback" in errors[-1][2]  # the details behind the button
     for h in __import__("logging").getLogger("tlstudio").handlers:
         h.flush()
     assert "boom in a slot" in log_file().read_text()
+
+
+def test_exception_in_a_python_thread_reaches_the_ui(qtbot, win, errors):
+    from tlstudio.gui.app import install_excepthook
+
+    old = threading.excepthook
+    install_excepthook()
+    try:
+        t = threading.Thread(target=lambda: 1 / 0)
+        t.start()
+        t.join()
+        qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    finally:
+        threading.excepthook = old
+        sys.excepthook = sys.__excepthook__
+    assert "ZeroDivisionError" in errors[-1][1] and "Traceback" in errors[-1][2]
+    assert win.isVisible()
 
 
 def test_smoke_mode_subprocess(tmp_path):

@@ -75,8 +75,13 @@ def _excepthook(etype, value, tb) -> None:  # noqa: ANN001
         from PySide6.QtWidgets import QApplication
 
         app = QApplication.instance()
-        if app is None or QThread.currentThread() is not app.thread():
-            return  # not on the UI thread: logged; a dialog from here would crash Qt
+        if app is None:
+            return
+        if QThread.currentThread() is not app.thread():
+            # a widget may only be made on the UI thread: hand the exception over (queued signal)
+            if _bridge is not None:
+                _bridge.raised.emit(etype, value, tb)
+            return
         from tlstudio.core.errors import UserError
         from tlstudio.gui.widgets.error_dialog import show_error
 
@@ -92,9 +97,22 @@ def _excepthook(etype, value, tb) -> None:  # noqa: ANN001
         sys.__excepthook__(etype, value, tb)
 
 
+_bridge: Any = None
+
+
 def install_excepthook() -> None:
+    """sys.excepthook and threading.excepthook: log + dialog. Call on the UI thread."""
     import threading
 
+    from PySide6.QtCore import QObject, Signal
+
+    global _bridge
+    if _bridge is None:
+        class _Bridge(QObject):
+            raised = Signal(object, object, object)
+
+        _bridge = _Bridge()  # lives on the UI thread: its signal is delivered there
+        _bridge.raised.connect(_excepthook)
     sys.excepthook = _excepthook
     threading.excepthook = lambda a: _excepthook(a.exc_type, a.exc_value, a.exc_traceback)
 
