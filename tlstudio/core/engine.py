@@ -174,6 +174,30 @@ def _is_oom(exc: BaseException) -> bool:
         s in msg for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))
 
 
+def _save(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run an atomic write of ``path``; a full disk becomes one clear TrainingFailed line.
+
+    The write is atomic, so the previous file at ``path`` is still intact when it fails.
+    (torch.save on a full disk raises a RuntimeError, hence the free-space check.)"""
+    try:
+        write(*args, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        import errno
+        import shutil
+
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        if not full:
+            try:
+                full = shutil.disk_usage(path.parent).free < 64 * 2**20
+            except OSError:
+                pass
+        if not full and not isinstance(exc, OSError):
+            raise
+        why = "disk full (No space left on device)" if full else (exc.strerror or str(exc)).splitlines()[0]
+        raise TrainingFailed(f"Could not save {path}: {why}; the previous {path.name} is unchanged. "
+                             "Free some space, then resume the run.") from exc
+
+
 def _confusion_metrics(conf) -> tuple[float, float]:
     """(accuracy, macro-F1) from a confusion matrix tensor (rows: true, cols: predicted)."""
     import torch
@@ -479,7 +503,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         yield Log(f"Resumed at epoch {start_epoch + 1}, batch {start_batch + 1}")
 
     def save_last(epoch: int, batch: int) -> None:
-        atomic_torch_save(run_dir / runs.LAST_CKPT, {
+        _save(run_dir / runs.LAST_CKPT, atomic_torch_save, run_dir / runs.LAST_CKPT, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "extra_modules": [m.state_dict() for m in objective.extra_modules()],
@@ -607,8 +631,9 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         if improved:
             trackers.best_epoch, trackers.best_acc, trackers.best_loss, trackers.best_f1 = epoch, val_acc, val_loss, val_f1
             trackers.bad_epochs = 0
-            atomic_save_safetensors(run_dir / runs.BEST_WEIGHTS, model.state_dict(),
-                                    metadata={"tlstudio_model": spec.model_dump_json()})
+            best_path = run_dir / runs.BEST_WEIGHTS
+            _save(best_path, atomic_save_safetensors, best_path, model.state_dict(),
+                  metadata={"tlstudio_model": spec.model_dump_json()})
         else:
             trackers.bad_epochs += 1
         n_tr, _ = layers.count_params(model)
@@ -616,7 +641,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
                "val_macro_f1": val_f1, "lr": _head_lr(opt), "seconds": time.time() - t_epoch,
                "trainable_params": n_tr}
         trackers.history.append(row)
-        runs.write_history(run_dir, trackers.history)
+        _save(run_dir / runs.HISTORY_CSV, runs.write_history, run_dir, trackers.history)
         yield EpochEnd(epoch=epoch, epochs=config.epochs, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc,
                        val_macro_f1=val_f1, lr=row["lr"], seconds=row["seconds"], best=improved,
                        trainable_params=n_tr, phase=phase)
