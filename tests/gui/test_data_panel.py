@@ -114,10 +114,23 @@ def test_thumbnails_decode_real_images(qtbot, shapes3):
     model.set_samples(report.samples, report.classes)
     view.resize(500, 300)
     view.show()
-    qtbot.waitUntil(lambda: model.loader.decoded > 0 and model.loader.pending() == 0, timeout=10_000)
-    pm = model.data(model.index(0), Qt.ItemDataRole.DecorationRole)
+    deco = Qt.ItemDataRole.DecorationRole
+    qtbot.waitUntil(lambda: model.data(model.index(0), deco) is not model._placeholder, timeout=10_000)
+    pm = model.data(model.index(0), deco)
+    assert pm is not model._broken
     assert not pm.isNull() and max(pm.width(), pm.height()) <= 96
-    assert pm is not model._placeholder
+    # the decoded thumbnail shows the image: not the flat placeholder colour
+    img = pm.toImage()
+    colours = {img.pixel(x, y) for x in range(0, img.width(), 8) for y in range(0, img.height(), 8)}
+    assert len(colours) > 3
+    # a broken file gets the "broken" tile and its reason in the tooltip
+    from tlstudio.core.dataset import Sample
+
+    bad = shapes3 / "circle" / "x.png"
+    bad.write_bytes(b"garbage")
+    model.set_samples([Sample(str(bad), 0)], report.classes)
+    qtbot.waitUntil(lambda: model.data(model.index(0), deco) is model._broken, timeout=10_000)
+    assert "cannot show" in model.data(model.index(0), Qt.ItemDataRole.ToolTipRole)
 
 
 @dataclass(frozen=True)
