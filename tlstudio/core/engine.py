@@ -251,14 +251,22 @@ def fit(
         config = config.model_copy(update={"out_dir": str(run_dir)})
         config.to_json_file(run_dir / runs.CONFIG_JSON)
     logger = _Logger(run_dir)
+    from tlstudio.core.parallel import distributed_context
+    from tlstudio.core.tensorboard import TB_DIR, TBWriter
+
+    # TensorBoard event files when tensorboard is installed (a no-op otherwise); rank 0 only
+    tb = TBWriter(run_dir / TB_DIR, enabled=distributed_context().is_main)
     gen = _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, _resume_from is not None)
     try:
         while True:
             ev = next(gen)
             logger(ev)
+            tb.write(ev)
             yield ev
     except StopIteration as done:
         info = done.value
+    finally:
+        tb.close()
     if config.baseline and run_kind == "train" and phase == "main" and info.status in ("finished", "early_stopped"):
         info = yield from _baseline(config, run_dir, info, stop, pause, logger)
     return info
@@ -625,6 +633,10 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
 
         # --- validation --------------------------------------------------------------------
         val_loss, val_acc, val_f1 = _validate(_unwrap(train_module), loaders.val, len(classes), device, plan)
+        for f in loaders.failures[:]:  # validation images that vanished (else unreported in the last epoch)
+            loaders.failures.remove(f)
+            path, reason = (f.path, f.reason) if hasattr(f, "path") else f
+            yield Warn(f"Skipped {path} during validation: {reason}", path=path)
         train_loss = partial["loss_sum"] / max(1, partial["count"])
         improved = (val_acc > trackers.best_acc + 1e-9) or (
             abs(val_acc - trackers.best_acc) <= 1e-9 and val_loss < trackers.best_loss)
