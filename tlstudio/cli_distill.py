@@ -90,6 +90,8 @@ def cmd_distill(args) -> int:
         print()
         print(tradeoff_table(report))
         print(report.get("summary", ""))
+        for note in report.get("notes", []):
+            print(f"note: {note}")
         print(f"Saved {info.config.get('out_dir')}/tradeoff.md and tradeoff.json")
     return 0 if info.status in ("finished", "early_stopped") else 1
 

@@ -398,12 +398,12 @@ _FAST = dict(precision="fp32", seed=0, batch_size=16, early_stop_patience=None, 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Hard shapes (random colours): 30 per class, a held-out test folder, a Lite0 teacher on all labels."""
+    """Six hard shape classes (random colours), 20 per class, a held-out test folder, a Lite0 teacher on all labels."""
     import os
 
     from tlstudio.core.config import TrainConfig
     from tlstudio.core.engine import fit
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.synthetic import SHAPES, make_synthetic_folder
 
     root = tmp_path_factory.mktemp("distill_world")
     old_home = os.environ.get("TLSTUDIO_HOME")
@@ -411,11 +411,11 @@ def world(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        full = make_synthetic_folder(root / "full", per_class=30, size=48, seed=0)
-        test = make_synthetic_folder(root / "test", per_class=20, size=48, seed=99)
-        _copy_subset(full, root / "few", root / "unlab", n_labelled=3)
+        full = make_synthetic_folder(root / "full", classes=SHAPES, per_class=20, size=48, seed=0)
+        test = make_synthetic_folder(root / "test", classes=SHAPES, per_class=15, size=48, seed=99)
+        _copy_subset(full, root / "few", root / "unlab", n_labelled=2)
         teacher_cfg = TrainConfig(data_dir=str(full), out_dir=str(root / "teacher"), backbone="tf_efficientnet_lite0",
-                                  image_size=64, freeze="head", epochs=5, lr=1e-2, augment="none", **_FAST)
+                                  image_size=48, freeze="head", epochs=5, lr=1e-2, augment="none", **_FAST)
         _, info = _drive(fit(teacher_cfg))
         assert info.status == "finished"
     finally:
@@ -433,29 +433,30 @@ def world(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.realweights
 def test_teacher_labels_unlabelled_images_and_beats_the_few_labels_alone(world, tmp_path):
-    """3 labels per class + 81 unlabelled: the distilled student beats the same student on 3 labels alone."""
+    """2 labels per class (1 train + 1 val) + 108 unlabelled images: the distilled student beats the same
+    student trained on the labels alone, on a held-out folder of 90 images (chance: 1/6)."""
     from tlstudio.core.distill import distill
     from tlstudio.core.events import BatchEnd, Log
     from tlstudio.core.runs import read_run
 
     teacher_acc = _held_out_acc(world["teacher"], world["test"])
-    assert teacher_acc > 0.8, teacher_acc
+    assert teacher_acc > 0.85, teacher_acc
     cfg = DistillConfig(data_dir=str(world["few"]), teachers=[str(world["teacher"])],
                         unlabeled_dir=str(world["unlab"]), out_dir=str(tmp_path / "kd"),
-                        backbone="tf_efficientnet_lite0", image_size=64, freeze="head", epochs=6, lr=1e-2,
-                        augment="none", val_fraction=0.34, latency_repeats=1, latency_rounds=1, **_FAST)
+                        backbone="tf_efficientnet_lite0", image_size=48, freeze="head", epochs=6, lr=1e-2,
+                        augment="none", val_fraction=0.5, latency_repeats=1, latency_rounds=1, **_FAST)
     events, info = _drive(distill(cfg))
     assert info.status == "finished" and info.kind == "distill"
     messages = [e.message for e in events if isinstance(e, Log)]
     assert any("computed once" in m for m in messages)  # head-only on cached features: teacher cached
-    assert any("81 unlabelled images" in m for m in messages)
+    assert any("108 unlabelled images" in m for m in messages)
     batches = [e for e in events if isinstance(e, BatchEnd) and e.phase == "distill"]
     assert batches and all({"soft", "hard"} <= set(e.parts) for e in batches)
 
     kd_acc = _held_out_acc(tmp_path / "kd", world["test"])
     alone_acc = _held_out_acc(tmp_path / "kd" / "student_baseline", world["test"])
     assert kd_acc > alone_acc + 0.1, (kd_acc, alone_acc, teacher_acc)
-    assert kd_acc > 0.75  # the student learnt (chance is 1/3)
+    assert kd_acc > 0.7  # the student learnt (chance is 1/6)
 
     # the trade-off report: in the run folder, in run.json, three rows measured on the same images
     rep = json.loads((tmp_path / "kd" / "tradeoff.json").read_text())
@@ -478,14 +479,16 @@ def test_multi_teacher_feature_kd_run_completes_and_losses_decrease(world, tmp_p
     from tlstudio.core.engine import fit
     from tlstudio.core.events import BatchEnd, Log
 
-    t2_cfg = TrainConfig(data_dir=str(world["full"]), out_dir=str(tmp_path / "t2"), backbone="test_resnet",
-                         init="scratch", freeze="none", image_size=32, epochs=1, lr=3e-3, augment="none", **_FAST)
+    small = tmp_path / "small"
+    _copy_subset(world["full"], small, tmp_path / "unused", n_labelled=8)
+    t2_cfg = TrainConfig(data_dir=str(small), out_dir=str(tmp_path / "t2"), backbone="test_resnet",
+                         init="scratch", freeze="none", image_size=32, epochs=2, lr=3e-3, augment="none", **_FAST)
     _, t2 = _drive(fit(t2_cfg))
     assert t2.status == "finished"
-    cfg = DistillConfig(data_dir=str(world["full"]), teachers=[str(world["teacher"]), str(tmp_path / "t2")],
+    cfg = DistillConfig(data_dir=str(small), teachers=[str(world["teacher"]), str(tmp_path / "t2")],
                         teacher_weights=[2.0, 1.0], out_dir=str(tmp_path / "kd"), backbone="test_efficientnet",
-                        init="scratch", freeze="none", image_size=32, epochs=3, lr=3e-3, augment="light",
-                        feature_loss="-1:-1", feature_weight=1.0, student_baseline=False,
+                        init="scratch", freeze="none", image_size=32, epochs=4, lr=3e-3, augment="light",
+                        temperature=2.0, feature_loss="-1:-1", feature_weight=1.0, student_baseline=False,
                         latency_repeats=1, latency_rounds=1, **_FAST)
     events, info = _drive(distill(cfg))
     assert info.status == "finished"
@@ -495,10 +498,11 @@ def test_multi_teacher_feature_kd_run_completes_and_losses_decrease(world, tmp_p
     for e in events:
         if isinstance(e, BatchEnd):
             assert {"soft", "hard", "feature"} <= set(e.parts)
-            for k in ("soft", "feature"):
-                by_epoch.setdefault(e.epoch, {}).setdefault(k, []).append(e.parts[k])
+            assert e.loss == pytest.approx(sum(e.parts.values()), rel=1e-4)
+            for k, v in (("total", e.loss), ("feature", e.parts["feature"])):
+                by_epoch.setdefault(e.epoch, {}).setdefault(k, []).append(v)
     first, last = by_epoch[0], by_epoch[max(by_epoch)]
-    for k in ("soft", "feature"):
+    for k in ("total", "feature"):
         assert sum(last[k]) / len(last[k]) < sum(first[k]) / len(first[k]), (k, first[k], last[k])
     rep = json.loads((tmp_path / "kd" / "tradeoff.json").read_text())
     assert [r["role"] for r in rep["rows"]] == ["teacher", "teacher", "student"]
@@ -511,9 +515,10 @@ def test_cli_distill_refuses_a_teacher_with_other_classes(world, tmp_path, capsy
 
     other = make_synthetic_folder(tmp_path / "other", classes=("cross", "ring"), per_class=4, size=32)
     code = main(["distill", str(other), "--teacher", str(world["teacher"]), "--student", "test_efficientnet",
-                 "--epochs", "1", "--out", str(tmp_path / "kd")])
-    err = capsys.readouterr().err.strip().splitlines()
+                 "--scratch", "--epochs", "1", "--out", str(tmp_path / "kd")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tlstudio: error")]
     assert code == 2
     assert len(err) == 1 and str(world["teacher"]) in err[0] and "cross" in err[0], err
+    assert not (tmp_path / "kd").exists()  # refused before any run folder was made
     code = main(["distill", str(other), "--teacher", str(tmp_path / "nope"), "--student", "test_efficientnet"])
     assert code == 2 and "nope" in capsys.readouterr().err

@@ -51,6 +51,9 @@ class DistillConfig(TrainConfig):
     ``backbone``, ``init``, ``freeze`` ... describe the student. Saved as config.json.
     """
 
+    # the student has to move its features towards the teacher's: all its layers train by default
+    freeze: str = "none"
+
     teachers: list[str] = Field(min_length=1)  # run folders
     teacher_weights: list[float] | None = None  # None: equal weights
     temperature: float = Field(4.0, gt=0.0, le=100.0)
@@ -605,6 +608,15 @@ def distill(config: DistillConfig, stop: threading.Event | None = None,
             first = (run, info.model.classes)
         else:
             check_teacher_classes(run, info.model.classes, first[1])
+
+    # the teachers must know exactly the data set's classes: check before any run folder exists
+    from tlstudio.core.dataset import scan
+
+    yield Log(f"Checking the teachers' classes against {config.data_dir}")
+    data_classes = list(scan(config.data_dir).classes)
+    if data_classes:
+        for run in config.teachers:
+            check_teacher_classes(run, read_run(run).model.classes, data_classes)
 
     extra = None
     if config.unlabeled_dir:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tlstudio.core.atomic import atomic_write_json, atomic_write_text
-from tlstudio.core.events import Event, Progress
+from tlstudio.core.events import Event, Progress, Warn
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_MD = "tradeoff.md"
@@ -31,6 +31,22 @@ def _val_samples(run_dir: Path) -> list:
         raise UserError(f"{run_dir}: no {SPLIT_JSON}: cannot compare on the same validation images")
     split = Split.from_json(json.loads(path.read_text(encoding="utf-8")))
     return [s for s in split.val if s.label >= 0]
+
+
+def _trained_on(run_dir: Path) -> set[str]:
+    """Resolved paths of the images a run trained on (empty when its split is unknown)."""
+    from tlstudio.core.runs import SPLIT_JSON
+
+    try:
+        d = json.loads((run_dir / SPLIT_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    out = set()
+    for s in d.get("train", []):
+        path = s.get("path") if isinstance(s, dict) else (s[0] if isinstance(s, (list, tuple)) and s else None)
+        if path:
+            out.add(str(Path(path).resolve()))
+    return out
 
 
 def _remap(samples: list, data_classes: list[str], model_classes: list[str]) -> list:
@@ -207,7 +223,9 @@ def tradeoff_markdown(report: dict[str, Any]) -> str:
             f"({report.get('threads', '?')} threads), {report.get('latency_method', 'median per image')}; "
             "reference teacher: "
             f"{report.get('reference_teacher')}.")
-    return "\n".join(["# Distillation trade-off", "", head, sep, *body, "", report.get("summary", ""), "", meta, ""])
+    notes = [f"Note: {n}" for n in report.get("notes", [])]
+    return "\n".join(["# Distillation trade-off", "", head, sep, *body, "", report.get("summary", ""), "", *notes,
+                      meta, ""])
 
 
 def tradeoff_table(report: dict[str, Any]) -> str:
@@ -234,6 +252,15 @@ def build_tradeoff(run_dir: str | Path, teachers: list[str], baseline_dir: str |
     todo = [("teacher", t) for t in teachers] + [("student", run_dir)]
     if baseline_dir is not None and (Path(baseline_dir) / "model.safetensors").is_file():
         todo.append(("student_baseline", baseline_dir))
+    notes = []
+    for t in teachers:
+        seen = _trained_on(Path(t)) & {str(Path(v.path).resolve()) for v in val}
+        if seen:
+            notes.append(f"Teacher {Path(t).name} was trained on {len(seen)} of these {len(val)} validation "
+                         "images, so its accuracy here is optimistic (distil on the data set the teacher "
+                         "was trained on, with the same split, to avoid this).")
+    for n in notes:
+        yield Warn(n)
     rows, models = [], []
     for k, (role, d) in enumerate(todo):
         yield Progress("tradeoff", k, None, f"evaluating {ROLE_TITLES[role]} {Path(d).name}")
@@ -262,7 +289,7 @@ def build_tradeoff(run_dir: str | Path, teachers: list[str], baseline_dir: str |
         row["latency_ms_b1"], row["latency_ms_b32"] = best[arch[(row["backbone"], row["image_size"])]]
     yield Progress("tradeoff", steps, steps, "trade-off measured")
     report = compare(rows)
-    report.update(device=dev, threads=torch.get_num_threads(), n_val=len(val), run_dir=str(run_dir),
+    report.update(device=dev, threads=torch.get_num_threads(), n_val=len(val), run_dir=str(run_dir), notes=notes,
                   latency_method=f"best of {rounds} interleaved rounds, each the median of {repeats} (batch 32) "
                   f"or {max(3, repeats * 2)} (batch 1) timed passes")
     return report

@@ -629,7 +629,7 @@ class DistillPanel(QWidget):
                     f.setBold(True)
                     item.setFont(f)
                 self.table.setItem(r, c, item)
-        self.summary_label.setText(report.get("summary", ""))
+        self.summary_label.setText(" ".join([report.get("summary", ""), *report.get("notes", [])]))
         self.status_label.setText("Distillation finished: trade-off measured on this machine.")
         self.refresh_scatter()
 
