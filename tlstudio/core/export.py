@@ -422,8 +422,12 @@ def export_run(
             elif fmt == "int8":
                 if "onnx" not in report.formats:
                     raise ExportError(f"{out / INT8_FILE}: needs the fp32 ONNX export, which failed")
-                calib = _check_inputs(spec, train[:: max(1, len(train) // calibration_images)][:calibration_images],
-                                      n=calibration_images) if train else None
+                calib = None
+                if train:  # real training images only: noise would widen the activation ranges
+                    from tlstudio.core.evaluate import load_batch
+
+                    picks = train[:: max(1, len(train) // calibration_images)][:calibration_images]
+                    calib, _, _ = load_batch([s.path for s in picks], spec)
                 report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib)
                 report.int8 = compare_int8(model, spec, out, val, repeats=latency_repeats)
         except Exception as exc:  # noqa: BLE001 - report it, go on with the other formats
