@@ -45,7 +45,7 @@ def _default_decode(path: str, size: int) -> QImage:
 
 
 class _Signals(QObject):
-    done = Signal(str, QImage, str)  # path, image (null on failure), error message
+    wake = Signal()  # results are waiting (at most one wake in flight)
 
 
 class _Job(QRunnable):
@@ -58,9 +58,10 @@ class _Job(QRunnable):
 
 
 class ThumbnailLoader(QObject):
-    """Decodes files off the UI thread; emits ``loaded(path, QImage, error)`` on the UI thread."""
+    """Decodes files off the UI thread; emits ``loaded([(path, QImage, error), ...])`` on the UI
+    thread, batched: one queued wake-up per burst, not one event per image."""
 
-    loaded = Signal(str, QImage, str)
+    loaded = Signal(list)
 
     def __init__(self, decode: Callable[[str, int], QImage] | None = None, size: int = THUMB,
                  threads: int = 2, parent: QObject | None = None) -> None:
@@ -74,8 +75,10 @@ class ThumbnailLoader(QObject):
         self._running = 0
         self.requests = 0  # decode requests accepted (tests assert this stays bounded)
         self.decoded = 0
+        self._results: collections.deque[tuple[str, QImage, str]] = collections.deque()
+        self._wake_pending = False
         self._signals = _Signals()
-        self._signals.done.connect(self.loaded)
+        self._signals.wake.connect(self._drain)
 
     def request(self, path: str) -> None:
         with self._lock:
@@ -113,7 +116,22 @@ class ThumbnailLoader(QObject):
                 img, err = QImage(), str(exc) or type(exc).__name__
             with self._lock:
                 self.decoded += 1
-            self._signals.done.emit(path, img, err)
+                self._results.append((path, img, err))
+                wake = not self._wake_pending
+                self._wake_pending = True
+            if wake:
+                try:
+                    self._signals.wake.emit()
+                except RuntimeError:  # the widget is gone (window closed, app quitting)
+                    return
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch = list(self._results)
+            self._results.clear()
+            self._wake_pending = False
+        if batch:
+            self.loaded.emit(batch)
 
     def wait(self, msecs: int = 5000) -> bool:
         return self.pool.waitForDone(msecs)
@@ -191,17 +209,20 @@ class ThumbnailModel(QAbstractListModel):
             return s.label
         return None
 
-    def _on_loaded(self, path: str, img: QImage, err: str) -> None:
-        if img.isNull():
-            self._errors[path] = err or "cannot decode"
-        else:
-            self._cache[path] = QPixmap.fromImage(img)
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        row = self._find_row(path)
-        if row is not None:
-            ix = self.index(row)
-            self.dataChanged.emit(ix, ix, [Qt.ItemDataRole.DecorationRole])
+    def _on_loaded(self, batch: list[tuple[str, QImage, str]]) -> None:
+        rows = []
+        for path, img, err in batch:
+            if img.isNull():
+                self._errors[path] = err or "cannot decode"
+            else:
+                self._cache[path] = QPixmap.fromImage(img)
+            row = self._find_row(path)
+            if row is not None:
+                rows.append(row)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        if rows:  # one repaint for the whole burst
+            self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)), [Qt.ItemDataRole.DecorationRole])
 
     def _find_row(self, path: str) -> int | None:
         if self._row_of is None:  # built once per content change, only when a thumbnail arrives
