@@ -245,3 +245,14 @@ def test_fallback_grouping_without_group_matcher():
         opt.step()
     after = m.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_param_groups_follow_the_plan_not_requires_grad():
+    """The engine freezes first, then builds groups for every parameter so gradual unfreezing
+    needs no new optimiser: the plan passed in decides, not the current requires_grad."""
+    m = _model("test_resnet")
+    groups = layer_groups(m)
+    head, _ = plan_from_spec("head", groups)
+    apply_freeze(m, groups, head)
+    pg = param_groups(m, groups, [True] * len(groups), lr=1e-3)
+    assert {id(p) for g in pg for p in g["params"]} == {id(p) for p in m.parameters()}

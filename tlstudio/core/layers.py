@@ -286,7 +286,7 @@ def param_groups(
         decay, no_decay = [], []
         for n in g.param_names:
             p = params.get(n)
-            if p is None or not p.requires_grad:
+            if p is None:  # by plan, not requires_grad: gradual unfreezing reuses these groups
                 continue
             (no_decay if p.ndim <= 1 or n in skip or n.endswith(".bias") else decay).append(p)
         for plist, wd, tag in ((decay, weight_decay, ""), (no_decay, 0.0, " (no decay)")):
