@@ -522,3 +522,53 @@ def test_cli_distill_refuses_a_teacher_with_other_classes(world, tmp_path, capsy
     assert not (tmp_path / "kd").exists()  # refused before any run folder was made
     code = main(["distill", str(other), "--teacher", str(tmp_path / "nope"), "--student", "test_efficientnet"])
     assert code == 2 and "nope" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ report and CLI (no training)
+def test_tradeoff_compare_summary_and_markdown():
+    from tlstudio.core.tradeoff import compare, tradeoff_markdown, tradeoff_table
+
+    def row(role, name, backbone, acc, params, lat1, lat32):
+        return {"role": role, "name": name, "run_dir": f"/runs/{name}", "backbone": backbone, "image_size": 224,
+                "accuracy": acc, "macro_f1": acc, "n_val": 100, "params": params, "file_bytes": params * 4,
+                "latency_ms_b1": lat1, "latency_ms_b32": lat32}
+
+    rep = compare([row("teacher", "t1", "resnet50", 0.90, 25_000_000, 40.0, 20.0),
+                   row("teacher", "t2", "resnet18", 0.95, 11_000_000, 20.0, 10.0),
+                   row("student", "s", "mobilenetv3_small_100", 0.92, 1_000_000, 5.0, 2.0),
+                   row("student_baseline", "b", "mobilenetv3_small_100", 0.80, 1_000_000, 5.0, 2.0)])
+    assert rep["reference_teacher"] == "t2"  # the most accurate teacher is the reference
+    s = rep["rows"][2]
+    assert s["retained_pct"] == pytest.approx(100 * 0.92 / 0.95)
+    assert s["speedup_b1"] == pytest.approx(4.0) and s["speedup_b32"] == pytest.approx(5.0)
+    assert s["params_ratio"] == pytest.approx(11.0)
+    assert rep["gain_over_baseline_points"] == pytest.approx(12.0)
+    summary = rep["summary"]
+    for text in ("96.8%", "11.0x fewer parameters", "4.0x faster", "5.0x faster at batch 32", "+12.0 points"):
+        assert text in summary, (text, summary)
+    md = tradeoff_markdown(rep)
+    assert md.count("\n|") == 6 and "96.8%" in md and "4.00x" in md
+    assert len(tradeoff_table(rep).splitlines()) == 6
+    slow = compare([row("teacher", "t", "a", 0.9, 10, 1.0, 1.0), row("student", "s", "b", 0.9, 10, 2.0, 1.0)])
+    assert "2.0x slower" in slow["summary"] and "about as fast at batch 32" in slow["summary"]
+
+
+def test_cli_flags_become_a_distill_config(tmp_path):
+    from tlstudio.cli import build_parser
+    from tlstudio.cli_distill import distill_config
+
+    args = build_parser().parse_args([
+        "distill", str(tmp_path), "--teacher", "runA", "--teacher", "runB", "--teacher-weight", "2",
+        "--teacher-weight", "1", "--student", "resnet10t", "--temperature", "6", "--alpha", "0.8",
+        "--feature-loss", "3:2", "--unlabeled", str(tmp_path / "u"), "--epochs", "3", "--batch-size", "8",
+        "--lr", "0.001", "--freeze", "last:2", "--image-size", "96", "--augment", "none", "--seed", "7",
+        "--device", "cpu", "--scratch", "--out", str(tmp_path / "out"), "--no-student-baseline"])
+    cfg = distill_config(args)
+    assert cfg.teachers == ["runA", "runB"] and cfg.teacher_weights == [2.0, 1.0]
+    assert (cfg.backbone, cfg.temperature, cfg.alpha, cfg.feature_loss) == ("resnet10t", 6.0, 0.8, "3:2")
+    assert cfg.unlabeled_dir == str(tmp_path / "u") and cfg.student_baseline is False
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.freeze, cfg.image_size) == (3, 8, 0.001, "last:2", 96)
+    assert (cfg.augment, cfg.seed, cfg.device, cfg.init, cfg.out_dir) == ("none", 7, "cpu", "scratch",
+                                                                          str(tmp_path / "out"))
+    defaults = distill_config(build_parser().parse_args(["distill", str(tmp_path), "--teacher", "r"]))
+    assert (defaults.temperature, defaults.alpha, defaults.freeze, defaults.student_baseline) == (4.0, 0.7, "none", True)

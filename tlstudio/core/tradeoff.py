@@ -158,7 +158,7 @@ def summary_sentence(report: dict[str, Any]) -> str:
         s += f" with {1 / pr:.1f}x more parameters"
     else:
         s += " with as many parameters (self-distillation)"
-    s += f", and {_speed_words(st['speedup_b1'])} per image at batch 1 ({_speed_words(st['speedup_b32'])} " \
+    s += f", and {_speed_words(st['speedup_b1'])} per image at batch 1 ({_speed_words(st['speedup_b32'], False)} " \
          "at batch 32) on this machine."
     gain = report.get("gain_over_baseline_points")
     if gain is not None:
@@ -167,14 +167,15 @@ def summary_sentence(report: dict[str, Any]) -> str:
     return s
 
 
-def _speed_words(x: float | None) -> str:
+def _speed_words(x: float | None, verb: bool = True) -> str:
+    v = "runs " if verb else ""
     if x is None:
-        return "runs at an unknown speed"
+        return f"{v}at an unknown speed"
     if x >= 1.1:
-        return f"runs {x:.1f}x faster"
+        return f"{v}{x:.1f}x faster"
     if x <= 0.9:
-        return f"runs {1 / x:.1f}x slower"
-    return "runs about as fast"
+        return f"{v}{1 / x:.1f}x slower"
+    return f"{v}about as fast"
 
 
 def _fmt_bytes(n: int | None) -> str:
