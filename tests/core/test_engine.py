@@ -52,6 +52,10 @@ def test_end_to_end_learns_and_writes_run_folder(tmp_path):
     assert back.versions["torch"] == torch.__version__
     assert back.data["fingerprint"]
     assert len(runs.read_history(run)) == 5
+    from tlstudio.core.tensorboard import tensorboard_available
+
+    if tensorboard_available():  # TensorBoard event files beside the CSV
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     # the best weights rebuild into a model that agrees with the recorded accuracy class
     model, _ = runs.load_run_model(run)
     assert sum(p.numel() for p in model.parameters()) > 0
