@@ -1,0 +1,329 @@
+"""Issue 6, "Faults during training": killed, NaN, out of memory, disk full, files vanishing.
+
+Each test drives the real engine (or the real CLI in a subprocess) on a tiny synthetic folder
+and checks that nothing is lost: the last checkpoint stays loadable and resumable, the best
+weights survive, and the user gets a message that says what happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlstudio.core import events as E
+from tlstudio.core import runs
+from tlstudio.core.atomic import atomic_torch_save, atomic_write
+from tlstudio.core.config import TrainConfig
+from tlstudio.core.engine import fit, resume
+from tlstudio.core.errors import UserError
+from tlstudio.core.synthetic import make_synthetic_folder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_all(gen, on_event=None):
+    evs = []
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            return done.value, evs
+        evs.append(ev)
+        if on_event:
+            on_event(ev)
+
+
+def cfg(data, out, **kw) -> TrainConfig:
+    base = dict(data_dir=str(data), out_dir=str(out), backbone="test_resnet", init="scratch", image_size=48,
+                epochs=2, batch_size=8, freeze="none", lr=3e-3, augment="none", seed=0, warmup_epochs=0.0,
+                early_stop_patience=None, precision="fp32", workers=0, cache="off")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def load_ckpt(run_dir: Path) -> dict:
+    return torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)
+
+
+def no_temp_files(run_dir: Path) -> list[str]:
+    return [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- SIGKILL ---------------------------------------------------------------------------------
+def test_sigkill_mid_epoch_leaves_resumable_checkpoint(tmp_path):
+    data = make_synthetic_folder(tmp_path / "d", per_class=4, size=48, easy=True)
+    run = tmp_path / "run"
+    env = {**os.environ, "TLSTUDIO_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "tlstudio", "train", str(data), "--backbone", "test_resnet", "--scratch",
+           "--image-size", "48", "--workers", "0", "--precision", "fp32", "--epochs", "2", "--batch-size", "2",
+           "--freeze", "none", "--augment", "none", "--cache", "off", "--lr", "0.003", "--warmup-epochs", "0",
+           "--early-stop-patience", "50", "--seed", "0", "--out", str(run)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err_chunks: list[bytes] = []
+    # tqdm writes the batch bar ("epoch 2: ... 3/10") to stderr; read it in a thread
+    reader = threading.Thread(target=lambda: err_chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")),
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        killed_at = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            err = b"".join(err_chunks).decode("utf-8", "replace")
+            # a batch of epoch 2 has finished: last.pt (end of epoch 1) exists, epoch 2 is in flight
+            if (run / runs.LAST_CKPT).is_file() and "epoch 2" in err and "| 2/" in err.split("epoch 2")[-1]:
+                killed_at = err.split("epoch 2")[-1][-80:]
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    assert killed_at is not None, "the run ended or stalled before it could be killed mid-epoch:\n" + \
+        b"".join(err_chunks).decode("utf-8", "replace")[-2000:]
+    assert proc.returncode == -signal.SIGKILL
+
+    ckpt = load_ckpt(run)  # weights_only=True: the atomic write left a complete, safe file
+    assert ckpt["epoch"] == 1 and ckpt["batch"] == 0, (ckpt["epoch"], ckpt["batch"], killed_at)
+    info = runs.read_run(run)  # run.json parses
+    assert info.status == "running" and info.epochs_done == 1
+    assert len(runs.read_history(run)) == 1
+
+    res = subprocess.run([sys.executable, "-m", "tlstudio", "resume", str(run), "--json"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    out = json.loads(res.stdout)
+    assert out["status"] == "finished"
+    assert [r["epoch"] for r in runs.read_history(run)] == [1.0, 2.0]
+    assert load_ckpt(run)["epoch"] == 2
+    assert runs.read_run(run).status == "finished"
+
+
+def test_atomic_save_interrupted_midway_keeps_old_file(tmp_path):
+    path = tmp_path / "last.pt"
+    old = {"epoch": 1, "w": torch.arange(1000, dtype=torch.float32)}
+    atomic_torch_save(path, old)
+    before = path.read_bytes()
+
+    def half_then_fail(tmp: str) -> None:
+        torch.save({"epoch": 2, "w": torch.zeros(1000)}, tmp)
+        with open(tmp, "r+b") as fh:  # a partially written file, as a crash mid-write leaves it
+            fh.truncate(os.path.getsize(tmp) // 2)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_then_fail)
+    assert path.read_bytes() == before
+    back = torch.load(path, weights_only=True)
+    assert back["epoch"] == 1 and torch.equal(back["w"], old["w"])
+    assert no_temp_files(tmp_path) == []
+
+    # the writer itself killed (BaseException, like KeyboardInterrupt) midway: same guarantee
+    def interrupted(tmp: str) -> None:
+        Path(tmp).write_bytes(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, interrupted)
+    assert path.read_bytes() == before and no_temp_files(tmp_path) == []
+
+
+# ---- NaN / inf loss --------------------------------------------------------------------------
+class PoisonedLoss:
+    """Wraps the classification objective: from a chosen moment on the loss is `value`."""
+
+    def __init__(self, value: float) -> None:
+        from tlstudio.core.objectives import ClassificationObjective
+
+        self.inner = ClassificationObjective()
+        self.value = value
+        self.poisoned = False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def loss(self, model, x, y, idx):
+        loss, parts = self.inner.loss(model, x, y, idx)
+        if self.poisoned:
+            loss = loss * 0 + self.value  # still attached to the graph, as a real blow-up is
+        return loss, parts
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_loss_stops_with_message_and_keeps_best(tmp_path, value):
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
+    obj = PoisonedLoss(value)
+
+    def poison_after_first_epoch(ev):
+        if isinstance(ev, E.EpochEnd) and ev.epoch == 0:
+            obj.poisoned = True
+
+    run = tmp_path / "run"
+    info, evs = run_all(fit(cfg(data, run, epochs=3), objective=obj), poison_after_first_epoch)
+    assert info.status == "failed"
+    fin = [e for e in evs if isinstance(e, E.Finished)][-1]
+    assert fin.status == "failed"
+    assert f"loss became {value}" in fin.message and "epoch 2" in fin.message, fin.message
+    assert "best weights" in fin.message
+    assert any(isinstance(e, E.Warn) and "loss became" in e.message for e in evs)
+    assert not [e for e in evs if isinstance(e, E.EpochEnd) and e.epoch > 0]  # no epoch 2 on garbage
+    back = runs.read_run(run)
+    assert back.status == "failed" and back.best_epoch == 0
+    # the best weights (epoch 1) still load, are finite, and are exactly the epoch-1 weights
+    model, _ = runs.load_run_model(run)
+    best = model.state_dict()
+    last = load_ckpt(run)["model"]  # written at the end of epoch 1; the NaN step never reached it
+    assert load_ckpt(run)["epoch"] == 1
+    for k, v in best.items():
+        assert torch.isfinite(v.float()).all(), k
+        assert torch.equal(v, last[k]), k
+    assert "loss became" in (run / runs.LOG_TXT).read_text(encoding="utf-8")
+
+
+# ---- out of memory ---------------------------------------------------------------------------
+def _oom_on_first_big_batch(monkeypatch, limit: int, make_error):
+    """The first forward pass of a batch larger than `limit` fails to allocate."""
+    from tlstudio.core import backbones
+
+    real_create = backbones.create_model
+    state = {"raised": 0, "sizes": []}
+
+    def create(*a, **kw):
+        model = real_create(*a, **kw)
+        real_forward = model.forward
+
+        def forward(x):
+            if not model.training:  # validation and final evaluation are not under test
+                return real_forward(x)
+            state["sizes"].append(int(x.shape[0]))
+            if x.shape[0] > limit and not state["raised"]:
+                state["raised"] += 1
+                raise make_error()
+            return real_forward(x)
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(backbones, "create_model", create)
+    return state
+
+
+def _real_cpu_alloc_failure() -> RuntimeError:
+    try:  # a genuine allocator failure: its message is what a real CPU OOM looks like
+        torch.empty(1 << 50, dtype=torch.uint8)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("allocating a petabyte succeeded?")
+
+
+@pytest.mark.parametrize("kind", ["cpu", "cuda"])
+def test_out_of_memory_halves_batch_size_and_finishes(tmp_path, monkeypatch, kind):
+    make_error = _real_cpu_alloc_failure if kind == "cpu" else \
+        (lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    state = _oom_on_first_big_batch(monkeypatch, limit=4, make_error=make_error)
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
+    run = tmp_path / "run"
+    info, evs = run_all(fit(cfg(data, run, epochs=2, batch_size=8)))
+    assert state["raised"] == 1
+    warns = [e.message for e in evs if isinstance(e, E.Warn) and "memory" in e.message.lower()]
+    assert len(warns) == 1 and "batch size 4" in warns[0], warns
+    assert info.status == "finished"
+    assert len(runs.read_history(run)) == 2
+    assert max(state["sizes"][1:]) <= 4  # every training batch after the failure is halved
+    assert load_ckpt(run)["batch_size"] == 4  # a resume keeps the smaller batch
+
+
+# ---- disk full -------------------------------------------------------------------------------
+def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    from tlstudio.core import engine
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real_save = engine.atomic_torch_save
+
+    def save(path, obj):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the end-of-epoch-2 checkpoint: the disk fills up halfway through
+            def partial_write(tmp):
+                Path(tmp).write_bytes(b"PK\x03\x04" + b"\0" * 100)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return atomic_write(path, partial_write)
+        return real_save(path, obj)
+
+    monkeypatch.setattr(engine, "atomic_torch_save", save)
+    evs: list = []
+    gen = fit(cfg(data, run, epochs=3))
+    with pytest.raises(UserError) as err:
+        run_all(gen, evs.append)
+    msg = str(err.value)
+    assert str(run / runs.LAST_CKPT) in msg, msg
+    assert "disk full" in msg.lower() or "no space left" in msg.lower(), msg
+    assert "\n" not in msg and "Traceback" not in msg
+    # the checkpoint from epoch 1 is intact and loadable; the best weights too; no temp litter
+    ckpt = load_ckpt(run)
+    assert ckpt["epoch"] == 1
+    runs.load_run_model(run)
+    assert no_temp_files(run) == []
+    # space freed: the run resumes from the surviving checkpoint and finishes
+    monkeypatch.setattr(engine, "atomic_torch_save", real_save)
+    info, _ = run_all(resume(run))
+    assert info.status == "finished"
+    assert [r["epoch"] for r in runs.read_history(run)] == [1.0, 2.0, 3.0]
+
+
+def test_disk_full_saving_best_weights_is_reported(tmp_path, monkeypatch):
+    from tlstudio.core import engine
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=5, size=48, easy=True)
+    run = tmp_path / "run"
+
+    def full(path, tensors, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(engine, "atomic_save_safetensors", full)
+    with pytest.raises(UserError) as err:
+        run_all(fit(cfg(data, run, epochs=1)))
+    msg = str(err.value)
+    assert str(run / runs.BEST_WEIGHTS) in msg and "disk full" in msg.lower(), msg
+
+
+# ---- a file deleted between scan and training ---------------------------------------------
+@pytest.mark.parametrize("freeze", ["none", "head"])
+def test_file_deleted_after_scan_is_skipped_with_warning(tmp_path, monkeypatch, freeze):
+    from tlstudio.core import dataset
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
+    real_split = dataset.make_split
+    deleted: list[str] = []
+
+    def split_then_delete(report, *a, **kw):
+        split = real_split(report, *a, **kw)
+        for s in (split.train[0], split.val[0]):  # one training and one validation image vanish
+            os.remove(s.path)
+            deleted.append(s.path)
+        return split
+
+    monkeypatch.setattr(dataset, "make_split", split_then_delete)
+    # one epoch: a validation file lost in the last epoch must still be reported
+    info, evs = run_all(fit(cfg(data, tmp_path / "run", epochs=1, freeze=freeze, cache="auto")))
+    assert info.status == "finished"
+    warned = {e.path for e in evs if isinstance(e, E.Warn) and e.path}
+    for p in deleted:
+        assert p in warned, (p, [e.message for e in evs if isinstance(e, E.Warn)])
+    msgs = [e.message for e in evs if isinstance(e, E.Warn) and e.path == deleted[0]]
+    assert len(msgs) == 1 and deleted[0] in msgs[0]
