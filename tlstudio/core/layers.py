@@ -9,6 +9,7 @@ frozen groups are kept in eval mode so their statistics stay bit-identical.
 from __future__ import annotations
 
 import re
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -364,7 +365,7 @@ def _activation_sizes(model, groups: list[LayerGroup], image_size: int) -> list[
     return sizes
 
 
-_ACT_CACHE: dict[tuple[int, int, int], list[int] | None] = {}
+_ACT_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[int, int], list[int] | None]]" = weakref.WeakKeyDictionary()
 
 
 def estimate_train_memory(model, groups: list[LayerGroup], trainable: list[bool], batch_size: int,
@@ -380,10 +381,11 @@ def estimate_train_memory(model, groups: list[LayerGroup], trainable: list[bool]
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     train = sum(params[n].numel() for g, t in zip(groups, eff) if t for n in g.param_names if n in params)
-    key = (id(model), int(image_size), len(groups))
-    if key not in _ACT_CACHE:
-        _ACT_CACHE[key] = _activation_sizes(model, groups, int(image_size))
-    sizes = _ACT_CACHE[key]
+    per_model = _ACT_CACHE.setdefault(model, {})
+    key = (int(image_size), len(groups))
+    if key not in per_model:
+        per_model[key] = _activation_sizes(model, groups, int(image_size))
+    sizes = per_model[key]
     first = next((i for i, t in enumerate(eff) if t), len(eff) - 1)
     if sizes is not None:
         act = sum(sizes[first:])
