@@ -145,3 +145,15 @@ def test_cancel_download_restores_the_button(qtbot, panel, monkeypatch):
     panel.cancel_download()
     assert panel.download_btn.isEnabled() and not panel.dl_cancel_btn.isVisibleTo(panel)
     release.set()
+
+
+def test_large_model_structure_is_built_without_weights(qtbot, panel):
+    _loaded(qtbot, panel)
+    with qtbot.waitSignal(panel.model_built, timeout=60_000) as b:
+        panel._select_name("convnext_base")
+    model = b.args[0]
+    assert next(model.parameters()).device.type == "meta"  # no 350 MB of random weights
+    st = panel.state
+    assert st.model_info.name == "convnext_base" and len(st.groups) >= 4
+    assert sum(g.n_params for g in st.groups) > 80_000_000
+    assert "88.0 M" in panel.selected_label.text() or "M weights" in panel.selected_label.text()

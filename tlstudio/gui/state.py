@@ -38,7 +38,9 @@ class AppState(QObject):
         # TrainConfig fields the user set (data_dir is filled in by make_config)
         self.settings: dict[str, Any] = {}
         self.model_info: Any = None  # tlstudio.core.backbones.ModelInfo
-        self.model: Any = None  # the built torch module (structure for layer groups / memory estimate)
+        # the built torch module, for its structure only (layer groups, memory estimate); large
+        # models are on the meta device (no weights): never train or run it
+        self.model: Any = None
         self.groups: list[Any] = []  # tlstudio.core.layers.LayerGroup
         self.trainable: list[bool] = []
         self.advice: Any = None  # tlstudio.core.advice.Advice

@@ -48,6 +48,7 @@ from tlstudio.gui.widgets.layer_strip import human_count
 
 SIZES = {"all": (0, 10**13), "small": (0, 10_000_000), "medium": (10_000_000, 50_000_000),
          "large": (50_000_000, 10**13)}
+META_ABOVE = 30_000_000  # parameters; larger models are built on the meta device for their structure
 WEIGHT_FILE_FILTER = "Weights (*.safetensors *.pth *.pt);;All files (*)"
 
 
@@ -495,10 +496,13 @@ class ModelPanel(QWidget):
         wf = self.state.settings.get("weights_file") if kind == "file" else None
         init = "file" if (kind == "file" and wf) else "scratch"  # structure only; file is also validated
         n = self._num_classes()
+        # big or unknown-size models are built on the meta device: the structure (and the memory
+        # estimate) without allocating gigabytes for weights nobody trains here
+        meta = init != "file" and not (0 < info.params <= META_ABOVE)
         self.busy.show()
         self.state.set_step_status("model", "busy")
         self.state.status_message.emit(f"Building {info.name} …")
-        self._start(_build_job, info.name, n, init, wf,
+        self._start(_build_job, info.name, n, init, wf, meta,
                     returned=lambda res, g=gen, i=info, n=n: self._built(g, i, n, res),
                     errored=lambda exc, g=gen: self._build_error(g, exc))
 
@@ -625,14 +629,20 @@ def _list_models_job() -> list[Any]:
     return list_models("")
 
 
-def _build_job(name: str, n: int, init: str, weights_file: str | None) -> tuple[Any, list[Any]]:
+def _build_job(name: str, n: int, init: str, weights_file: str | None, meta: bool = False) -> tuple[Any, list[Any]]:
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()
     from tlstudio.core.backbones import create_model
     from tlstudio.core.layers import layer_groups
 
-    model = create_model(name, n, init=init, weights_file=weights_file)
+    if meta:
+        import torch
+
+        with torch.device("meta"):
+            model = create_model(name, n, init="scratch")
+    else:
+        model = create_model(name, n, init=init, weights_file=weights_file)
     return model, layer_groups(model)
 
 
