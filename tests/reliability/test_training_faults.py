@@ -327,3 +327,51 @@ def test_file_deleted_after_scan_is_skipped_with_warning(tmp_path, monkeypatch, 
         assert p in warned, (p, [e.message for e in evs if isinstance(e, E.Warn)])
     msgs = [e.message for e in evs if isinstance(e, E.Warn) and e.path == deleted[0]]
     assert len(msgs) == 1 and deleted[0] in msgs[0]
+
+
+# ---- stop mid-epoch, resume: the same result as never stopping ---------------------------------
+def _assert_stop_resume_equals_uninterrupted(tmp_path, **kw):
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
+    full_info, full_evs = run_all(fit(cfg(data, tmp_path / "full", epochs=3, batch_size=4, **kw)))
+    assert full_info.status == "finished"
+
+    stop = threading.Event()
+
+    def stop_mid_epoch_2(ev):
+        if isinstance(ev, E.BatchEnd) and ev.epoch == 1 and ev.batch == 1:
+            stop.set()
+
+    info, _ = run_all(fit(cfg(data, tmp_path / "part", epochs=3, batch_size=4, **kw), stop=stop), stop_mid_epoch_2)
+    assert info.status == "stopped"
+    assert load_ckpt(tmp_path / "part")["epoch"] == 1 and load_ckpt(tmp_path / "part")["batch"] == 2
+    info2, evs2 = run_all(resume(tmp_path / "part"))
+    assert info2.status == "finished"
+    assert next(e for e in evs2 if isinstance(e, E.RunStarted)).start_epoch == 1
+
+    a, b = load_ckpt(tmp_path / "full"), load_ckpt(tmp_path / "part")
+    assert a["trainable"] == b["trainable"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    from safetensors.torch import load_file
+
+    best_a = load_file(str(tmp_path / "full" / runs.BEST_WEIGHTS))
+    best_b = load_file(str(tmp_path / "part" / runs.BEST_WEIGHTS))
+    assert best_a.keys() == best_b.keys() and all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    keys = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "trainable_params")
+    hist = [[r[k] for k in keys] for r in runs.read_history(tmp_path / "full")]
+    assert hist == [[r[k] for k in keys] for r in runs.read_history(tmp_path / "part")]
+    return full_evs, evs2
+
+
+def test_stop_resume_equals_uninterrupted_with_gradual_unfreezing(tmp_path):
+    full_evs, resumed_evs = _assert_stop_resume_equals_uninterrupted(tmp_path, freeze="gradual:1", augment="light")
+    assert [e.epoch for e in full_evs if isinstance(e, E.Unfrozen)] == [1, 2]
+    # the resumed run starts in epoch 2 with its group already open, and opens the next one at epoch 3
+    assert [e.epoch for e in resumed_evs if isinstance(e, E.Unfrozen)] == [2]
+
+
+def test_stop_resume_equals_uninterrupted_head_only_feature_cache(tmp_path):
+    full_evs, _ = _assert_stop_resume_equals_uninterrupted(tmp_path, freeze="head", augment="light", cache="auto")
+    started = next(e for e in full_evs if isinstance(e, E.RunStarted))
+    assert started.trainable_params < started.total_params / 10  # only the head trains (feature cache path)
+    assert any(isinstance(e, E.Log) and e.message.startswith("Feature cache") for e in full_evs)
