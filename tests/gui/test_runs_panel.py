@@ -33,7 +33,7 @@ def make_fake_run(root: Path, name: str, *, acc: float = 0.9, epochs: int = 3, s
                    model=ModelSpec(backbone=backbone, num_classes=len(classes), classes=list(classes), image_size=32),
                    status=status, epochs_done=epochs, best_epoch=epochs - 1, best_val_acc=acc, baseline=baseline)
     write_run(d, info)
-    write_history(d, [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "val_acc": acc * (e + 1) / epochs,
+    write_history(d, [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "val_acc": acc * (e + 1) / epochs,
                        "val_macro_f1": acc, "lr": 1e-3, "seconds": 2.0, "trainable_params": 1000} for e in range(epochs)])
     (d / BEST_WEIGHTS).write_bytes(b"not really weights")
     if status == "stopped":
@@ -107,6 +107,7 @@ def test_overlay_two_runs(setup):
     assert len(items) == 2
     ys = sorted(float(i.yData[-1]) for i in items)
     assert ys == pytest.approx([0.8, 0.95])
+    assert [float(v) for v in items[0].xData] == [1.0, 2.0, 3.0]  # epochs counted from 1 as in history.csv
     assert len(p.loss_plot.listDataItems()) == 2
 
 

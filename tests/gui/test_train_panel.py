@@ -172,8 +172,8 @@ def test_events_of_other_jobs_are_ignored(panel, qtbot):
     assert panel.curves.points("loss") == 0 and panel.events_seen == 0
 
 
-def test_curves_throttle_and_bounded_memory(qtbot):
-    w = CurvesWidget(redraw_ms=100)
+def test_curves_100k_points_stay_cheap(qtbot):
+    w = CurvesWidget()
     qtbot.addWidget(w)
     t0 = time.perf_counter()
     for i in range(100_000):
@@ -188,7 +188,30 @@ def test_curves_throttle_and_bounded_memory(qtbot):
     assert w.points("loss") == 100_000
     print(f"feed 100k: {feed_s:.2f} s, draw: {draw_s:.3f} s")
     assert feed_s < 10 and draw_s < 3, (feed_s, draw_s)
-    qtbot.waitUntil(lambda: w.redraws >= 1, timeout=2000)
+
+
+def test_curves_redraw_is_throttled_and_skipped_while_hidden(qtbot):
+    w = CurvesWidget(redraw_ms=100)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < 1.0:  # a fast engine: a point every ms for one second
+        w.add_batch(0, i, 10**6, 1.0, 1e-3)
+        i += 1
+        qtbot.wait(1)
+    assert 1 <= w.redraws <= 14, w.redraws  # ~10 Hz, not once per point (i points)
+    assert i > 100
+    w.hide()
+    before = w.redraws
+    for j in range(50):
+        w.add_batch(0, i + j, 10**6, 1.0, 1e-3)
+    qtbot.wait(300)
+    assert w.redraws == before  # hidden: no painting
+    w.show()
+    qtbot.waitUntil(lambda: w.redraws == before + 1, timeout=2000)
+    assert w.points("loss") == i + 50
 
 
 def test_series_is_bounded_and_rewinds():
@@ -213,3 +236,19 @@ def test_resume_replay_does_not_duplicate_points(qtbot):
         w.add_batch(0, b, 10, 0.5, 1e-3)
     w.flush()
     assert w.points("loss") == 10
+
+
+def test_baseline_phase_gets_its_own_dashed_curves(qtbot):
+    w = CurvesWidget()
+    qtbot.addWidget(w)
+    for b in range(4):
+        w.add_batch(0, b, 4, 1.0, 1e-3)
+        w.add_batch(0, b, 4, 2.0, 1e-3, phase="baseline")
+    w.add_epoch(0, 1.0, 1.1, 0.7)
+    w.add_epoch(0, 2.0, 2.1, 0.4, phase="baseline")
+    w.flush()
+    assert w.points("loss") == 4 and w.points("loss", "baseline") == 4
+    assert w.points("val_acc", "baseline") == 1
+    from PySide6.QtCore import Qt
+
+    assert w.items["baseline"]["smooth"].opts["pen"].style() == Qt.PenStyle.DashLine

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QObject, QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QDesktopServices, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -54,14 +54,43 @@ class _Shot:
 
 
 class _GalleryModel(ThumbnailModel):
+    _big: dict[str, QPixmap]
+
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if index.isValid() and index.row() < len(self._rows):
             s = self._samples[self._rows[index.row()]]
+            if role == Qt.ItemDataRole.DecorationRole:
+                return self._upscaled(s.path, super().data(index, role))
             if role == Qt.ItemDataRole.DisplayRole:
                 return f"{s.pred} {s.confidence:.0%}"
             if role == Qt.ItemDataRole.ToolTipRole:
                 return f"{s.path}\ntrue: {s.true}\npredicted: {s.pred} ({s.confidence:.1%} confident)"
         return super().data(index, role)
+
+
+    def _upscaled(self, path: str, pm: Any) -> Any:
+        """Tiny images (e.g. 32 px) are enlarged to the thumbnail size so they can be seen."""
+        if not isinstance(pm, QPixmap) or pm.isNull() or path not in self._cache or max(pm.width(), pm.height()) >= THUMB:
+            return pm
+        big = self.__dict__.setdefault("_big", {})
+        if path not in big:
+            if len(big) > 3000:
+                big.clear()
+            big[path] = pm.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                  Qt.TransformationMode.FastTransformation)
+        return big[path]
+
+
+class _NumItem(QTableWidgetItem):
+    """Shows a formatted number, sorts by its value."""
+
+    def __init__(self, value: float, fmt: str) -> None:
+        super().__init__(fmt.format(value))
+        self.value = value
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        return self.value < getattr(other, "value", 0)
 
 
 class _Relay(QObject):
@@ -147,9 +176,11 @@ class EvaluatePanel(QWidget):
 
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "F1", "Support"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # class order
         self.table.setSortingEnabled(True)
         self.table.setToolTip("Precision: of the images predicted as this class, the share that really are.\n"
                               "Recall: of the images of this class, the share found.\n"
@@ -265,14 +296,8 @@ class EvaluatePanel(QWidget):
         for r, row in enumerate(report.per_class):
             self.table.setItem(r, 0, QTableWidgetItem(str(row["name"])))
             for c, key in enumerate(("precision", "recall", "f1"), start=1):
-                it = QTableWidgetItem()
-                it.setData(Qt.ItemDataRole.DisplayRole, round(float(row[key]), 3))
-                it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.table.setItem(r, c, it)
-            it = QTableWidgetItem()
-            it.setData(Qt.ItemDataRole.DisplayRole, int(row["support"]))
-            it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            self.table.setItem(r, 4, it)
+                self.table.setItem(r, c, _NumItem(float(row[key]), "{:.3f}"))
+            self.table.setItem(r, 4, _NumItem(int(row["support"]), "{}"))
         self.table.setSortingEnabled(True)
         self.confusion.set_matrix(report.confusion, report.classes)
         self.show_all_mistakes()

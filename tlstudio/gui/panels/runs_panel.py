@@ -244,7 +244,7 @@ class RunsPanel(QWidget):
             if not rows:
                 continue
             pen = pg.mkPen(_COLOURS[n % len(_COLOURS)], width=2)
-            x = [r["epoch"] + 1 for r in rows if "epoch" in r]
+            x = [r["epoch"] for r in rows if "epoch" in r]  # history.csv counts epochs from 1
             name = names.get(str(d), Path(d).name)
             self.acc_plot.plot(x, [r.get("val_acc", float("nan")) for r in rows], pen=pen, symbol="o",
                                symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)], name=name)

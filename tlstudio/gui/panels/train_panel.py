@@ -152,7 +152,7 @@ class TrainPanel(QWidget):
         form.addRow("Augmentation", self.augment)
         lv.addWidget(basic)
 
-        self.advanced = QCollapsible("Advanced settings")
+        self.advanced = QCollapsible("Advanced settings", expandedIcon="▼", collapsedIcon="▶")
         adv = QWidget()
         af = QFormLayout(adv)
         self.optimizer = QComboBox()
@@ -160,7 +160,7 @@ class TrainPanel(QWidget):
         self.weight_decay = self._dspin(0, 1, 0.01, 4)
         self.warmup_epochs = self._dspin(0, 100, 0.5, 1)
         self.label_smoothing = self._dspin(0, 0.9, 0.05, 2)
-        self.class_weights = QCheckBox("Balance classes in the loss")
+        self.class_weights = QCheckBox("Balance classes")
         self.early_stop_patience = QSpinBox()
         self.early_stop_patience.setRange(0, 1000)
         self.early_stop_patience.setSpecialValueText("off")
@@ -174,7 +174,7 @@ class TrainPanel(QWidget):
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
-        self.baseline = QCheckBox("Also train from scratch (measure the gain of transfer)")
+        self.baseline = QCheckBox("Also train from scratch")
         self.cache = QComboBox()
         self.cache.addItems(["auto", "off"])
         for label, w in [("Optimizer", self.optimizer), ("Weight decay", self.weight_decay),
@@ -230,7 +230,11 @@ class TrainPanel(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(left)
-        scroll.setMinimumWidth(300)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # wide enough for the expanded advanced form, so nothing is cut off on the right
+        self.advanced.expand(animate=False)
+        scroll.setMinimumWidth(left.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
+        self.advanced.collapse(animate=False)
         split.addWidget(scroll)
 
         # right: status, progress, curves, warnings/log
@@ -238,6 +242,8 @@ class TrainPanel(QWidget):
         rv = QVBoxLayout(right)
         self.status_label = QLabel("Not started")
         self.status_label.setStyleSheet("font-weight: bold;")
+        self.status_label.setWordWrap(True)
+        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.device_label = QLabel("Device: -")
         self.device_label.setToolTip("Where training runs and the number format it uses.")
         self.params_label = QLabel("")
@@ -292,7 +298,7 @@ class TrainPanel(QWidget):
         split.addWidget(right)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([320, 900])
+        split.setSizes([scroll.minimumWidth(), 900])
 
         self.toast = QLabel(self)
         self.toast.setStyleSheet("background: #263238; color: white; padding: 10px 16px; border-radius: 6px;")
@@ -581,6 +587,7 @@ class TrainPanel(QWidget):
         self._epoch_seconds = []
         self.epoch_bar.setRange(0, e.epochs)
         self.epoch_bar.setValue(e.start_epoch)
+        self.curves.set_epochs(e.epochs)
         self.batch_bar.setRange(0, max(1, e.batches_per_epoch))
         self.batch_bar.setValue(0)
         what = "From-scratch baseline" if e.phase == "baseline" else "Training"
@@ -650,8 +657,12 @@ class TrainPanel(QWidget):
             self.state.set_step_status("train", "attention")
         name = run_dir.rstrip("/\\").rsplit("/", 1)[-1] if run_dir else "run"
         msg = f"Training {status.replace('_', ' ')}: {name}" + (f", best val acc {best:.1%}" if best is not None else "")
+        base = getattr(result, "baseline", None)
+        if isinstance(base, dict) and base.get("gain") is not None:
+            msg += f"; from scratch {base.get('scratch_val_acc', 0):.1%} (gain {base['gain'] * 100:+.1f} points)"
         if status == "stopped":
             msg += " (Continue stopped run resumes it)"
+        self.status_label.setText(msg)
         if run_dir:
             self._last_run_dir = run_dir
             self.state.set_current_run(run_dir)
