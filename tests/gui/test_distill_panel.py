@@ -61,6 +61,7 @@ def panel(qtbot, runs_root, tmp_path):
     state.settings = {"backbone": "resnet50", "frozen_groups": [0, 1], "batch_size": 16, "image_size": 64}
     runner = JobRunner()
     w = DistillPanel(state, runner)
+    w._catalog_requested = True  # no background timm import here; set_students is tested directly
     qtbot.addWidget(w)
     w.resize(1400, 820)
     return w
@@ -202,3 +203,16 @@ def test_failed_run_shows_the_message(panel, qtbot, runs_root, monkeypatch):
     assert "classes do not match" in panel.hint.text()
     assert panel.state.step_status["distill"] == "attention"
     assert json.loads(json.dumps(panel.state.step_status))  # state stays serialisable
+
+
+def test_selecting_a_distill_run_shows_its_saved_report(panel, runs_root):
+    teacher = runs_root / "teacher-resnet50"
+    student = _fake_run(runs_root, "kd-run", "mobilenetv3_small_100", 0.92, kind="distill")
+    save_tradeoff(student, _report(teacher, student, student / "student_baseline"))
+    assert panel.table.rowCount() == 0
+    panel.state.set_current_run(str(student))
+    assert panel.table.rowCount() == 3
+    assert "mobilenetv3_small_100" in panel.summary_label.text()
+    panel.refresh_runs()  # the distilled run is a teacher candidate too, and its report feeds the scatter
+    assert any("[distilled]" in panel.teacher_list.item(i).text() for i in range(panel.teacher_list.count()))
+    assert len(panel.scatter_points) == 3

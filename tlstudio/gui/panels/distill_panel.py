@@ -102,6 +102,7 @@ class DistillPanel(QWidget):
         state.runs_changed.connect(self.refresh_runs)
         state.dataset_changed.connect(self._check_ready)
         state.training_changed.connect(lambda _running: self._update_buttons())
+        state.current_run_changed.connect(self._on_current_run)
         runner.event.connect(self._on_event)
         runner.finished.connect(self._on_finished)
         runner.failed.connect(self._on_failed)
@@ -381,9 +382,17 @@ class DistillPanel(QWidget):
         try:
             from tlstudio.core.backbones import list_models
 
-            self.students_loaded.emit(list_models())
+            infos = list_models()
         except Exception:  # noqa: BLE001 - keep the quick list
-            log.exception("cannot list backbones")
+            import sys
+
+            if not sys.is_finalizing():  # the app quit while timm was importing: nothing to report
+                log.exception("cannot list backbones")
+            return
+        try:
+            self.students_loaded.emit(infos)
+        except RuntimeError:  # the panel was deleted meanwhile
+            pass
 
     def _browse_unlabelled(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Folder of unlabelled images")
@@ -610,6 +619,16 @@ class DistillPanel(QWidget):
         return 0 if item is None or item.xData is None else len(item.xData)
 
     # ------------------------------------------------------------------ report
+    def _on_current_run(self, run_dir: str) -> None:
+        """A distillation selected elsewhere (Runs step): show its saved trade-off."""
+        if not run_dir or self.runner.running:
+            return
+        from tlstudio.core.tradeoff import read_tradeoff
+
+        report = read_tradeoff(run_dir)
+        if report:
+            self.show_report(report)
+
     def show_report(self, report: dict) -> None:
         from tlstudio.core.tradeoff import ROLE_TITLES, table_rows
 
