@@ -274,3 +274,19 @@ def test_cli_export(exported, tmp_path, capsys, core_modules):
     rc = main(["export", str(tmp_path / "no_such_run"), "--format", "all"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no_such_run" in err[0]
+
+
+def test_size_flexible_vit_exports_at_a_non_native_size(tmp_path):
+    """ViTs are created size-flexible (dynamic_img_size): their runtime position-embedding
+    resampling has no ONNX op, so the export bakes it for the run's input size."""
+    import timm
+
+    from tlstudio.core.export import export_onnx, export_torchscript
+    from tlstudio.core.runs import ModelSpec
+
+    model = timm.create_model("test_vit", pretrained=False, num_classes=3, dynamic_img_size=True).eval()
+    spec = ModelSpec(backbone="test_vit", num_classes=3, classes=["a", "b", "c"], image_size=48)
+    x = np.random.default_rng(0).standard_normal((3, 3, 48, 48)).astype(np.float32)
+    assert export_onnx(model, spec, tmp_path, x)["max_abs_diff"] < 1e-4
+    assert export_torchscript(model, spec, tmp_path, x)["max_abs_diff"] < 1e-4
+    assert model.dynamic_img_size  # the run's own model is left as it was

@@ -210,6 +210,23 @@ def timm_config(model, spec: ModelSpec) -> dict[str, Any]:
     return cfg
 
 
+def fixed_size_model(model, image_size: int):
+    """A copy whose position embeddings are resampled once to `image_size` (size-flexible ViTs
+    resample them on every call with an antialiased bicubic op that ONNX has no equivalent for).
+    The same model when nothing needs baking."""
+    if not (getattr(model, "dynamic_img_size", False) and hasattr(model, "set_input_size")):
+        return model
+    import copy
+
+    baked = copy.deepcopy(model)
+    try:
+        with _quiet():
+            baked.set_input_size(img_size=image_size)
+    except Exception:  # noqa: BLE001 - a family without it: export as is
+        return model
+    return baked.eval()
+
+
 def export_onnx(model, spec: ModelSpec, out: Path, check_x: np.ndarray, filename: str = ONNX_FILE) -> dict[str, Any]:
     import onnx
     import torch
@@ -217,16 +234,17 @@ def export_onnx(model, spec: ModelSpec, out: Path, check_x: np.ndarray, filename
     path = out / filename
     tmp = out / f".{filename}.tmp"
     dummy = torch.from_numpy(check_x[:2].copy())
+    traced_model = fixed_size_model(model, spec.image_size)
     with _quiet():
         try:
             torch.onnx.export(
-                model, (dummy,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                traced_model, (dummy,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                 input_names=["input"], output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
             )
         except TypeError:  # torch without the `dynamo` switch: the TorchScript exporter is the default
             torch.onnx.export(
-                model, (dummy,), str(tmp), opset_version=ONNX_OPSET,
+                traced_model, (dummy,), str(tmp), opset_version=ONNX_OPSET,
                 input_names=["input"], output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
             )
@@ -270,7 +288,8 @@ def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -
 
     path = out / TS_FILE
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(model, torch.from_numpy(check_x[:2].copy()), check_trace=False)
+        traced = torch.jit.trace(fixed_size_model(model, spec.image_size), torch.from_numpy(check_x[:2].copy()),
+                                 check_trace=False)
         extra = {"tlstudio.json": json.dumps(preprocessing_meta(spec))}
         atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
         loaded = torch.jit.load(str(path), map_location="cpu")
