@@ -46,12 +46,20 @@ def panel(qtbot, tmp_path, monkeypatch):
     return p
 
 
+def _enter_event(mime):
+    """QDragEnterEvent takes a QPointF from PySide6 6.12 (QPoint deprecated), a QPoint before."""
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    try:
+        return QDragEnterEvent(QPointF(50, 50), *args)
+    except TypeError:
+        return QDragEnterEvent(QPointF(50, 50).toPoint(), *args)
+
+
 def _drop(widget, paths):
     """A real drag: DragEnter then Drop, each with QMimeData URLs, sent through the application."""
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(p) for p in paths])
-    enter = QDragEnterEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
+    enter = _enter_event(mime)
     QApplication.sendEvent(widget, enter)
     assert enter.isAccepted()
     e = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
@@ -101,8 +109,7 @@ def test_drop_images_shows_top_k_bars(panel, qtbot, tmp_path, images):
 def test_drag_enter_accepts_urls_not_text(panel):
     mime = QMimeData()
     mime.setText("just text")
-    e = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                        Qt.KeyboardModifier.NoModifier)
+    e = _enter_event(mime)
     QApplication.sendEvent(panel, e)
     assert not e.isAccepted()
 

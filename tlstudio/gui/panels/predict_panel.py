@@ -210,10 +210,11 @@ class PredictPanel(QWidget):
             self.state.set_step_status("predict", "done")
         self.predictions_shown.emit(len(self.predictions))
 
-    def _on_thumb(self, path: str, img: QImage, err: str) -> None:
-        row = self._rows.get(path)
-        if row is not None:
-            row.set_image(img)
+    def _on_thumb(self, batch: list[tuple[str, QImage, str]]) -> None:
+        for path, img, _err in batch:  # the loader hands over decoded thumbnails in bursts
+            row = self._rows.get(path)
+            if row is not None:
+                row.set_image(img)
 
     def clear(self) -> None:
         self.loader.forget_pending()
