@@ -131,9 +131,13 @@ class LayersPanel(QWidget):
             self.similarity.addItem(text, key)
         self.similarity.setToolTip(tip("similarity"))
         self.similarity.currentIndexChanged.connect(self._update_advice)
-        f = QFormLayout()
-        f.addRow("Similarity to ImageNet", self.similarity)
-        av.addLayout(f)
+        self.similarity.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.similarity.setMinimumContentsLength(18)
+        sim_label = QLabel("How similar are your images to everyday photos (ImageNet)?")
+        sim_label.setWordWrap(True)
+        sim_label.setToolTip(tip("similarity"))
+        av.addWidget(sim_label)
+        av.addWidget(self.similarity)
         self.advice_label = QLabel("Load a data set and a model to get advice.")
         self.advice_label.setWordWrap(True)
         self.advice_label.setToolTip(tip("advice"))
@@ -302,6 +306,18 @@ class LayersPanel(QWidget):
         self.advice_label.setText(
             f"<b>{_spec_text(a.freeze)}</b>, learning rate {a.lr:g}, {a.epochs} epochs.<br>{a.reason}")
         self.apply_advice_btn.setEnabled(bool(self.state.groups))
+        QTimer.singleShot(0, self._fit_advice)
+
+    def _fit_advice(self) -> None:
+        """Wrapped labels in a width-capped column can get the height of a wider layout: make
+        room for every line of the reason (it must never be cut off)."""
+        lab = self.advice_label
+        if lab.width() > 0:
+            lab.setMinimumHeight(lab.heightForWidth(lab.width()))
+
+    def resizeEvent(self, ev) -> None:  # noqa: ANN001
+        super().resizeEvent(ev)
+        QTimer.singleShot(0, self._fit_advice)
 
     def apply_advice(self) -> None:
         a = self.state.advice

@@ -412,6 +412,9 @@ class ModelPanel(QWidget):
         info = self.selected_info()
         ok = self.init_kind() == "pretrained" and info is not None and info.pretrained and not info.offline
         self.download_btn.setEnabled(ok and self._dl_cancel is None)
+        if self._dl_cancel is None and info is not None:
+            self.download_btn.setText("Weights already on this computer" if info.offline else
+                                      "Download weights now" if info.pretrained else "No pretrained weights")
         self.download_btn.setToolTip(tip("download") if ok else
                                      "Nothing to download: the weights are already here, or not pretrained.")
 
