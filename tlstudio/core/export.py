@@ -81,6 +81,8 @@ def preprocessing_meta(spec: ModelSpec) -> dict[str, Any]:
         "crop_mode": spec.crop_mode,
         "resize": "short side to floor(image_size / crop_pct), then center crop image_size",
         "output": "logits; softmax for probabilities",
+        "timm": (f'timm.create_model("{spec.backbone}", num_classes={spec.num_classes}, pretrained=True, '
+                 f'pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={spec.num_classes}))'),
     }
 
 

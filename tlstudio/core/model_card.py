@@ -291,6 +291,8 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, export_report=Non
     a(f'# or: timm.create_model("{spec.backbone}", num_classes={spec.num_classes}, pretrained=True,')
     a(f'#         pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={spec.num_classes}))')
     a("```\n")
+    a(f"Keep `num_classes={spec.num_classes}` inside `pretrained_cfg_overlay` too: without it timm compares "
+      "the class count with the architecture's default (1000) and silently drops the trained head.\n")
     a("With **TorchScript** (PyTorch only): `model = torch.jit.load(\"model.torchscript.pt\")`.\n")
 
     a("## Training configuration\n")
