@@ -69,8 +69,12 @@ def main():
     ap.add_argument("--models", default="resnet18,efficientnet_b0,vit_tiny_patch16_224")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: all cores); 1 is robust on an overloaded machine")
     a = ap.parse_args()
     set_threads(False)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     models = ["resnet18"] if a.quick else a.models.split(",")
     batch = 16 if a.quick else a.batch
     steps = 3 if a.quick else 5
@@ -79,7 +83,7 @@ def main():
     peak32 = matmul_peak(torch.float32, n, 5)
     peak16 = matmul_peak(torch.bfloat16, n, 5)
     print(f"# matmul peak ({n}x{n}): fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s")
-    print(f"# training step (forward+backward+SGD), batch {batch}, {a.size}px")
+    print(f"# training step (forward+backward+SGD), batch {batch}, {a.size}px, {torch.get_num_threads()} torch threads")
     print("| model | precision | GFLOP/step | step s | achieved GFLOP/s | fraction of matmul peak |")
     print("|---|---|---|---|---|---|")
     ratios = {}

@@ -54,7 +54,7 @@ def bare_epochs(name: str, root, size: int, batch: int, epochs: int, workers: in
                 loss.backward()
                 opt.step()
                 n += x.shape[0]
-        yield n / t.s
+        yield n / t.s, t.cpu / n
 
 
 def tlstudio_epochs(name: str, root, size: int, batch: int, epochs: int):
@@ -62,9 +62,8 @@ def tlstudio_epochs(name: str, root, size: int, batch: int, epochs: int):
     import torch
 
     from tlstudio.core.pipeline import build_loaders
-    from tlstudio.core.precision import choose_precision, set_threads
+    from tlstudio.core.precision import choose_precision
 
-    set_threads(False)
     model = _model(name, size)
     cfg = timm_data_cfg(model, size)
     plan = choose_precision(torch.device("cpu"), model)
@@ -85,7 +84,7 @@ def tlstudio_epochs(name: str, root, size: int, batch: int, epochs: int):
                 loss.backward()
                 opt.step()
                 n += x.shape[0]
-        yield n / t.s
+        yield n / t.s, t.cpu / n
 
 
 def engine_epochs(name: str, root, size: int, batch: int, epochs: int) -> list[float] | str:
@@ -125,40 +124,57 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the bare loop")
     ap.add_argument("--no-engine", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for both loops (default: all cores); 1 is robust on an overloaded machine")
     a = ap.parse_args()
+    import torch
+
+    from tlstudio.core.precision import set_threads
+
+    set_threads(False)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     models = (a.models or "resnet18,efficientnet_b0,vit_tiny_patch16_224").split(",")
     per_class = (a.images or (96 if a.quick else 256)) // 4
     root = make_jpeg_folder("train", 4, per_class)
     print_machine()
-    print(f"# {4 * per_class} JPEGs 500x375, batch {a.batch}, {a.size}px, {a.epochs} epochs, full fine-tuning")
-    print("| model | loop | epoch 1 img/s | epoch 2 img/s | overall img/s |")
-    print("|---|---|---|---|---|")
+    print(f"# {4 * per_class} JPEGs 500x375, batch {a.batch}, {a.size}px, {a.epochs} epochs, full fine-tuning, "
+          f"{torch.get_num_threads()} torch threads")
+    print("| model | loop | epoch 1 img/s | epoch 2 img/s | overall img/s | CPU s/img (all epochs) |")
+    print("|---|---|---|---|---|---|")
     ratios, extra = {}, {}
     for name in models:
         # epochs interleaved (bare 1, ours 1, bare 2, ours 2): load drift on a shared box hits both
         gb = bare_epochs(name, root, a.size, a.batch, a.epochs, a.workers)
         go = tlstudio_epochs(name, root, a.size, a.batch, a.epochs)
         how = next(go)
-        bare, ours = [], []
+        bare, ours, bare_cpu, ours_cpu = [], [], [], []
         for _ in range(a.epochs):
-            bare.append(next(gb))
-            ours.append(next(go))
+            r, c = next(gb)
+            bare.append(r)
+            bare_cpu.append(c)
+            r, c = next(go)
+            ours.append(r)
+            ours_cpu.append(c)
         gb.close()
         go.close()
 
         def overall(v):
             return len(v) / sum(1 / x for x in v)
 
-        for label, v in ((f"bare fp32 (DataLoader workers={a.workers})", bare), (f"tlstudio ({how})", ours)):
-            print(f"| {name} | {label} | {v[0]:.1f} | {v[-1]:.1f} | {overall(v):.1f} |", flush=True)
+        for label, v, c in ((f"bare fp32 (DataLoader workers={a.workers})", bare, bare_cpu),
+                            (f"tlstudio ({how})", ours, ours_cpu)):
+            print(f"| {name} | {label} | {v[0]:.1f} | {v[-1]:.1f} | {overall(v):.1f} | {sum(c) / len(c):.3f} |",
+                  flush=True)
         ratios[f"{name}_overall"] = round(overall(ours) / overall(bare), 2)
         ratios[f"{name}_warm"] = round(ours[-1] / bare[-1], 2)
+        ratios[f"{name}_cpu_time"] = round(sum(bare_cpu) / sum(ours_cpu), 2)
         if name == models[0] and not a.no_engine:
             eng = engine_epochs(name, root, a.size, a.batch, a.epochs)
             if isinstance(eng, str):
                 print(f"| {name} | engine.fit | {eng} | | |")
             else:
-                print(f"| {name} | engine.fit (train+val per epoch) | {eng[0]:.1f} | {eng[-1]:.1f} | {overall(eng):.1f} |")
+                print(f"| {name} | engine.fit (train+val per epoch) | {eng[0]:.1f} | {eng[-1]:.1f} | {overall(eng):.1f} | |")
                 ratios[f"{name}_engine_fit_overall"] = round(overall(eng) / overall(bare), 2)
     for k, v in ratios.items():
         print(f"ratio {k}: {v}x")
