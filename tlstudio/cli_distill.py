@@ -39,6 +39,11 @@ def register(subparsers) -> None:
     add_train_flags(p)  # --epochs --batch-size --lr --freeze --image-size --augment --seed --device --out --json ...
     p.set_defaults(func=cmd_distill)
 
+    r = subparsers.add_parser("distill-resume", help="continue a stopped distillation (then its comparison and report)")
+    r.add_argument("run_dir")
+    r.add_argument("--json", action="store_true", help="print the result as JSON (progress on stderr)")
+    r.set_defaults(func=cmd_distill_resume)
+
 
 def distill_config(args) -> Any:
     from tlstudio.cli import _train_config
@@ -63,16 +68,26 @@ def distill_config(args) -> Any:
 
 
 def cmd_distill(args) -> int:
+    from tlstudio.core.distill import distill
+
+    return _run(args, lambda stop: distill(distill_config(args), stop=stop))
+
+
+def cmd_distill_resume(args) -> int:
+    from tlstudio.core.distill import resume_distill
+
+    return _run(args, lambda stop: resume_distill(args.run_dir, stop=stop))
+
+
+def _run(args, make_gen) -> int:
     from pydantic import ValidationError
 
     from tlstudio.cli import EventPrinter, _stop_on_sigint, drive
-    from tlstudio.core.distill import distill
     from tlstudio.core.errors import UserError
     from tlstudio.core.tradeoff import tradeoff_table
 
     try:
-        config = distill_config(args)
-        info = drive(distill(config, stop=_stop_on_sigint()), _Printer(EventPrinter(as_json=args.json)))
+        info = drive(make_gen(_stop_on_sigint()), _Printer(EventPrinter(as_json=args.json)))
     except UserError as exc:
         print(f"tlstudio: error: {exc}", file=sys.stderr)
         return 2
@@ -93,7 +108,7 @@ def cmd_distill(args) -> int:
         for note in report.get("notes", []):
             print(f"note: {note}")
         print(f"Saved {info.config.get('out_dir')}/tradeoff.md and tradeoff.json")
-    return 0 if info.status in ("finished", "early_stopped") else 1
+    return 0 if info.status in ("finished", "early_stopped", "stopped") else 1
 
 
 class _Printer:

@@ -572,3 +572,46 @@ def test_cli_flags_become_a_distill_config(tmp_path):
                                                                           str(tmp_path / "out"))
     defaults = distill_config(build_parser().parse_args(["distill", str(tmp_path), "--teacher", "r"]))
     assert (defaults.temperature, defaults.alpha, defaults.freeze, defaults.student_baseline) == (4.0, 0.7, "none", True)
+
+
+@pytest.mark.slow
+@pytest.mark.realweights
+def test_stopped_distillation_resumes_to_the_report(world, tmp_path, capsys):
+    """Stop during the student baseline, then `tlstudio distill-resume` finishes it and writes the report."""
+    import threading
+
+    from tlstudio.cli import main
+    from tlstudio.core.distill import distill
+    from tlstudio.core.events import RunStarted
+    from tlstudio.core.runs import read_run
+
+    small = tmp_path / "small"
+    _copy_subset(world["full"], small, tmp_path / "unused", n_labelled=4)
+    cfg = DistillConfig(data_dir=str(small), teachers=[str(world["teacher"])], out_dir=str(tmp_path / "kd"),
+                        backbone="test_efficientnet", init="scratch", freeze="none", image_size=32, epochs=2,
+                        lr=3e-3, augment="none", val_fraction=0.5, latency_repeats=1, latency_rounds=1, **_FAST)
+    stop = threading.Event()
+    gen = distill(cfg, stop=stop)
+    events = []
+    while True:
+        try:
+            e = next(gen)
+        except StopIteration as done:
+            info = done.value
+            break
+        events.append(e)
+        if isinstance(e, RunStarted) and e.phase == "student_baseline":
+            stop.set()  # the engine checks it at the next batch and saves a checkpoint
+    assert info.status == "finished" and "tradeoff" not in info.extra
+    assert read_run(tmp_path / "kd" / "student_baseline").status == "stopped"
+    assert not (tmp_path / "kd" / "tradeoff.json").exists()
+
+    code = main(["distill-resume", str(tmp_path / "kd"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["status"] == "finished"
+    assert [r["role"] for r in out["tradeoff"]["rows"]] == ["teacher", "student", "student_baseline"]
+    assert read_run(tmp_path / "kd" / "student_baseline").status in ("finished", "early_stopped")
+    assert (tmp_path / "kd" / "tradeoff.md").is_file()
+    # a plain training run is refused with a clear line
+    assert main(["distill-resume", str(world["teacher"])]) == 2
+    assert "not a distillation run" in capsys.readouterr().err
