@@ -216,3 +216,26 @@ def test_selecting_a_distill_run_shows_its_saved_report(panel, runs_root):
     panel.refresh_runs()  # the distilled run is a teacher candidate too, and its report feeds the scatter
     assert any("[distilled]" in panel.teacher_list.item(i).text() for i in range(panel.teacher_list.count()))
     assert len(panel.scatter_points) == 3
+
+
+def test_continue_resumes_a_stopped_distillation(panel, qtbot, runs_root, monkeypatch):
+    stopped = _fake_run(runs_root, "kd-stopped", "mobilenetv3_small_100", 0.5, kind="distill")
+    assert not panel.continue_btn.isEnabled()
+    panel.state.set_current_run(str(stopped))
+    panel._update_buttons()
+    assert panel.continue_btn.isEnabled() and panel.resumable_run() == str(stopped)
+    calls = []
+
+    def fake_resume(run_dir, stop=None, pause=None):
+        calls.append(run_dir)
+        yield E.Log("resumed")
+        return RunInfo(kind="distill", status="stopped", config={}, model=ModelSpec(
+            backbone="b", num_classes=3, classes=CLASSES, image_size=64))
+
+    monkeypatch.setattr("tlstudio.core.distill.resume_distill", fake_resume)
+    with qtbot.waitSignal(panel.runner.finished, timeout=10_000):
+        assert panel.continue_btn.isEnabled()
+        panel.continue_btn.click()
+    assert calls == [str(stopped)]
+    assert "without a trade-off report" in panel.status_label.text()
+    assert "resumed" in panel.log_view.toPlainText()

@@ -233,8 +233,13 @@ class DistillPanel(QWidget):
         self.start_btn.clicked.connect(self.start)
         self.stop_btn = QPushButton("Stop")
         self.stop_btn.clicked.connect(self.stop)
+        self.continue_btn = QPushButton("Continue")
+        self.continue_btn.setToolTip("Finish a stopped distillation: the rest of its training, the student "
+                                     "without a teacher, and the report.")
+        self.continue_btn.clicked.connect(lambda: self.continue_run())
         brow.addWidget(self.start_btn)
         brow.addWidget(self.stop_btn)
+        brow.addWidget(self.continue_btn)
         form_lay.addLayout(brow)
         self.hint = QLabel("")
         self.hint.setWordWrap(True)
@@ -485,6 +490,40 @@ class DistillPanel(QWidget):
         self.runner.start(factory, owner=self)
         return True
 
+    def resumable_run(self) -> str | None:
+        """This panel's last distillation, or the selected run, if it is a distillation without its report."""
+        from tlstudio.core.runs import RunError, read_run
+        from tlstudio.core.tradeoff import TRADEOFF_JSON
+
+        for run_dir in (self.last_run_dir, self.state.current_run):
+            if not run_dir:
+                continue
+            try:
+                info = read_run(run_dir)
+            except (RunError, OSError):
+                continue
+            if info.kind == "distill" and not (Path(run_dir) / TRADEOFF_JSON).is_file():
+                return str(run_dir)
+        return None
+
+    def continue_run(self, run_dir: str | None = None) -> bool:
+        run_dir = run_dir or self.resumable_run()
+        if not run_dir or self.runner.running:
+            return False
+
+        def factory(stop, pause):
+            from tlstudio.core.distill import resume_distill
+
+            return resume_distill(run_dir, stop, pause)
+
+        self._mine = True
+        self.hint.setText("")
+        self.last_run_dir = run_dir
+        self.status_label.setText(f"Continuing {Path(run_dir).name} ...")
+        self.state.set_step_status("distill", "busy")
+        self.runner.start(factory, owner=self)
+        return True
+
     def stop(self) -> None:
         if self._mine and self.runner.running:
             self.runner.stop()
@@ -495,6 +534,7 @@ class DistillPanel(QWidget):
         self.start_btn.setEnabled(not running and not self._why_not_ready())
         self.start_btn.setToolTip(self._why_not_ready() or "Distil the teacher(s) into the student.")
         self.stop_btn.setEnabled(running and self._mine)
+        self.continue_btn.setEnabled(not running and self.resumable_run() is not None)
 
     # ------------------------------------------------------------------ runner signals
     def _is_mine(self) -> bool:
