@@ -45,7 +45,9 @@ def run_all(gen, on_event=None):
 def cfg(data, out, **kw) -> TrainConfig:
     base = dict(data_dir=str(data), out_dir=str(out), backbone="test_resnet", init="scratch", image_size=48,
                 epochs=2, batch_size=8, freeze="none", lr=3e-3, augment="none", seed=0, warmup_epochs=0.0,
-                early_stop_patience=None, precision="fp32", workers=0, cache="off")
+                early_stop_patience=None, precision="fp32", workers=0, cache="off",
+                # one torch thread: two threads crawl (10x slower) on a shared, oversubscribed CPU
+                leave_one_core=True)
     base.update(kw)
     return TrainConfig(**base)
 
