@@ -252,3 +252,43 @@ def test_baseline_phase_gets_its_own_dashed_curves(qtbot):
     from PySide6.QtCore import Qt
 
     assert w.items["baseline"]["smooth"].opts["pen"].style() == Qt.PenStyle.DashLine
+
+
+def test_user_error_is_shown_plainly(panel, qtbot, monkeypatch, tmp_path):
+    from tlstudio.core.errors import UserError
+
+    captured: list = []
+    monkeypatch.setattr(error_dialog, "CAPTURE", captured)
+
+    def fit(config, stop=None, pause=None):
+        raise UserError(f"{config.data_dir}: fewer than 2 classes")
+        yield
+
+    monkeypatch.setattr("tlstudio.core.engine.fit", fit)
+    panel.state.set_dataset(str(tmp_path), None)
+    with qtbot.waitSignal(panel.runner.failed, timeout=5000):
+        panel.start()
+    title, message, details = captured[0]
+    assert message == f"{tmp_path}: fewer than 2 classes" and details == ""
+
+
+def test_curve_ranges_move_in_coarse_steps(qtbot):
+    """Managed ranges keep the axes' cached pictures: they change rarely, never per point."""
+    from tlstudio.gui.widgets.curves import _nice_ceil
+
+    assert [_nice_ceil(v) for v in (0.9, 1.0, 2.7, 0.0031, 47)] == [1.0, 1.0, 3.0, 0.004, 50.0]
+    w = CurvesWidget()
+    qtbot.addWidget(w)
+    w.set_epochs(10)
+    changes = []
+    w.loss_plot.getViewBox().sigRangeChanged.connect(lambda *a: changes.append(1))
+    for i in range(200):
+        w.add_batch(i // 20, i % 20, 20, 2.5 * np.exp(-i / 100) + 0.1, 1e-3)
+        w.flush()
+    x0, x1, y0, y1 = w._ranges[w.loss_plot]
+    assert (x0, x1) == (0.0, 10.0)  # the whole run from the start
+    assert y0 == 0.0 and y1 >= 2.6
+    assert len(changes) <= 4, len(changes)  # not one per redraw (200 redraws)
+    w.add_batch(10, 0, 20, 7.0, 1e-3)  # a loss spike above the range: the range grows to show it
+    w.flush()
+    assert w._ranges[w.loss_plot][3] >= 7.0 and w._ranges[w.loss_plot][1] == 11.0

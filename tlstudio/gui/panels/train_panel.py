@@ -681,14 +681,13 @@ class TrainPanel(QWidget):
         self.state.runs_changed.emit()
         from tlstudio.gui.widgets.error_dialog import show_error
 
-        user_error = False
-        try:
-            from tlstudio.core.errors import UserError
+        from tlstudio.core.errors import UserError
 
-            user_error = any(t.__name__ in message.split(":", 1)[0] for t in _subclasses(UserError))
-        except Exception:  # noqa: BLE001
-            pass
-        show_error(self, "Training failed", message, "" if user_error else tb, modal=False)
+        # a UserError names the file and the problem: no traceback behind it
+        kind = message.split(":", 1)[0].strip()
+        user_error = kind in {t.__name__ for t in _subclasses(UserError)}
+        show_error(self, "Training failed", message.split(":", 1)[1].strip() if user_error else message,
+                   "" if user_error else tb, modal=False)
         self._update_buttons()
 
     # ------------------------------------------------------------------ feedback helpers

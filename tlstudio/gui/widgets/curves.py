@@ -24,11 +24,11 @@ MAX_POINTS = 200_000
 
 
 def _nice_ceil(v: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= v (axis ranges move in coarse steps)."""
+    """The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k that is >= v (coarse axis steps)."""
     if v <= 0 or not np.isfinite(v):
         return 1.0
     e = 10.0 ** np.floor(np.log10(v))
-    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+    for m in (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0):
         if m * e >= v * (1 - 1e-12):
             return float(m * e)
     return float(10 * e)
@@ -306,7 +306,7 @@ class CurvesWidget(QWidget):
                 y0 = 0.0 if ylo >= 0 else -_nice_ceil(-ylo)
                 y1 = _nice_ceil(yhi * 1.05) if yhi > 0 else 1.0
                 # hysteresis: keep the old range while the data fills at least 40% of it
-                if old is not None and old[2] <= y0 and old[3] >= yhi and yhi - y0 >= 0.4 * (old[3] - old[2]):
+                if old is not None and old[2] <= y0 and old[3] >= yhi * 1.02 and yhi - y0 >= 0.4 * (old[3] - old[2]):
                     y0, y1 = old[2], old[3]
             new = (0.0, x1, y0, y1)
             if self._ranges.get(plot) != new:
