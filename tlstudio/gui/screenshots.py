@@ -2,7 +2,9 @@
 
 Runs offscreen (QT_QPA_PLATFORM=offscreen is set when no display is given). The window is
 driven as a user would: sample data opened, the default backbone chosen, then each step shown
-and grabbed. Optional: ``--run RUN_DIR`` selects an earlier run so Evaluate/Runs have content.
+and grabbed. Before that a short real run (4 epochs, head only, on the sample) is trained through
+the Train panel, evaluated and used for a few predictions, so every panel has content.
+``--run RUN_DIR`` uses an earlier run instead; ``--no-train`` skips it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _save(widget: Any, path: Path) -> Path:
         scale *= 0.85
 
 
-def take_screenshots(out_dir: str | Path, run_dir: str | None = None) -> list[Path]:
+def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: bool = True) -> list[Path]:
     from tlstudio.gui.app import make_app
     from tlstudio.gui.main_window import MainWindow
     from tlstudio.gui.panels.data_panel import sample_folder
@@ -68,11 +70,32 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None) -> list[Pa
         layers.apply_preset("last:2")
     if run_dir:
         st.set_current_run(run_dir)
+    elif train:  # a short real run through the Train panel so Train/Evaluate/Runs/Predict show content
+        st.update_settings({"epochs": 4, "batch_size": 16})
+        tp = win.panel("train")
+        win.show_step(STEPS.index("train"))
+        if tp.start():
+            _wait(app, lambda: not win.runner.running, 600)
+            _wait(app, lambda: False, 1.0)
+        if st.current_run:
+            win.panel("evaluate").load_run(st.current_run)
+            _wait(app, lambda: not win.runner.running, 120)
+            pp = win.panel("predict")
+            report = st.scan_report
+            paths = [s.path for s in report.samples[:: max(1, len(report.samples) // 6)]][:6]
+            if pp.predict_paths(paths):
+                _wait(app, lambda: not win.runner.running, 120)
     for i, step in enumerate(STEPS):
         win.show_step(i)
         if step == "data":  # let the visible thumbnails decode
             _wait(app, lambda: data.thumb_model.loader.pending() == 0, 10)
             _wait(app, lambda: False, 0.3)
+        elif step == "runs":  # select the newest run so its curves are drawn
+            runs = win.panel("runs")
+            if st.current_run and hasattr(runs, "overlay"):
+                runs.select_dirs([st.current_run])
+                runs.overlay([st.current_run])
+            _wait(app, lambda: False, 0.5)
         elif step == "layers":
             _wait(app, lambda: layers.memory_label.text() not in ("estimating…", "–"), 60)
         else:
@@ -85,12 +108,12 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None) -> list[Pa
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("usage: python -m tlstudio.gui.screenshots OUT_DIR [--run RUN_DIR]")
+        print("usage: python -m tlstudio.gui.screenshots OUT_DIR [--run RUN_DIR | --no-train]")
         return 2
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     run = argv[argv.index("--run") + 1] if "--run" in argv else None
-    for p in take_screenshots(argv[0], run):
+    for p in take_screenshots(argv[0], run, train="--no-train" not in argv):
         print(f"{p} {p.stat().st_size // 1024} KB")
     return 0
 
