@@ -386,6 +386,20 @@ def compare_int8(model, spec: ModelSpec, out: Path, val: Sequence, *, repeats: i
     return rows
 
 
+def _shareable(out: Path) -> None:
+    """Atomic writes go through private temp files (mode 0600); exports are meant to be handed
+    on, so give them the usual 0644 like any other file the user saves."""
+    import os
+    import stat
+
+    for f in out.iterdir():
+        try:
+            if f.is_file() and stat.S_IMODE(f.stat().st_mode) == 0o600:
+                os.chmod(f, 0o644)
+        except OSError:  # not ours to change (another owner, read-only share): leave it
+            pass
+
+
 # --------------------------------------------------------------------------- the whole export
 
 
@@ -466,5 +480,6 @@ def export_run(
             report.errors["model_card"] = f"{type(exc).__name__}: {exc}"
     report.seconds = time.time() - t0
     atomic_write_json(out / REPORT_JSON, report.to_json())
+    _shareable(out)
     step(steps, "done")
     return report
