@@ -198,8 +198,14 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, export_report=Non
     a = L.append
     title = info.name or run_dir.name
     a(f"# Model card: {title}\n")
-    a(f"An image classifier for **{spec.num_classes} classes**, fine-tuned by TL Studio from the timm "
-      f"backbone `{spec.backbone}` (transfer learning). Input: RGB images, {spec.image_size}×{spec.image_size} px.\n")
+    how = {"scratch": "trained from random initialisation (no transfer)",
+           "file": f"fine-tuned from the weights file `{info.config.get('weights_file')}`",
+           "run": f"fine-tuned from the earlier run `{info.config.get('init_run')}` (chained transfer)"}.get(
+        str(info.config.get("init", "pretrained")), "fine-tuned from pretrained weights (transfer learning)")
+    if info.kind == "distill":
+        how = "distilled from a teacher model"
+    a(f"An image classifier for **{spec.num_classes} classes**: the timm backbone `{spec.backbone}` {how} "
+      f"by TL Studio. Input: RGB images, {spec.image_size}×{spec.image_size} px.\n")
     a("## Data set\n")
     data = info.data or {}
     counts = data.get("counts") or {}
