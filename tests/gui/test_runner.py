@@ -35,9 +35,16 @@ def fake_fit(n: int, delay: float = 0.0, fail_at: int | None = None):
     return factory
 
 
+class _Runner(JobRunner):
+    """Fake jobs never touch torch: skip the serialised torch import."""
+
+    def start(self, factory, owner=None, *, needs_torch=False):
+        super().start(factory, owner, needs_torch=needs_torch)
+
+
 @pytest.fixture
 def runner(qtbot):
-    r = JobRunner()
+    r = _Runner()
     yield r
     r.stop()
     r.wait(5000)
@@ -160,3 +167,18 @@ def test_wait_for_clean_shutdown(qtbot, runner):
     assert runner.wait(5000)
     assert not runner.running
     assert results and results[0]["status"] == "stopped"
+
+
+def test_jobs_import_torch_serialised_with_the_preload(qtbot, monkeypatch):
+    """Two threads importing torch at once fail half-way: every job goes through heavy.ensure_imported."""
+    import tlstudio.gui.heavy as heavy
+
+    calls = []
+    monkeypatch.setattr(heavy, "ensure_imported", lambda: calls.append(threading.current_thread().name))
+    r = JobRunner()
+    with qtbot.waitSignal(r.finished, timeout=5000):
+        r.start(fake_fit(2))
+    assert len(calls) == 1 and calls[0] != threading.main_thread().name
+    with qtbot.waitSignal(r.finished, timeout=5000):
+        r.start(fake_fit(2), needs_torch=False)
+    assert len(calls) == 1

@@ -31,9 +31,11 @@ class _JobThread(QThread):
     done = Signal(bool, object, str, str)  # ok, return value, message, traceback
 
     def __init__(self, factory: Factory, stop: threading.Event, pause: threading.Event,
-                 queue: collections.deque, lock: threading.Lock, parent: QObject | None = None) -> None:
+                 queue: collections.deque, lock: threading.Lock, needs_torch: bool = True,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._factory, self._stop, self._pause = factory, stop, pause
+        self._needs_torch = needs_torch
         self._queue, self._lock = queue, lock
         self._wake_pending = False
 
@@ -51,6 +53,12 @@ class _JobThread(QThread):
 
     def run(self) -> None:  # worker thread
         try:
+            if self._needs_torch:
+                # the first import of torch must not race the window's background preload
+                # (two threads importing torch at once fail half-way): wait for it, or do it
+                from tlstudio.gui.heavy import ensure_imported
+
+                ensure_imported()
             gen = self._factory(self._stop, self._pause)
             while True:
                 try:
@@ -110,7 +118,9 @@ class JobRunner(QObject):
         return self._running and self._stop.is_set()
 
     # --- control ---------------------------------------------------------------------------
-    def start(self, factory: Factory, owner: Any = None) -> None:
+    def start(self, factory: Factory, owner: Any = None, *, needs_torch: bool = True) -> None:
+        """Run the job. ``needs_torch``: import torch/timm first (serialised with the preload);
+        only jobs that never touch torch (tests' fakes) pass False."""
         if self._running:
             raise RuntimeError("a job is already running; stop it first")
         if self._thread is not None:  # the previous thread has emitted done; let it exit
@@ -120,7 +130,7 @@ class JobRunner(QObject):
         self._pause = threading.Event()
         self._queue = collections.deque()
         self.owner = owner
-        th = _JobThread(factory, self._stop, self._pause, self._queue, self._lock)
+        th = _JobThread(factory, self._stop, self._pause, self._queue, self._lock, needs_torch)
         th.wake.connect(self._drain)
         th.done.connect(self._on_done)
         self._thread = th
