@@ -146,7 +146,8 @@ class DataPanel(QWidget):
         self.thumb_model = ThumbnailModel(parent=self)
         self.thumbs = ThumbnailView()
         self.thumbs.setModel(self.thumb_model)
-        self.thumbs.setToolTip(tip("thumbnails"))
+        self.thumbs.setToolTip(tip("thumbnails") + " Double-click to open an image.")
+        self.thumbs.doubleClicked.connect(self._open_image)
         images = QWidget()
         iv = QVBoxLayout(images)
         iv.setContentsMargins(4, 4, 4, 4)
@@ -400,6 +401,14 @@ class DataPanel(QWidget):
             return report.classes[label]
         return None
 
+    def _open_image(self, index) -> None:  # noqa: ANN001
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        path = self.thumb_model.data(index, ThumbnailModel.PathRole)
+        if path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
+
     def _table_selected(self) -> None:
         rows = {i.row() for i in self.class_table.selectedItems()}
         if len(rows) == 1:
@@ -447,3 +456,16 @@ def sample_folder():  # -> Path
 
         make_synthetic_folder(target, per_class=16, size=64, easy=True)
     return target
+
+
+if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.data_panel [FOLDER]
+    import sys
+
+    from tlstudio.gui.app import make_app
+
+    _app = make_app()
+    _p = DataPanel(AppState())
+    _p.resize(1200, 760)
+    _p.show()
+    _p.open_folder(sys.argv[1] if len(sys.argv) > 1 else str(sample_folder()))
+    sys.exit(_app.exec())

@@ -373,3 +373,22 @@ def _memory_job(model: Any, groups: list[Any], trainable: list[bool], bs: int, s
     from tlstudio.core.layers import estimate_train_memory
 
     return estimate_train_memory(model, groups, trainable, bs, size)
+
+
+if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.layers_panel [BACKBONE]
+    import sys
+
+    from tlstudio.gui.app import make_app
+    from tlstudio.gui.panels.model_panel import _build_job
+
+    _app = make_app()
+    _st = AppState()
+    _p = LayersPanel(_st)
+    _p.resize(1100, 760)
+    _p.show()
+    _name = sys.argv[1] if len(sys.argv) > 1 else "tf_efficientnet_lite0"
+    _model, _groups = _build_job(_name, 2, "scratch", None)
+    from tlstudio.core.backbones import model_info
+
+    _st.set_model(model_info(_name), _groups, [g.is_head for g in _groups], _model)
+    sys.exit(_app.exec())

@@ -665,3 +665,15 @@ def _download_job(name: str, n: int, bridge: _DownloadProgress, cancel: threadin
     except _Cancelled:
         return "cancelled"
     return "ok"
+
+
+if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.model_panel
+    import sys
+
+    from tlstudio.gui.app import make_app
+
+    _app = make_app()
+    _p = ModelPanel(AppState())
+    _p.resize(1200, 760)
+    _p.show()
+    sys.exit(_app.exec())
