@@ -365,10 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from tlstudio.core.errors import UserError
+    from tlstudio.core.runs import RunError
 
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except (UserError, RunError) as exc:  # RunError: not a run folder, or a damaged one
         _err(str(exc))
         return EXIT_USER_ERROR
     except ValidationError as exc:
