@@ -17,6 +17,15 @@ from tlstudio.gui.widgets import error_dialog
 from tlstudio.gui.widgets.curves import CurvesWidget, Series
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_imported():
+    """Jobs import torch/timm before running (serialised with the preload); do it once up front
+    so the first test's signal timeouts measure the panel, not a cold import on a busy machine."""
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
+
+
 @pytest.fixture
 def panel(qtbot, tmp_path):
     state = AppState()
