@@ -63,7 +63,7 @@ if [ ! -f resources/icons/tlstudio.png ]; then
 fi
 
 echo "== running PyInstaller"
-"$VPY" -m PyInstaller --noconfirm --clean --log-level WARN \
+"$VPY" -m PyInstaller --noconfirm --log-level WARN \
   --distpath dist --workpath build/pyinstaller packaging/tlstudio.spec
 
 # Linux desktop integration files travel with the bundle (see packaging/README.md).

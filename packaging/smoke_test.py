@@ -4,6 +4,7 @@ Starts the frozen executable several times, offscreen, with a throw-away TLSTUDI
   --version      the interpreter, torch and the bundled resources load
   --mp-check     multiprocessing ("spawn" workers) works in the frozen app
   scan SAMPLE    the CLI runs on the bundled sample data set
+  train, export  one tiny training epoch on the sample, then ONNX/TorchScript/int8 exports
   --smoke-test   the main window opens, loads the bundled sample, prints "SMOKE OK <classes> <images>"
 Prints one line per check and the bundle size; exit code 0 only if every check passed.
 """
@@ -23,6 +24,7 @@ def _size(path: Path) -> int:
 
 
 def run_checks(dist: Path, timeout: float = 600) -> list[tuple[str, bool, str]]:
+    dist = Path(dist).resolve()
     exe = dist / ("tlstudio.exe" if os.name == "nt" else "tlstudio")
     if not exe.exists():
         return [("bundle exists", False, f"{exe} not found")]
@@ -32,11 +34,21 @@ def run_checks(dist: Path, timeout: float = 600) -> list[tuple[str, bool, str]]:
         ("version", ["--version"], "TL Studio"),
         ("multiprocessing", ["--mp-check"], "MP OK"),
     ]
-    if sample is not None:
-        checks.append(("cli scan of the bundled sample", ["scan", str(sample)], ""))
-    checks.append(("GUI smoke test (offscreen)", ["--smoke-test"], "SMOKE OK"))
     results = []
     with tempfile.TemporaryDirectory() as home:
+        if sample is not None:
+            run = str(Path(home) / "run")
+            checks += [
+                ("cli scan of the bundled sample", ["scan", str(sample)], ""),
+                # torch + timm + the data pipeline inside the bundle: one tiny epoch, then the exports
+                ("cli train (1 epoch, test_resnet, 48 px)",
+                 ["train", str(sample), "--backbone", "test_resnet", "--scratch", "--epochs", "1",
+                  "--image-size", "48", "--out", run], "finished"),
+                ("cli export (onnx, torchscript, int8, card)",
+                 ["export", run, "--format", "onnx", "--format", "torchscript", "--format", "int8"],
+                 "max abs diff"),
+            ]
+        checks.append(("GUI smoke test (offscreen)", ["--smoke-test"], "SMOKE OK"))
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen", TLSTUDIO_HOME=home, HF_HUB_OFFLINE="1")
         env.pop("PYTHONPATH", None)
         for name, args, expect in checks:
@@ -59,7 +71,7 @@ def run_checks(dist: Path, timeout: float = 600) -> list[tuple[str, bool, str]]:
 
 
 def main(argv: list[str]) -> int:
-    dist = Path(argv[0] if argv else "dist/tlstudio")
+    dist = Path(argv[0] if argv else "dist/tlstudio").resolve()
     results = run_checks(dist)
     for name, ok, detail in results:
         print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
