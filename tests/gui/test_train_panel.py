@@ -301,3 +301,26 @@ def test_curve_ranges_move_in_coarse_steps(qtbot):
     w.add_batch(10, 0, 20, 7.0, 1e-3)  # a loss spike above the range: the range grows to show it
     w.flush()
     assert w._ranges[w.loss_plot][3] >= 7.0 and w._ranges[w.loss_plot][1] == 11.0
+
+
+def test_failed_status_from_engine_says_why(panel, qtbot, monkeypatch, tmp_path):
+    """NaN loss: the engine warns, finishes with status failed and a message; the panel shows it."""
+    run = str(tmp_path / "nan")
+
+    def fit(config, stop=None, pause=None):
+        yield ev.RunStarted(run_dir=run, backbone="b", device="cpu", precision="fp32", classes=("a", "b"),
+                            n_train=4, n_val=2, epochs=1, batches_per_epoch=2, trainable_params=1, total_params=1)
+        msg = "The loss became nan at epoch 1, batch 2: training stopped. Try a lower learning rate."
+        yield ev.Warn(msg)
+        yield ev.Finished(run, "failed", None, None, message=msg)
+        return SimpleNamespace(status="failed", best_val_acc=None, config={"out_dir": run})
+
+    monkeypatch.setattr("tlstudio.core.engine.fit", fit)
+    panel.state.set_dataset(str(tmp_path), None)
+    with qtbot.waitSignal(panel.run_finished, timeout=5000) as blocker:
+        panel.start()
+    assert blocker.args == [run, "failed"]
+    assert "lower learning rate" in panel.status_label.text()
+    assert "nan" in panel.warnings.item(0).text()
+    assert panel.state.step_status["train"] == "attention"
+    assert "failed" in panel.notifications[-1]

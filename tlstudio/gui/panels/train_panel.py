@@ -108,6 +108,7 @@ class TrainPanel(QWidget):
         self._sec_per_batch: float | None = None
         self._epoch_seconds: list[float] = []
         self._last_run_dir: str | None = None
+        self._finish_message = ""
         self.events_seen = 0
         self.notifications: list[str] = []  # what was announced (tests read it)
         self._tray: QSystemTrayIcon | None = None
@@ -490,6 +491,7 @@ class TrainPanel(QWidget):
 
     def _begin(self, message: str, fresh: bool) -> None:
         self._mine = True
+        self._finish_message = ""
         self._phase = "main"
         self._batch_t = None
         self._sec_per_batch = None
@@ -638,6 +640,8 @@ class TrainPanel(QWidget):
             if e.best_val_acc is not None and e.best_epoch is not None else ""
         phase = "Baseline" if self._phase == "baseline" else "Training"
         text = f"{phase} {e.status.replace('_', ' ')}{acc}." + (f" {e.message}" if e.message else "")
+        if self._phase == "main":
+            self._finish_message = e.message
         self.status_label.setText(text)
         self._log(text)
 
@@ -662,6 +666,8 @@ class TrainPanel(QWidget):
             msg += f"; from scratch {base.get('scratch_val_acc', 0):.1%} (gain {base['gain'] * 100:+.1f} points)"
         if status == "stopped":
             msg += " (Continue stopped run resumes it)"
+        elif status == "failed" and self._finish_message:
+            msg += f". {self._finish_message}"  # e.g. the loss became NaN: say why and what to try
         self.status_label.setText(msg)
         if run_dir:
             self._last_run_dir = run_dir
