@@ -214,11 +214,24 @@ def _reason(exc: Exception, path) -> str:
 # --------------------------------------------------------------------------- running models
 
 
+def _device(device):
+    """torch.device from "cpu", "cuda:0", a torch.device, or "auto" (cuda, then mps, then cpu)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if str(device or "auto").strip().lower() == "auto":
+        from tlstudio.core.precision import resolve_device
+
+        return resolve_device("auto")
+    return torch.device(device)
+
+
 def torch_forward(model, device="cpu") -> Forward:
     """Wrap a torch model as numpy batch -> logits."""
     import torch
 
-    dev = torch.device(device)
+    dev = _device(device)
     model = model.to(dev).eval()
 
     def fwd(x: np.ndarray) -> np.ndarray:
@@ -276,7 +289,7 @@ def _eval_loader_probs(model, spec, samples, batch_size, device):
         "crop_mode": spec.crop_mode,
     }
     loader = eval_loader(list(samples), data_cfg, batch_size=batch_size)
-    dev = torch.device(device)
+    dev = _device(device)
     model = model.to(dev).eval()
     probs, idxs = [], []
     with torch.inference_mode():
@@ -453,7 +466,7 @@ def measure_latency(
     """Seconds per image: median of `repeats` timed forward passes after `warmup` untimed ones."""
     import torch
 
-    dev = torch.device(device)
+    dev = _device(device)
     model = model.to(dev).eval()
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
 
