@@ -202,8 +202,9 @@ def test_nonfinite_loss_stops_with_message_and_keeps_best(tmp_path, value):
 
 
 # ---- out of memory ---------------------------------------------------------------------------
-def _oom_on_first_big_batch(monkeypatch, limit: int, make_error):
-    """The first forward pass of a batch larger than `limit` fails to allocate."""
+def _oom_on_first_big_batch(monkeypatch, limit: int, make_error, always: bool = False):
+    """The first (or, with always=True, every) training forward pass of a batch larger than
+    `limit` fails to allocate."""
     from tlstudio.core import backbones
 
     real_create = backbones.create_model
@@ -217,7 +218,7 @@ def _oom_on_first_big_batch(monkeypatch, limit: int, make_error):
             if not model.training:  # validation and final evaluation are not under test
                 return real_forward(x)
             state["sizes"].append(int(x.shape[0]))
-            if x.shape[0] > limit and not state["raised"]:
+            if x.shape[0] > limit and (always or not state["raised"]):
                 state["raised"] += 1
                 raise make_error()
             return real_forward(x)
@@ -252,6 +253,37 @@ def test_out_of_memory_halves_batch_size_and_finishes(tmp_path, monkeypatch, kin
     assert len(runs.read_history(run)) == 2
     assert max(state["sizes"][1:]) <= 4  # every training batch after the failure is halved
     assert load_ckpt(run)["batch_size"] == 4  # a resume keeps the smaller batch
+
+
+def test_out_of_memory_retry_continues_as_if_started_with_the_smaller_batch(tmp_path, monkeypatch):
+    """Halving the batch doubles the steps per epoch: the LR schedule must be rescaled, else it
+    ends (minimum LR) half-way through training."""
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
+    kw = dict(epochs=2, warmup_epochs=0.5)
+    run_all(fit(cfg(data, tmp_path / "small", batch_size=4, **kw)))
+    state = _oom_on_first_big_batch(monkeypatch, limit=4, make_error=_real_cpu_alloc_failure)
+    info, _ = run_all(fit(cfg(data, tmp_path / "oom", batch_size=8, **kw)))
+    assert state["raised"] == 1 and info.status == "finished"
+    keys = ("epoch", "train_loss", "val_loss", "val_acc", "lr")
+    small = [[r[k] for k in keys] for r in runs.read_history(tmp_path / "small")]
+    assert [[r[k] for k in keys] for r in runs.read_history(tmp_path / "oom")] == small
+    a, b = load_ckpt(tmp_path / "small"), load_ckpt(tmp_path / "oom")
+    assert a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_out_of_memory_at_batch_size_one_fails_clearly(tmp_path, monkeypatch):
+    state = _oom_on_first_big_batch(monkeypatch, limit=0, make_error=_real_cpu_alloc_failure, always=True)
+    data = make_synthetic_folder(tmp_path / "d", per_class=5, size=48, easy=True)
+    evs: list = []
+    with pytest.raises(UserError) as err:
+        run_all(fit(cfg(data, tmp_path / "run", batch_size=4)), evs.append)
+    msg = str(err.value)
+    assert "out of memory" in msg.lower() and "batch size 1" in msg, msg
+    halvings = [e.message for e in evs if isinstance(e, E.Warn) and "memory" in e.message.lower()]
+    assert [m.split("batch size ")[-1] for m in halvings] == ["2", "1"], halvings
+    assert state["sizes"][-1] == 1 and state["raised"] == 3
 
 
 # ---- disk full -------------------------------------------------------------------------------

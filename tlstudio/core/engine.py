@@ -619,8 +619,12 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             yield Checkpointed(path=str(run_dir / runs.LAST_CKPT), epoch=epoch, kind="last")
             return (yield from finish("stopped", f"Stopped at epoch {epoch + 1}, batch {batch_i + 1}; resumable"))
         except Exception as exc:
-            if not _is_oom(exc) or batch_size <= 1:
+            if not _is_oom(exc):
                 raise
+            if batch_size <= 1:
+                raise TrainingFailed(
+                    f"Out of memory at epoch {epoch + 1} even with batch size 1 ({str(exc).splitlines()[0][:200]}). "
+                    "Use a smaller image size or backbone, or freeze more layers.") from exc
             batch_size = max(1, batch_size // 2)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -628,6 +632,16 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             loaders, train_module = yield from _make_loaders(
                 config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop)
             train_module = ctx.model = _maybe_ddp(train_module, dist, device)
+            # more steps per epoch now: rescale the LR schedule to them (else it ends early), as a
+            # resume with the smaller batch size (saved in last.pt) will also do
+            steps_per_epoch = max(1, loaders.batches_per_epoch)
+            warmup = int(round(config.warmup_epochs * steps_per_epoch))
+            step = epoch * steps_per_epoch
+            sched.lr_lambdas = [_lr_lambda(warmup, steps_per_epoch * config.epochs)] * len(opt.param_groups)
+            sched.last_epoch = step
+            for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                g["lr"] = base * f(step)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
             start_batch, start_epoch = 0, epoch
             continue
 
