@@ -267,8 +267,15 @@ class TrainPanel(QWidget):
         grid.addWidget(self.batch_bar, 1, 1)
         grid.addWidget(self.speed_label, 1, 2)
         grid.setColumnStretch(1, 1)
+        # fixed widths/heights: text that changes every batch must not re-layout (and so
+        # re-render) the plots below
+        fm = self.fontMetrics()
+        self.eta_label.setFixedWidth(fm.horizontalAdvance("ETA 00:00:00") + 12)
+        self.speed_label.setFixedWidth(fm.horizontalAdvance("99999 img/s · epoch ETA 00:00:00") + 12)
+        self.status_label.setFixedHeight(2 * fm.lineSpacing() + 4)
         rv.addLayout(grid)
         self.metrics_label = QLabel("")
+        self.metrics_label.setFixedHeight(fm.lineSpacing() + 4)
         rv.addWidget(self.metrics_label)
 
         self.curves = CurvesWidget()
