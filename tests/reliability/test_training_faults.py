@@ -327,6 +327,7 @@ def test_out_of_memory_at_batch_size_one_fails_clearly(tmp_path, monkeypatch):
     halvings = [e.message for e in evs if isinstance(e, E.Warn) and "memory" in e.message.lower()]
     assert [m.split("batch size ")[-1] for m in halvings] == ["2", "1"], halvings
     assert state["sizes"][-1] == 1 and state["raised"] == 3
+    assert runs.read_run(tmp_path / "run").status == "failed"
 
 
 # ---- disk full -------------------------------------------------------------------------------
@@ -382,6 +383,9 @@ def test_disk_full_saving_best_weights_is_reported(tmp_path, monkeypatch):
         run_all(fit(cfg(data, run, epochs=1)))
     msg = str(err.value)
     assert str(run / runs.BEST_WEIGHTS) in msg and "disk full" in msg.lower(), msg
+    # the run is marked failed (not left "running") and the log file has the reason
+    assert runs.read_run(run).status == "failed"
+    assert msg in (run / runs.LOG_TXT).read_text(encoding="utf-8")
 
 
 # ---- a file deleted between scan and training ---------------------------------------------

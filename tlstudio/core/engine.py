@@ -174,6 +174,17 @@ def _is_oom(exc: BaseException) -> bool:
         s in msg for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))
 
 
+def _mark_failed(run_dir: Path) -> None:
+    """Best effort (the disk may be full): a run that ended on an error is not left "running"."""
+    try:
+        info = runs.read_run(run_dir)
+        if info.status == "running":
+            info.status = "failed"
+            runs.write_run(run_dir, info)
+    except (OSError, runs.RunError):
+        pass
+
+
 def _save(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Run an atomic write of ``path``; a full disk becomes one clear TrainingFailed line.
 
@@ -265,6 +276,10 @@ def fit(
             yield ev
     except StopIteration as done:
         info = done.value
+    except TrainingFailed as exc:  # disk full, out of memory at batch size 1: into log.txt and run.json
+        logger(Warn(str(exc)))
+        _mark_failed(run_dir)
+        raise
     finally:
         tb.close()
     if config.baseline and run_kind == "train" and phase == "main" and info.status in ("finished", "early_stopped"):
