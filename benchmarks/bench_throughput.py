@@ -116,7 +116,7 @@ def engine_epochs(name: str, root, size: int, batch: int, epochs: int) -> list[f
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="resnet18 + 2 small models, fewer images")
+    ap.add_argument("--quick", action="store_true", help="resnet18 only, 64 images")
     ap.add_argument("--models", default=None)
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--batch", type=int, default=32)
@@ -134,8 +134,8 @@ def main() -> None:
     set_threads(False)
     if a.threads:
         torch.set_num_threads(a.threads)
-    models = (a.models or "resnet18,efficientnet_b0,vit_tiny_patch16_224").split(",")
-    per_class = (a.images or (96 if a.quick else 256)) // 4
+    models = (a.models or ("resnet18" if a.quick else "resnet18,efficientnet_b0,vit_tiny_patch16_224")).split(",")
+    per_class = (a.images or (64 if a.quick else 256)) // 4
     root = make_jpeg_folder("train", 4, per_class)
     print_machine()
     print(f"# {4 * per_class} JPEGs 500x375, batch {a.batch}, {a.size}px, {a.epochs} epochs, full fine-tuning, "
