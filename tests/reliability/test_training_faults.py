@@ -461,3 +461,36 @@ def test_stop_resume_equals_uninterrupted_head_only_feature_cache(tmp_path):
     started = next(e for e in full_evs if isinstance(e, E.RunStarted))
     assert started.trainable_params < started.total_params / 10  # only the head trains (feature cache path)
     assert any(isinstance(e, E.Log) and e.message.startswith("Feature cache") for e in full_evs)
+
+
+# ---- the data folder changed between stop and resume -------------------------------------------
+def test_resume_refuses_changed_classes_with_a_clear_message(tmp_path):
+    """split.json stores labels as indices into the run's classes: resuming on a folder whose
+    classes changed must be refused (not a shape-mismatch crash, nor silently shifted labels)."""
+    import shutil
+
+    from tlstudio.core.synthetic import make_image
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=5, size=48, easy=True)
+    run = tmp_path / "run"
+    stop = threading.Event()
+    info, _ = run_all(fit(cfg(data, run, epochs=2, batch_size=4), stop=stop),
+                      lambda ev: stop.set() if isinstance(ev, E.BatchEnd) else None)
+    assert info.status == "stopped"
+    before = (run / runs.LAST_CKPT).read_bytes()
+
+    import random
+
+    rng = random.Random(0)
+    (data / "bar").mkdir()  # a new class: sorts first, so every old label index would shift
+    for i in range(5):
+        make_image("bar", 48, rng).save(data / "bar" / f"bar_{i}.png")
+    with pytest.raises(UserError) as err:
+        run_all(resume(run))
+    msg = str(err.value)
+    assert "classes" in msg and "bar" in msg and str(data) in msg, msg
+    assert (run / runs.LAST_CKPT).read_bytes() == before
+
+    shutil.rmtree(data / "bar")  # the folder restored: the run resumes and finishes
+    info, _ = run_all(resume(run))
+    assert info.status == "finished"

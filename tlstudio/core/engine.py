@@ -373,6 +373,12 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
     if len(report.skipped) > MAX_SKIPPED_LISTED:
         yield Warn(f"... and {len(report.skipped) - MAX_SKIPPED_LISTED} more skipped files (see the Data step)")
     classes = list(report.classes)
+    if resuming:  # split.json's labels index the run's classes: a changed class list would shift them
+        old_classes = list(runs.read_run(run_dir).model.classes)
+        if classes != old_classes:
+            raise UserError(f"{config.data_dir}: the classes changed since this run started "
+                            f"({', '.join(old_classes)} -> {', '.join(classes)}); resuming needs the same "
+                            "class folders. Restore them, or start a new run from this one (chained transfer).")
     split_path = run_dir / runs.SPLIT_JSON
     if resuming and split_path.is_file():
         import json
