@@ -52,9 +52,10 @@ def _sample_fields(s: Any) -> tuple[str, int]:
 
 
 def default_threads() -> int:
-    from tlstudio.core.precision import available_cores
+    """Decode threads: as many as the cores torch may use (set_threads leaves one for the GUI), at most 4."""
+    import torch
 
-    return max(1, min(4, available_cores()))
+    return max(1, min(4, torch.get_num_threads()))
 
 
 class _Source:
