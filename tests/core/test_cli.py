@@ -211,3 +211,43 @@ def test_real_process_bad_weights_exits_cleanly(tmp_path):
     assert "Traceback" not in res.stderr
     lines = error_lines(res.stderr)
     assert len(lines) == 1 and garbage in lines[0], res.stderr[-2000:]
+
+
+# ---- damaged or hostile run folders --------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("damage", ["truncated last.pt", "code in last.pt", "corrupt run.json"])
+def test_resume_of_a_damaged_run_is_one_line_error(trained, tmp_path, damage):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    info = runs.read_run(run)
+    info.status = "stopped"  # a resumable run...
+    runs.write_run(run, info)
+    marker = tmp_path / "PWNED"
+    if damage == "truncated last.pt":  # ...whose checkpoint was cut short (copied by hand, say)
+        blob = (run / runs.LAST_CKPT).read_bytes()
+        (run / runs.LAST_CKPT).write_bytes(blob[: len(blob) // 3])
+        bad, words = run / runs.LAST_CKPT, "cannot read"
+    elif damage == "code in last.pt":  # ...or replaced by a pickle that would run a command
+        torch.save({"model": _Evil(marker)}, run / runs.LAST_CKPT)
+        bad, words = run / runs.LAST_CKPT, "refused"
+    else:
+        (run / runs.RUN_JSON).write_text('{"status": "stopped", "config": 3', encoding="utf-8")
+        bad, words = run / runs.RUN_JSON, "invalid"
+    rc, out, err = run_cli(["resume", str(run)])
+    assert rc == 2, err[-1000:]
+    lines = error_lines(err)
+    assert len(lines) == 1 and str(bad) in lines[0] and words in lines[0], err
+    assert "Traceback" not in err + out
+    assert "weights_only` set to `False`" not in err  # never advise loading it unsafely
+    assert not marker.exists()

@@ -358,8 +358,11 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
     if resuming:
         try:
             ckpt = torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"{run_dir / runs.LAST_CKPT}: cannot read the checkpoint: {exc}") from exc
+        except Exception as exc:  # one line: torch's own message spans paragraphs
+            text = str(exc).strip() or type(exc).__name__
+            why = ("refused: it holds more than plain tensors, and loading it would run code it contains"
+                   if "weights only" in text.lower() else text.splitlines()[0][:300])
+            raise UserError(f"{run_dir / runs.LAST_CKPT}: cannot read the checkpoint: {why}") from exc
     _seed_everything(config.seed)
 
     # --- data -----------------------------------------------------------------------------
