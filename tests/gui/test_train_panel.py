@@ -324,3 +324,17 @@ def test_failed_status_from_engine_says_why(panel, qtbot, monkeypatch, tmp_path)
     assert "nan" in panel.warnings.item(0).text()
     assert panel.state.step_status["train"] == "attention"
     assert "failed" in panel.notifications[-1]
+
+
+def test_opening_a_stopped_run_shows_its_history_and_offers_continue(panel, tmp_path):
+    from tests.gui.test_runs_panel import make_fake_run
+
+    run = make_fake_run(tmp_path / "runs", "stopped_run", status="stopped", epochs=2)
+    panel.state.set_current_run(str(run))
+    assert panel.curves.points("val_acc") == 2 and panel.curves.points("loss") == 0
+    assert "stopped" in panel.status_label.text()
+    assert panel.continue_btn.isEnabled()
+    finished = make_fake_run(tmp_path / "runs", "done_run", epochs=3)
+    panel.state.set_current_run(str(finished))
+    assert panel.curves.points("val_acc") == 3
+    assert not panel.continue_btn.isEnabled()  # a finished run has nothing to continue

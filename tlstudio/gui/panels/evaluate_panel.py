@@ -365,7 +365,6 @@ class EvaluatePanel(QWidget):
             return evaluate(run_dir, folder, progress=lambda d, t: relay.progress.emit(int(d), int(t or 0)))
             yield  # noqa: unreachable - makes this a generator for the runner
 
-        self._eval_folder = folder
         self.busy.setRange(0, 0)
         self.busy.setFormat("Evaluating… %p%")
         self.job.start(factory)

@@ -116,7 +116,7 @@ class TrainPanel(QWidget):
         self._build()
         self._load_settings()
         state.settings_changed.connect(self._on_settings_changed)
-        state.current_run_changed.connect(lambda _: self._update_buttons())
+        state.current_run_changed.connect(self._on_current_run)
         state.dataset_changed.connect(self._update_buttons)
         runner.event.connect(self._on_event)
         runner.finished.connect(self._on_finished)
@@ -531,6 +531,31 @@ class TrainPanel(QWidget):
                     and (Path(run_dir) / LAST_CKPT).is_file():
                 return str(run_dir)
         return None
+
+    def _on_current_run(self, run_dir: str) -> None:
+        """An earlier run opened (Runs step): show its epoch curves, ready to be continued."""
+        if run_dir and not self.runner.running and run_dir != self._last_run_dir:
+            from pathlib import Path
+
+            from tlstudio.core.runs import RunError, read_history, read_run
+
+            try:
+                info = read_run(run_dir)
+                rows = read_history(run_dir)
+            except (RunError, OSError, ValueError):
+                rows, info = [], None
+            if info is not None:
+                self.curves.clear()
+                self.curves.set_epochs(int(info.config.get("epochs", 0) or 0))
+                self.curves.load_history(rows)
+                self.curves.flush()
+                self.warnings.clear()
+                self.metrics_label.setText("")
+                self.status_label.setText(
+                    f"Run {info.name or Path(run_dir).name}: {info.status.replace('_', ' ')}, "
+                    f"{info.epochs_done} epoch(s) done (curves from its history)")
+                self._last_run_dir = run_dir
+        self._update_buttons()
 
     def _update_buttons(self, *_: Any) -> None:
         running = self.runner.running
