@@ -242,13 +242,16 @@ def check_lite0():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--small", type=int, default=8, help="train images per class, small set")
-    ap.add_argument("--large", type=int, default=40, help="train images per class, larger set")
-    ap.add_argument("--val", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--large", type=int, default=24, help="train images per class, larger set")
+    ap.add_argument("--val", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--no-check", action="store_true", help="skip part 1")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tasks", default="natural,shapes", help="comma list: natural, shapes")
+    ap.add_argument("--sizes", default="", help="comma list of images per class (default: --small,--large)")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds for head and last:2 (none: 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -261,9 +264,9 @@ def main():
     if has_sk and not args.no_check:
         check_lite0()
 
-    grid = {"head": [1e-3, 3e-3, 1e-2], "last:2": [3e-4, 1e-3, 3e-3], "none": [3e-4, 1e-3]}
-    seeds = {"head": [0, 1], "last:2": [0, 1], "none": [0]}
-    sizes = [args.small, args.large]
+    grid = {"head": [1e-3, 3e-3, 1e-2], "last:2": [3e-4, 1e-3, 3e-3], "none": [1e-3]}
+    seeds = {"head": list(range(args.seeds)), "last:2": list(range(args.seeds)), "none": [0]}
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.small, args.large]
     if args.quick:
         grid = {"head": [3e-3], "last:2": [1e-3], "none": [1e-3]}
         seeds = {"head": [0], "last:2": [0], "none": [0]}
@@ -272,9 +275,11 @@ def main():
     m0.load_state_dict(lite0_state_dict(m0))
     state = {k: v for k, v in m0.state_dict().items() if not k.startswith("classifier.")}
     tasks = {}
-    if has_sk:
+    wanted = args.tasks.split(",")
+    if has_sk and "natural" in wanted:
         tasks["natural (high sim)"] = natural_task
-    tasks["shapes (low sim)"] = shapes_task
+    if "shapes" in wanted:
+        tasks["shapes (low sim)"] = shapes_task
     print(f"Part 2: Lite0 ImageNet weights, {args.size} px, {args.epochs} epochs, AdamW, body lr = 0.1 x head lr;"
           " best-epoch val accuracy (mean over seeds), seconds per run")
     print(f"{'task':20s}{'img/class':>10s}  {'preset':8s}{'lr':>8s}{'best acc':>10s}{'final acc':>10s}{'sec':>8s}")

@@ -41,8 +41,9 @@ def _head_prefixes(model) -> tuple[str, ...]:
     return head_prefixes(model)
 
 
-def _matcher_groups(model, named: list[str]) -> list[list[str]] | None:
-    """Ordered param-name lists from timm's group_matcher (coarse, then fine), else None."""
+def _matcher_groups(model, named: list[str]) -> tuple[list[list[str]], set[str]] | None:
+    """(ordered param-name lists, names timm calls the stem) from timm's group_matcher (coarse,
+    then fine), else None."""
     from timm.models import group_parameters
 
     for coarse in (True, False):
@@ -56,7 +57,9 @@ def _matcher_groups(model, named: list[str]) -> list[list[str]] | None:
             continue
         groups = [list(v) for _, v in sorted(grouped.items())]
         if len(groups) >= 2:
-            return groups
+            stem = matcher.get("stem") if isinstance(matcher, dict) else None
+            is_stem = isinstance(stem, str) and all(re.match(stem, n) for n in groups[0])
+            return groups, set(groups[0]) if is_stem else set()
     return None
 
 
@@ -132,7 +135,7 @@ def layer_groups(model) -> list[LayerGroup]:
     head_set = set(head_names)
     body = [n for n in named if n not in head_set]
 
-    raw = _matcher_groups(model, named) or _auto_groups(model, named)
+    raw, stem_names = _matcher_groups(model, named) or (_auto_groups(model, named), set())
     groups = [[n for n in g if n not in head_set] for g in raw]
     groups = [g for g in groups if g]
     seen = {n for g in groups for n in g}
@@ -147,9 +150,9 @@ def layer_groups(model) -> list[LayerGroup]:
     stage = 0
     for i, g in enumerate(groups):
         desc = _describe(g)
-        if i == 0 and all(stem_like.match(n) for n in g):
+        if i == 0 and (all(stem_like.match(n) for n in g) or set(g) <= stem_names):
             name = "stem"
-        elif i == n_body - 1 and n_body > 2 and not any(re.search(r"\d", _top_of(n)) for n in g):
+        elif i == n_body - 1 and n_body > 2 and not any(re.search(r"\d", n.rsplit(".", 1)[0]) for n in g):
             name = f"pre-logits ({desc})"  # e.g. conv_head / head.norm: before the classifier
         else:
             stage += 1
