@@ -112,3 +112,16 @@ def test_bf16_reaches_same_accuracy_class_as_fp32():
     acc16 = _train(torch.bfloat16)
     assert acc32 >= 0.9, acc32
     assert acc16 >= 0.9, acc16
+
+
+def test_compile_model_off_and_fallback(monkeypatch):
+    model = _Conv()
+    same, msg = P.compile_model(model, False)
+    assert same is model and "off" in msg
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    same, msg = P.compile_model(model, True, torch.randn(2, 3, 16, 16))
+    assert same is model and "failed" in msg and "no C++ compiler" in msg

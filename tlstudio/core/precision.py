@@ -202,3 +202,28 @@ def set_threads(leave_one_core: bool) -> int:
         n -= 1
     torch.set_num_threads(n)
     return n
+
+
+def compile_model(model: Any, enabled: bool, example: "torch.Tensor | None" = None,
+                  plan: PrecisionPlan | None = None) -> tuple[Any, str]:
+    """Optional torch.compile. Returns (module to train, one-line message for the log).
+
+    Compilation is lazy, so with `example` a forward pass is run here (under the plan's autocast)
+    to surface failures now - e.g. no C++ compiler inside a packaged app - and fall back to the
+    eager model instead of failing mid-run. The compiled module shares parameters with `model`.
+    """
+    if not enabled:
+        return model, "torch.compile off"
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return model, "torch.compile unavailable in this torch; running eagerly"
+    try:
+        compiled = torch.compile(model)
+        if example is not None:
+            ctx = plan.autocast() if plan is not None else contextlib.nullcontext()
+            with torch.no_grad(), ctx:
+                compiled(example)
+    except Exception as e:  # any backend/toolchain failure: eager mode still trains correctly
+        return model, f"torch.compile failed ({e.__class__.__name__}: {str(e)[:120]}); running eagerly"
+    return compiled, "torch.compile on"
