@@ -338,3 +338,31 @@ def test_opening_a_stopped_run_shows_its_history_and_offers_continue(panel, tmp_
     panel.state.set_current_run(str(finished))
     assert panel.curves.points("val_acc") == 3
     assert not panel.continue_btn.isEnabled()  # a finished run has nothing to continue
+
+
+def test_every_control_of_my_panels_has_a_tooltip(qtbot):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QAbstractSpinBox, QComboBox, QLineEdit
+
+    from tlstudio.gui.panels.evaluate_panel import EvaluatePanel
+    from tlstudio.gui.panels.predict_panel import PredictPanel
+    from tlstudio.gui.panels.runs_panel import RunsPanel
+
+    st = AppState()
+    panels = [TrainPanel(st, JobRunner()), EvaluatePanel(st), PredictPanel(st), RunsPanel(st)]
+    missing, checked = [], 0
+    for p in panels:
+        qtbot.addWidget(p)
+        p.show()
+        if isinstance(p, TrainPanel):
+            p.advanced.expand(animate=False)
+        for cls in (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QAbstractItemView):
+            for w in p.findChildren(cls):
+                if w.parent() is not None and isinstance(w.parent(), (QAbstractSpinBox, QComboBox)):
+                    continue
+                if type(w).__name__ in ("QTabBar", "QHeaderView") or not w.isVisibleTo(p):
+                    continue
+                checked += 1
+                if not w.toolTip():
+                    missing.append(f"{type(p).__name__}: {type(w).__name__} {getattr(w, 'text', lambda: '')()!r}")
+    assert not missing, missing
+    assert checked > 30, checked

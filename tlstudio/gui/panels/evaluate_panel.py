@@ -200,6 +200,7 @@ class EvaluatePanel(QWidget):
         self.gallery_label.setWordWrap(True)
         self.all_btn = QPushButton("Show all mistakes")
         self.all_btn.clicked.connect(self.show_all_mistakes)
+        self.all_btn.setToolTip("List every misclassified image again (after a confusion cell was clicked).")
         head.addWidget(self.gallery_label, 1)
         head.addWidget(self.all_btn)
         gl.addLayout(head)

@@ -103,6 +103,7 @@ class PredictPanel(QWidget):
         self.save_btn = QPushButton("Save as CSV…")
         self.save_btn.setToolTip("Save every prediction (file, top classes, probabilities) to a CSV file.")
         self.clear_btn = QPushButton("Clear")
+        self.clear_btn.setToolTip("Remove the listed predictions.")
         for b in (self.files_btn, self.folder_btn, self.save_btn, self.clear_btn):
             top.addWidget(b)
         root.addLayout(top)
@@ -122,6 +123,7 @@ class PredictPanel(QWidget):
         root.addWidget(self.summary)
         self.results = QListWidget()
         self.results.setSpacing(2)
+        self.results.setToolTip("Each image with its most likely classes; the bar is the model's probability.")
         self.results.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
         root.addWidget(self.results, 1)
 

@@ -71,6 +71,7 @@ class RunsPanel(QWidget):
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         top.addWidget(self.root_label, 1)
         self.refresh_btn = QPushButton("Refresh")
+        self.refresh_btn.setToolTip("Read the runs folder again.")
         self.open_btn = QPushButton("Open run")
         self.open_btn.setToolTip("Make this run the current one: Evaluate, Predict and Export use its model.")
         self.overlay_btn = QPushButton("Compare curves")

@@ -186,6 +186,10 @@ class TrainPanel(QWidget):
                          ("Baseline", self.baseline), ("Cache", self.cache)]:
             af.addRow(label, w)
         self.advanced.addWidget(adv)
+        self.advanced.setToolTip("Optimizer, regularisation, schedule, hardware and reproducibility settings; "
+                                 "the defaults suit most data sets.")
+        for b in self.advanced.findChildren(QPushButton):
+            b.setToolTip(self.advanced.toolTip())
         lv.addWidget(self.advanced)
 
         self._fields: dict[str, QWidget] = {
@@ -288,6 +292,8 @@ class TrainPanel(QWidget):
         wl = QVBoxLayout(wbox)
         self.warnings = QListWidget()
         self.warnings.setWordWrap(True)
+        self.warnings.setToolTip("Problems noticed while training (unreadable images, precision fallbacks, "
+                                 "out-of-memory retries, negative transfer); training goes on unless it cannot.")
         wl.addWidget(self.warnings)
         lbox = QGroupBox("Log")
         ll = QVBoxLayout(lbox)
