@@ -494,3 +494,26 @@ def test_resume_refuses_changed_classes_with_a_clear_message(tmp_path):
     shutil.rmtree(data / "bar")  # the folder restored: the run resumes and finishes
     info, _ = run_all(resume(run))
     assert info.status == "finished"
+
+
+# ---- stopped before training started ---------------------------------------------------------------
+def test_stop_during_model_download_ends_with_a_clear_message(tmp_path, monkeypatch):
+    """Ctrl+C / Stop while the weights download: a user-facing message, not a bare exception."""
+    from tlstudio.core import backbones
+
+    def slow_download(*a, progress=None, **kw):
+        for i in range(300):  # a download that would take 30 s
+            if progress:
+                progress(i, 300)
+            time.sleep(0.1)
+        raise AssertionError("the stop was not honoured")
+
+    monkeypatch.setattr(backbones, "create_model", slow_download)
+    data = make_synthetic_folder(tmp_path / "d", per_class=4, size=32, easy=True)
+    stop = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as err:
+        run_all(fit(cfg(data, tmp_path / "run"), stop=stop),
+                lambda ev: stop.set() if isinstance(ev, E.Progress) and ev.task == "download" else None)
+    assert time.monotonic() - t0 < 20
+    assert "stopped" in str(err.value).lower() and "download" in str(err.value).lower(), str(err.value)

@@ -41,8 +41,9 @@ MAX_SKIPPED_LISTED = 50  # individual warnings for skipped files; the rest are s
 FP_CHECK_STEPS = 3  # reduced precision must give finite losses on these first steps
 
 
-class RunStopped(Exception):
-    pass
+class RunStopped(UserError):
+    """The stop event was set. Inside the training loop it becomes a resumable checkpoint; before
+    training (during the weights download) it reaches the caller as this one-line message."""
 
 
 class TrainingFailed(UserError):
@@ -83,7 +84,8 @@ def _in_thread(fn: Callable[..., Any], task: str, cancel: threading.Event | None
             item = q.get(timeout=0.1)
         except queue.Empty:
             if cancel is not None and cancel.is_set() and task == "download":
-                raise RunStopped()
+                raise RunStopped("Stopped during the download of the starting weights; nothing was trained "
+                                 "yet. Start the run again to continue.") from None
             continue
         if item is None:
             break
