@@ -142,7 +142,11 @@ def test_delete_removes_run_and_clears_current(setup):
     assert state.current_run is None
 
 
-def test_delete_refuses_paths_outside_runs_dir(setup, tmp_path):
+def test_delete_refuses_paths_outside_runs_dir(setup, tmp_path, monkeypatch):
+    from tlstudio.gui.widgets import error_dialog
+
+    captured: list = []
+    monkeypatch.setattr(error_dialog, "CAPTURE", captured)
     p, state, (a, b, c) = setup
     outside = make_fake_run(tmp_path / "elsewhere", "victim")
     p.confirm = lambda text: True
@@ -150,6 +154,7 @@ def test_delete_refuses_paths_outside_runs_dir(setup, tmp_path):
     p.select_dirs([str(outside)])
     p.delete_selected()
     assert outside.is_dir()
+    assert captured and str(outside) in captured[0][1]
 
 
 def test_delete_disabled_while_training(setup):
@@ -168,3 +173,18 @@ def test_refresh_on_runs_changed_and_damaged_run(setup):
     state.runs_changed.emit()
     assert p.table.rowCount() == 4
     assert "unreadable" in [_col(p, r, 3) for r in range(4)]
+
+
+def test_open_a_run_folder_from_elsewhere(setup, tmp_path, monkeypatch):
+    from tlstudio.gui.widgets import error_dialog
+
+    p, state, (a, b, c) = setup
+    elsewhere = make_fake_run(tmp_path / "other_disk", "copied_run", acc=0.7)
+    assert p.open_dir(str(elsewhere))
+    assert state.current_run == str(elsewhere)
+    assert p.table.rowCount() == 4 and "copied_run" in [_col(p, r, 0) for r in range(4)]
+    captured: list = []
+    monkeypatch.setattr(error_dialog, "CAPTURE", captured)
+    assert not p.open_dir(str(tmp_path))  # not a run folder: said so, nothing changes
+    assert captured and "not a TL Studio run folder" in captured[0][1]
+    assert state.current_run == str(elsewhere)

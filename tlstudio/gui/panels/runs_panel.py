@@ -80,9 +80,11 @@ class RunsPanel(QWidget):
         self.rename_btn.setToolTip("Change the run's display name (its folder stays the same).")
         self.delete_btn = QPushButton("Delete…")
         self.delete_btn.setToolTip("Delete the selected runs and their files (asks first).")
+        self.browse_btn = QPushButton("Open run folder…")
+        self.browse_btn.setToolTip("Open a run folder from anywhere (e.g. one copied from another computer).")
         self.folder_btn = QPushButton("Show folder")
         self.folder_btn.setToolTip("Open the run folder in the file manager.")
-        for b in (self.refresh_btn, self.open_btn, self.overlay_btn, self.rename_btn, self.delete_btn,
+        for b in (self.refresh_btn, self.browse_btn, self.open_btn, self.overlay_btn, self.rename_btn, self.delete_btn,
                   self.folder_btn):
             top.addWidget(b)
         root.addLayout(top)
@@ -92,6 +94,7 @@ class RunsPanel(QWidget):
         self.rename_btn.clicked.connect(self.rename_selected)
         self.delete_btn.clicked.connect(self.delete_selected)
         self.folder_btn.clicked.connect(self._show_folder)
+        self.browse_btn.clicked.connect(self._browse)
 
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -124,13 +127,17 @@ class RunsPanel(QWidget):
 
     # ------------------------------------------------------------------ table
     def refresh(self) -> None:
-        from tlstudio.core.runs import RunError, list_runs, read_run
+        from tlstudio.core.runs import RunError, is_run_dir, list_runs, read_run
 
         root = _runs_root(self.state)
         self.root_label.setText(f"Runs in {root}")
         selected = set(self.selected_dirs())
         self.runs = []
-        for d in list_runs(root):
+        dirs = list_runs(root)
+        cur = self.state.current_run
+        if cur and is_run_dir(cur) and all(Path(cur).resolve() != d.resolve() for d in dirs):
+            dirs.insert(0, Path(cur))  # the open run lives elsewhere: list it too
+        for d in dirs:
             try:
                 self.runs.append((d, read_run(d)))
             except (RunError, OSError) as exc:  # a damaged run is listed, not fatal
@@ -282,11 +289,13 @@ class RunsPanel(QWidget):
         from tlstudio.core.runs import is_run_dir
 
         root = _runs_root(self.state).resolve()
+        refused = []
         for d in sel:
             p = Path(d).resolve()
             # only real run folders inside the runs directory: never follow a crafted path elsewhere
             if p.parent != root or not is_run_dir(p) or p.is_symlink():
                 log.warning("refusing to delete %s (not a run folder in %s)", p, root)
+                refused.append(str(p))
                 continue
             try:
                 shutil.rmtree(p)
@@ -296,7 +305,35 @@ class RunsPanel(QWidget):
                 show_error(self, "Cannot delete", f"{p}: {exc}", modal=False)
             if self.state.current_run and Path(self.state.current_run).resolve() == p:
                 self.state.set_current_run(None)
+        if refused:
+            from tlstudio.gui.widgets.error_dialog import show_error
+
+            show_error(self, "Not deleted", f"Only run folders inside {root} are deleted here; kept: "
+                       + ", ".join(refused), modal=False)
         self.state.runs_changed.emit()  # refreshes this table too
+
+    def _browse(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        d = QFileDialog.getExistingDirectory(self, "Open a run folder", str(_runs_root(self.state)))
+        if d:
+            self.open_dir(d)
+
+    def open_dir(self, run_dir: str) -> bool:
+        """Make any run folder (with a valid run.json) the current run."""
+        from tlstudio.core.runs import RunError, read_run
+
+        try:
+            read_run(run_dir)
+        except (RunError, OSError) as exc:
+            from tlstudio.gui.widgets.error_dialog import show_error
+
+            show_error(self, "Not a run folder", str(exc), modal=False)
+            return False
+        self.state.set_current_run(str(run_dir))
+        self.refresh()
+        self.run_opened.emit(str(run_dir))
+        return True
 
     def _show_folder(self) -> None:
         sel = self.selected_dirs()
