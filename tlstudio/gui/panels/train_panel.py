@@ -753,9 +753,15 @@ class TrainPanel(QWidget):
         try:
             if QSystemTrayIcon.isSystemTrayAvailable():
                 if self._tray is None:
-                    self._tray = QSystemTrayIcon(self.window().windowIcon(), self)
-                    self._tray.show()
+                    icon = self.window().windowIcon()
+                    if icon.isNull():
+                        from PySide6.QtWidgets import QStyle
+
+                        icon = self.style().standardIcon(QStyle.StandardPixmap.SP_DialogApplyButton)
+                    self._tray = QSystemTrayIcon(icon, self)
+                self._tray.show()
                 self._tray.showMessage("TL Studio", message, QSystemTrayIcon.MessageIcon.Information, 6000)
+                QTimer.singleShot(8000, self._tray.hide)  # no icon left behind in the tray
         except Exception:  # noqa: BLE001 - a notification must never break the app
             log.exception("tray notification failed")
         self.toast.setText(message)
