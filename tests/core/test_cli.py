@@ -251,3 +251,49 @@ def test_resume_of_a_damaged_run_is_one_line_error(trained, tmp_path, damage):
     assert "Traceback" not in err + out
     assert "weights_only` set to `False`" not in err  # never advise loading it unsafely
     assert not marker.exists()
+
+
+def test_ctrl_c_stops_with_a_resumable_checkpoint_then_resume_finishes(tmp_path):
+    """SIGINT (Ctrl+C) in a real `tlstudio train`: stops after the current batch, saves, exits 0."""
+    import threading
+    import time
+
+    import torch
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=4, size=48, easy=True)
+    run = tmp_path / "run"
+    args = train_args(data, run, tmp_path)
+    args[args.index("--batch-size") + 1] = "2"  # ~5 batches per epoch: room to land mid-epoch
+    env = {**os.environ, "TLSTUDIO_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tlstudio", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")), daemon=True)
+    reader.start()
+    sent = False
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            tail = b"".join(chunks).decode("utf-8", "replace").rsplit("epoch ", 1)[-1]
+            if tail.startswith("2") and "| 1/" in tail:  # the first batch of epoch 2 is done
+                proc.send_signal(signal.SIGINT)
+                sent = True
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    err = b"".join(chunks).decode("utf-8", "replace")
+    assert sent, err[-2000:]
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopping after this batch" in err and "Traceback" not in err
+    assert runs.read_run(run).status == "stopped"
+    ck = torch.load(run / runs.LAST_CKPT, weights_only=True)
+    assert ck["epoch"] == 1 and ck["batch"] >= 1  # mid-epoch 2
+    rc, out, err = run_cli(["resume", str(run), "--json"])
+    assert rc == 0, err[-2000:]
+    assert json.loads(out)["status"] == "finished"
+    assert [r["epoch"] for r in runs.read_history(run)] == [1.0, 2.0]
