@@ -5,7 +5,7 @@
 # The bundle is built in its own venv (build/pkgenv) with a CPU-only torch: the default
 # Linux torch wheel pulls in ~3 GB of NVIDIA libraries. Knobs (environment):
 #   PKG_VENV=path        build venv (default build/pkgenv; PKG_VENV=.venv reuses the dev venv)
-#   TORCH_SPEC=...       torch requirement (default "torch"; e.g. "torch==2.13.0+cpu")
+#   TORCH_SPEC=...       torch requirement (default: pyproject's range; e.g. "torch==2.13.0+cpu")
 #   TORCH_INDEX=url      where CPU wheels live (default https://download.pytorch.org/whl/cpu);
 #                        if it cannot be reached, the normal index / find-links are used
 #   SKIP_SMOKE=1         do not run the smoke test after building
@@ -14,7 +14,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PY:-python3}"
 PKG_VENV="${PKG_VENV:-build/pkgenv}"
-TORCH_SPEC="${TORCH_SPEC:-torch}"
+# default: the torch range pyproject.toml allows, e.g. "torch>=2.2,<=2.14.1"
+TORCH_PIN="$(grep -o '"torch[<>=!~][^"]*"' pyproject.toml | head -1 | tr -d '"')"
+TORCH_SPEC="${TORCH_SPEC:-${TORCH_PIN:-torch}}"
 TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 VPY="$PKG_VENV/bin/python"
 # try the CPU index quickly; when it cannot be reached use the normal index / find-links
