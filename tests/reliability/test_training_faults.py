@@ -108,6 +108,8 @@ def test_sigkill_mid_epoch_leaves_resumable_checkpoint(tmp_path):
     assert info.status == "running" and info.epochs_done == done
     assert len(runs.read_history(run)) == done
 
+    # what a kill inside a checkpoint write leaves behind: cleaned up by the resume
+    (run / ".last.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
     res = subprocess.run([sys.executable, "-m", "tlstudio", "resume", str(run), "--json"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -117,6 +119,7 @@ def test_sigkill_mid_epoch_leaves_resumable_checkpoint(tmp_path):
     assert out["status"] == "finished"
     assert [r["epoch"] for r in runs.read_history(run)] == [1.0, 2.0, 3.0, 4.0]
     assert load_ckpt(run)["epoch"] == 4
+    assert no_temp_files(run) == []
     assert runs.read_run(run).status == "finished"
 
 

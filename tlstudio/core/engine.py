@@ -358,6 +358,9 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
     t_start = time.time()
     ckpt = None
     if resuming:
+        # temp files of atomic writes cut short by a kill (".last.pt.<random>.tmp", maybe 100s of MB)
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         try:
             ckpt = torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)
         except Exception as exc:  # one line: torch's own message spans paragraphs
