@@ -19,6 +19,14 @@ def images(tmp_path):
     return sorted(str(p) for p in folder.rglob("*.png"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_imported():
+    """Jobs import torch/timm first (serialised with the preload): once, before the timed waits."""
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
+
+
 @pytest.fixture
 def panel(qtbot):
     state = AppState()

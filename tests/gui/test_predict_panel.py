@@ -22,6 +22,14 @@ def images(tmp_path):
     return sorted(str(p) for p in make_synthetic_folder(tmp_path / "imgs", per_class=1, size=32).rglob("*.png"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_imported():
+    """Jobs import torch/timm first (serialised with the preload): once, before the timed waits."""
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
+
+
 @pytest.fixture
 def panel(qtbot, tmp_path, monkeypatch):
     calls = []

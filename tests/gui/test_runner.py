@@ -182,3 +182,24 @@ def test_jobs_import_torch_serialised_with_the_preload(qtbot, monkeypatch):
     with qtbot.waitSignal(r.finished, timeout=5000):
         r.start(fake_fit(2), needs_torch=False)
     assert len(calls) == 1
+
+
+def test_runner_deleted_mid_job_does_not_abort(qtbot):
+    """A panel (and its runner) going away during a job must not destroy the running QThread."""
+    import gc
+
+    from PySide6.QtWidgets import QWidget
+
+    from tlstudio.gui import runner as runner_mod
+
+    owner = QWidget()
+    r = JobRunner(owner)
+    r.start(fake_fit(50, delay=0.01), needs_torch=False)
+    th = r._thread
+    r.stop()
+    owner.deleteLater()
+    del owner, r
+    qtbot.wait(50)
+    gc.collect()
+    assert th in runner_mod._LIVE  # still referenced while it runs
+    assert th.wait(5000)  # it ends by itself (stop was set); no abort

@@ -25,6 +25,11 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 Factory = Callable[[threading.Event, threading.Event], Generator[Any, None, Any]]
 
+# Strong references to job threads until they have ended: a QThread destroyed while running
+# aborts the process ("QThread: Destroyed while thread is still running"), which would happen
+# if a panel owning a JobRunner went away (or the app quit) in the middle of a job.
+_LIVE: set["_JobThread"] = set()
+
 
 class _JobThread(QThread):
     wake = Signal()  # events are waiting in the deque
@@ -125,12 +130,14 @@ class JobRunner(QObject):
             raise RuntimeError("a job is already running; stop it first")
         if self._thread is not None:  # the previous thread has emitted done; let it exit
             self._thread.wait(5000)
-            self._thread.deleteLater()
         self._stop = threading.Event()
         self._pause = threading.Event()
         self._queue = collections.deque()
         self.owner = owner
         th = _JobThread(factory, self._stop, self._pause, self._queue, self._lock, needs_torch)
+        for old in [t for t in _LIVE if t.isFinished()]:
+            _LIVE.discard(old)
+        _LIVE.add(th)
         th.wake.connect(self._drain)
         th.done.connect(self._on_done)
         self._thread = th

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -33,7 +33,7 @@ from tlstudio.gui.widgets.thumbnails import THUMB, ThumbnailLoader
 
 log = logging.getLogger("tlstudio.gui")
 
-SHOW_LIMIT = 500  # result rows drawn at most (each has its own bars); all are saved to CSV
+SHOW_LIMIT = 100  # result rows drawn at most (each is a few widgets); all are saved to CSV
 
 
 class _ResultRow(QWidget):
@@ -45,7 +45,7 @@ class _ResultRow(QWidget):
         self.thumb = QLabel()
         self.thumb.setFixedSize(THUMB, THUMB)
         self.thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.thumb.setStyleSheet("background: #eceff1;")
+        self.thumb.setAutoFillBackground(True)
         lay.addWidget(self.thumb)
         col = QVBoxLayout()
         name = QLabel(f"<b>{Path(pred.path).name}</b>")
@@ -125,6 +125,8 @@ class PredictPanel(QWidget):
         self.results.setSpacing(2)
         self.results.setToolTip("Each image with its most likely classes; the bar is the model's probability.")
         self.results.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
+        self.results.verticalScrollBar().valueChanged.connect(lambda _: self._request_visible())
+        self._requested: set[str] = set()
         root.addWidget(self.results, 1)
 
     # ------------------------------------------------------------------ input
@@ -201,8 +203,6 @@ class PredictPanel(QWidget):
             self.results.addItem(item)
             self.results.setItemWidget(item, row)
             self._rows[p.path] = row
-            if not p.error:
-                self.loader.request(p.path)
         bad = sum(1 for p in self.predictions if p.error)
         shown = f" (showing {SHOW_LIMIT}; save as CSV for all)" if len(self.predictions) > SHOW_LIMIT else ""
         self.summary.setText(f"{len(self.predictions)} image(s) classified" + (f", {bad} could not be read" if bad else "")
@@ -210,7 +210,24 @@ class PredictPanel(QWidget):
         self._update()
         if self.predictions:
             self.state.set_step_status("predict", "done")
+        self._requested: set[str] = set()
+        QTimer.singleShot(0, self._request_visible)
         self.predictions_shown.emit(len(self.predictions))
+
+    def _request_visible(self) -> None:
+        """Decode thumbnails only for the rows on screen (more as the list scrolls)."""
+        view = self.results.viewport().rect()
+        for i in range(self.results.count()):
+            item = self.results.item(i)
+            rect = self.results.visualItemRect(item)
+            if rect.bottom() < view.top():
+                continue
+            if rect.top() > view.bottom():
+                break
+            row = self.results.itemWidget(item)
+            if row is not None and not row.pred.error and row.pred.path not in self._requested:
+                self._requested.add(row.pred.path)
+                self.loader.request(row.pred.path)
 
     def _on_thumb(self, batch: list[tuple[str, QImage, str]]) -> None:
         for path, img, _err in batch:  # the loader hands over decoded thumbnails in bursts
