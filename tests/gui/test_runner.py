@@ -203,3 +203,14 @@ def test_runner_deleted_mid_job_does_not_abort(qtbot):
     gc.collect()
     assert th in runner_mod._LIVE  # still referenced while it runs
     assert th.wait(5000)  # it ends by itself (stop was set); no abort
+
+
+def test_wait_all_waits_for_every_job():
+    from tlstudio.gui import runner as runner_mod
+
+    r1, r2 = JobRunner(), JobRunner()
+    r1.start(fake_fit(20, delay=0.01), needs_torch=False)
+    r2.start(fake_fit(20, delay=0.01), needs_torch=False)
+    t1, t2 = r1._thread, r2._thread
+    assert runner_mod.wait_all(10_000)
+    assert t1.isFinished() and t2.isFinished()

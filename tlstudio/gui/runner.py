@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 import traceback
 from typing import Any, Callable, Generator
 
@@ -29,6 +30,28 @@ Factory = Callable[[threading.Event, threading.Event], Generator[Any, None, Any]
 # aborts the process ("QThread: Destroyed while thread is still running"), which would happen
 # if a panel owning a JobRunner went away (or the app quit) in the middle of a job.
 _LIVE: set["_JobThread"] = set()
+_QUIT_HOOKED = False
+
+
+def wait_all(timeout_ms: int = 30_000) -> bool:
+    """Wait for every job thread to end (the app is quitting). True if all ended in time."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    ok = True
+    for t in list(_LIVE):
+        ok = t.wait(max(0, int((deadline - time.monotonic()) * 1000))) and ok
+    return ok
+
+
+def _hook_quit() -> None:
+    global _QUIT_HOOKED
+    if _QUIT_HOOKED:
+        return
+    from PySide6.QtCore import QCoreApplication
+
+    app = QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(wait_all)  # e.g. an evaluation still running when the window closes
+        _QUIT_HOOKED = True
 
 
 class _JobThread(QThread):
@@ -138,6 +161,7 @@ class JobRunner(QObject):
         for old in [t for t in _LIVE if t.isFinished()]:
             _LIVE.discard(old)
         _LIVE.add(th)
+        _hook_quit()
         th.wake.connect(self._drain)
         th.done.connect(self._on_done)
         self._thread = th
