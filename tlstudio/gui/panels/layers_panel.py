@@ -240,7 +240,13 @@ class LayersPanel(QWidget):
     # --- intent -------------------------------------------------------------------------
     def toggle_group(self, i: int) -> None:
         st = self.state
-        if not (0 <= i < len(st.groups)) or st.groups[i].is_head or st.training:
+        if not (0 <= i < len(st.groups)):
+            return
+        if st.groups[i].is_head:
+            st.status_message.emit("The head is new and always trained; it cannot be frozen.")
+            return
+        if st.training:
+            st.status_message.emit("Training is running: the next run will use your changes after it ends.")
             return
         tr = list(st.trainable)
         tr[i] = not tr[i]
