@@ -246,7 +246,7 @@ class LayersPanel(QWidget):
             st.status_message.emit("The head is new and always trained; it cannot be frozen.")
             return
         if st.training:
-            st.status_message.emit("Training is running: the next run will use your changes after it ends.")
+            st.status_message.emit("Training is running: stop it to change which layers train.")
             return
         tr = list(st.trainable)
         tr[i] = not tr[i]
