@@ -157,3 +157,19 @@ def test_large_model_structure_is_built_without_weights(qtbot, panel):
     assert st.model_info.name == "convnext_base" and len(st.groups) >= 4
     assert sum(g.n_params for g in st.groups) > 80_000_000
     assert "88.0 M" in panel.selected_label.text() or "M weights" in panel.selected_label.text()
+
+
+def test_chained_transfer_from_an_earlier_run_sets_its_backbone(qtbot, panel, tmp_path):
+    from tlstudio.core.runs import ModelSpec, RunInfo, write_run
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    write_run(run, RunInfo(config={}, model=ModelSpec(backbone="test_vit", num_classes=2, classes=["a", "b"],
+                                                       image_size=160), status="finished"))
+    _loaded(qtbot, panel)
+    panel.set_init_run(str(run))
+    st = panel.state
+    assert st.settings["init"] == "run" and st.settings["init_run"] == str(run)
+    assert st.settings["backbone"] == "test_vit"  # the run decides the architecture
+    assert panel.selected_info().name == "test_vit"
+    assert panel.radios["run"].isChecked() and panel.message.text() == ""
