@@ -214,3 +214,19 @@ def test_prune_dir_removes_oldest_first(tmp_path):
     removed = prune_dir(tmp_path / "d", 250)
     assert removed == 300
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["3.npy", "4.npy"]
+
+
+def test_warm_cache_decodes_everything_once_with_progress(shapes3):
+    from tlstudio.core.events import Progress
+
+    sp = _split(shapes3)
+    os.remove(sp.train[2].path)
+    L = build_loaders(sp, CFG, batch_size=8, augment="light", seed=0, device="cpu")
+    events = list(L.warm_cache(chunk=10))
+    assert all(isinstance(e, Progress) and e.task == "cache" for e in events)
+    total = len(sp.train) + len(sp.val)
+    assert events[-1].done == events[-1].total == total
+    assert L.cache.stats.decodes == total - 1 and len(L.failures) == 1
+    list(L.train_batches(0))
+    list(L.val)
+    assert L.cache.stats.decodes == total - 1  # nothing decoded during the epoch
