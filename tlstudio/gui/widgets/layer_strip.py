@@ -25,6 +25,8 @@ MARGIN = 8
 
 
 def human_count(n: int) -> str:
+    if n >= 1_000_000_000:
+        return f"{n / 1e9:.1f} B"
     if n >= 1_000_000:
         return f"{n / 1e6:.1f} M"
     if n >= 1_000:
