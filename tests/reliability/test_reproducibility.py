@@ -116,3 +116,24 @@ def test_run_records_seeds_and_library_versions(tmp_path, data):
     # the saved config alone reproduces the run
     again = TrainConfig.from_json_file(tmp_path / "run" / runs.CONFIG_JSON)
     assert again.seed == 11 and again.augment == "light"
+
+
+def test_caches_do_not_change_the_result(tmp_path, data):
+    """A cold cache, a warm cache (second run on the same data) and no cache: the same run."""
+    train(data, tmp_path / "off", cache="off")
+    train(data, tmp_path / "cold", cache="auto")
+    train(data, tmp_path / "warm", cache="auto")
+    for name in ("cold", "warm"):
+        assert metrics(tmp_path / name) == metrics(tmp_path / "off"), name
+        assert same_weights(weights(tmp_path / name), weights(tmp_path / "off")), name
+
+
+def test_feature_cache_cold_and_warm_give_the_same_head(tmp_path, data):
+    """Head-only training on cached features: rebuilding the cache or reusing it from disk
+    (the second run) trains the very same head."""
+    train(data, tmp_path / "cold", freeze="head", cache="auto", epochs=3)
+    train(data, tmp_path / "warm", freeze="head", cache="auto", epochs=3)
+    log = (tmp_path / "warm" / runs.LOG_TXT).read_text(encoding="utf-8")
+    assert "Feature cache (reused)" in log  # the second run really took the warm path
+    assert metrics(tmp_path / "cold") == metrics(tmp_path / "warm")
+    assert same_weights(weights(tmp_path / "cold"), weights(tmp_path / "warm"))
