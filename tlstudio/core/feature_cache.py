@@ -23,12 +23,12 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 from tlstudio.core.events import Log, Progress
-from tlstudio.core.pipeline import Loaders, _chunks, _Source, _sample_fields, default_threads, epoch_order
+from tlstudio.core.pipeline import Loaders, _chunks, _sample_fields, _Source, default_threads
 
 if TYPE_CHECKING:
     import torch
