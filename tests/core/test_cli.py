@@ -94,7 +94,10 @@ def test_models_filter_json():
     rc, out, err = run_cli(["models", "--filter", "resnet", "--json"])
     assert rc == 0, err
     models = json.loads(out)
-    assert models and all("resnet" in m["name"].lower() for m in models), [m["name"] for m in models][:10]
+    # the filter matches the name or the family (resnext is in the resnet family)
+    assert models and all("resnet" in (m["name"] + " " + m["family"]).lower() for m in models), \
+        [(m["name"], m["family"]) for m in models][:10]
+    assert any(m["name"] == "resnet18" for m in models)
     assert {"name", "family", "params", "input_size", "pretrained"} <= set(models[0])
     rc, out, _ = run_cli(["models", "--filter", "no-such-model-zzz", "--json"])
     assert rc == 0 and json.loads(out) == []
