@@ -178,7 +178,7 @@ def _train_config(args) -> Any:
     }
     for name in ("backbone", "epochs", "batch_size", "lr", "image_size", "val_fraction", "optimizer",
                  "label_smoothing", "weight_decay", "warmup_epochs", "precision", "workers", "cache",
-                 "early_stop_patience", "body_lr_mult", "layer_decay"):
+                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile"):
         values[name] = getattr(args, name, None)
     values = {k: v for k, v in values.items() if v is not None}
     if args.config:  # a saved config.json; flags given on the command line override it
@@ -217,7 +217,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cache", choices=["auto", "off"])
-    p.add_argument("--workers", type=int)
+    p.add_argument("--workers", type=int, help="image decode threads (default: auto)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (falls back to eager mode if compilation fails)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder under the runs dir)")

@@ -763,7 +763,7 @@ def _head_lr(opt) -> float:
 
 
 def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop):
-    from tlstudio.core import pipeline
+    from tlstudio.core import pipeline, precision
 
     if features_mode:
         from tlstudio.core.feature_cache import FeatureCache, head_module
@@ -779,7 +779,19 @@ def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size
         train_split, data_cfg, batch_size=batch_size, augment=config.augment, seed=config.seed,
         workers=config.workers, cache=config.cache, cache_budget_mb=config.cache_budget_mb, device=device,
     )
-    return loaders, model
+    # decode everything into the cache up front (with progress), so epoch 1 trains at full speed
+    yield from loaders.warm_cache(stop)
+    module = model
+    if config.compile:
+        import torch
+
+        size = data_cfg["input_size"]
+        example = torch.zeros(2, *size, device=device)
+        if plan.channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)
+        module, msg = precision.compile_model(model, True, example, plan)
+        yield Log(msg)
+    return loaders, module
 
 
 def _validate(module, val_loader, n_classes: int, device, plan) -> tuple[float, float, float]:
