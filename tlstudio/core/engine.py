@@ -194,6 +194,7 @@ def _save(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> N
     (torch.save on a full disk raises a RuntimeError, hence the free-space check.)"""
     try:
         write(*args, **kwargs)
+        return
     except (OSError, RuntimeError) as exc:
         import errno
         import shutil
@@ -207,8 +208,13 @@ def _save(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> N
         if not full and not isinstance(exc, OSError):
             raise
         why = "disk full (No space left on device)" if full else (exc.strerror or str(exc)).splitlines()[0]
-        raise TrainingFailed(f"Could not save {path}: {why}; the previous {path.name} is unchanged. "
-                             "Free some space, then resume the run.") from exc
+    # raised outside the except block, with no link to the write's traceback: its frames hold the
+    # failed writer, whose open (deleted) temp file keeps the disk full until they are freed
+    import gc
+
+    gc.collect()
+    raise TrainingFailed(f"Could not save {path}: {why}; the previous {path.name} is unchanged. "
+                         "Free some space, then resume the run.")
 
 
 def _confusion_metrics(conf) -> tuple[float, float]:
@@ -438,9 +444,13 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
     if lr is None:
         from tlstudio.core.advice import advise
 
-        adv = advise(len(split.train) / max(1, len(classes)), "unknown", len(classes))
-        lr = adv.lr
-        yield Log(f"Learning rate {lr:g} (advised: {adv.reason})")
+        if config.init == "scratch":
+            lr = 3e-3
+            yield Log(f"Learning rate {lr:g} (from scratch: one rate for every layer)")
+        else:
+            adv = advise(len(split.train) / max(1, len(classes)), "unknown", len(classes))
+            lr = adv.lr
+            yield Log(f"Learning rate {lr:g} (advised: {adv.reason})")
 
     device = precision.resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
