@@ -391,6 +391,31 @@ def test_disk_full_saving_best_weights_is_reported(tmp_path, monkeypatch):
     assert msg in (run / runs.LOG_TXT).read_text(encoding="utf-8")
 
 
+def test_torch_save_failing_on_a_full_disk_is_reported_as_disk_full(tmp_path, monkeypatch):
+    """On a really full disk torch.save raises a RuntimeError ("unexpected pos ..."), not ENOSPC:
+    the engine recognises it from the free space left."""
+    import collections
+    import shutil
+
+    from tlstudio.core import engine
+
+    def torch_style_failure(path, obj):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: collections.namedtuple("u", "total used free")(
+        real_usage(p).total, real_usage(p).total - 4096, 4096))
+    monkeypatch.setattr(engine, "atomic_torch_save", torch_style_failure)
+    data = make_synthetic_folder(tmp_path / "d", per_class=5, size=48, easy=True)
+    with pytest.raises(UserError) as err:
+        run_all(fit(cfg(data, tmp_path / "run", epochs=1)))
+    assert "disk full" in str(err.value) and str(tmp_path / "run" / runs.LAST_CKPT) in str(err.value)
+    # with plenty of space the same RuntimeError is a bug, not a full disk: it is not disguised
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        run_all(fit(cfg(data, tmp_path / "run2", epochs=1)))
+
+
 # ---- a file deleted between scan and training ---------------------------------------------
 @pytest.mark.parametrize("freeze", ["none", "head"])
 def test_file_deleted_after_scan_is_skipped_with_warning(tmp_path, monkeypatch, freeze):
