@@ -39,6 +39,7 @@ _OTHER_PANELS = {
     "evaluate": ("tlstudio.gui.panels.evaluate_panel", "EvaluatePanel", False),
     "predict": ("tlstudio.gui.panels.predict_panel", "PredictPanel", False),
     "runs": ("tlstudio.gui.panels.runs_panel", "RunsPanel", False),
+    "export": ("tlstudio.gui.panels.export_panel", "ExportPanel", False),
 }
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-STEPS = ("data", "model", "layers", "train", "distill", "evaluate", "predict", "runs")
+STEPS = ("data", "model", "layers", "train", "distill", "evaluate", "predict", "runs", "export")
 STEP_TITLES = {
     "data": "Data", "model": "Model", "layers": "Layers", "train": "Train", "distill": "Distill",
-    "evaluate": "Evaluate", "predict": "Predict", "runs": "Runs",
+    "evaluate": "Evaluate", "predict": "Predict", "runs": "Runs", "export": "Export",
 }
 
 
