@@ -59,3 +59,12 @@ def test_lrs_follow_the_benchmark():
     # higher head rate than head-only because the body runs at 0.1x of it
     assert advise(20, "low").lr > advise(20, "high").lr
     assert advise(200, "high").lr > advise(20, "high").lr
+
+
+def test_default_lr_matches_the_advice_for_the_same_preset():
+    from tlstudio.core.advice import default_lr
+
+    for ipc, sim in ((20, "high"), (20, "low"), (200, "high"), (200, "unknown"), (800, "high")):
+        a = advise(ipc, sim)
+        assert default_lr(a.freeze, ipc) == a.lr, (ipc, sim, a)
+    assert default_lr("last:2") > default_lr("head")

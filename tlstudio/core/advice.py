@@ -85,3 +85,16 @@ def _epochs(n_images: int, base: int) -> int:
     if n_images < 200:
         return base + 5
     return base
+
+
+def default_lr(freeze: str, images_per_class: float | None = None) -> float:
+    """Head learning rate for a freeze preset the user chose (when no lr is given).
+
+    From the benchmark: head-only ends best at 1e-3; last:N and gradual:K need 3e-3 (the body
+    runs at 0.1x of it); the whole model 1e-3. ``images_per_class`` is accepted for callers
+    that have it; the preset decides.
+    """
+    f = (freeze or "head").strip().lower()
+    if f.startswith(("last:", "gradual:")):
+        return 3e-3
+    return 1e-3
