@@ -98,6 +98,13 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: boo
             _wait(app, lambda: False, 0.5)
         elif step == "layers":
             _wait(app, lambda: layers.memory_label.text() not in ("estimating…", "–"), 60)
+        elif step == "export":  # export the run in every format so the results table is filled
+            exp = win.panel("export")
+            if st.current_run and hasattr(exp, "start_export"):
+                exp.set_run(st.current_run)
+                if exp.start_export():
+                    _wait(app, lambda: not exp.exporting, 600)
+            _wait(app, lambda: False, 0.3)
         else:
             _wait(app, lambda: False, 0.3)
         saved.append(_save(win, out / f"{i + 1}-{step}.png"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import shiboken6
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices, QGuiApplication
+from PySide6.QtGui import QColor, QDesktopServices, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -52,6 +52,7 @@ FORMAT_TIPS = {
 FORMAT_LABELS = {"safetensors": "safetensors (timm)", "onnx": "ONNX", "torchscript": "TorchScript",
                  "int8": "int8 (quantized ONNX)"}
 COLUMNS = ("Format", "File", "Size", "Check")
+INT8_DROP_WARN = 0.02  # accuracy drop of int8 vs fp32 ONNX shown as a warning above this
 
 
 def human_size(n: int | None) -> str:
@@ -194,7 +195,9 @@ class ExportPanel(QWidget):
         hh.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         hh.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         self.table.setColumnWidth(1, 260)
-        self.table.setMinimumHeight(170)
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        self.table.setMinimumHeight(28 + 24 * 5)
+        self.table.setMaximumHeight(32 + 24 * 7)
         bl.addWidget(self.table, 1)
         brow = QHBoxLayout()
         self.summary = QLabel("")
@@ -212,7 +215,7 @@ class ExportPanel(QWidget):
             b.setEnabled(False)
             brow.addWidget(b)
         bl.addLayout(brow)
-        root.addWidget(box, 3)
+        root.addWidget(box, 1)
 
         # --- run elsewhere ----------------------------------------------------------
         rbox = QGroupBox("Run elsewhere")
@@ -261,9 +264,10 @@ class ExportPanel(QWidget):
         self.command_text = QPlainTextEdit()
         self.command_text.setReadOnly(True)
         self.command_text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        self.command_text.setMaximumHeight(120)
+        self.command_text.setMinimumHeight(110)
+        self.command_text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.command_text.setToolTip("The exact commands; copy them into a terminal or a cluster job script.")
-        rl.addWidget(self.command_text)
+        rl.addWidget(self.command_text, 1)
         arow = QHBoxLayout()
         arow.addStretch(1)
         self.copy_btn = QPushButton("Copy")
@@ -275,7 +279,7 @@ class ExportPanel(QWidget):
         arow.addWidget(self.copy_btn)
         arow.addWidget(self.save_config_btn)
         rl.addLayout(arow)
-        root.addWidget(rbox, 2)
+        root.addWidget(rbox, 1)
 
         state.current_run_changed.connect(self._current_run_changed)
         state.runs_changed.connect(self.refresh_runs)
@@ -540,6 +544,10 @@ class ExportPanel(QWidget):
             items[3].setToolTip(check)
             items[2].setData(Qt.ItemDataRole.UserRole, size)
             items[2].setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            if fmt == "int8" and not failed and self._int8_drop(report.int8) > INT8_DROP_WARN:
+                items[3].setForeground(QColor("#a05a00"))
+                items[3].setToolTip(f"{check}\nint8 loses more than {100 * INT8_DROP_WARN:.0f} accuracy points on "
+                                    "this model and data: prefer the fp32 ONNX, or check on more validation images.")
             for j, it in enumerate(items):
                 if failed:
                     it.setForeground(red)
@@ -548,9 +556,18 @@ class ExportPanel(QWidget):
         text = f"Exported {', '.join(ok) or 'nothing'} to {report.out_dir} in {report.seconds:.1f} s."
         if report.errors:
             text += f" <span style='color:#b00020'>Failed: {', '.join(report.errors)}.</span>"
+        drop = self._int8_drop(report.int8)
+        if "int8" in report.formats and drop > INT8_DROP_WARN:
+            text += (f" <span style='color:#a05a00'>int8 is {100 * drop:.0f} accuracy points below fp32 here: "
+                     "prefer the fp32 ONNX.</span>")
         self.summary.setText(text)
         self.open_folder_btn.setEnabled(Path(report.out_dir).is_dir())
         self.open_card_btn.setEnabled(bool(report.model_card) and Path(report.model_card).is_file())
+
+    @staticmethod
+    def _int8_drop(int8: dict[str, Any] | None) -> float:
+        d = (int8 or {}).get("accuracy_drop")
+        return float(d) if isinstance(d, (int, float)) else 0.0
 
     def open_folder(self) -> bool:
         if self.report is None:
