@@ -12,8 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     multiprocessing.freeze_support()  # the packaged (frozen) app may start worker processes
     import os
 
-    gui = not argv or argv[0] in ("gui", "--project", "--sample") or argv[0].endswith(".tlsproj") \
-        or os.path.isdir(argv[0])  # `tlstudio FOLDER` opens the app on that folder
+    first = argv[0] if argv else ""
+    commands = {"scan", "models", "train", "resume", "eval", "predict", "distill", "distill-resume", "export"}
+    gui = not argv or first in ("gui", "--project", "--sample") or first.endswith((".tlsproj", ".zip")) \
+        or (first not in commands and not first.startswith("-") and os.path.isdir(first))  # `tlstudio FOLDER`
     if gui:
         from tlstudio.gui.app import run_app
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tlstudio.core.atomic import atomic_write_text
+from tlstudio.core.errors import UserError
 
 RUN_SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
@@ -43,7 +44,7 @@ HISTORY_FIELDS = [
 ]
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run folder is missing, incomplete or invalid. The message names the file."""
 
 
@@ -89,17 +90,25 @@ class RunInfo(BaseModel):
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import timm
     import torch
 
     import tlstudio
 
-    return {
+    out = {
         "tlstudio": tlstudio.__version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
     }
+    for dist in ("torchvision", "numpy", "pillow", "safetensors"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def is_run_dir(path: str | Path) -> bool:
