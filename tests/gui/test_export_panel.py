@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -179,3 +180,30 @@ def test_export_step_in_main_window_and_screenshot(qtbot, run_folder, tmp_path):
     qtbot.wait(100)
     shot = _save(win, tmp_path / "9-export.png")
     assert 0 < shot.stat().st_size <= MAX_BYTES
+
+
+def test_headless_command_runs_the_same_training(qtbot, tmp_path):
+    """The shown `tlstudio train DATA --config RUN/config.json --out NEW_RUN` really trains (a
+    scratch tiny model, 1 epoch, so it needs no weights) and the new run keeps the config."""
+    import subprocess
+    import sys
+
+    from tlstudio.core.runs import read_run
+
+    data = make_synthetic_folder(tmp_path / "data", per_class=6, size=32, easy=True)
+    run = tmp_path / "runs" / "r0"
+    make_run(run, data, image_size=32, steps=1)
+    cfg = {"data_dir": str(data), "backbone": "test_resnet", "init": "scratch", "image_size": 32, "epochs": 1,
+           "batch_size": 8, "freeze": "none", "baseline": False, "seed": 3, "augment": "none"}
+    (run / "config.json").write_text(json.dumps(cfg))
+    p = _panel(qtbot, run.parent)
+    headless, _ = p.commands()
+    argv = shlex.split(headless)
+    assert argv[0] == "tlstudio"
+    proc = subprocess.run([sys.executable, "-m", "tlstudio", *argv[1:]], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    new = Path(p.new_run_edit.text())
+    info = read_run(new)
+    assert info.status == "finished" and info.epochs_done == 1
+    assert info.config["backbone"] == "test_resnet" and info.config["seed"] == 3 and info.config["image_size"] == 32
