@@ -230,3 +230,15 @@ def test_progress_callback_can_cancel_a_download(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     with pytest.raises(Cancelled):
         create_model("test_resnet", 2, init="pretrained", progress=progress)
+
+
+def test_spec_names_the_real_backbone_after_chained_transfer(tmp_path):
+    from tlstudio.core.backbones import model_spec
+
+    run = tmp_path / "run2"
+    run.mkdir()
+    save_file(_timm("test_resnet", 3).state_dict(), str(run / BEST_WEIGHTS))
+    write_run(run, RunInfo(config={}, model=ModelSpec(backbone="test_resnet", num_classes=3,
+                                                      classes=["a", "b", "c"], image_size=64)))
+    m = create_model("test_efficientnet", 2, init="run", init_run=run)
+    assert model_spec(m, "test_efficientnet", ["x", "y"]).backbone == "test_resnet"

@@ -369,11 +369,14 @@ def data_config(model, image_size: int | None = None) -> dict:
 
 
 def model_spec(model, name: str, classes: list[str], image_size: int | None = None):
+    """The ModelSpec to save with a run. The backbone is the model's real architecture: chained
+    transfer (init="run") may have switched it to the earlier run's backbone."""
     from tlstudio.core.runs import ModelSpec
 
     cfg = data_config(model, image_size)
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     return ModelSpec(
-        backbone=name,
+        backbone=arch or name,
         num_classes=len(classes),
         classes=list(classes),
         image_size=int(cfg["input_size"][-1]),
