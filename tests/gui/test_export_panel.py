@@ -207,3 +207,31 @@ def test_headless_command_runs_the_same_training(qtbot, tmp_path):
     info = read_run(new)
     assert info.status == "finished" and info.epochs_done == 1
     assert info.config["backbone"] == "test_resnet" and info.config["seed"] == 3 and info.config["image_size"] == 32
+
+
+def test_errors_are_shown_per_format_and_a_broken_run_fails_cleanly(qtbot, tmp_path):
+    from tests.gui.test_runs_panel import make_fake_run
+    from tlstudio.core.export import ExportReport
+
+    run = make_fake_run(tmp_path / "runs", "broken")  # its weights file is not a weights file
+    p = _panel(qtbot, run.parent)
+    assert p.run_dir == str(run)
+    with qtbot.waitSignal(p.export_finished, timeout=120_000) as blocker:
+        assert p.start_export()
+        assert not p.run_combo.isEnabled() and not p.format_checks["onnx"].isEnabled()
+    assert isinstance(blocker.args[0], BaseException)
+    assert "Export failed" in p.summary.text() and p.progress.format() == "failed"
+    assert p.export_btn.isEnabled() and p.run_combo.isEnabled()
+    assert p.state.step_status.get("export") == "attention"
+    # a report where one format failed: its row is red with the reason, the others are listed
+    st = tmp_path / "m.safetensors"
+    st.write_bytes(b"x" * 3000)
+    report = ExportReport(run_dir=str(run), out_dir=str(tmp_path),
+                          formats={"safetensors": {"path": str(st), "bytes": 3000}},
+                          errors={"onnx": "model.onnx: onnxruntime differs from PyTorch by 3.0e-02"})
+    p.show_report(report)
+    rows = [[p.table.item(i, j).text() for j in range(4)] for i in range(p.table.rowCount())]
+    assert rows == [["safetensors (timm)", "m.safetensors", "2.9 KB", "timm state dict + config.json"],
+                    ["ONNX", "–", "–", "failed: model.onnx: onnxruntime differs from PyTorch by 3.0e-02"]]
+    assert p.table.item(1, 3).foreground().color().name() == "#b00020"
+    assert "Failed: onnx" in p.summary.text() and not p.open_card_btn.isEnabled()

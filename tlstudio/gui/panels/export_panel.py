@@ -472,6 +472,9 @@ class ExportPanel(QWidget):
         out = self.out_edit.text().strip() or str(Path(self._run) / "export")
         self.exporting = True
         self.export_btn.setEnabled(False)
+        self._set_inputs_enabled(False)
+        self.open_folder_btn.setEnabled(False)
+        self.open_card_btn.setEnabled(False)
         self.table.setRowCount(0)
         self.summary.setText("Exporting…")
         self.progress.setRange(0, 0)
@@ -498,8 +501,13 @@ class ExportPanel(QWidget):
         self.progress.setValue(min(i, n))
         self.progress.setFormat(f"{msg} (%v/%m)")
 
+    def _set_inputs_enabled(self, on: bool) -> None:
+        for w in (self.run_combo, self.out_edit, self.browse_btn, *self.format_checks.values()):
+            w.setEnabled(on)
+
     def _finish(self) -> None:
         self.exporting = False
+        self._set_inputs_enabled(True)
         self.export_btn.setEnabled(bool(self._run))
 
     def _export_failed(self, exc: BaseException) -> None:
