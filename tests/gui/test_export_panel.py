@@ -51,7 +51,7 @@ def _panel(qtbot, runs_dir: Path, current: str | None = None) -> ExportPanel:
     return p
 
 
-def test_run_picker_defaults_and_commands(qtbot, run_folder, tmp_path):
+def test_run_picker_defaults_and_commands(qtbot, run_folder, tmp_path, monkeypatch):
     run, data = run_folder
     p = _panel(qtbot, run.parent)
     # the only run of the runs folder is picked, with "Open run folder…" after it
@@ -93,6 +93,18 @@ def test_run_picker_defaults_and_commands(qtbot, run_folder, tmp_path):
     dest = p.save_config_to(tmp_path / "cfg-copy.json")
     assert json.loads(dest.read_text()) == json.loads(cfg.read_text())
 
+    # "Open run folder…" picks any run folder on disk (the dialog answers with one)
+    from PySide6.QtWidgets import QFileDialog
+
+    from tests.gui.test_runs_panel import make_fake_run
+
+    other = make_fake_run(tmp_path / "elsewhere", "other_run", backbone="resnet10t")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
+    p.run_combo.activated.emit(p.run_combo.findText(OPEN_FOLDER_ITEM))
+    assert p.run_dir == str(other) and p.run_combo.currentData() == str(other)
+    assert p.out_edit.text() == str(other / "export") and "resnet10t" in p.run_label.text()
+    assert p.config_label.text() == "no config.json in this run" and not p.copy_btn.isEnabled()
+    p.set_run(str(run))
     # a folder that is not a run is refused, the selection stays
     assert not p.set_run(str(tmp_path))
     assert p.run_dir == str(run) and "not a TL Studio run" in p.summary.text()

@@ -291,6 +291,11 @@ class ExportPanel(QWidget):
         else:
             self._update_run_widgets()
 
+    def showEvent(self, ev) -> None:  # noqa: ANN001 - runs made elsewhere (CLI) appear when shown
+        super().showEvent(ev)
+        if not self.exporting:
+            self.refresh_runs()
+
     # --- runs -------------------------------------------------------------------------
     def runs_dir(self) -> Path:
         if self.state.runs_dir:
