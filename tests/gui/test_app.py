@@ -66,8 +66,8 @@ def _drop(target, paths, pos: QPoint | None = None) -> tuple[bool, bool]:
 
 
 def test_steps_sidebar_and_shortcuts(qtbot, win):
-    assert win.stack.count() == len(STEPS) == 8
-    assert win.sidebar.count() == 8
+    assert win.stack.count() == len(STEPS) == 9
+    assert win.sidebar.count() == 9
     win.activateWindow()
     for i in (2, 0, 7):
         qtbot.keyClick(win, Qt.Key(Qt.Key.Key_1 + i), Qt.KeyboardModifier.ControlModifier)
@@ -81,7 +81,7 @@ def test_steps_sidebar_and_shortcuts(qtbot, win):
     # every step has its real panel, inside its page of the stack
     expected = {"data": "DataPanel", "model": "ModelPanel", "layers": "LayersPanel", "train": "TrainPanel",
                 "distill": "DistillPanel", "evaluate": "EvaluatePanel", "predict": "PredictPanel",
-                "runs": "RunsPanel"}
+                "runs": "RunsPanel", "export": "ExportPanel"}
     for i, step in enumerate(STEPS):
         assert type(win.panel(step)).__name__ == expected[step]
         assert win.stack.widget(i).isAncestorOf(win.panel(step))
