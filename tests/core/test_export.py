@@ -290,3 +290,64 @@ def test_size_flexible_vit_exports_at_a_non_native_size(tmp_path):
     assert export_onnx(model, spec, tmp_path, x)["max_abs_diff"] < 1e-4
     assert export_torchscript(model, spec, tmp_path, x)["max_abs_diff"] < 1e-4
     assert model.dynamic_img_size  # the run's own model is left as it was
+
+
+# --------------------------------------------------------------------------- int8 accuracy
+
+
+def _top1_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {"input": x})[0].argmax(1)
+
+
+def test_int8_agrees_with_fp32_on_a_depthwise_net(tmp_path, core_modules):
+    """A small EfficientNet (depthwise convs, folded BatchNorm: the family whose int8 export lost
+    accuracy with per-tensor weights) trained on the easy shapes: the int8 model picked by the
+    export gives the same top-1 as fp32 on >= 90% of all images (train and val), its validation
+    accuracy is within the tolerance of fp32, and the report says which candidate and why."""
+    from tlstudio.core.export import INT8_TOLERANCE, export_run
+    from tlstudio.core.synthetic import make_synthetic_folder
+
+    data = make_synthetic_folder(tmp_path / "data", per_class=16, size=48, easy=True)
+    run = tmp_path / "run"
+    _, spec, split = make_run(run, data, backbone="test_efficientnet", steps=25)
+    r = export_run(run, tmp_path / "out", formats=("int8",), model_card=False, calibration_images=16,
+                   latency_repeats=2)
+    assert r.errors == {}
+    q, f = r.int8, r.formats["int8"]
+    assert f["method"].startswith("static QDQ, per-channel weights")
+    assert f["candidates"] and f["candidates"][-1]["name"] == f["picked"]  # stops at the first good one
+    assert q["fp32_onnx"]["accuracy"] >= 0.8  # the task was learned: agreement below is not trivial
+    assert q["accuracy_drop"] <= INT8_TOLERANCE + 1e-9
+    assert f["picked"] in q["note"] and "within" in q["note"]
+    x, _, _ = ev.load_batch([s.path for s in split.train + split.val], spec)
+    p32, p8 = _top1_onnx(tmp_path / "out" / "model.onnx", x), _top1_onnx(tmp_path / "out" / "model.int8.onnx", x)
+    assert len(set(p32.tolist())) == spec.num_classes  # not a constant predictor
+    assert (p32 == p8).mean() >= 0.9
+
+
+def test_int8_keeps_the_most_accurate_when_none_is_within_tolerance(exported, tmp_path):
+    """An impossible tolerance: every candidate is tried, the most accurate is kept, and the note
+    says no candidate was close enough. Without calibration images: dynamic quantization."""
+    from tlstudio.core.export import export_int8
+
+    spec, split = exported["spec"], exported["split"]
+    x, _, _ = ev.load_batch([s.path for s in split.train[:8]], spec)
+    xv, ok, _ = ev.load_batch([s.path for s in split.val], spec)
+    y = np.array([split.val[i].label for i in ok])
+    out = tmp_path / "o"
+    out.mkdir()
+    res = export_int8(exported["out"] / "model.onnx", spec, out, x, (xv, y), tolerance=-1.0)
+    cands = res["candidates"]
+    assert len(cands) >= 4 and {"minmax", "entropy", "percentile"} <= {c["name"] for c in cands}
+    best = max(c["accuracy"] for c in cands if "accuracy" in c)
+    picked = next(c for c in cands if c["name"] == res["picked"])
+    assert picked["accuracy"] == best and "no candidate" in res["note"]
+    assert (out / "model.int8.onnx").is_file() and res["bytes"] == (out / "model.int8.onnx").stat().st_size
+    assert [p.name for p in out.iterdir()] == ["model.int8.onnx"]  # no scratch files left
+
+    res = export_int8(exported["out"] / "model.onnx", spec, out, None)
+    assert res["method"].startswith("dynamic") and res["picked"] == "dynamic" and res["candidates"] == []
+    assert _top1_onnx(out / "model.int8.onnx", xv).shape == (len(xv),)

@@ -7,7 +7,9 @@ OUT_DIR/
                          pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=N))`
   model.onnx             fp32, dynamic batch, input "input" NCHW, output "logits";
                          preprocessing in metadata_props["tlstudio"] (JSON)
-  model.int8.onnx        int8 (onnxruntime static QDQ with calibration images, else dynamic)
+  model.int8.onnx        int8: onnxruntime static QDQ (per-channel weights) calibrated on training
+                         images; of several configurations the first within INT8_TOLERANCE of fp32
+                         validation accuracy is kept (export_report.json lists them); else dynamic
   model.torchscript.pt   torch.jit.trace; preprocessing in the extra file "tlstudio.json"
   preprocessing.json     classes, input size, mean/std, interpolation, crop: what every export needs
   export_report.json     ExportReport: sizes, max abs differences to PyTorch, int8 vs fp32
@@ -306,43 +308,144 @@ def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -
     return {"path": str(path), "bytes": _size(path), "max_abs_diff": diff, "method": "trace"}
 
 
+INT8_TOLERANCE = 0.02  # accuracy points (as a fraction) an int8 candidate may lose against fp32 ONNX
+INT8_SELECT_IMAGES = 256  # validation images the int8 candidates are compared on (preloaded once)
+
+
 class _Calibration:
-    """onnxruntime CalibrationDataReader over preprocessed images."""
+    """onnxruntime CalibrationDataReader over preprocessed images (re-readable: rewind)."""
 
     def __init__(self, batches: list[np.ndarray]):
+        self._batches = batches
         self._it = iter([{"input": b} for b in batches])
 
     def get_next(self):
         return next(self._it, None)
 
-    def rewind(self):  # some onnxruntime versions call it
-        pass
+    def rewind(self):  # some onnxruntime versions call it between passes
+        self._it = iter([{"input": b} for b in self._batches])
 
 
-def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray | None) -> dict[str, Any]:
-    """int8 ONNX: static QDQ (per-channel) calibrated on real images when given, else dynamic."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _int8_candidates(onnx_path: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, description, quantize_static kwargs), roughly smallest/fastest first. All quantize
+    weights per channel (depthwise convs and folded BatchNorm in EfficientNet/MobileNet have
+    channel ranges far apart; one scale per tensor wipes out the small channels)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    convs = [n.name for n in g.node if n.op_type == "Conv"]
+    outputs = {o.name for o in g.output}
+    head = [n.name for n in g.node if n.op_type in ("Gemm", "MatMul") and set(n.output) & outputs]
+    keep = ([convs[0]] if convs else []) + head  # stem conv (sees raw pixels) and the classifier
+    sym = {"ActivationSymmetric": True}
+    # uint8 activations first: onnxruntime's x86 kernels are fastest with U8S8
+    cands = [
+        ("minmax", "static QDQ, per-channel weights, uint8 activations (MinMax)",
+         dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QUInt8)),
+        ("minmax_sym", "static QDQ, per-channel weights, symmetric int8 activations (MinMax)",
+         dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QInt8, extra_options=sym)),
+        ("entropy", "static QDQ, per-channel weights, uint8 activations (Entropy calibration)",
+         dict(calibrate_method=CalibrationMethod.Entropy, activation_type=QuantType.QUInt8)),
+        ("percentile", "static QDQ, per-channel weights, symmetric int8 activations (Percentile 99.999)",
+         dict(calibrate_method=CalibrationMethod.Percentile, activation_type=QuantType.QInt8,
+              extra_options={**sym, "CalibPercentile": 99.999})),
+    ]
+    if keep:
+        cands.append(("minmax_sym_fp32_ends", "static QDQ as minmax_sym, stem conv and classifier kept fp32",
+                      dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QInt8,
+                           extra_options=sym, nodes_to_exclude=keep)))
+    return cands
+
+
+def _preprocessed(onnx_path: Path, scratch: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference + graph optimisation: fewer, fused nodes
+    to quantize); the original model when it cannot handle it."""
+    try:
+        from onnxruntime.quantization import quant_pre_process
+
+        pre = scratch / "pre.onnx"
+        quant_pre_process(str(onnx_path), str(pre))
+        _ort_session(pre)
+        return pre
+    except Exception:  # noqa: BLE001 - an op the shape inference does not know: quantize as exported
+        return onnx_path
+
+
+def _top1(fwd, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([np.asarray(fwd(x[i : i + batch])).argmax(1) for i in range(0, len(x), batch)])
+
+
+def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray | None,
+                select: tuple[np.ndarray, np.ndarray] | None = None,
+                tolerance: float = INT8_TOLERANCE) -> dict[str, Any]:
+    """int8 ONNX. With calibration images: static QDQ candidates (per-channel weights, several
+    activation calibrations, optionally fp32 stem/classifier), each scored on `select`
+    (preprocessed validation images, labels); the first (smallest, fully int8 first) whose
+    accuracy is within `tolerance` of fp32 ONNX is kept, else the most accurate. Without
+    calibration images, or when every static candidate fails: dynamic quantization."""
+    import shutil
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
 
     path = out / INT8_FILE
     tmp = out / f".{INT8_FILE}.tmp.onnx"
-    method = "dynamic"
-    with _quiet():
+    tried: list[dict[str, Any]] = []
+    picked: dict[str, Any] | None = None
+    note = ""
+    with _quiet(), tempfile.TemporaryDirectory(prefix=".int8-", dir=out) as td:
+        scratch = Path(td)
         if calib is not None and len(calib):
-            try:
-                from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+            from onnxruntime.quantization import quantize_static
 
-                batches = [calib[i : i + 1] for i in range(len(calib))]
-                quantize_static(
-                    str(onnx_path), str(tmp), _Calibration(batches), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
-                method = f"static QDQ, {len(batches)} calibration images"
-            except Exception:  # noqa: BLE001 - an op the static quantizer cannot handle
-                method = "dynamic"
-        if method == "dynamic":
+            src = _preprocessed(onnx_path, scratch)
+            batches = [calib[i : i + 1] for i in range(len(calib))]
+            x, y = select if select is not None and len(select[0]) else (None, None)
+            p32 = acc32 = None
+            if x is not None:
+                p32 = _top1(_ort_forward(_ort_session(onnx_path)), x)
+                acc32 = float((p32 == y).mean())
+            for name, desc, kw in _int8_candidates(src):
+                cand = scratch / f"{name}.onnx"
+                row: dict[str, Any] = {"name": name, "method": desc}
+                try:
+                    quantize_static(str(src), str(cand), _Calibration(batches), quant_format=QuantFormat.QDQ,
+                                    per_channel=True, weight_type=QuantType.QInt8, **kw)
+                    fwd = _ort_forward(_ort_session(cand))
+                except Exception as exc:  # noqa: BLE001 - an op this configuration cannot handle
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    tried.append(row)
+                    continue
+                row["bytes"] = _size(cand)
+                row["path"] = cand
+                tried.append(row)
+                if x is None:  # nothing to score on: the first that works
+                    picked = row
+                    note = f"{name}: no validation images to compare candidates on"
+                    break
+                p = _top1(fwd, x)
+                row["accuracy"] = float((p == y).mean())
+                row["agreement"] = float((p == p32).mean())  # same top-1 as fp32 ONNX
+                if acc32 - row["accuracy"] <= tolerance + 1e-9:
+                    picked = row
+                    note = (f"{name}: the first candidate within {100 * tolerance:.0f} accuracy points of fp32 "
+                            f"({100 * row['accuracy']:.1f}% vs {100 * acc32:.1f}% on {len(y)} validation images)")
+                    break
+            scored = [r for r in tried if "accuracy" in r]
+            if picked is None and scored:
+                picked = max(scored, key=lambda r: (r["accuracy"], r["agreement"], -r["bytes"]))
+                note = (f"{picked['name']}: no candidate stays within {100 * tolerance:.0f} accuracy points of fp32 "
+                        f"({100 * acc32:.1f}% on {len(y)} validation images); kept the most accurate "
+                        f"({100 * picked['accuracy']:.1f}%)")
+        if picked is not None:
+            shutil.copyfile(picked["path"], tmp)
+            method = picked["method"] + f", {len(calib)} calibration images"
+        else:
             quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
             method = "dynamic (weights int8, activations quantized at run time)"
+            note = note or ("no training images to calibrate on" if calib is None or not len(calib)
+                            else "every static configuration failed")
     import onnx
 
     m = onnx.load(str(tmp))
@@ -352,7 +455,11 @@ def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray |
     for f in out.glob(".*.tmp*"):  # calibration scratch files of onnxruntime
         f.unlink(missing_ok=True)
     _ort_session(path)  # it loads
-    return {"path": str(path), "bytes": _size(path), "method": method}
+    for r in tried:
+        r.pop("path", None)
+    return {"path": str(path), "bytes": _size(path), "method": method,
+            "picked": picked["name"] if picked else "dynamic", "note": note, "candidates": tried,
+            "tolerance": tolerance}
 
 
 def compare_int8(model, spec: ModelSpec, out: Path, val: Sequence, *, repeats: int = 10) -> dict[str, Any]:
@@ -410,7 +517,7 @@ def export_run(
     progress: Progress | None = None,
     *,
     model_card: bool = True,
-    calibration_images: int = 32,
+    calibration_images: int = 64,
     latency_repeats: int = 10,
     max_compare_images: int = 1000,
 ) -> ExportReport:
@@ -460,14 +567,24 @@ def export_run(
             elif fmt == "int8":
                 if "onnx" not in report.formats:
                     raise ExportError(f"{out / INT8_FILE}: needs the fp32 ONNX export, which failed")
-                calib = None
-                if train:  # real training images only: noise would widen the activation ranges
-                    from tlstudio.core.evaluate import load_batch
+                from tlstudio.core.evaluate import load_batch
 
-                    picks = train[:: max(1, len(train) // calibration_images)][:calibration_images]
+                calib = None
+                if train:  # real training images only (eval transform): noise would widen the ranges
+                    n = min(calibration_images, len(train))
+                    picks = [train[int(i * len(train) / n)] for i in range(n)]  # evenly over the split
                     calib, _, _ = load_batch([s.path for s in picks], spec)
-                report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib)
+                select = None
+                if val:  # the candidates are scored on (a subsample of) the validation images
+                    n = min(INT8_SELECT_IMAGES, len(val))
+                    chosen = [val[int(i * len(val) / n)] for i in range(n)]
+                    x, ok, _ = load_batch([s.path for s in chosen], spec)
+                    if ok:
+                        select = (x, np.array([chosen[i].label for i in ok]))
+                report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib, select)
                 report.int8 = compare_int8(model, spec, out, val, repeats=latency_repeats)
+                report.int8["method"] = report.formats[fmt]["method"]
+                report.int8["note"] = report.formats[fmt]["note"]
         except Exception as exc:  # noqa: BLE001 - report it, go on with the other formats
             report.errors[fmt] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
     if model_card:
