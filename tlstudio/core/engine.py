@@ -442,15 +442,22 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
 
     lr = config.lr
     if lr is None:
-        from tlstudio.core.advice import advise
+        from tlstudio.core.advice import default_lr
 
         if config.init == "scratch":
             lr = 3e-3
             yield Log(f"Learning rate {lr:g} (from scratch: one rate for every layer)")
-        else:
-            adv = advise(len(split.train) / max(1, len(classes)), "unknown", len(classes))
-            lr = adv.lr
-            yield Log(f"Learning rate {lr:g} (advised: {adv.reason})")
+        else:  # the preset decides (benchmarks/bench_realweights.py): head/all 1e-3, partial 3e-3
+            if gradual_every is not None:
+                preset = config.freeze
+            elif all(trainable):
+                preset = "none"
+            elif sum(trainable) <= 1 or layers.frozen_prefix_is_whole_body(trainable):
+                preset = "head"
+            else:
+                preset = "last:1"
+            lr = default_lr(preset)
+            yield Log(f"Learning rate {lr:g} (default for {preset if preset != 'last:1' else 'partial'} training)")
 
     device = precision.resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
