@@ -16,6 +16,7 @@ PY="${PY:-python3}"
 PKG_VENV="${PKG_VENV:-build/pkgenv}"
 # default: the torch range pyproject.toml allows, e.g. "torch>=2.2,<=2.14.1"
 TORCH_PIN="$(grep -o '"torch[<>=!~][^"]*"' pyproject.toml | head -1 | tr -d '"')"
+TORCH_SPEC_SET="${TORCH_SPEC:-}"
 TORCH_SPEC="${TORCH_SPEC:-${TORCH_PIN:-torch}}"
 TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 VPY="$PKG_VENV/bin/python"
@@ -29,10 +30,23 @@ if [ ! -x "$VPY" ]; then
   "$VPY" -m pip install -q --upgrade pip
 fi
 
+# a CPU torch wheel in pip's find-links folders (PIP_FIND_LINKS / pip config), newest first
+local_cpu_torch() {
+  local dirs; dirs="${PIP_FIND_LINKS:-} $("$VPY" -m pip config get global.find-links 2>/dev/null || true)"
+  for d in $dirs; do ls -1 "${d#file://}"/torch-*+cpu-*.whl 2>/dev/null; done | sort -rV | head -1
+}
+
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   echo "== installing CPU torch ($TORCH_SPEC)"
-  "$VPY" -m pip install -q "$TORCH_SPEC" "${IDX[@]}" \
-    || "$VPY" -m pip install -q "$TORCH_SPEC"
+  if ! "$VPY" -m pip install -q "$TORCH_SPEC" "${IDX[@]}"; then
+    CPU_WHEEL="$(local_cpu_torch)"
+    if [ -z "${TORCH_SPEC_SET:-}" ] && [ -n "$CPU_WHEEL" ]; then
+      echo "== CPU index unreachable; using the local CPU wheel $CPU_WHEEL"
+      "$VPY" -m pip install -q "$CPU_WHEEL"
+    else
+      "$VPY" -m pip install -q "$TORCH_SPEC"
+    fi
+  fi
 fi
 TORCH_V="$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
 if ! "$VPY" -c "import torchvision" 2>/dev/null; then
