@@ -351,3 +351,16 @@ def test_int8_keeps_the_most_accurate_when_none_is_within_tolerance(exported, tm
     res = export_int8(exported["out"] / "model.onnx", spec, out, None)
     assert res["method"].startswith("dynamic") and res["picked"] == "dynamic" and res["candidates"] == []
     assert _top1_onnx(out / "model.int8.onnx", xv).shape == (len(xv),)
+
+
+def test_int8_quantizer_output_stays_off_stdout(exported, tmp_path, capsys):
+    """onnxruntime's calibrators print() progress; `tlstudio export --json` must stay valid JSON."""
+    from tlstudio.core.export import export_int8
+
+    spec, split = exported["spec"], exported["split"]
+    x, _, _ = ev.load_batch([s.path for s in split.train[:4]], spec)
+    capsys.readouterr()
+    res = export_int8(exported["out"] / "model.onnx", spec, tmp_path, x, None)
+    assert res["picked"] == "minmax" and "no validation images" in res["note"]
+    export_int8(exported["out"] / "model.onnx", spec, tmp_path, x, (x, np.zeros(len(x), int)), tolerance=-1.0)
+    assert capsys.readouterr().out == ""

@@ -310,6 +310,7 @@ def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -
 
 INT8_TOLERANCE = 0.02  # accuracy points (as a fraction) an int8 candidate may lose against fp32 ONNX
 INT8_SELECT_IMAGES = 256  # validation images the int8 candidates are compared on (preloaded once)
+INT8_SELECT_BYTES = 200e6  # ... and at most about this much float32 (fewer images for large inputs)
 
 
 class _Calibration:
@@ -384,6 +385,8 @@ def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray |
     (preprocessed validation images, labels); the first (smallest, fully int8 first) whose
     accuracy is within `tolerance` of fp32 ONNX is kept, else the most accurate. Without
     calibration images, or when every static candidate fails: dynamic quantization."""
+    import contextlib
+    import io
     import shutil
     import tempfile
 
@@ -394,7 +397,9 @@ def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray |
     tried: list[dict[str, Any]] = []
     picked: dict[str, Any] | None = None
     note = ""
-    with _quiet(), tempfile.TemporaryDirectory(prefix=".int8-", dir=out) as td:
+    # the quantizer print()s progress and tensor dumps: keep stdout clean (`tlstudio export --json`)
+    with _quiet(), contextlib.redirect_stdout(io.StringIO()), \
+            tempfile.TemporaryDirectory(prefix=".int8-", dir=out) as td:
         scratch = Path(td)
         if calib is not None and len(calib):
             from onnxruntime.quantization import quantize_static
@@ -576,7 +581,8 @@ def export_run(
                     calib, _, _ = load_batch([s.path for s in picks], spec)
                 select = None
                 if val:  # the candidates are scored on (a subsample of) the validation images
-                    n = min(INT8_SELECT_IMAGES, len(val))
+                    fit = int(INT8_SELECT_BYTES // (3 * 4 * spec.image_size**2))  # held in memory at once
+                    n = min(INT8_SELECT_IMAGES, max(32, fit), len(val))
                     chosen = [val[int(i * len(val) / n)] for i in range(n)]
                     x, ok, _ = load_batch([s.path for s in chosen], spec)
                     if ok:
