@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 import threading
-from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
+
+from tlstudio.core.events import drive
 
 # Modules that add subcommands: each defines register(subparsers) and sets a `func` default.
 _PLUGINS = ("tlstudio.cli_distill", "tlstudio.cli_export")
@@ -88,16 +89,6 @@ class EventPrinter:
 
     def _p(self, line: str) -> None:
         print(line, file=self.out, flush=True)
-
-
-def drive(gen: Generator, printer: Callable[[Any], None]) -> Any:
-    """Run an engine generator to the end, printing its events; return its value."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            return done.value
-        printer(ev)
 
 
 def _stop_on_sigint() -> threading.Event:

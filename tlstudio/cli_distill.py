@@ -82,8 +82,9 @@ def cmd_distill_resume(args) -> int:
 def _run(args, make_gen) -> int:
     from pydantic import ValidationError
 
-    from tlstudio.cli import EventPrinter, _stop_on_sigint, drive
+    from tlstudio.cli import EventPrinter, _stop_on_sigint
     from tlstudio.core.errors import UserError
+    from tlstudio.core.events import drive
     from tlstudio.core.tradeoff import tradeoff_table
 
     try:

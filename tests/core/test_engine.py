@@ -12,19 +12,20 @@ from tlstudio.core import events as E
 from tlstudio.core import runs
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.engine import fit, resume
+from tlstudio.core.events import drive
 from tlstudio.core.synthetic import make_synthetic_folder
 
 
 def run_all(gen, on_event=None):
+    """Drive ``gen`` to its end; return (its value, every event)."""
     evs = []
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            return done.value, evs
+
+    def seen(ev):
         evs.append(ev)
         if on_event:
             on_event(ev)
+
+    return drive(gen, seen), evs
 
 
 def cfg(data, out, **kw):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlstudio.core import runs
+from tlstudio.core.events import drive
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.engine import fit
 from tlstudio.core.synthetic import make_synthetic_folder
@@ -22,11 +23,7 @@ METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "
 
 
 def run_all(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return drive(gen)
 
 
 def settings(**kw) -> dict:

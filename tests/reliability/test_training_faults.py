@@ -26,21 +26,22 @@ from tlstudio.core.atomic import atomic_torch_save, atomic_write
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.engine import fit, resume
 from tlstudio.core.errors import UserError
+from tlstudio.core.events import drive
 from tlstudio.core.synthetic import make_synthetic_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_all(gen, on_event=None):
+    """Drive ``gen`` to its end; return (its value, every event)."""
     evs = []
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            return done.value, evs
+
+    def seen(ev):
         evs.append(ev)
         if on_event:
             on_event(ev)
+
+    return drive(gen, seen), evs
 
 
 def cfg(data, out, **kw) -> TrainConfig:

@@ -6,6 +6,7 @@ free of tensors so they cross threads safely.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,3 +107,14 @@ class Finished(Event):
     best_val_acc: float | None
     message: str = ""
     result: dict[str, Any] = field(default_factory=dict)
+
+
+def drive(gen: Generator, on_event: Callable[[Any], None] | None = None) -> Any:
+    """Run an event generator (fit, resume, distill...) to its end; return its return value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            return done.value
+        if on_event is not None:
+            on_event(ev)
