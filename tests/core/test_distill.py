@@ -21,6 +21,7 @@ from tlstudio.core.distill import (
     resolve_stage,
     soft_targets,
 )
+from tlstudio.core.events import drive
 from tlstudio.core.objectives import ObjectiveContext
 from tlstudio.core.runs import ModelSpec, RunInfo
 
@@ -378,11 +379,7 @@ def _copy_subset(full: Path, few: Path, unlab: Path, n_labelled: int) -> None:
 
 def _drive(gen):
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            return events, done.value
+    return events, drive(gen, events.append)
 
 
 def _held_out_acc(run_dir, samples):
@@ -578,7 +575,6 @@ def test_cli_flags_become_a_distill_config(tmp_path):
 @pytest.mark.realweights
 def test_stopped_distillation_resumes_to_the_report(world, tmp_path, capsys):
     """Stop during the student baseline, then `tlstudio distill-resume` finishes it and writes the report."""
-    import threading
 
     from tlstudio.cli import main
     from tlstudio.core.distill import distill
