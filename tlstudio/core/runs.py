@@ -150,6 +150,20 @@ def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(run_dir) / HISTORY_CSV, buf.getvalue())
 
 
+def first_run(candidates, accept) -> str | None:
+    """The first candidate folder that is a readable run and for which ``accept(path, info)`` holds."""
+    for run_dir in candidates:
+        if not run_dir:
+            continue
+        try:
+            info = read_run(run_dir)
+        except (RunError, OSError):
+            continue
+        if accept(Path(run_dir), info):
+            return str(run_dir)
+    return None
+
+
 def list_runs(root: str | Path) -> list[Path]:
     """Run folders directly under ``root`` (and their baselines are not listed), newest first."""
     root = Path(root)

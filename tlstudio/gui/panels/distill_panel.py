@@ -492,19 +492,11 @@ class DistillPanel(QWidget):
 
     def resumable_run(self) -> str | None:
         """This panel's last distillation, or the selected run, if it is a distillation without its report."""
-        from tlstudio.core.runs import RunError, read_run
+        from tlstudio.core.runs import first_run
         from tlstudio.core.tradeoff import TRADEOFF_JSON
 
-        for run_dir in (self.last_run_dir, self.state.current_run):
-            if not run_dir:
-                continue
-            try:
-                info = read_run(run_dir)
-            except (RunError, OSError):
-                continue
-            if info.kind == "distill" and not (Path(run_dir) / TRADEOFF_JSON).is_file():
-                return str(run_dir)
-        return None
+        return first_run((self.last_run_dir, self.state.current_run),
+                         lambda path, info: info.kind == "distill" and not (path / TRADEOFF_JSON).is_file())
 
     def continue_run(self, run_dir: str | None = None) -> bool:
         run_dir = run_dir or self.resumable_run()

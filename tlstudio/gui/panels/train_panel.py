@@ -522,21 +522,11 @@ class TrainPanel(QWidget):
 
     def _resumable_run(self) -> str | None:
         """The run Continue would resume: this panel's last run, else the selected run, if stopped."""
-        from pathlib import Path
+        from tlstudio.core.runs import LAST_CKPT, first_run
 
-        from tlstudio.core.runs import LAST_CKPT, RunError, read_run
-
-        for run_dir in (self._last_run_dir, self.state.current_run):
-            if not run_dir:
-                continue
-            try:
-                info = read_run(run_dir)
-            except (RunError, OSError):
-                continue
-            if info.kind == "train" and info.status in ("stopped", "failed", "running") \
-                    and (Path(run_dir) / LAST_CKPT).is_file():
-                return str(run_dir)
-        return None
+        return first_run((self._last_run_dir, self.state.current_run), lambda path, info: (
+            info.kind == "train" and info.status in ("stopped", "failed", "running")
+            and (path / LAST_CKPT).is_file()))
 
     def _on_current_run(self, run_dir: str) -> None:
         """An earlier run opened (Runs step): show its epoch curves, ready to be continued."""
