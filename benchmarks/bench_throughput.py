@@ -16,9 +16,8 @@ images/s over both epochs (what a 2-epoch user run sees) and the warm-epoch rati
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import (Timer, folder_split, make_jpeg_folder, median, print_machine, report, timm_data_cfg)
+from common import (Timer, folder_split, make_jpeg_folder, print_machine, report, timm_data_cfg)
 
 
 def _model(name: str, size: int):

@@ -248,7 +248,6 @@ def create_model(
     .safetensors/.pth; run: the body of an earlier TL Studio run (its backbone wins); scratch:
     random init. Raises WeightsError (a UserError) with the choices when weights are unavailable.
     """
-    import timm
 
     log = log or (lambda _m: None)
     if num_classes < 1:

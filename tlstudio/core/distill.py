@@ -413,7 +413,6 @@ class DistillObjective(Objective):
     # -- teacher outputs ---------------------------------------------------------------
     def teacher_probs(self, x, idx):
         """Soft targets for a batch: from the cache by sample index, else by running the teachers."""
-        import torch
 
         if self.cached_probs is not None:
             return self.cached_probs[idx.to(self.cached_probs.device)].to(x.device), None

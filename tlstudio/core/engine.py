@@ -358,7 +358,7 @@ def _baseline(config, run_dir, info, stop, pause, logger) -> Generator[Event, No
 def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, resuming) -> Generator[Event, None, runs.RunInfo]:
     import torch
 
-    from tlstudio.core import backbones, layers, pipeline, precision
+    from tlstudio.core import backbones, layers, precision
     from tlstudio.core.dataset import Split, make_split, scan
 
     t_start = time.time()
