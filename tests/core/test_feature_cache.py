@@ -3,40 +3,19 @@ views per epoch, reuse from disk, failures reported, budget decides RAM vs disk.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 timm = pytest.importorskip("timm")
 
+from tests.splits import split_of  # noqa: E402
 from tlstudio.core.events import Log, Progress  # noqa: E402
 from tlstudio.core.feature_cache import FeatureCache, head_module  # noqa: E402
 from tlstudio.core.pipeline import build_loaders  # noqa: E402
 from tlstudio.core.precision import PrecisionPlan  # noqa: E402
 
 FP32 = PrecisionPlan(torch.device("cpu"), None, "fp32", False, False)
-
-
-@dataclass
-class _Sample:
-    path: str
-    label: int
-
-
-@dataclass
-class _Split:
-    train: list
-    val: list
-    test: list
-
-
-def _split(root, n_val=6):
-    files = sorted(str(p) for p in root.rglob("*.png"))
-    classes = sorted({os.path.basename(os.path.dirname(f)) for f in files})
-    samples = [_Sample(f, classes.index(os.path.basename(os.path.dirname(f)))) for f in files]
-    return _Split(samples[n_val:], samples[:n_val], [])
 
 
 def _model(name="test_resnet", drop_rate=0.0):
@@ -66,7 +45,7 @@ def _cache(model, cfg, sp, **kw):
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_efficientnet"])
 def test_cached_logits_equal_full_forward(shapes3, name):
     m, cfg = _model(name)
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     fc = _cache(m, cfg, sp)
     loaders, events = _run(fc.prepare())
     assert any(isinstance(e, Progress) and e.task == "cache" for e in events)
@@ -99,7 +78,7 @@ def _train_head(module_fn, batches_fn, epochs=2):
 
 
 def test_cached_training_equals_uncached_training(shapes3):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     # uncached: full model, body frozen and in eval mode, head trains
     m1, cfg = _model()
     for n_, p in m1.named_parameters():
@@ -118,7 +97,7 @@ def test_cached_training_equals_uncached_training(shapes3):
 
 def test_augmented_views_match_pipeline_epochs_and_cycle(shapes3):
     m, cfg = _model()
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     loaders, events = _run(_cache(m, cfg, sp, augment="light", views=2, seed=1).prepare())
     assert loaders.views == 2
     assert any(isinstance(e, Log) and "2 cached views" in e.message for e in events)
@@ -140,7 +119,7 @@ def test_augmented_views_match_pipeline_epochs_and_cycle(shapes3):
 
 def test_reused_from_disk_and_invalidated_by_weights(shapes3):
     m, cfg = _model()
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     first, _ = _run(_cache(m, cfg, sp).prepare())
     fc2 = _cache(m, cfg, sp)
     second, events = _run(fc2.prepare())
@@ -155,7 +134,7 @@ def test_reused_from_disk_and_invalidated_by_weights(shapes3):
 
 def test_over_budget_goes_to_disk_memmap(shapes3):
     m, cfg = _model()
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     loaders, events = _run(_cache(m, cfg, sp, budget_mb=0).prepare())
     assert not loaders.in_ram and not isinstance(loaders.feats, torch.Tensor)
     assert any("on disk" in e.message for e in events if isinstance(e, Log))
@@ -165,7 +144,7 @@ def test_over_budget_goes_to_disk_memmap(shapes3):
 
 def test_failed_image_reported_and_excluded(shapes3):
     m, cfg = _model()
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     with open(sp.train[3].path, "wb") as f:
         f.write(b"garbage")
     loaders, _ = _run(_cache(m, cfg, sp).prepare())
@@ -176,7 +155,7 @@ def test_failed_image_reported_and_excluded(shapes3):
 
 def test_feature_epoch_runs_single_threaded_and_restores(shapes3):
     m, cfg = _model()
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     loaders, _ = _run(_cache(m, cfg, sp).prepare())
     old = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -4,37 +4,18 @@ decoded cache within its byte budget."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
 import torch
 
+from tests.splits import split_of
 from tlstudio.core.augment import scale_size
+from tlstudio.core.dataset import Sample
 from tlstudio.core.decoded_cache import DecodedCache
 from tlstudio.core.pipeline import build_loaders, eval_loader
 
 CFG = {"input_size": (3, 40, 40), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
        "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
-
-
-@dataclass
-class _Sample:  # same fields as tlstudio.core.dataset.Sample
-    path: str
-    label: int
-
-
-@dataclass
-class _Split:
-    train: list
-    val: list
-    test: list
-
-
-def _split(root, n_val=6):
-    files = sorted(str(p) for p in root.rglob("*.png"))
-    classes = sorted({os.path.basename(os.path.dirname(f)) for f in files})
-    samples = [_Sample(f, classes.index(os.path.basename(os.path.dirname(f)))) for f in files]
-    return _Split(samples[n_val:], samples[:n_val], [])
 
 
 def _all(it):
@@ -43,7 +24,7 @@ def _all(it):
 
 @pytest.mark.parametrize("augment", ["none", "light", "strong"])
 def test_same_seed_same_batches_and_mid_epoch_resume(shapes3, augment):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     a = build_loaders(sp, CFG, batch_size=7, augment=augment, seed=3, device="cpu")
     b = build_loaders(sp, CFG, batch_size=7, augment=augment, seed=3, device="cpu")
     ea, eb = _all(a.train_batches(1)), _all(b.train_batches(1))
@@ -70,7 +51,7 @@ def test_same_seed_same_batches_and_mid_epoch_resume(shapes3, augment):
 
 
 def test_augmentation_is_random_but_eval_is_not(shapes3):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     L = build_loaders(sp, CFG, batch_size=64, augment="light", seed=0, device="cpu")
     x0, _, i0 = next(iter(L.train_batches(0)))
     x1, _, i1 = next(iter(L.train_batches(1)))
@@ -87,7 +68,7 @@ def test_normalisation_matches_timm_eval_transform(shapes3):
     timm_data = pytest.importorskip("timm.data")
     from PIL import Image
 
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     x, y, idx = next(iter(eval_loader(sp.val, CFG, batch_size=4)))
     tf = timm_data.create_transform(input_size=CFG["input_size"], interpolation="bilinear", mean=CFG["mean"],
                                     std=CFG["std"], crop_pct=CFG["crop_pct"], is_training=False)
@@ -98,7 +79,7 @@ def test_normalisation_matches_timm_eval_transform(shapes3):
 
 
 def test_cache_on_equals_cache_off(shapes3):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     on = build_loaders(sp, CFG, batch_size=8, augment="strong", seed=1, cache="auto", device="cpu")
     off = build_loaders(sp, CFG, batch_size=8, augment="strong", seed=1, cache="off", device="cpu")
     assert off.cache is None
@@ -111,7 +92,7 @@ def test_cache_on_equals_cache_off(shapes3):
 
 
 def test_failed_image_dropped_and_reported(shapes3):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     bad = sp.train[0].path
     with open(sp.train[1].path, "wb") as f:
         f.write(b"not a png at all")
@@ -130,7 +111,7 @@ def test_failed_image_dropped_and_reported(shapes3):
 
 
 def test_batch_left_empty_is_skipped(shapes3):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     sp.train = sp.train[:6]
     for s in sp.train[:3]:
         os.remove(s.path)
@@ -145,7 +126,7 @@ def test_batch_left_empty_is_skipped(shapes3):
 
 
 def test_trailing_singleton_batch_is_merged(shapes3):
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     sp.train = sp.train[:9]
     L = build_loaders(sp, CFG, batch_size=4, augment="none", seed=0, device="cpu")
     sizes = [x.shape[0] for x, _, _ in L.train_batches(0)]
@@ -153,14 +134,14 @@ def test_trailing_singleton_batch_is_merged(shapes3):
 
 
 def test_unlabelled_samples_keep_minus_one(shapes3):
-    sp = _split(shapes3)
-    sp.train = [_Sample(s.path, -1) for s in sp.train]
+    sp = split_of(shapes3)
+    sp.train = [Sample(s.path, -1) for s in sp.train]
     L = build_loaders(sp, CFG, batch_size=8, augment="light", seed=0, device="cpu")
     assert set(torch.cat([y for _, y, _ in L.train_batches(0)]).tolist()) == {-1}
 
 
 def test_decoded_cache_respects_ram_budget_and_spills_to_disk(shapes3, tmp_path):
-    sp = _split(shapes3, n_val=0)
+    sp = split_of(shapes3, n_val=0)
     short = scale_size(CFG)
     one = 3 * short * short + 256  # bytes per entry (square images)
     budget = 5 * one + 10
@@ -184,7 +165,7 @@ def test_decoded_cache_respects_ram_budget_and_spills_to_disk(shapes3, tmp_path)
 
 
 def test_decoded_cache_disk_entry_invalidated_when_file_changes(shapes3, tmp_path):
-    sp = _split(shapes3, n_val=0)
+    sp = split_of(shapes3, n_val=0)
     short = scale_size(CFG)
     p = sp.train[0].path
     dc = DecodedCache(short, "bilinear", budget_bytes=0, disk_dir=tmp_path / "dc", disk_budget_bytes=1 << 30)
@@ -219,7 +200,7 @@ def test_prune_dir_removes_oldest_first(tmp_path):
 def test_warm_cache_decodes_everything_once_with_progress(shapes3):
     from tlstudio.core.events import Progress
 
-    sp = _split(shapes3)
+    sp = split_of(shapes3)
     os.remove(sp.train[2].path)
     L = build_loaders(sp, CFG, batch_size=8, augment="light", seed=0, device="cpu")
     events = list(L.warm_cache(chunk=10))
