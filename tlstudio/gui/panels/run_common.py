@@ -1,0 +1,71 @@
+"""What the Train and Distill panels share: count and progress text, the settings-error hint,
+the readiness checks, the read-only log view and the engine job handed to the JobRunner.
+
+The engine function is imported in the worker thread when the job starts (never at import
+time here), so torch and timm stay out of the GUI's startup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtWidgets import QLabel, QPlainTextEdit
+
+LOG_LINES = 2000  # a log view keeps at most this many lines: bounded memory on long runs
+
+
+def fmt_count(n: int, digits: int = 1) -> str:
+    """12.34 M / 5.6 k / 789: ``digits`` decimals for thousands, one more for millions."""
+    if n >= 1e6:
+        return f"{n / 1e6:.{digits + 1}f} M"
+    return f"{n / 1e3:.{digits}f} k" if n >= 1e3 else str(n)
+
+
+def progress_text(e: Any) -> str:
+    """The status line of an ``events.Progress``: task, done[/total] and its message."""
+    total = f"/{e.total}" if e.total else ""
+    return f"{e.task}: {e.done}{total} {e.message}".strip()
+
+
+def settings_error(exc: Exception) -> str:
+    """The hint for a config that does not validate (pydantic ValidationError): which setting is wrong."""
+    lines = str(exc).splitlines()
+    return "Invalid settings: " + " ".join(lines[1:3] if len(lines) > 2 else lines)
+
+
+def why_not_ready(runner: Any, state: Any) -> str:
+    """Why no run can start now ("" when one can): a job is running, or there is no data yet."""
+    if runner.running:
+        return "A job is already running."
+    if not state.data_dir:
+        return "Open a data folder first (step Data)."
+    return ""
+
+
+def engine_job(module: str, func: str, arg: Any) -> Callable[[Any, Any], Any]:
+    """A JobRunner factory: ``module.func(arg, stop, pause)``, imported in the worker thread."""
+
+    def factory(stop: Any, pause: Any) -> Any:
+        from importlib import import_module
+
+        return getattr(import_module(module), func)(arg, stop, pause)
+
+    return factory
+
+
+def make_log_view(max_height: int | None = None) -> QPlainTextEdit:
+    view = QPlainTextEdit()
+    view.setReadOnly(True)
+    view.setMaximumBlockCount(LOG_LINES)
+    if max_height is not None:
+        view.setMaximumHeight(max_height)
+    return view
+
+
+def make_hint_label(color: str) -> QLabel:
+    """The word-wrapped line that says why a button did nothing."""
+    hint = QLabel("")
+    hint.setWordWrap(True)
+    hint.setStyleSheet(f"color: {color};")
+    return hint

@@ -1,0 +1,260 @@
+"""The Train step's live feedback: status line, progress bars with speed and ETA, loss and
+accuracy curves, warnings, log, and the notification when a run ends.
+
+Per-event work is tiny (append to numpy buffers, set a few labels); the curves redraw at most
+10 times a second, so the UI keeps up with any engine speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QSizePolicy,
+    QSplitter,
+    QSystemTrayIcon,
+    QVBoxLayout,
+    QWidget,
+)
+
+from tlstudio.core import events as ev
+from tlstudio.gui.panels.run_common import fmt_count, make_log_view, progress_text
+from tlstudio.gui.panels.train_settings import TIPS
+from tlstudio.gui.widgets.curves import CurvesWidget
+
+log = logging.getLogger("tlstudio.gui")
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--:--"
+    s = int(seconds + 0.5)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+
+class TrainMonitorMixin:
+    """The right-hand side of the Train panel and the engine events that update it.
+    The panel provides ``self.state``, ``self._mine`` and the per-run timing fields."""
+
+    # ------------------------------------------------------------------ building
+    def _build_monitor(self) -> QWidget:
+        """Status, progress, curves, warnings and log (the right side of the splitter)."""
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        self.status_label = QLabel("Not started")
+        self.status_label.setStyleSheet("font-weight: bold;")
+        self.status_label.setWordWrap(True)
+        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.device_label = QLabel("Device: -")
+        self.device_label.setToolTip("Where training runs and the number format it uses.")
+        self.params_label = QLabel("")
+        top = QHBoxLayout()
+        top.addWidget(self.status_label, 1)
+        top.addWidget(self.params_label)
+        top.addWidget(self.device_label)
+        rv.addLayout(top)
+        grid = QGridLayout()
+        self.epoch_bar = QProgressBar()
+        self.epoch_bar.setFormat("Epoch %v / %m")
+        self.batch_bar = QProgressBar()
+        self.batch_bar.setFormat("Batch %v / %m")
+        self.speed_label = QLabel("")
+        self.eta_label = QLabel("")
+        grid.addWidget(QLabel("Run"), 0, 0)
+        grid.addWidget(self.epoch_bar, 0, 1)
+        grid.addWidget(self.eta_label, 0, 2)
+        grid.addWidget(QLabel("Epoch"), 1, 0)
+        grid.addWidget(self.batch_bar, 1, 1)
+        grid.addWidget(self.speed_label, 1, 2)
+        grid.setColumnStretch(1, 1)
+        # fixed widths/heights: text that changes every batch must not re-layout (and so
+        # re-render) the plots below
+        fm = self.fontMetrics()
+        self.eta_label.setFixedWidth(fm.horizontalAdvance("ETA 00:00:00") + 12)
+        self.speed_label.setFixedWidth(fm.horizontalAdvance("99999 img/s · epoch ETA 00:00:00") + 12)
+        self.status_label.setFixedHeight(2 * fm.lineSpacing() + 4)
+        rv.addLayout(grid)
+        self.metrics_label = QLabel("")
+        self.metrics_label.setFixedHeight(fm.lineSpacing() + 4)
+        rv.addWidget(self.metrics_label)
+
+        self.curves = CurvesWidget()
+        self.curves.setToolTip(TIPS["curves"])
+        self.curves.setMinimumHeight(260)
+        lower = QWidget()
+        lower_l = QHBoxLayout(lower)
+        lower_l.setContentsMargins(0, 0, 0, 0)
+        wbox = QGroupBox("Warnings")
+        wl = QVBoxLayout(wbox)
+        self.warnings = QListWidget()
+        self.warnings.setWordWrap(True)
+        self.warnings.setToolTip("Problems noticed while training (unreadable images, precision fallbacks, "
+                                 "out-of-memory retries, negative transfer); training goes on unless it cannot.")
+        wl.addWidget(self.warnings)
+        lbox = QGroupBox("Log")
+        ll = QVBoxLayout(lbox)
+        self.log_view = make_log_view()
+        ll.addWidget(self.log_view)
+        lower_l.addWidget(wbox)
+        lower_l.addWidget(lbox)
+        vsplit = QSplitter(Qt.Orientation.Vertical)
+        vsplit.addWidget(self.curves)
+        vsplit.addWidget(lower)
+        vsplit.setStretchFactor(0, 4)
+        vsplit.setStretchFactor(1, 1)
+        rv.addWidget(vsplit, 1)
+        return right
+
+    def _build_toast(self) -> None:
+        """The in-window message shown for a few seconds when a run ends."""
+        self.toast = QLabel(self)
+        self.toast.setStyleSheet("background: #263238; color: white; padding: 10px 16px; border-radius: 6px;")
+        self.toast.setWordWrap(True)
+        self.toast.hide()
+        self._toast_timer = QTimer(self)
+        self._toast_timer.setSingleShot(True)
+        self._toast_timer.timeout.connect(self.toast.hide)
+
+    # ------------------------------------------------------------------ engine events
+    def _on_event(self, e: Any) -> None:
+        if not self._mine:
+            return
+        self.events_seen += 1
+        self.state.run_event.emit(e)
+        if isinstance(e, ev.BatchEnd):
+            self._on_batch(e)
+        elif isinstance(e, ev.EpochEnd):
+            self._on_epoch(e)
+        elif isinstance(e, ev.RunStarted):
+            self._on_started(e)
+        elif isinstance(e, ev.Warn):
+            self._add_warning(e.message + (f" ({e.path})" if e.path else ""))
+        elif isinstance(e, ev.Log):
+            self._log(e.message)
+        elif isinstance(e, ev.Progress):
+            self.status_label.setText(progress_text(e))
+        elif isinstance(e, ev.Unfrozen):
+            self._log(f"Epoch {e.epoch + 1}: unfroze {e.group} ({fmt_count(e.trainable_params)} trainable)")
+            self.params_label.setText(f"Trainable: {fmt_count(e.trainable_params)}")
+        elif isinstance(e, ev.Checkpointed):
+            if e.kind == "best":
+                self._log(f"Epoch {e.epoch + 1}: best so far, weights kept")
+        elif isinstance(e, ev.Finished):
+            self._on_finished_event(e)
+
+    def _on_started(self, e: ev.RunStarted) -> None:
+        self._phase = e.phase
+        self._epochs = e.epochs
+        self._last_run_dir = e.run_dir if e.phase == "main" else self._last_run_dir
+        self._batch_t = None
+        self._sec_per_batch = None
+        self._epoch_seconds = []
+        self.epoch_bar.setRange(0, e.epochs)
+        self.epoch_bar.setValue(e.start_epoch)
+        self.curves.set_epochs(e.epochs)
+        self.batch_bar.setRange(0, max(1, e.batches_per_epoch))
+        self.batch_bar.setValue(0)
+        what = "From-scratch baseline" if e.phase == "baseline" else "Training"
+        resumed = f", resumed at epoch {e.start_epoch + 1}" if e.start_epoch else ""
+        self.status_label.setText(f"{what} {e.backbone}: {e.n_train} train / {e.n_val} val images{resumed}")
+        self.device_label.setText(f"Device: {e.device} · {e.precision}")
+        self.params_label.setText(f"Trainable: {fmt_count(e.trainable_params)} of {fmt_count(e.total_params)}")
+        self._log(f"{what} started in {e.run_dir}")
+        if e.phase == "main" and e.run_dir != self.state.current_run:
+            self.state.set_current_run(e.run_dir)
+
+    def _on_batch(self, e: ev.BatchEnd) -> None:
+        self.curves.add_batch(e.epoch, e.batch, e.batches, e.loss, e.lr, phase=e.phase)
+        now = time.monotonic()
+        if self._batch_t is not None:
+            dt = now - self._batch_t
+            self._sec_per_batch = dt if self._sec_per_batch is None else 0.9 * self._sec_per_batch + 0.1 * dt
+        self._batch_t = now
+        if self.batch_bar.maximum() != e.batches:
+            self.batch_bar.setRange(0, e.batches)
+        self.batch_bar.setValue(e.batch + 1)
+        self.epoch_bar.setValue(e.epoch)
+        if self._sec_per_batch is not None:
+            left_epoch = (e.batches - e.batch - 1) * self._sec_per_batch
+            per_epoch = (sum(self._epoch_seconds) / len(self._epoch_seconds)) if self._epoch_seconds \
+                else e.batches * self._sec_per_batch
+            left_total = left_epoch + max(0, self._epochs - e.epoch - 1) * per_epoch
+            self.eta_label.setText(f"ETA {_fmt_eta(left_total)}")
+            self.speed_label.setText(f"{e.images_per_s:.0f} img/s · epoch ETA {_fmt_eta(left_epoch)}")
+        else:
+            self.speed_label.setText(f"{e.images_per_s:.0f} img/s")
+
+    def _on_epoch(self, e: ev.EpochEnd) -> None:
+        self.curves.add_epoch(e.epoch, e.train_loss, e.val_loss, e.val_acc, phase=e.phase)
+        self._epoch_seconds.append(e.seconds)
+        self.epoch_bar.setRange(0, e.epochs)
+        self.epoch_bar.setValue(e.epoch + 1)
+        star = "  ★ best" if e.best else ""
+        prefix = "Baseline " if e.phase == "baseline" else ""
+        self.metrics_label.setText(
+            f"{prefix}Epoch {e.epoch + 1}/{e.epochs}: train loss {e.train_loss:.4f} · val loss {e.val_loss:.4f} · "
+            f"val acc {e.val_acc:.1%} · macro-F1 {e.val_macro_f1:.3f} · {e.seconds:.1f} s{star}")
+        self._log(self.metrics_label.text())
+
+    def _on_finished_event(self, e: ev.Finished) -> None:
+        self.curves.flush()
+        acc = f", best val acc {e.best_val_acc:.1%} (epoch {e.best_epoch + 1})" \
+            if e.best_val_acc is not None and e.best_epoch is not None else ""
+        phase = "Baseline" if self._phase == "baseline" else "Training"
+        text = f"{phase} {e.status.replace('_', ' ')}{acc}." + (f" {e.message}" if e.message else "")
+        if self._phase == "main":
+            self._finish_message = e.message
+        self.status_label.setText(text)
+        self._log(text)
+
+    # ------------------------------------------------------------------ feedback helpers
+    def _add_warning(self, text: str) -> None:
+        item = QListWidgetItem(text)
+        item.setToolTip(text)
+        self.warnings.addItem(item)
+        if self.warnings.count() > 500:  # bounded: a run with thousands of bad files stays light
+            self.warnings.takeItem(0)
+        self.warnings.scrollToBottom()
+
+    def _log(self, text: str) -> None:
+        self.log_view.appendPlainText(text)
+
+    def notify(self, message: str) -> None:
+        """Status bar message, a desktop notification when a tray exists, and an in-window toast."""
+        self.notifications.append(message)
+        self.state.status_message.emit(message)
+        try:
+            if QSystemTrayIcon.isSystemTrayAvailable():
+                if self._tray is None:
+                    icon = self.window().windowIcon()
+                    if icon.isNull():
+                        from PySide6.QtWidgets import QStyle
+
+                        icon = self.style().standardIcon(QStyle.StandardPixmap.SP_DialogApplyButton)
+                    self._tray = QSystemTrayIcon(icon, self)
+                self._tray.show()
+                self._tray.showMessage("TL Studio", message, QSystemTrayIcon.MessageIcon.Information, 6000)
+                QTimer.singleShot(8000, self._tray.hide)  # no icon left behind in the tray
+        except Exception:  # noqa: BLE001 - a notification must never break the app
+            log.exception("tray notification failed")
+        self.toast.setText(message)
+        self.toast.adjustSize()
+        self.toast.setMaximumWidth(max(200, self.width() - 40))
+        self.toast.adjustSize()
+        self.toast.move(max(10, self.width() - self.toast.width() - 20), max(10, self.height() - self.toast.height() - 20))
+        self.toast.raise_()
+        self.toast.show()
+        self._toast_timer.start(6000)
