@@ -12,21 +12,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
-    QObject,
-    QSortFilterProxyModel,
-    Qt,
-    QTimer,
-    Signal,
-)
-from PySide6.QtGui import QColor, QFont
+from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QButtonGroup,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -34,122 +23,35 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QProgressBar,
-    QPushButton,
-    QRadioButton,
     QSpinBox,
     QTableView,
     QVBoxLayout,
     QWidget,
 )
 
+from tlstudio.gui.panels.backbone_table import SIZES, BackboneFilter, BackboneTableModel
+from tlstudio.gui.panels.model_jobs import (
+    DownloadProgress,
+    default_backbone,
+    initial_trainable,
+)
+from tlstudio.gui.panels.model_jobs import build_job as _build_job
+from tlstudio.gui.panels.model_jobs import download_job as _download_job
+from tlstudio.gui.panels.model_jobs import list_models_job as _list_models_job
+from tlstudio.gui.panels.weight_source import WEIGHT_FILE_FILTER, WeightSourceMixin
 from tlstudio.gui.state import AppState
 from tlstudio.gui.tooltips import tip
 from tlstudio.gui.widgets.layer_strip import human_count
 
-SIZES = {"all": (0, 10**13), "small": (0, 10_000_000), "medium": (10_000_000, 50_000_000),
-         "large": (50_000_000, 10**13)}
+# The jobs are module globals here under their old names: the panel looks them up here when it
+# starts one, so tests can replace them (monkeypatch model_panel._list_models_job) and
+# layers_panel's preview can import _build_job from here.
+__all__ = ["SIZES", "WEIGHT_FILE_FILTER", "BackboneFilter", "BackboneTableModel", "ModelPanel", "_build_job"]
+
 META_ABOVE = 30_000_000  # parameters; larger models are built on the meta device for their structure
-WEIGHT_FILE_FILTER = "Weights (*.safetensors *.pth *.pt);;All files (*)"
 
 
-class _Cancelled(BaseException):
-    """Raised inside the download progress callback to abort it (BaseException: not swallowed)."""
-
-
-class BackboneTableModel(QAbstractTableModel):
-    COLUMNS = ("", "Name", "Family", "Params", "Input", "Pretrained", "Offline")
-    TIPS = ("recommended", "backbone", "family", "params", "input_size", "pretrained", "offline")
-    SortRole = Qt.ItemDataRole.UserRole + 1
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.infos: list[Any] = []
-
-    def set_infos(self, infos: list[Any]) -> None:
-        self.beginResetModel()
-        self.infos = list(infos)
-        self.endResetModel()
-
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.infos)
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal:
-            if role == Qt.ItemDataRole.DisplayRole:
-                return self.COLUMNS[section]
-            if role == Qt.ItemDataRole.ToolTipRole:
-                return tip(self.TIPS[section])
-        return None
-
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        m, c = self.infos[index.row()], index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return ("★" if m.recommended else "", m.name, m.family, human_count(m.params) if m.params else "?",
-                    f"{m.input_size} px", "yes" if m.pretrained else "no",
-                    "yes" if m.offline else "")[c]
-        if role == self.SortRole:
-            return (0 if m.recommended else 1, m.name, m.family, m.params, m.input_size, int(m.pretrained),
-                    int(m.offline))[c]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            extra = " Recommended starting point." if m.recommended else ""
-            off = " Weights are on this computer." if m.offline else ""
-            return f"{m.name} ({m.family}): {m.params:,} weights, {m.input_size} px input.{extra}{off}"
-        if role == Qt.ItemDataRole.FontRole and m.recommended:
-            f = QFont()
-            f.setBold(True)
-            return f
-        if role == Qt.ItemDataRole.ForegroundRole and c == 0:
-            return QColor("#e8a10a")
-        if role == Qt.ItemDataRole.TextAlignmentRole and c in (3, 4):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-
-class BackboneFilter(QSortFilterProxyModel):
-    """Text filter (every word must match name or family) and a size class."""
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.words: list[str] = []
-        self.size = "all"
-        self.pretrained_only = False
-        self.setSortRole(BackboneTableModel.SortRole)
-
-    def _refilter(self, change) -> None:  # noqa: ANN001
-        if hasattr(self, "beginFilterChange"):  # Qt >= 6.10 (invalidateFilter is deprecated there)
-            self.beginFilterChange()
-            change()
-            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-        else:
-            change()
-            self.invalidateFilter()
-
-    def set_text(self, text: str) -> None:
-        self._refilter(lambda: setattr(self, "words", text.lower().split()))
-
-    def set_size(self, size: str) -> None:
-        self._refilter(lambda: setattr(self, "size", size))
-
-    def set_pretrained_only(self, on: bool) -> None:
-        self._refilter(lambda: setattr(self, "pretrained_only", on))
-
-    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
-        m = self.sourceModel().infos[row]
-        lo, hi = SIZES[self.size]
-        if self.size != "all" and not (m.params and lo <= m.params < hi):  # unknown size: only in "all"
-            return False
-        if self.pretrained_only and not (m.pretrained or m.offline):
-            return False
-        hay = f"{m.name} {m.family}".lower()
-        return all(w in hay for w in self.words)
-
-
-class ModelPanel(QWidget):
+class ModelPanel(WeightSourceMixin, QWidget):
     models_loaded = Signal(int)  # number of catalogue entries
     model_built = Signal(object)  # the built model (structure)
     model_failed = Signal(str)
@@ -207,65 +109,7 @@ class ModelPanel(QWidget):
         top.addWidget(self.search, 3)
         top.addWidget(self.size_combo, 1)
 
-        # weight source
-        self.radios: dict[str, QRadioButton] = {}
-        self.source_group = QButtonGroup(self)
-        src_box = QGroupBox("Starting weights")
-        src_box.setToolTip(tip("pretrained"))
-        sv = QVBoxLayout(src_box)
-        for key, text in (("pretrained", "Pretrained on ImageNet (transfer learning)"),
-                          ("file", "A weights file on this computer"),
-                          ("run", "A model I trained earlier (chained transfer)"),
-                          ("scratch", "From scratch (random weights, no transfer)")):
-            rb = QRadioButton(text)
-            rb.setToolTip(tip(f"init_{key}"))
-            self.radios[key] = rb
-            self.source_group.addButton(rb)
-            sv.addWidget(rb)
-            if key == "pretrained":
-                row = QHBoxLayout()
-                row.setContentsMargins(22, 0, 0, 0)
-                self.download_btn = QPushButton("Download weights now")
-                self.download_btn.setToolTip(tip("download"))
-                self.download_btn.clicked.connect(self.download_weights)
-                self.dl_progress = QProgressBar()
-                self.dl_progress.setToolTip(tip("download"))
-                self.dl_progress.hide()
-                self.dl_cancel_btn = QPushButton("Cancel")
-                self.dl_cancel_btn.setToolTip("Stop the download (what was fetched is kept and resumed later).")
-                self.dl_cancel_btn.clicked.connect(self.cancel_download)
-                self.dl_cancel_btn.hide()
-                row.addWidget(self.download_btn)
-                row.addWidget(self.dl_progress, 1)
-                row.addWidget(self.dl_cancel_btn)
-                sv.addLayout(row)
-            elif key == "file":
-                row = QHBoxLayout()
-                row.setContentsMargins(22, 0, 0, 0)
-                self.file_edit = QLineEdit()
-                self.file_edit.setPlaceholderText(".safetensors, .pth or .pt")
-                self.file_edit.setToolTip(tip("init_file"))
-                self.file_edit.editingFinished.connect(self._file_edited)
-                b = QPushButton("Browse…")
-                b.setToolTip(tip("init_file"))
-                b.clicked.connect(self.choose_weights_file)
-                row.addWidget(self.file_edit, 1)
-                row.addWidget(b)
-                sv.addLayout(row)
-            elif key == "run":
-                row = QHBoxLayout()
-                row.setContentsMargins(22, 0, 0, 0)
-                self.run_edit = QLineEdit()
-                self.run_edit.setPlaceholderText("a run folder (contains run.json)")
-                self.run_edit.setToolTip(tip("init_run"))
-                self.run_edit.editingFinished.connect(self._run_edited)
-                b = QPushButton("Browse…")
-                b.setToolTip(tip("init_run"))
-                b.clicked.connect(self.choose_run)
-                row.addWidget(self.run_edit, 1)
-                row.addWidget(b)
-                sv.addLayout(row)
-        self.source_group.buttonClicked.connect(self._source_changed)
+        src_box = self._build_source_box()
 
         self.size_spin = QSpinBox()
         self.size_spin.setRange(0, 1024)
@@ -331,7 +175,7 @@ class ModelPanel(QWidget):
         self.count_label.setText(f"{len(infos):,} backbones; ★ = recommended starting points. "
                                  "Click a column to sort.")
         self.models_loaded.emit(len(infos))
-        self._select_name(self.state.settings.get("backbone") or _default_backbone())
+        self._select_name(self.state.settings.get("backbone") or default_backbone())
 
     def _models_error(self, exc: BaseException) -> None:
         self._loaded = False
@@ -396,87 +240,6 @@ class ModelPanel(QWidget):
         if name in ("", "init", "weights_file", "init_run", "image_size", "backbone"):
             self._sync_from_settings()
 
-    def init_kind(self) -> str:
-        for k, rb in self.radios.items():
-            if rb.isChecked():
-                return k
-        return "pretrained"
-
-    def _source_changed(self) -> None:
-        kind = self.init_kind()
-        self.state.set_setting("init", kind)
-        self._update_download_button()
-        self._check_source()
-
-    def _update_download_button(self) -> None:
-        info = self.selected_info()
-        ok = self.init_kind() == "pretrained" and info is not None and info.pretrained and not info.offline
-        self.download_btn.setEnabled(ok and self._dl_cancel is None)
-        if self._dl_cancel is None and info is not None:
-            self.download_btn.setText("Weights already on this computer" if info.offline else
-                                      "Download weights now" if info.pretrained else "No pretrained weights")
-        self.download_btn.setToolTip(tip("download") if ok else
-                                     "Nothing to download: the weights are already here, or not pretrained.")
-
-    def choose_weights_file(self) -> None:
-        f, _ = QFileDialog.getOpenFileName(self, "Choose a weights file", "", WEIGHT_FILE_FILTER)
-        if f:
-            self.set_weights_file(f)
-
-    def set_weights_file(self, path: str) -> None:
-        self.file_edit.setText(path)
-        self.radios["file"].setChecked(True)
-        self.state.set_setting("weights_file", path)
-        self.state.set_setting("init", "file")
-        self._check_source()
-
-    def _file_edited(self) -> None:
-        if self.file_edit.text().strip():
-            self.set_weights_file(self.file_edit.text().strip())
-
-    def choose_run(self) -> None:
-        d = QFileDialog.getExistingDirectory(self, "Choose an earlier run folder", self.state.runs_dir or "")
-        if d:
-            self.set_init_run(d)
-
-    def set_init_run(self, path: str) -> None:
-        """Chained transfer: the run decides the backbone; its classes may differ from ours."""
-        from tlstudio.core.runs import read_run
-
-        self.run_edit.setText(path)
-        self.radios["run"].setChecked(True)
-        try:
-            info = read_run(path)
-        except Exception as exc:  # noqa: BLE001 - RunError / validation: shown, not raised
-            self._fail(f"{path}: not a usable run folder ({exc})")
-            return
-        self.state.set_setting("init_run", path)
-        self.state.set_setting("init", "run")
-        self.message.setText("")
-        if self._loaded:
-            self._select_name(info.model.backbone)
-        else:
-            self.state.set_setting("backbone", info.model.backbone)
-
-    def _run_edited(self) -> None:
-        if self.run_edit.text().strip():
-            self.set_init_run(self.run_edit.text().strip())
-
-    def _check_source(self) -> None:
-        """Needs attention when the chosen source is incomplete; otherwise follows the build."""
-        kind = self.init_kind()
-        s = self.state.settings
-        if kind == "file" and not s.get("weights_file"):
-            self._fail("Choose a weights file (.safetensors, .pth or .pt), or pick another source.", dialog=False)
-        elif kind == "run" and not s.get("init_run"):
-            self._fail("Choose the folder of an earlier run, or pick another source.", dialog=False)
-        else:
-            self.message.setText("")
-            if self.state.model is not None:
-                self.state.set_step_status("model", "done")
-            if kind == "file":
-                self._build_timer.start()  # validates the file against the architecture
-
     def _size_changed(self, v: int) -> None:
         self.state.set_setting("image_size", v or None)
 
@@ -516,7 +279,7 @@ class ModelPanel(QWidget):
         self._built_classes = n
         self.busy.hide()
         self.message.setText("")
-        trainable = _initial_trainable(self.state, groups)
+        trainable = initial_trainable(self.state, groups)
         self.state.model_info = info
         self.state.set_model(info, groups, trainable, model)
         self.state.set_step_status("model", "done")
@@ -551,7 +314,7 @@ class ModelPanel(QWidget):
         gen = self._dl_gen
         cancel = threading.Event()
         self._dl_cancel = cancel
-        bridge = _DownloadProgress(self)
+        bridge = DownloadProgress(self)
         bridge.changed.connect(self._dl_progress)
         self.dl_progress.setRange(0, 0)
         self.dl_progress.setFormat("Downloading… %p%")
@@ -598,73 +361,6 @@ class ModelPanel(QWidget):
             return
         self._dl_ended()
         self._fail(str(exc), exc=exc)
-
-
-class _DownloadProgress(QObject):
-    changed = Signal(int, int)
-
-
-def _default_backbone() -> str:
-    from tlstudio.core.config import DEFAULT_BACKBONE
-
-    return DEFAULT_BACKBONE
-
-
-def _initial_trainable(state: AppState, groups: list[Any]) -> list[bool]:
-    """Keep an explicit per-group choice if it fits, else the freeze preset (default: head only)."""
-    from tlstudio.core.layers import plan_from_spec
-
-    fg = state.settings.get("frozen_groups")
-    if fg is not None and all(0 <= i < len(groups) for i in fg):
-        return [not (i in fg) or g.is_head for i, g in enumerate(groups)]
-    try:
-        return plan_from_spec(state.settings.get("freeze") or "head", groups)[0]
-    except Exception:  # noqa: BLE001 - e.g. last:N larger than the model: fall back to head only
-        return plan_from_spec("head", groups)[0]
-
-
-def _list_models_job() -> list[Any]:
-    from tlstudio.gui.heavy import ensure_imported
-
-    ensure_imported()
-    from tlstudio.core.backbones import list_models
-
-    return list_models("")
-
-
-def _build_job(name: str, n: int, init: str, weights_file: str | None, meta: bool = False) -> tuple[Any, list[Any]]:
-    from tlstudio.gui.heavy import ensure_imported
-
-    ensure_imported()
-    from tlstudio.core.backbones import create_model
-    from tlstudio.core.layers import layer_groups
-
-    if meta:
-        import torch
-
-        with torch.device("meta"):
-            model = create_model(name, n, init="scratch")
-    else:
-        model = create_model(name, n, init=init, weights_file=weights_file)
-    return model, layer_groups(model)
-
-
-def _download_job(name: str, n: int, bridge: _DownloadProgress, cancel: threading.Event) -> str:
-    from tlstudio.gui.heavy import ensure_imported
-
-    ensure_imported()
-    from tlstudio.core.backbones import create_model
-
-    def progress(done: int, total: int | None) -> None:
-        if cancel.is_set():
-            raise _Cancelled()
-        bridge.changed.emit(int(done), int(total or 0))
-
-    try:
-        create_model(name, n, init="pretrained", progress=progress)
-    except _Cancelled:
-        return "cancelled"
-    return "ok"
 
 
 if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.model_panel
