@@ -5,8 +5,9 @@ size, full fine-tuning (every layer trains), AdamW, cross-entropy.
 
 - bare:   the loop a user writes from the PyTorch tutorial: torchvision ImageFolder + timm's
           training transform + DataLoader (workers=2, decoding JPEGs every epoch), fp32, NCHW.
-- tlstudio: tlstudio.core.pipeline (decoded-image cache, threaded prefetch) + the precision plan
-          choose_precision() picks on this machine (bf16 autocast + channels_last here).
+- tlstudio: tlstudio.core.pipeline (decoded-image cache, threaded prefetch, channels_last
+          batches) + the precision plan choose_precision() picks on this machine (bf16 autocast +
+          channels_last here) + the glibc heap-reuse switch engine.fit uses (core/allocator.py).
 - engine: tlstudio.core.engine.fit itself (when it runs), same data, its own reported epoch time.
 
 Epoch 1 (cold: everything decodes) and epoch 2 (warm) are timed separately; the headline is the
@@ -61,6 +62,7 @@ def tlstudio_epochs(name: str, root, size: int, batch: int, epochs: int, prewarm
     counts towards epoch 1)."""
     import torch
 
+    from tlstudio.core.allocator import training_allocator
     from tlstudio.core.pipeline import build_loaders
     from tlstudio.core.precision import choose_precision
 
@@ -69,13 +71,16 @@ def tlstudio_epochs(name: str, root, size: int, batch: int, epochs: int, prewarm
     plan = choose_precision(torch.device("cpu"), model)
     plan.prepare_model(model)
     split = folder_split(root)
-    loaders = build_loaders(split, cfg, batch_size=batch, augment="light", seed=0, device="cpu", cache_budget_mb=1024)
+    loaders = build_loaders(split, cfg, batch_size=batch, augment="light", seed=0, device="cpu", cache_budget_mb=1024,
+                            channels_last=plan.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     yield plan.describe() + (", cache warmed first" if prewarm else "")
     for e in range(epochs):
         n = 0
-        with Timer() as t:
+        # glibc heap reuse only around our epochs, as engine.fit does: the interleaved bare epochs
+        # run with the default allocator
+        with training_allocator(), Timer() as t:
             if prewarm and e == 0:
                 for _ in loaders.warm_cache():
                     pass

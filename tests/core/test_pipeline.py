@@ -211,3 +211,40 @@ def test_warm_cache_decodes_everything_once_with_progress(shapes3):
     list(L.train_batches(0))
     list(L.val)
     assert L.cache.stats.decodes == total - 1  # nothing decoded during the epoch
+
+
+def test_channels_last_batches_hold_the_same_values_in_nhwc_memory(shapes3):
+    sp = split_of(shapes3)
+    nchw = build_loaders(sp, CFG, batch_size=8, augment="strong", seed=2, device="cpu")
+    nhwc = build_loaders(sp, CFG, batch_size=8, augment="strong", seed=2, device="cpu", channels_last=True)
+    for (a, ya, ia), (b, yb, ib) in zip(nchw.train_batches(1), nhwc.train_batches(1)):
+        assert a.is_contiguous() and not a.is_contiguous(memory_format=torch.channels_last)
+        assert b.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a, b) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    for (a, _, _), (b, _, _) in zip(nchw.val_batches(), nhwc.val_batches()):
+        assert b.is_contiguous(memory_format=torch.channels_last) and torch.equal(a, b)
+
+
+def test_cache_budget_covers_the_batches_in_flight(shapes3):
+    """The budget bounds the pipeline as a whole: batches in flight first, the cache gets the rest."""
+    from tlstudio.core.pipeline import working_set_bytes
+
+    sp = split_of(shapes3)
+    reserve = working_set_bytes(16, CFG, 2)
+    # one float batch is 16 x 3 x 40 x 40 x 4 bytes; at least two of them plus the uint8 queue
+    assert reserve >= 2 * 16 * 3 * 40 * 40 * 4 + 16 * 3 * 40 * 40
+    budget_mb = 1
+    L = build_loaders(sp, CFG, batch_size=16, augment="light", seed=0, device="cpu", workers=2,
+                      cache_budget_mb=budget_mb)
+    assert L.reserve_bytes == reserve
+    assert L.cache.budget_bytes == (budget_mb << 20) - reserve
+    for _ in L.train_batches(0):
+        pass
+    assert L.cache.stats.ram_bytes + L.reserve_bytes <= budget_mb << 20
+    # a budget smaller than the batches in flight keeps nothing in RAM, spills to disk, still trains
+    tiny = build_loaders(sp, CFG, batch_size=256, augment="light", seed=0, device="cpu", cache_budget_mb=1)
+    assert tiny.cache.budget_bytes == 0
+    n = sum(x.shape[0] for x, _, _ in tiny.train_batches(0))
+    assert n == len(sp.train) and tiny.cache.stats.ram_entries == 0
+    st = tiny.cache.stats  # the first loader's spill files are found on disk, the rest written now
+    assert st.disk_hits + st.disk_entries == len(sp.train) and st.disk_entries > 0

@@ -130,15 +130,20 @@ def augment_one(img: "torch.Tensor", size: int, preset: str, rng) -> tuple["torc
     return out.contiguous(), erase
 
 
-def normalise(images, mean, std) -> "torch.Tensor":
-    """uint8 CHW images (list or NCHW tensor) -> float32 NCHW (x/255 - mean) / std, in place."""
+def normalise(images, mean, std, channels_last: bool = False) -> "torch.Tensor":
+    """uint8 CHW images (list or NCHW tensor) -> float32 NCHW (x/255 - mean) / std, in place.
+    `channels_last` gives NHWC memory (same shape), the layout channels_last models consume."""
     import torch
 
     n = len(images)
     c, h, w = images[0].shape
-    out = torch.empty((n, c, h, w), dtype=torch.float32)
-    for i in range(n):
-        out[i].copy_(images[i])  # uint8 -> float conversion fused with the copy
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=fmt)
+    if isinstance(images, torch.Tensor):
+        out.copy_(images)  # uint8 -> float conversion fused with the (layout) copy
+    else:
+        for i in range(n):
+            out[i].copy_(images[i])
     s = torch.tensor([1.0 / (float(v) * 255.0) for v in std]).view(1, -1, 1, 1)
     m = torch.tensor([float(mu) / float(sd) for mu, sd in zip(mean, std)]).view(1, -1, 1, 1)
     return out.mul_(s).sub_(m)

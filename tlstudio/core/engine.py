@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tlstudio.core import runs
+from tlstudio.core.allocator import training_allocator
 from tlstudio.core.atomic import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from tlstudio.core.background_writer import BackgroundWriter, snapshot
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.errors import UserError
 from tlstudio.core.events import (
@@ -275,7 +277,10 @@ def fit(
 
     # TensorBoard event files when tensorboard is installed (a no-op otherwise); rank 0 only
     tb = TBWriter(run_dir / TB_DIR, enabled=distributed_context().is_main)
-    gen = _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, _resume_from is not None)
+    writer = BackgroundWriter()  # end-of-epoch checkpoints are written while the next epoch trains
+    gen = _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, _resume_from is not None,
+               writer)
+    alloc = training_allocator().__enter__()  # heap reuse for the step's big buffers (allocator.py)
     try:
         while True:
             ev = next(gen)
@@ -285,11 +290,14 @@ def fit(
     except StopIteration as done:
         info = done.value
     except TrainingFailed as exc:  # disk full, out of memory at batch size 1: into log.txt and run.json
+        writer.close()  # queued writes land before run.json says "failed"
         logger(Warn(str(exc)))
         _mark_failed(run_dir)
         raise
     finally:
+        writer.close()
         tb.close()
+        alloc.__exit__(None, None, None)
     if config.baseline and run_kind == "train" and phase == "main" and info.status in ("finished", "early_stopped"):
         info = yield from _baseline(config, run_dir, info, stop, pause, logger)
     return info
@@ -355,7 +363,8 @@ def _baseline(config, run_dir, info, stop, pause, logger) -> Generator[Event, No
     return info
 
 
-def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, resuming) -> Generator[Event, None, runs.RunInfo]:
+def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, resuming,
+         writer: BackgroundWriter) -> Generator[Event, None, runs.RunInfo]:
     import torch
 
     from tlstudio.core import backbones, layers, precision
@@ -557,16 +566,17 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         yield Log(f"Resumed at epoch {start_epoch + 1}, batch {start_batch + 1}")
 
     def save_last(epoch: int, batch: int) -> None:
-        _save(run_dir / runs.LAST_CKPT, atomic_torch_save, run_dir / runs.LAST_CKPT, {
+        writer.submit(_save, run_dir / runs.LAST_CKPT, atomic_torch_save, run_dir / runs.LAST_CKPT, snapshot({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "extra_modules": [m.state_dict() for m in objective.extra_modules()],
             "epoch": epoch, "batch": batch, "step": step, "batch_size": batch_size,
             "trainable": list(trainable), "partial": dict(partial), "rng": _rng_state(),
             "trackers": dataclasses.asdict(trackers),
-        })
+        }))
 
     def finish(status: str, message: str = "") -> Generator[Event, None, runs.RunInfo]:
+        writer.drain()  # every checkpoint on disk before the final evaluation reads the best weights
         info.status = status
         info.epochs_done = len(trackers.history)
         info.best_epoch = trackers.best_epoch
@@ -704,8 +714,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             trackers.best_epoch, trackers.best_acc, trackers.best_loss, trackers.best_f1 = epoch, val_acc, val_loss, val_f1
             trackers.bad_epochs = 0
             best_path = run_dir / runs.BEST_WEIGHTS
-            _save(best_path, atomic_save_safetensors, best_path, model.state_dict(),
-                  metadata={"tlstudio_model": spec.model_dump_json()})
+            writer.submit(_save, best_path, atomic_save_safetensors, best_path, snapshot(model.state_dict()),
+                          metadata={"tlstudio_model": spec.model_dump_json()})
         else:
             trackers.bad_epochs += 1
         n_tr, _ = layers.count_params(model)
@@ -713,7 +723,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
                "val_macro_f1": val_f1, "lr": _head_lr(opt), "seconds": time.time() - t_epoch,
                "trainable_params": n_tr}
         trackers.history.append(row)
-        _save(run_dir / runs.HISTORY_CSV, runs.write_history, run_dir, trackers.history)
+        writer.submit(_save, run_dir / runs.HISTORY_CSV, runs.write_history, run_dir, list(trackers.history))
         yield EpochEnd(epoch=epoch, epochs=config.epochs, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc,
                        val_macro_f1=val_f1, lr=row["lr"], seconds=row["seconds"], best=improved,
                        trainable_params=n_tr, phase=phase)
@@ -724,7 +734,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         yield Checkpointed(path=str(run_dir / runs.LAST_CKPT), epoch=epoch - 1, kind="last")
         info.epochs_done = epoch
         info.best_epoch, info.best_val_acc, info.best_val_macro_f1 = trackers.best_epoch, trackers.best_acc, trackers.best_f1
-        runs.write_run(run_dir, info)
+        writer.submit(runs.write_run, run_dir, info.model_copy(deep=True))
         if config.early_stop_patience and trackers.bad_epochs >= config.early_stop_patience and epoch < config.epochs:
             yield Log(f"Early stopping: no improvement for {trackers.bad_epochs} epochs")
             return (yield from finish("early_stopped"))
@@ -795,6 +805,7 @@ def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size
     loaders = pipeline.build_loaders(
         train_split, data_cfg, batch_size=batch_size, augment=config.augment, seed=config.seed,
         workers=config.workers, cache=config.cache, cache_budget_mb=config.cache_budget_mb, device=device,
+        channels_last=plan.channels_last,
     )
     # decode everything into the cache up front (with progress), so epoch 1 trains at full speed
     yield from loaders.warm_cache(stop)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     import torch
 
 Batch = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
+RawBatch = tuple["torch.Tensor", list, "torch.Tensor", "torch.Tensor"]  # uint8 x, erase boxes, y, idx
+
+PREFETCH_DEPTH = 2  # raw batches built ahead of the training step
 
 
 def _skipped(path: str, reason: str):
@@ -63,7 +66,7 @@ class _Source:
 
     def __init__(self, samples: Sequence[Any], data_cfg: dict, *, augment: str, seed: int,
                  cache: DecodedCache | None, threads: int, failures: list, failed: set[str],
-                 pin: bool = False):
+                 pin: bool = False, channels_last: bool = False):
         if augment not in PRESETS:
             from tlstudio.core.errors import UserError
 
@@ -83,6 +86,7 @@ class _Source:
         self.failures = failures
         self.failed = failed
         self.pin = pin
+        self.channels_last = bool(channels_last)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -113,7 +117,9 @@ class _Source:
     def _item(self, i: int, epoch: int, train: bool):
         return self._augment(i, self._image(i), epoch, train)
 
-    def batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> Batch | None:
+    def raw_batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> RawBatch | None:
+        """Decode (if not cached) and augment: a uint8 batch, a quarter of the float batch's bytes,
+        which is what waits in the prefetch queue. `finish` turns it into the float batch."""
         import torch
 
         # decode (PIL, GIL released) in the pool only when something is not cached yet; the
@@ -128,16 +134,28 @@ class _Source:
         keep = [(i, it) for i, it in zip(indices, items) if it is not None]
         if not keep:
             return None
-        x = normalise([it[0] for _, it in keep], self.mean, self.std)
-        for n, (_, (_, box)) in enumerate(keep):
+        u8 = torch.stack([it[0] for _, it in keep])
+        boxes = [box for _, (_, box) in keep]
+        y = torch.tensor([self.labels[i] for i, _ in keep], dtype=torch.long)
+        idx = torch.tensor([i for i, _ in keep], dtype=torch.long)
+        return u8, boxes, y, idx
+
+    def finish(self, raw: RawBatch) -> Batch:
+        """uint8 batch -> normalised float32 NCHW (channels_last memory when the model wants it, so
+        the training step needs no layout copy); random-erasing boxes are zeroed after normalising."""
+        u8, boxes, y, idx = raw
+        x = normalise(u8, self.mean, self.std, channels_last=self.channels_last)
+        for n, box in enumerate(boxes):
             if box is not None:
                 t, l, h, w = box
                 x[n, :, t:t + h, l:l + w] = 0.0
-        y = torch.tensor([self.labels[i] for i, _ in keep], dtype=torch.long)
-        idx = torch.tensor([i for i, _ in keep], dtype=torch.long)
         if self.pin:
             x = x.pin_memory()
         return x, y, idx
+
+    def batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> Batch | None:
+        raw = self.raw_batch(indices, epoch, train, pool)
+        return None if raw is None else self.finish(raw)
 
 
 def _chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -186,8 +204,11 @@ class _data_thread_torch:
                 torch.set_num_threads(_threads_saved)
 
 
-def _prefetch(make: Callable[[int], Batch | None], count: int, threads: int, depth: int = 2) -> Iterator[Batch]:
-    """Yield make(0..count-1) in order (skipping None), built `depth` batches ahead in a thread."""
+def _prefetch(make: Callable[[int], Any], count: int, threads: int, depth: int = PREFETCH_DEPTH,
+              finish: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+    """Yield make(0..count-1) in order (skipping None), built `depth` items ahead in a thread;
+    `finish` runs on each item in the consuming thread (turns raw uint8 batches into float ones
+    just before use, so only one float batch exists per consumer)."""
     if count <= 0:
         return
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -224,7 +245,8 @@ def _prefetch(make: Callable[[int], Batch | None], count: int, threads: int, dep
             if isinstance(item, tuple) and len(item) == 2 and item[0] == "__error__":
                 raise item[1]
             if item is not None:
-                yield item
+                yield item if finish is None else finish(item)
+                item = None  # drop the reference before the next one is built
     finally:
         stop.set()
         while t.is_alive():  # unblock a producer waiting on a full queue
@@ -263,6 +285,7 @@ class Loaders:
     epoch: int = 0
     cache: DecodedCache | None = None
     threads: int = 1
+    reserve_bytes: int = 0  # working memory (batches in flight) taken from the cache budget
     _train_src: Any = None
     _val_src: Any = None
     _pool: Any = None
@@ -285,13 +308,15 @@ class Loaders:
         """Batches start_batch.. of epoch `epoch` (positional: empty batches are skipped, not renumbered)."""
         chunks = self.train_order(epoch)[int(start_batch):]
         src, pool = self._train_src, self._pool
-        return _prefetch(lambda b: src.batch(chunks[b], epoch, True, pool), len(chunks), self.threads)
+        return _prefetch(lambda b: src.raw_batch(chunks[b], epoch, True, pool), len(chunks), self.threads,
+                         finish=src.finish)
 
     def val_batches(self) -> Iterator[Batch]:
         n, bs = self.n_val, self.batch_size
         chunks = [list(range(i, min(n, i + bs))) for i in range(0, n, bs)]
         src, pool = self._val_src, self._pool
-        return _prefetch(lambda b: src.batch(chunks[b], 0, False, pool), len(chunks), self.threads)
+        return _prefetch(lambda b: src.raw_batch(chunks[b], 0, False, pool), len(chunks), self.threads,
+                         finish=src.finish)
 
     def warm_cache(self, stop: threading.Event | None = None, chunk: int = 64) -> Iterator[Any]:
         """Optional: decode every train and val image into the decoded cache now, on all decode
@@ -323,11 +348,21 @@ class Loaders:
             self._pool = None
 
 
-def _make_cache(data_cfg: dict, cache: str, cache_budget_mb: int) -> DecodedCache | None:
-    if cache == "off" or cache_budget_mb <= 0:
-        return None
+def working_set_bytes(batch_size: int, data_cfg: dict, threads: int) -> int:
+    """Memory the pipeline needs besides the cache, independent of the data set's size: the float
+    batch being trained on plus the one being finished, the uint8 batches queued and being built,
+    and one decoded full-size image per decode thread. Counted inside the cache budget, so the
+    pipeline as a whole stays within it."""
+    size = int(data_cfg["input_size"][-1])
+    short = scale_size(data_cfg)
+    item = 3 * size * size
+    return (int(batch_size) * item * (4 * 2 + PREFETCH_DEPTH + 2)
+            + max(1, int(threads)) * 3 * short * 2 * short * 2)
+
+
+def _make_cache(data_cfg: dict, ram_bytes: int) -> DecodedCache:
     dc = DecodedCache(scale_size(data_cfg), str(data_cfg.get("interpolation") or "bilinear"),
-                      budget_bytes=int(cache_budget_mb) << 20)
+                      budget_bytes=ram_bytes)
     if dc.disk_dir is not None:  # earlier runs' spill files: keep the disk cache bounded across runs
         from tlstudio.core.decoded_cache import prune_dir
 
@@ -337,22 +372,30 @@ def _make_cache(data_cfg: dict, cache: str, cache_budget_mb: int) -> DecodedCach
 
 def build_loaders(split: Any, data_cfg: dict, *, batch_size: int, augment: str, seed: int,
                   workers: int | None = None, cache: str = "auto", cache_budget_mb: int = 2048,
-                  device: Any = "cpu") -> Loaders:
+                  device: Any = "cpu", channels_last: bool = False) -> Loaders:
     """Train/val loaders for a Split. `workers` = decode threads (None: up to 4, one per core);
-    `cache` auto|off (decoded-image cache in RAM within cache_budget_mb, overflow on disk)."""
+    `cache` auto|off (decoded-image cache in RAM within cache_budget_mb, overflow on disk).
+    `cache_budget_mb` bounds the whole pipeline: the batches in flight (working_set_bytes) are
+    taken from it first, the decoded cache gets the rest (RAM; beyond it, the disk cache).
+    `channels_last` = batches in NHWC memory (for a model in channels_last)."""
     import torch
 
     threads = default_threads() if workers is None else max(1, int(workers))
-    dc = _make_cache(data_cfg, cache, cache_budget_mb)
+    reserve = working_set_bytes(batch_size, data_cfg, threads)
+    # a budget too small for the batches in flight still caches, on disk only (RAM part 0)
+    ram = max(0, (int(cache_budget_mb) << 20) - reserve)
+    dc = None if cache == "off" or cache_budget_mb <= 0 else _make_cache(data_cfg, ram)
     failures: list = []
     failed: set[str] = set()
     pin = torch.device(device).type == "cuda"
-    common = dict(cache=dc, threads=threads, failures=failures, failed=failed, pin=pin)
+    common = dict(cache=dc, threads=threads, failures=failures, failed=failed, pin=pin,
+                  channels_last=channels_last)
     train_src = _Source(split.train, data_cfg, augment=augment, seed=seed, **common)
     val_src = _Source(split.val, data_cfg, augment="none", seed=seed, **common)
     n_train = len(train_src)
     loaders = Loaders(n_train=n_train, n_val=len(val_src), failures=failures,
                       batch_size=int(batch_size), seed=int(seed), cache=dc, threads=threads,
+                      reserve_bytes=reserve,
                       _train_src=train_src, _val_src=val_src,
                       _pool=ThreadPoolExecutor(threads, thread_name_prefix="tlstudio-decode") if threads > 1 else None)
     loaders.batches_per_epoch = len(_chunks(range(n_train), loaders.batch_size)) if n_train else 0
@@ -370,8 +413,8 @@ class _EvalIterable:
     def __iter__(self) -> Iterator[Batch]:
         n = len(self._src)
         chunks = [list(range(i, min(n, i + self._bs))) for i in range(0, n, self._bs)]
-        return _prefetch(lambda b: self._src.batch(chunks[b], 0, False, self._pool), len(chunks),
-                         self._src.threads)
+        return _prefetch(lambda b: self._src.raw_batch(chunks[b], 0, False, self._pool), len(chunks),
+                         self._src.threads, finish=self._src.finish)
 
 
 def eval_loader(samples: Sequence[Any], data_cfg: dict, *, batch_size: int, workers: int | None = None) -> _EvalIterable:
