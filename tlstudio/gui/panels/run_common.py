@@ -1,5 +1,6 @@
 """What the Train and Distill panels share: count and progress text, the settings-error hint,
-the readiness checks, the read-only log view and the engine job handed to the JobRunner.
+the readiness checks, the read-only log view, the engine job handed to the JobRunner and
+pause/resume (also used by the main window's Training menu).
 
 The engine function is imported in the worker thread when the job starts (never at import
 time here), so torch and timm stay out of the GUI's startup.
@@ -41,6 +42,14 @@ def why_not_ready(runner: Any, state: Any) -> str:
     if not state.data_dir:
         return "Open a data folder first (step Data)."
     return ""
+
+
+def toggle_pause(runner: Any) -> None:
+    """Pause the running job after its current batch, or resume it if it is paused."""
+    if runner.paused:
+        runner.resume()
+    else:
+        runner.pause()
 
 
 def engine_job(module: str, func: str, arg: Any) -> Callable[[Any, Any], Any]:

@@ -28,6 +28,7 @@ from tlstudio.gui.panels.run_common import (
     engine_job,
     make_hint_label,
     settings_error,
+    toggle_pause,
     why_not_ready,
 )
 from tlstudio.gui.panels.train_monitor import TrainMonitorMixin
@@ -184,12 +185,8 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, QWidget):
         return True
 
     def toggle_pause(self) -> None:
-        if not self._mine:
-            return
-        if self.runner.paused:
-            self.runner.resume()
-        else:
-            self.runner.pause()
+        if self._mine:
+            toggle_pause(self.runner)
 
     def stop(self) -> None:
         if self._mine and self.runner.running:
