@@ -29,19 +29,19 @@ from tlstudio.core import events as ev
 from tlstudio.gui.panels.distill_inputs import QUICK_STUDENTS, TIPS, DistillInputsMixin
 from tlstudio.gui.panels.distill_report import DistillReportMixin
 from tlstudio.gui.panels.run_common import (
+    RunStartMixin,
     engine_job,
     fmt_count,
     make_hint_label,
     make_log_view,
     progress_text,
-    settings_error,
     why_not_ready,
 )
 
 __all__ = ["QUICK_STUDENTS", "TIPS", "DistillPanel"]  # the constants stay importable from here
 
 
-class DistillPanel(DistillInputsMixin, DistillReportMixin, QWidget):
+class DistillPanel(DistillInputsMixin, DistillReportMixin, RunStartMixin, QWidget):
     students_loaded = Signal(object)  # list[ModelInfo] from the background catalogue load
 
     def __init__(self, state, runner, parent: QWidget | None = None) -> None:
@@ -127,14 +127,8 @@ class DistillPanel(DistillInputsMixin, DistillReportMixin, QWidget):
         return ""
 
     def start(self) -> bool:
-        reason = self._why_not_ready()
-        if reason:
-            self.hint.setText(reason)
-            return False
-        try:
-            config = self.make_config()
-        except Exception as exc:  # pydantic ValidationError: say which setting
-            self.hint.setText(settings_error(exc))
+        config = self._checked_config()
+        if config is None:
             return False
         self._mine = True
         self.hint.setText("")

@@ -78,3 +78,21 @@ def make_hint_label(color: str) -> QLabel:
     hint.setWordWrap(True)
     hint.setStyleSheet(f"color: {color};")
     return hint
+
+
+class RunStartMixin:
+    """Start-button checks of the Train and Distill panels, which provide ``self.hint``,
+    ``self._why_not_ready()`` and ``self.make_config()``."""
+
+    def _checked_config(self) -> Any | None:
+        """The config to start a run with; None, with the reason shown in the hint, when the
+        panel is not ready or a setting does not validate."""
+        reason = self._why_not_ready()
+        if reason:
+            self.hint.setText(reason)
+            return None
+        try:
+            return self.make_config()
+        except Exception as exc:  # pydantic ValidationError: show which setting is wrong
+            self.hint.setText(settings_error(exc))
+            return None

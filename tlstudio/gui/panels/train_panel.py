@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (
 )
 
 from tlstudio.gui.panels.run_common import (
+    RunStartMixin,
     engine_job,
     make_hint_label,
-    settings_error,
     toggle_pause,
     why_not_ready,
 )
@@ -39,7 +39,7 @@ from tlstudio.gui.state import AppState
 log = logging.getLogger("tlstudio.gui")
 
 
-class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, QWidget):
+class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
     """Hyper-parameters, run control and live feedback for one training job at a time."""
 
     run_finished = Signal(str, str)  # run_dir, status
@@ -154,14 +154,8 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, QWidget):
 
     def start(self) -> bool:
         """Start a new run from the current settings. Returns False (with a hint) if it cannot."""
-        reason = self._why_not_ready()
-        if reason:
-            self.hint.setText(reason)
-            return False
-        try:
-            config = self.make_config()
-        except Exception as exc:  # pydantic ValidationError: show which setting is wrong
-            self.hint.setText(settings_error(exc))
+        config = self._checked_config()
+        if config is None:
             return False
         self._begin(f"Starting {config.backbone} ...", fresh=True)
         self.runner.start(engine_job("tlstudio.core.engine", "fit", config), owner=self)
