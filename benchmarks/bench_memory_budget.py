@@ -1,11 +1,12 @@
-"""Benchmark 6: peak memory for a data set 4x larger than the decoded-cache budget.
+"""Benchmark 6: peak memory for a data set 4x larger than the cache budget.
 
 Each measurement runs in a fresh process: import torch/timm, create resnet18 (the "model"
 part), record RSS, then run 2 training-data epochs through tlstudio's pipeline (decoded
 cache with the given budget; overflow spills to the disk cache) and record peak RSS.
-Working memory beyond the cache (a few batches in flight, decode buffers) does not grow with
-the data set; the cache stops at its budget. For contrast, the same data with a budget large
-enough to hold everything shows what an unbounded cache would take.
+The budget bounds the pipeline as a whole: the batches in flight are reserved from it
+(pipeline.working_set_bytes) and the RAM cache gets the rest, so peak RSS should stay under
+"RSS before data + budget". For contrast, the same data with a budget large enough to hold
+everything shows what an unbounded cache would take.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def child(budget_mb: int, root: str, batch: int) -> None:
     print(json.dumps({"base_mb": base, "peak_mb": peak_rss_mb(), "model_mb": model_mb, "images": len(split.train),
                       "seen": n, "ram_mb": st.ram_bytes / 2**20, "ram_entries": st.ram_entries,
                       "disk_entries": st.disk_entries, "uncached": st.uncached, "decodes": st.decodes,
-                      "batch_mb": batch * 3 * 224 * 224 * 4 / 2**20}))
+                      "batch_mb": batch * 3 * 224 * 224 * 4 / 2**20, "reserve_mb": L.reserve_bytes / 2**20}))
 
 
 def run_child(budget_mb: int, root, batch: int) -> dict:
@@ -63,7 +64,8 @@ def main():
     a = ap.parse_args()
     if a.child:
         return child(a.budget, a.root, a.batch)
-    budget = a.budget or (24 if a.quick else 128)
+    # the budget must exceed the batches in flight (~80 MB at batch 32, 224 px) to cache anything
+    budget = a.budget or (96 if a.quick else 256)
     import timm
 
     from tlstudio.core.augment import scale_size
@@ -86,15 +88,15 @@ def main():
               f"{r['ram_mb']:.0f} MB ({r['ram_entries']} img) | {r['disk_entries']} img | {r['decodes']} |")
     growth = bounded["peak_mb"] - bounded["base_mb"]
     working = growth - bounded["ram_mb"]
-    print(f"# bounded run: data growth {growth:.0f} MB = cache {bounded['ram_mb']:.0f} MB (<= budget {budget} MB) + "
-          f"{working:.0f} MB working memory (batches in flight: one float batch is {bounded['batch_mb']:.0f} MB)")
-    ok = bounded["ram_mb"] <= budget
-    print(f"# peak {bounded['peak_mb']:.0f} MB vs budget + model process ({budget} + {bounded['base_mb']:.0f} MB) + "
-          f"working memory: cache within budget: {ok}")
+    print(f"# bounded run: data growth {growth:.0f} MB = cache {bounded['ram_mb']:.0f} MB + {working:.0f} MB working "
+          f"memory (reserved from the budget: {bounded['reserve_mb']:.0f} MB; one float batch is "
+          f"{bounded['batch_mb']:.0f} MB)")
+    ok = growth <= budget
+    print(f"# peak {bounded['peak_mb']:.0f} MB vs model process + budget ({bounded['base_mb']:.0f} + {budget} MB = "
+          f"{bounded['base_mb'] + budget:.0f} MB): {'under' if ok else 'OVER'} by {abs(budget - growth):.0f} MB")
     report("memory_budget", {"peak_growth_over_budget": round(growth / budget, 2),
                              "unbounded_growth_over_budget": round((unbounded["peak_mb"] - unbounded["base_mb"]) / budget, 2)},
-           {"budget_mb": budget, "bounded": bounded, "unbounded": unbounded, "cache_within_budget": ok})
-
+           {"budget_mb": budget, "bounded": bounded, "unbounded": unbounded, "peak_within_budget": ok})
 
 if __name__ == "__main__":
     main()
