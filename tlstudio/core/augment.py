@@ -107,13 +107,17 @@ def augment_one(img: "torch.Tensor", size: int, preset: str, rng) -> tuple["torc
     """uint8 CHW (short side = scale size) -> uint8 CHW `size` x `size`, plus an erase box or None."""
     if preset == "none" or rng is None:
         return center_crop(img, size), None
-    import torchvision.transforms.v2.functional as TF
-    from torchvision.transforms import InterpolationMode
+    import torch
+    import torch.nn.functional as F
 
     _, h, w = img.shape
     top, left, ch, cw = _rrc_params(h, w, rng)
-    out = TF.resized_crop(img, top, left, ch, cw, [size, size],
-                          interpolation=InterpolationMode.BILINEAR, antialias=True)
+    # bilinear + antialias on uint8 in HWC memory runs torch's vectorised uint8 kernel: 0.16 ms
+    # a crop vs 0.58 ms for torchvision's resized_crop on CHW memory (same maths as TF.resized_crop)
+    crop = img[None, :, top:top + ch, left:left + cw]
+    if not crop.is_contiguous(memory_format=torch.channels_last):
+        crop = crop.contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     if rng.random() < 0.5:
         out = out.flip(-1)
     erase = None
@@ -127,7 +131,7 @@ def augment_one(img: "torch.Tensor", size: int, preset: str, rng) -> tuple["torc
                 if eh < size and ew < size:
                     erase = (int(rng.integers(0, size - eh + 1)), int(rng.integers(0, size - ew + 1)), eh, ew)
                     break
-    return out.contiguous(), erase
+    return out, erase
 
 
 def normalise(images, mean, std, channels_last: bool = False) -> "torch.Tensor":
@@ -144,6 +148,13 @@ def normalise(images, mean, std, channels_last: bool = False) -> "torch.Tensor":
     else:
         for i in range(n):
             out[i].copy_(images[i])
-    s = torch.tensor([1.0 / (float(v) * 255.0) for v in std]).view(1, -1, 1, 1)
-    m = torch.tensor([float(mu) / float(sd) for mu, sd in zip(mean, std)]).view(1, -1, 1, 1)
-    return out.mul_(s).sub_(m)
+    s = torch.tensor([1.0 / (float(v) * 255.0) for v in std])
+    m = torch.tensor([float(mu) / float(sd) for mu, sd in zip(mean, std)])
+    if not channels_last:
+        return out.mul_(s.view(1, -1, 1, 1)).sub_(m.view(1, -1, 1, 1))
+    # NHWC memory: a per-channel broadcast would run over an innermost dimension of 3 (slow);
+    # view it as rows of 64 pixels instead, with the 3 channel factors repeated to match
+    flat = out.permute(0, 2, 3, 1).reshape(-1)  # a view: the memory is already NHWC
+    k = 64 if flat.numel() % (64 * c) == 0 else 1
+    flat.view(-1, k * c).mul_(s.repeat(k)).sub_(m.repeat(k))
+    return out

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-_VERSION = "v1"
+_VERSION = "v2"  # v2: disk entries stored HWC
 _ENTRY_OVERHEAD = 256  # bytes of Python/tensor bookkeeping per RAM entry, counted against the budget
 
 
@@ -107,7 +107,9 @@ def decode_resized(path: str, short_side: int, interpolation: str = "bilinear") 
         left, top = (nw - min(nw, cap)) // 2, (nh - min(nh, cap)) // 2
         img = img.crop((left, top, left + min(nw, cap), top + min(nh, cap)))
     arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    # CHW shape over HWC memory (PIL's own order, no transposing copy): the uint8 resize kernel
+    # augmentation uses is ~3x faster on this layout (augment.py)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def prune_dir(root: str | Path, max_bytes: int, *, keep: set[str] | None = None) -> int:
@@ -242,8 +244,8 @@ class DecodedCache:
             if not f.exists():
                 f.parent.mkdir(parents=True, exist_ok=True)
                 tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, t.numpy(), allow_pickle=False)
+                with open(tmp, "wb") as fh:  # stored HWC, as decoded
+                    np.save(fh, np.ascontiguousarray(t.permute(1, 2, 0).numpy()), allow_pickle=False)
                 os.replace(tmp, f)
         except OSError:
             with self._lock:
@@ -272,9 +274,9 @@ class DecodedCache:
             arr = np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[0] != 3 or min(arr.shape[1:]) != self.short_side:
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) != self.short_side:
             return None
-        t = torch.from_numpy(arr)
+        t = torch.from_numpy(arr).permute(2, 0, 1)
         if path not in self._on_disk:  # adopt a file from an earlier run; promote to RAM if room
             nbytes = t.numel() + _ENTRY_OVERHEAD
             with self._lock:

@@ -133,7 +133,8 @@ class _Source:
         else:
             imgs = [self._image(i) for i in indices]
         # each crop goes straight into the batch tensor: no list of crops next to a stacked copy
-        u8 = torch.empty((len(indices), 3, self.size, self.size), dtype=torch.uint8)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        u8 = torch.empty((len(indices), 3, self.size, self.size), dtype=torch.uint8, memory_format=fmt)
         boxes, kept = [], []
         for i, img in zip(indices, imgs):
             item = self._augment(i, img, epoch, train)
