@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import resource
 import shutil
@@ -70,11 +71,11 @@ def timed_scan(root: Path, workers: int, full: bool) -> tuple[float, int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000, help="number of images (default 50,000)")
-    ap.add_argument("--workers", type=int, default=None, help=f"parallel workers (default {_default_workers()})")
+    ap.add_argument("--workers", type=int, default=None, help="parallel workers (default: one process per core for header checks, two threads per core for --full-check)")
     ap.add_argument("--full-check", action="store_true", help="decode every image instead of header checks")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the images (default: a temp dir)")
     a = ap.parse_args(argv)
-    workers = a.workers or _default_workers()
+    workers = a.workers or _default_workers(a.full_check)
 
     tmp = Path(tempfile.mkdtemp(prefix="tlstudio_bench_scan_", dir=a.dir))
     try:
@@ -97,7 +98,11 @@ def main(argv=None) -> int:
         print(f"scan, 1 worker   : {t_ser:7.2f} s  {n / t_ser:9,.0f} images/s")
         print(f"parallel / serial speed-up: {t_ser / t_par:.2f}x")
         print(f"peak Python heap during scan (tracemalloc): {peak / 2**20:.1f} MB ({peak / n:.0f} B/image)")
-        print(f"process peak RSS: {rss1:.0f} MB (before scans {rss0:.0f} MB)")
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KB on Linux
+        print(f"process peak RSS: {rss1:.0f} MB (before scans {rss0:.0f} MB); largest worker process: {child:.0f} MB")
+        print("RESULT " + json.dumps({"bench": "scan", "ratios": {
+            "images_per_s": round(n / t_par), "parallel_vs_serial": round(t_ser / t_par, 2)},
+            "peak_rss_mb": round(rss1), "worker_peak_rss_mb": round(child), "workers": workers}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the bare loop")
     ap.add_argument("--no-engine", action="store_true")
     ap.add_argument("--prewarm", action="store_true", help="decode into the cache before epoch 1 (Loaders.warm_cache)")
+    ap.add_argument("--photo", default="500x375",
+                    help="JPEG size WxH (500x375 ImageNet-like; e.g. 2048x1536 for phone photos)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for both loops (default: all cores); 1 is robust on an overloaded machine")
     a = ap.parse_args()
@@ -145,9 +147,10 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     models = (a.models or ("resnet18" if a.quick else "resnet18,efficientnet_b0,vit_tiny_patch16_224")).split(",")
     per_class = (a.images or (64 if a.quick else 256)) // 4
-    root = make_jpeg_folder("train", 4, per_class)
+    photo = tuple(int(v) for v in a.photo.lower().split("x"))
+    root = make_jpeg_folder("train", 4, per_class, size=photo)
     print_machine()
-    print(f"# {4 * per_class} JPEGs 500x375, batch {a.batch}, {a.size}px, {a.epochs} epochs, full fine-tuning, "
+    print(f"# {4 * per_class} JPEGs {photo[0]}x{photo[1]}, batch {a.batch}, {a.size}px, {a.epochs} epochs, full fine-tuning, "
           f"{torch.get_num_threads()} torch threads")
     print("| model | loop | epoch 1 img/s | epoch 2 img/s | overall img/s | CPU s/img (all epochs) |")
     print("|---|---|---|---|---|---|")

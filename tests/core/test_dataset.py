@@ -222,6 +222,51 @@ def test_stop_event(tmp_path):
         scan(root, stop=stop2, progress=progress, workers=1)
 
 
+def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypatch):
+    """Big header-only scans run in spawned processes (threads only fought over the GIL): same
+    samples, same skipped files with the same reasons, same duplicate warnings, progress to the end."""
+    from tlstudio.core import dataset
+
+    root = make_folder(tmp_path / "ds", {"a": 12, "b": 12})
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "b" / "empty.jpg").write_bytes(b"")
+    shutil.copy(root / "a" / "a_000.png", root / "a" / "copy.png")
+    serial = scan(root, workers=1)
+    monkeypatch.setattr(dataset, "PROCESS_SCAN_MIN", 8)
+    import concurrent.futures
+
+    submitted = []
+
+    class Recording(concurrent.futures.ProcessPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(fn.__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Recording)
+    calls: list = []
+    multi = scan(root, workers=2, progress=lambda d, t: calls.append((d, t)))
+    assert len(submitted) >= 2 and set(submitted) == {"_probe_chunk"}  # chunks went to the processes
+    assert multi.samples == serial.samples and multi.skipped == serial.skipped
+    assert {s.reason for s in multi.skipped} >= {"empty file (0 bytes)"} and len(multi.skipped) == 2
+    assert multi.warnings == serial.warnings and any("copy.png" in w for w in multi.warnings)
+    assert calls[-1] == (27, 27)
+
+
+def test_spawn_is_refused_for_an_unguarded_main_script(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from tlstudio.core import dataset
+
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(tmp_path / "script.py")
+    (tmp_path / "script.py").write_text("from tlstudio.core.dataset import scan\nscan('x')\n")
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    assert dataset._spawn_is_safe() is False  # a child would run the script again
+    (tmp_path / "script.py").write_text("def main():\n    pass\n\nif __name__ == '__main__':\n    main()\n")
+    assert dataset._spawn_is_safe() is True
+
+
 # ----------------------------------------------------------------------------- split
 
 
