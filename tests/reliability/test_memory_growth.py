@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from tlstudio.core import events as E
+from tlstudio.core.background_writer import wait_all_idle
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.engine import fit
 from tlstudio.core.synthetic import make_synthetic_folder
@@ -33,6 +34,9 @@ def rss_bytes() -> int:
 
 
 def live_tensors() -> int:
+    # checkpoints are written in the background from snapshots of the weights: count after they
+    # are on disk, else a queued snapshot (a copy of every weight) shows up as a swing
+    assert wait_all_idle()
     gc.collect()
     n = 0
     with warnings.catch_warnings():  # isinstance on deprecated torch proxies warns

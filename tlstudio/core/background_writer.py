@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
+
+_writers: "weakref.WeakSet[BackgroundWriter]" = weakref.WeakSet()
 
 
 def snapshot(obj: Any) -> Any:
@@ -41,6 +45,10 @@ class BackgroundWriter:
         self._failed = False  # after one failure nothing else is written (the run is ending)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _writers.add(self)
+
+    def idle(self) -> bool:
+        return self._q.unfinished_tasks == 0
 
     def _run(self) -> None:
         while True:
@@ -80,3 +88,14 @@ class BackgroundWriter:
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
+
+
+def wait_all_idle(timeout: float = 30.0) -> bool:
+    """Wait until no writer in this process has a queued or running write (for measurements
+    that count live tensors: a queued snapshot holds a copy of the weights). True if idle."""
+    end = time.monotonic() + timeout
+    while any(not w.idle() for w in list(_writers)):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True

@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
     compile: bool = False
     workers: int | None = None  # None: auto
     cache: Literal["auto", "off"] = "auto"  # decoded-image and feature caches
-    cache_budget_mb: int = Field(2048, ge=0)
+    cache_budget_mb: int = Field(2048, ge=0)  # RAM for the data pipeline: batches in flight + decoded cache
     leave_one_core: bool = False  # set by the GUI so the UI stays responsive
 
     seed: int = 0
