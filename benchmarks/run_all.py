@@ -47,7 +47,7 @@ def main() -> int:
             if '"--quick"' in src:
                 quick = ["--quick"]
             elif name == "scan" and '"--n"' in src:
-                quick = ["--n", "5000"]  # the scan benchmark has no --quick: a smaller folder instead
+                quick = ["--n", "20000"]  # the scan benchmark has no --quick: a smaller folder instead
         cmd = [sys.executable, str(path)] + quick
         print(f"\n=== {what}\n$ {' '.join(cmd)}", flush=True)
         t = time.time()

@@ -309,7 +309,7 @@ def _default_workers(full: bool = True) -> int:
     return max(1, min(8, cores * 2)) if full else max(1, min(8, cores))
 
 
-PROCESS_SCAN_MIN = 4000  # fewer files: a process's start-up (~0.3 s) costs more than it saves
+PROCESS_SCAN_MIN = 10_000  # measured break-even ~8,000 files on 2 cores (spawn start-up ~0.2 s)
 
 
 def _spawn_is_safe() -> bool:
