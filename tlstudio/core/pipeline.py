@@ -215,7 +215,7 @@ def _prefetch(make: Callable[[int], Any], count: int, threads: int, depth: int =
               finish: Callable[[Any], Any] | None = None) -> Iterator[Any]:
     """Yield make(0..count-1) in order (skipping None), built `depth` items ahead in a thread;
     `finish` runs on each item in the consuming thread (turns raw uint8 batches into float ones
-    just before use, so only one float batch exists per consumer)."""
+    just before use: the queue holds uint8, a quarter of the bytes)."""
     if count <= 0:
         return
     q: queue.Queue = queue.Queue(maxsize=depth)
