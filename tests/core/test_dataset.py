@@ -233,6 +233,7 @@ def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypat
     shutil.copy(root / "a" / "a_000.png", root / "a" / "copy.png")
     serial = scan(root, workers=1)
     monkeypatch.setattr(dataset, "PROCESS_SCAN_MIN", 8)
+    monkeypatch.setattr(dataset, "_probe_memo", {})  # probe again, in the workers
     import concurrent.futures
 
     submitted = []
@@ -250,6 +251,24 @@ def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypat
     assert {s.reason for s in multi.skipped} >= {"empty file (0 bytes)"} and len(multi.skipped) == 2
     assert multi.warnings == serial.warnings and any("copy.png" in w for w in multi.warnings)
     assert calls[-1] == (27, 27)
+
+
+def test_rescanning_an_unchanged_folder_reuses_probes_and_sees_changed_files(tmp_path, monkeypatch):
+    from tlstudio.core import dataset
+
+    root = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
+    first = scan(root, workers=1)
+    probed: list[str] = []
+    real = dataset.probe_file
+    monkeypatch.setattr(dataset, "probe_file", lambda p, *a, **k: probed.append(p) or real(p, *a, **k))
+    again = scan(root, workers=1)
+    assert probed == [] and again.samples == first.samples  # e.g. training right after the Data step
+    bad = root / "a" / "a_001.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken now")
+    os.utime(bad, ns=(bad.stat().st_atime_ns, bad.stat().st_mtime_ns + 10**9))
+    third = scan(root, workers=1)
+    assert probed == [str(bad)]  # only the changed file is probed again
+    assert [s.path for s in third.skipped] == [str(bad)]
 
 
 def test_spawn_is_refused_for_an_unguarded_main_script(tmp_path, monkeypatch):

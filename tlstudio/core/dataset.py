@@ -332,6 +332,19 @@ def _spawn_is_safe() -> bool:
     return "__name__" in src and "__main__" in src
 
 
+# Probe results of this process, keyed by (path, size, mtime_ns, max_pixels, full): the GUI's
+# Data step, training and distillation scan the same folder one after another; a file that
+# changed has a new size or mtime and is probed again.
+_PROBE_MEMO_MAX = 500_000  # ~100 MB at worst; cleared when full
+_probe_memo: dict[tuple, tuple[str | None, str | None]] = {}
+
+
+def _remember_probe(key: tuple, result: tuple[str | None, str | None]) -> None:
+    if len(_probe_memo) >= _PROBE_MEMO_MAX:
+        _probe_memo.clear()
+    _probe_memo[key] = result  # one dict assignment: atomic under the GIL
+
+
 def _probe_chunk(paths: list[str], want_hash: list[bool], max_pixels: int, full: bool) -> list[tuple]:
     """Probe a slice of files (runs in a worker process for big header scans)."""
     return [probe_file(p, max_pixels, full, want_hash=w, stat_checked=True) for p, w in zip(paths, want_hash)]
@@ -356,10 +369,18 @@ def _probe_all(
     workers = workers or _default_workers(full)
     use_processes = not full and workers > 1 and n >= PROCESS_SCAN_MIN and _spawn_is_safe()
     chunk = max(1, min(1024 if use_processes else 256, n // (workers * 8) or 1))
-    todo = [i for i in range(n) if files[i].size != 0]
-    for i in range(n):
-        if files[i].size == 0:
+    todo: list[int] = []
+    for i, f in enumerate(files):
+        if f.size == 0:
             reasons[i] = "empty file (0 bytes)"
+            continue
+        hit = _probe_memo.get((f.path, f.size, f.mtime_ns, max_pixels, full))
+        if hit is None or (hit[0] is None and hit[1] is None and sizes[f.size] > 1):
+            todo.append(i)  # not probed yet (or probed before its size collided: no hash then)
+            continue
+        reasons[i] = hit[0]
+        if hit[1] is not None and sizes[f.size] > 1:
+            hashes[f.path] = hit[1]
 
     def job(lo: int) -> tuple:
         idx = todo[lo:lo + chunk]
@@ -409,6 +430,8 @@ def _probe_all(
                 reasons[i] = r
                 if h is not None:
                     hashes[files[i].path] = h
+                f = files[i]
+                _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
             done += len(idx)
             now = time.monotonic()
             if progress is not None and (now - last > 0.1 or done == n):
