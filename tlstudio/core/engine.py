@@ -466,7 +466,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             else:
                 preset = "last:1"
             lr = default_lr(preset)
-            yield Log(f"Learning rate {lr:g} (default for {preset if preset != 'last:1' else 'partial'} training)")
+            what = {"none": "full fine-tuning", "head": "head-only training", "last:1": "partial fine-tuning"}
+            yield Log(f"Learning rate {lr:g} (default for {what.get(preset, preset + ' training')})")
 
     device = precision.resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
@@ -809,6 +810,15 @@ def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size
     )
     # decode everything into the cache up front (with progress), so epoch 1 trains at full speed
     yield from loaders.warm_cache(stop)
+    if loaders.cache is not None:
+        st = loaders.cache.stats
+        where = f"{st.ram_entries} images in RAM ({st.ram_bytes / 2**20:.0f} MB)"
+        if st.disk_entries or st.disk_hits:
+            where += f", {st.disk_entries + st.disk_hits} on disk"
+        if st.uncached:
+            where += f", {st.uncached} decoded every epoch (both budgets full)"
+        yield Log(f"Decoded-image cache: {where}; {loaders.reserve_bytes / 2**20:.0f} MB of the "
+                  f"{config.cache_budget_mb} MB budget kept for batches in flight")
     module = model
     if config.compile:
         import torch
@@ -856,4 +866,6 @@ def _final_eval(run_dir: Path, info: runs.RunInfo, split, device) -> Generator[E
     report = evaluate_model(model, info.model, list(split.val), device=str(device))
     atomic_write_json(run_dir / runs.EVAL_JSON, report.to_json())
     yield Progress(task="eval", done=len(split.val), total=len(split.val))
-    yield Log(f"Best epoch {info.best_epoch + 1}: validation accuracy {report.accuracy:.1%}, macro-F1 {report.macro_f1:.3f}")
+    mixed = " (fp32, as exported; training validated in " + info.precision + ")" if info.precision != "fp32" else ""
+    yield Log(f"Best epoch {info.best_epoch + 1}: validation accuracy {report.accuracy:.1%}, "
+              f"macro-F1 {report.macro_f1:.3f}{mixed}")
