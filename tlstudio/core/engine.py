@@ -794,10 +794,13 @@ def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size
     from tlstudio.core import pipeline, precision
 
     if features_mode:
-        from tlstudio.core.feature_cache import FeatureCache, head_module
+        from tlstudio.core.feature_cache import DEFAULT_VIEWS, FeatureCache, head_module
 
+        # no more augmented views than epochs: a 2-epoch run builds 2 (each costs a forward pass
+        # per image), and view e is exactly what the uncached pipeline gives in epoch e
         cache = FeatureCache(
             model, train_split, data_cfg, batch_size=batch_size, augment=config.augment, seed=config.seed,
+            views=min(DEFAULT_VIEWS, max(1, config.epochs)),
             budget_mb=config.cache_budget_mb, device=device, precision=plan,
             model_key=f"{config.backbone}|{config.init}|{config.weights_file}|{config.init_run}",
         )
