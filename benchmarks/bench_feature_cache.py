@@ -96,8 +96,12 @@ def cached_epoch_times(name, root, size, batch, epochs):
     cfg = timm_data_cfg(model, size)
     plan = choose_precision(torch.device("cpu"), model)
     plan.prepare_model(model)
+    from tlstudio.core.feature_cache import DEFAULT_VIEWS
+
+    # as engine.fit does: one augmented view per epoch, at most DEFAULT_VIEWS
     fc = FeatureCache(model, folder_split(root), cfg, batch_size=batch, augment="light", seed=0,
-                      budget_mb=512, device="cpu", precision=plan, model_key=f"bench|{name}")
+                      views=min(DEFAULT_VIEWS, epochs), budget_mb=512, device="cpu", precision=plan,
+                      model_key=f"bench|{name}")
     with Timer() as tb:
         gen = fc.prepare()
         try:
