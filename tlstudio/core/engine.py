@@ -387,7 +387,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
 
     # --- data -----------------------------------------------------------------------------
     yield Log(f"Scanning {config.data_dir}")
-    report = yield from _in_thread(scan, "scan", stop, path=config.data_dir, stop=stop)
+    scan_workers = max(1, precision.available_cores() - 1) if config.leave_one_core else None  # GUI: one core for the UI
+    report = yield from _in_thread(scan, "scan", stop, path=config.data_dir, stop=stop, workers=scan_workers)
     report.require_trainable()
     for w in report.warnings:
         yield Warn(w)

@@ -438,8 +438,10 @@ def _make_split(report: Any, val_fraction: float, seed: int) -> Any:
 def _scan_job(path: str, progress: Any, stop: threading.Event, val_fraction: float, seed: int) -> tuple[Any, Any]:
     """Runs in a worker thread: scan, then the split (both Qt-free)."""
     from tlstudio.core.dataset import scan
+    from tlstudio.core.precision import available_cores
 
-    report = scan(path, progress=progress, stop=stop)
+    # one core stays with the UI: big folders scan in cores - 1 worker processes
+    report = scan(path, progress=progress, stop=stop, workers=max(1, available_cores() - 1))
     return report, _make_split(report, val_fraction, seed)
 
 
