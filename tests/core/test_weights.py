@@ -7,6 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from tlstudio.core import weights
 from tlstudio.core.backbones import create_model
 from tlstudio.core.runs import BEST_WEIGHTS, ModelSpec, RunInfo, write_run
 from tlstudio.core.weights import WeightsError, lite0_wheel_path, load_state_dict_file
@@ -180,6 +181,7 @@ def test_download_reports_progress_and_lands_in_the_cache(tmp_path, monkeypatch)
         return str(_fake_hub_cache(cache, repo_id, src.state_dict()))
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(weights, "hub_unreachable", lambda timeout=3.0: None)  # as if online
     prog = []
     m = create_model("test_resnet", 2, init="pretrained", progress=lambda d, t: prog.append((d, t)))
     assert calls and calls[0][0] == timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
@@ -201,6 +203,7 @@ def test_failed_download_lists_the_choices(tmp_path, monkeypatch):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
+    monkeypatch.setattr(weights, "hub_unreachable", lambda timeout=3.0: None)  # name resolves, download fails
     with pytest.raises(WeightsError) as ei:
         create_model("test_resnet", 2, init="pretrained")
     msg = str(ei.value)
@@ -228,6 +231,7 @@ def test_progress_callback_can_cancel_a_download(tmp_path, monkeypatch):
             raise Cancelled()
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(weights, "hub_unreachable", lambda timeout=3.0: None)
     with pytest.raises(Cancelled):
         create_model("test_resnet", 2, init="pretrained", progress=progress)
 
@@ -242,3 +246,30 @@ def test_spec_names_the_real_backbone_after_chained_transfer(tmp_path):
                                                       classes=["a", "b", "c"], image_size=64)))
     m = create_model("test_efficientnet", 2, init="run", init_run=run)
     assert model_spec(m, "test_efficientnet", ["x", "y"]).backbone == "test_resnet"
+
+
+def test_no_network_fails_at_once_without_hub_retries(tmp_path, monkeypatch):
+    """Offline, huggingface_hub retries with backoff for ~23 s: a failed name lookup says so now."""
+    import socket
+
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    called = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: called.append(a))
+
+    def no_dns(host, *a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(WeightsError) as ei:
+        create_model("test_resnet", 2, init="pretrained")
+    assert called == []  # no download attempt, so none of its retries
+    msg = str(ei.value)
+    assert "no network connection" in msg and "huggingface.co" in msg and "scratch" in msg
+    # behind a proxy the lookup is the proxy's job: the download is attempted
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert weights.hub_unreachable() is None

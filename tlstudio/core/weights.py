@@ -348,6 +348,38 @@ def _progress_tqdm(progress: Callable[[int, int | None], None] | None):
     return _Tqdm
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None to go ahead. Offline, huggingface_hub retries five
+    times with backoff (~23 s here) before failing; a name lookup answers at once. Skipped
+    behind a proxy (the proxy resolves names); a lookup still pending after `timeout` lets the
+    download try."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    if not host:
+        return None
+    failed: list[OSError] = []
+
+    def look() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError as e:
+            failed.append(e)
+
+    t = threading.Thread(target=look, name="tlstudio-hub-lookup", daemon=True)
+    t.start()
+    t.join(timeout)
+    if failed:
+        return f"no network connection ({host} cannot be resolved: {failed[0]})"
+    return None
+
+
 def download_hub_weights(
     name: str,
     pretrained_cfg: Mapping[str, Any],
@@ -362,6 +394,9 @@ def download_hub_weights(
         raise WeightsError(no_weights_message(name, "timm has no downloadable weights for it"))
     if hf_offline():
         raise WeightsError(no_weights_message(name, "the weights are not downloaded yet and the app is offline (HF_HUB_OFFLINE)"))
+    offline = hub_unreachable()
+    if offline:
+        raise WeightsError(no_weights_message(name, f"the weights are not downloaded yet and there is {offline}"))
     from huggingface_hub import hf_hub_download
 
     last: Exception | None = None
