@@ -125,3 +125,27 @@ def test_compile_model_off_and_fallback(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     same, msg = P.compile_model(model, True, torch.randn(2, 3, 16, 16))
     assert same is model and "failed" in msg and "no C++ compiler" in msg
+
+
+def test_cpu_bf16_plan_trains_vits_with_plain_attention_and_same_outputs():
+    """On the CPU in bf16, timm's fused (flash) attention trains slower than matmul + softmax:
+    the plan switches it off; in fp32 the two give the same outputs, so only speed changes."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3)
+    attn = [m for m in vit.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    assert attn
+    x = torch.randn(2, 3, *vit.default_cfg["input_size"][1:])
+    vit.eval()
+    for m in attn:
+        m.fused_attn = True
+    with torch.no_grad():
+        fused = vit(x)
+    P.choose_precision("cpu", vit, requested="fp32").prepare_model(vit)
+    assert all(m.fused_attn for m in attn)  # fp32 plans leave the model as timm built it
+    P.choose_precision("cpu", vit, requested="bf16").prepare_model(vit)
+    assert not any(m.fused_attn for m in attn)
+    with torch.no_grad():
+        plain = vit(x)
+    assert torch.allclose(fused, plain, atol=1e-5)
