@@ -23,6 +23,20 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+PROCESS_SCAN_FILES = 10_000  # tlstudio.core.dataset.PROCESS_SCAN_MIN: from here scans use processes
+
+
+def _tiny_pngs(root: Path, n: int) -> Path:
+    """n distinct 8x8 PNGs in 2 class folders (a few seconds)."""
+    from PIL import Image
+
+    for i in range(n):
+        d = root / f"class_{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i % 256, (i // 256) % 256, 7)).save(d / f"{i:05d}.png")
+    return root
+
+
 def run_checks(dist: Path, timeout: float = 600) -> list[tuple[str, bool, str]]:
     dist = Path(dist).resolve()
     exe = dist / ("tlstudio.exe" if os.name == "nt" else "tlstudio")
@@ -48,6 +62,10 @@ def run_checks(dist: Path, timeout: float = 600) -> list[tuple[str, bool, str]]:
                  ["export", run, "--format", "onnx", "--format", "torchscript", "--format", "int8"],
                  "max abs diff"),
             ]
+        # big folders are scanned in spawned worker processes: they must start inside the bundle
+        many = _tiny_pngs(Path(home) / "many", PROCESS_SCAN_FILES)
+        checks.append((f"cli scan of {PROCESS_SCAN_FILES:,} images (worker processes)", ["scan", str(many)],
+                       f"{PROCESS_SCAN_FILES} images"))
         checks.append(("GUI smoke test (offscreen)", ["--smoke-test"], "SMOKE OK"))
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen", TLSTUDIO_HOME=home, HF_HUB_OFFLINE="1")
         env.pop("PYTHONPATH", None)
