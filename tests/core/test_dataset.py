@@ -269,6 +269,9 @@ def test_rescanning_an_unchanged_folder_reuses_probes_and_sees_changed_files(tmp
     third = scan(root, workers=1)
     assert probed == [str(bad)]  # only the changed file is probed again
     assert [s.path for s in third.skipped] == [str(bad)]
+    # files with a problem are not remembered: fixed in place (e.g. permissions), they are seen
+    scan(root, workers=1)
+    assert probed == [str(bad)] * 2
 
 
 def test_spawn_is_refused_for_an_unguarded_main_script(tmp_path, monkeypatch):

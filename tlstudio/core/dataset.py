@@ -332,9 +332,9 @@ def _spawn_is_safe() -> bool:
     return "__name__" in src and "__main__" in src
 
 
-# Probe results of this process, keyed by (path, size, mtime_ns, max_pixels, full): the GUI's
-# Data step, training and distillation scan the same folder one after another; a file that
-# changed has a new size or mtime and is probed again.
+# Usable files found by this process's probes, keyed by (path, size, mtime_ns, max_pixels, full):
+# the GUI's Data step, training and distillation scan the same folder one after another; a file
+# that changed has a new size or mtime and is probed again, and so is every file with a problem.
 _PROBE_MEMO_MAX = 500_000  # ~100 MB at worst; cleared when full
 _probe_memo: dict[tuple, tuple[str | None, str | None]] = {}
 
@@ -375,10 +375,9 @@ def _probe_all(
             reasons[i] = "empty file (0 bytes)"
             continue
         hit = _probe_memo.get((f.path, f.size, f.mtime_ns, max_pixels, full))
-        if hit is None or (hit[0] is None and hit[1] is None and sizes[f.size] > 1):
+        if hit is None or (hit[1] is None and sizes[f.size] > 1):
             todo.append(i)  # not probed yet (or probed before its size collided: no hash then)
             continue
-        reasons[i] = hit[0]
         if hit[1] is not None and sizes[f.size] > 1:
             hashes[f.path] = hit[1]
 
@@ -430,8 +429,9 @@ def _probe_all(
                 reasons[i] = r
                 if h is not None:
                     hashes[files[i].path] = h
-                f = files[i]
-                _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
+                if r is None:  # problems are probed again: a permission fixed leaves mtime as it was
+                    f = files[i]
+                    _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
             done += len(idx)
             now = time.monotonic()
             if progress is not None and (now - last > 0.1 or done == n):
