@@ -1,0 +1,183 @@
+"""The Data step's views of a scan report. Left: summary line, class table and bar chart above
+the split group. Right: a drop hint until a data set is open, then the tabs Images (thumbnail
+grid filtered by class), Skipped files and Warnings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QStackedWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from tlstudio.gui.panels.data_scan import trainable_problem
+from tlstudio.gui.tooltips import tip
+from tlstudio.gui.widgets.class_table import ClassBarChart, ClassTable
+from tlstudio.gui.widgets.thumbnails import ThumbnailModel, ThumbnailView
+
+MAX_SKIPPED_ROWS = 5000  # the full list stays in the scan report; the table shows the first ones
+
+DROP_HINT = (
+    "<h2>Drop a folder of images here</h2>"
+    "<p>One sub-folder per class (for example <i>cats/</i> and <i>dogs/</i>),<br>"
+    "or a folder with <i>train/</i> and <i>val/</i>, or a .zip of such a folder.</p>"
+    "<p>You can also click <b>Open folder…</b> (Ctrl+O) or try the <b>sample data</b>.</p>"
+)
+
+
+class DataViewsMixin:
+    """Both sides of the Data panel's splitter and ``_show_report``, which fills them from
+    ``state.scan_report``. The panel provides ``self.state``, ``self.path_label``,
+    ``self.rescan_btn`` and the split group (``DataSplitMixin``)."""
+
+    # --- building -------------------------------------------------------------------------
+    def _build_classes_side(self) -> QWidget:
+        """Summary, class table, chart and the split group (the left side)."""
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setToolTip(tip("dataset"))
+        self.class_table = ClassTable()
+        self.class_table.itemSelectionChanged.connect(self._table_selected)
+        self.chart = ClassBarChart()
+        split_box = self._build_split_box()
+
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 0, 0)
+        lv.addWidget(self.summary)
+        lv.addWidget(self.class_table, 2)
+        lv.addWidget(self.chart, 2)
+        lv.addWidget(split_box)
+        return left
+
+    def _build_images_side(self) -> QStackedWidget:
+        """The drop hint, or the Images / Skipped files / Warnings tabs (the right side)."""
+        self.class_filter = QComboBox()
+        self.class_filter.setToolTip(tip("class_filter"))
+        self.class_filter.currentIndexChanged.connect(self._filter_changed)
+        self.thumb_model = ThumbnailModel(parent=self)
+        self.thumbs = ThumbnailView()
+        self.thumbs.setModel(self.thumb_model)
+        self.thumbs.setToolTip(tip("thumbnails") + " Double-click to open an image.")
+        self.thumbs.doubleClicked.connect(self._open_image)
+        images = QWidget()
+        iv = QVBoxLayout(images)
+        iv.setContentsMargins(4, 4, 4, 4)
+        fl = QHBoxLayout()
+        fl.addWidget(QLabel("Show class:"))
+        fl.addWidget(self.class_filter, 1)
+        iv.addLayout(fl)
+        iv.addWidget(self.thumbs, 1)
+
+        self.skipped_table = QTableWidget(0, 2)
+        self.skipped_table.setHorizontalHeaderLabels(("File", "Reason"))
+        self.skipped_table.verticalHeader().setVisible(False)
+        self.skipped_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.skipped_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.skipped_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.skipped_table.setToolTip(tip("skipped"))
+        self.warnings_list = QListWidget()
+        self.warnings_list.setWordWrap(True)
+        self.warnings_list.setToolTip(tip("warnings"))
+        self.tabs = QTabWidget()
+        self.tabs.addTab(images, "Images")
+        self.tabs.addTab(self.skipped_table, "Skipped files")
+        self.tabs.addTab(self.warnings_list, "Warnings")
+        self.tabs.setTabToolTip(1, tip("skipped"))
+        self.tabs.setTabToolTip(2, tip("warnings"))
+
+        self.hint = QLabel(DROP_HINT)
+        self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hint.setWordWrap(True)
+        self.hint.setObjectName("dropHint")
+        self.hint.setStyleSheet("#dropHint { border: 2px dashed #9aa0a6; border-radius: 12px; color: #444; }")
+        self.right = QStackedWidget()
+        self.right.addWidget(self.hint)
+        self.right.addWidget(self.tabs)
+        return self.right
+
+    # --- showing a report -----------------------------------------------------------------
+    def _show_report(self) -> None:
+        report = self.state.scan_report
+        if report is None:
+            self.right.setCurrentWidget(self.hint)
+            self.class_table.set_counts([], {})
+            self.chart.set_counts([], {})
+            self.summary.setText("")
+            return
+        self.right.setCurrentWidget(self.tabs)
+        self.path_label.setText(report.root)
+        self.rescan_btn.setEnabled(True)
+        problem = trainable_problem(report)
+        n = len(report.samples)
+        text = (f"<b>{len(report.classes)}</b> classes · <b>{n:,}</b> images · "
+                f"<b>{len(report.skipped):,}</b> skipped · layout: {report.layout}")
+        if problem:
+            text += f"<br><b style='color:#c5221f'>{problem}</b>"
+        self.summary.setText(text)
+        self.chart.set_counts(report.classes, report.counts)
+        self.class_filter.blockSignals(True)
+        self.class_filter.clear()
+        self.class_filter.addItem(f"All classes ({n:,})", None)
+        for i, c in enumerate(report.classes):
+            self.class_filter.addItem(f"{c} ({report.counts.get(c, 0):,})", i)
+        self.class_filter.blockSignals(False)
+        self.thumb_model.set_samples(report.samples, report.classes)
+        self._show_skipped(report.skipped)
+        self.warnings_list.clear()
+        self.warnings_list.addItems(list(report.warnings))
+        self.tabs.setTabText(1, f"Skipped files ({len(report.skipped):,})")
+        self.tabs.setTabText(2, f"Warnings ({len(report.warnings)})")
+        from PySide6.QtGui import QColor
+
+        bar = self.tabs.tabBar()
+        bar.setTabTextColor(1, QColor("#c5221f") if report.skipped else bar.palette().text().color())
+        bar.setTabTextColor(2, QColor("#e8710a") if report.warnings else bar.palette().text().color())
+        presplit = report.presplit is not None
+        self.val_spin.setEnabled(not presplit)
+        self.val_spin.setToolTip(
+            "The folder already has train/ and val/ sub-folders: that split is used as it is."
+            if presplit else tip("val_fraction"))
+        self._show_split()
+        status = "attention" if problem else "done"
+        self.state.set_step_status("data", status)
+
+    def _show_skipped(self, skipped: list[Any]) -> None:
+        rows = skipped[:MAX_SKIPPED_ROWS]
+        self.skipped_table.setRowCount(len(rows))
+        for r, s in enumerate(rows):
+            a, b = QTableWidgetItem(s.path), QTableWidgetItem(s.reason)
+            a.setToolTip(s.path)
+            b.setToolTip(s.reason)
+            self.skipped_table.setItem(r, 0, a)
+            self.skipped_table.setItem(r, 1, b)
+
+    # --- interaction ----------------------------------------------------------------------
+    def _filter_changed(self) -> None:
+        self.thumb_model.set_class_filter(self.class_filter.currentData())
+        self.thumbs.scrollToTop()
+
+    def _open_image(self, index) -> None:  # index: QModelIndex
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        path = self.thumb_model.data(index, ThumbnailModel.PathRole)
+        if path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
+
+    def _table_selected(self) -> None:
+        rows = {i.row() for i in self.class_table.selectedItems()}
+        if len(rows) == 1:
+            self.class_filter.setCurrentIndex(rows.pop() + 1)
+            self.tabs.setCurrentIndex(0)
