@@ -225,15 +225,15 @@ def test_stop_event(tmp_path):
 def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypatch):
     """Big header-only scans run in spawned processes (threads only fought over the GIL): same
     samples, same skipped files with the same reasons, same duplicate warnings, progress to the end."""
-    from tlstudio.core import dataset
+    from tlstudio.core import probing
 
     root = make_folder(tmp_path / "ds", {"a": 12, "b": 12})
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "b" / "empty.jpg").write_bytes(b"")
     shutil.copy(root / "a" / "a_000.png", root / "a" / "copy.png")
     serial = scan(root, workers=1)
-    monkeypatch.setattr(dataset, "PROCESS_SCAN_MIN", 8)
-    monkeypatch.setattr(dataset, "_probe_memo", {})  # probe again, in the workers
+    monkeypatch.setattr(probing, "PROCESS_SCAN_MIN", 8)
+    monkeypatch.setattr(probing, "_probe_memo", {})  # probe again, in the workers
     import concurrent.futures
 
     submitted = []
@@ -246,7 +246,7 @@ def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypat
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Recording)
     calls: list = []
     multi = scan(root, workers=2, progress=lambda d, t: calls.append((d, t)))
-    assert len(submitted) >= 2 and set(submitted) == {"_probe_chunk"}  # chunks went to the processes
+    assert len(submitted) >= 2 and set(submitted) == {"probe_chunk"}  # chunks went to the processes
     assert multi.samples == serial.samples and multi.skipped == serial.skipped
     assert {s.reason for s in multi.skipped} >= {"empty file (0 bytes)"} and len(multi.skipped) == 2
     assert multi.warnings == serial.warnings and any("copy.png" in w for w in multi.warnings)
@@ -254,13 +254,13 @@ def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypat
 
 
 def test_rescanning_an_unchanged_folder_reuses_probes_and_sees_changed_files(tmp_path, monkeypatch):
-    from tlstudio.core import dataset
+    from tlstudio.core import probing
 
     root = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
     first = scan(root, workers=1)
     probed: list[str] = []
-    real = dataset.probe_file
-    monkeypatch.setattr(dataset, "probe_file", lambda p, *a, **k: probed.append(p) or real(p, *a, **k))
+    real = probing.probe_file
+    monkeypatch.setattr(probing, "probe_file", lambda p, *a, **k: probed.append(p) or real(p, *a, **k))
     again = scan(root, workers=1)
     assert probed == [] and again.samples == first.samples  # e.g. training right after the Data step
     bad = root / "a" / "a_001.png"
@@ -278,15 +278,15 @@ def test_spawn_is_refused_for_an_unguarded_main_script(tmp_path, monkeypatch):
     import sys
     import types
 
-    from tlstudio.core import dataset
+    from tlstudio.core import probing
 
     fake = types.ModuleType("__main__")
     fake.__file__ = str(tmp_path / "script.py")
     (tmp_path / "script.py").write_text("from tlstudio.core.dataset import scan\nscan('x')\n")
     monkeypatch.setitem(sys.modules, "__main__", fake)
-    assert dataset._spawn_is_safe() is False  # a child would run the script again
+    assert probing.spawn_is_safe() is False  # a child would run the script again
     (tmp_path / "script.py").write_text("def main():\n    pass\n\nif __name__ == '__main__':\n    main()\n")
-    assert dataset._spawn_is_safe() is True
+    assert probing.spawn_is_safe() is True
 
 
 # ----------------------------------------------------------------------------- split

@@ -21,15 +21,13 @@ import random
 import stat
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.precision import available_cores
 from tlstudio.core.images import (
     DEFAULT_MAX_PIXELS,
     QUICK_HASH_SPAN,
@@ -40,8 +38,8 @@ from tlstudio.core.images import (
     display_path,
     full_hash,
     is_hidden_name,
-    probe_file,
 )
+from tlstudio.core.probing import probe_all
 
 Progress = Callable[[int, "int | None"], None]
 
@@ -299,152 +297,6 @@ def _unwrap(root: str) -> str:
     return root
 
 
-# ----------------------------------------------------------------------------- probing
-
-
-def _default_workers(full: bool = True) -> int:
-    """Full decodes release the GIL: threads, two per core. Header checks are Python-bound:
-    one process per core (threads made them 1.7-2.9x slower than one worker, GIL convoy)."""
-    cores = available_cores()
-    return max(1, min(8, cores * 2)) if full else max(1, min(8, cores))
-
-
-PROCESS_SCAN_MIN = 10_000  # measured break-even ~8,000 files on 2 cores (spawn start-up ~0.2 s)
-
-
-def _spawn_is_safe() -> bool:
-    """Spawned children re-import the main script: only safe when it is guarded by
-    `if __name__ == "__main__"` (our entry points, pytest, console scripts), frozen (the
-    packaged app calls freeze_support first) or interactive. An unguarded user script would
-    run again in every child, so its scans stay in one process."""
-    import sys
-
-    if getattr(sys, "frozen", False):
-        return True
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path:
-        return True  # interactive: nothing to re-run
-    try:
-        src = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "__name__" in src and "__main__" in src
-
-
-# Usable files found by this process's probes, keyed by (path, size, mtime_ns, max_pixels, full):
-# the GUI's Data step, training and distillation scan the same folder one after another; a file
-# that changed has a new size or mtime and is probed again, and so is every file with a problem.
-_PROBE_MEMO_MAX = 500_000  # ~100 MB at worst; cleared when full
-_probe_memo: dict[tuple, tuple[str | None, str | None]] = {}
-
-
-def _remember_probe(key: tuple, result: tuple[str | None, str | None]) -> None:
-    if len(_probe_memo) >= _PROBE_MEMO_MAX:
-        _probe_memo.clear()
-    _probe_memo[key] = result  # one dict assignment: atomic under the GIL
-
-
-def _probe_chunk(paths: list[str], want_hash: list[bool], max_pixels: int, full: bool) -> list[tuple]:
-    """Probe a slice of files (runs in a worker process for big header scans)."""
-    return [probe_file(p, max_pixels, full, want_hash=w, stat_checked=True) for p, w in zip(paths, want_hash)]
-
-
-def _probe_all(
-    files: Sequence[_File],
-    *,
-    max_pixels: int,
-    full: bool,
-    workers: int | None,
-    progress: Progress | None,
-    stop: threading.Event | None,
-    what: str,
-) -> tuple[list[str | None], dict[str, str]]:
-    """Probe every file (parallel). Returns reasons aligned with `files` and content hashes of
-    the usable files whose size collides with another file (only those can be duplicates)."""
-    n = len(files)
-    sizes = Counter(f.size for f in files)
-    reasons: list[str | None] = [None] * n
-    hashes: dict[str, str] = {}
-    workers = workers or _default_workers(full)
-    use_processes = not full and workers > 1 and n >= PROCESS_SCAN_MIN and _spawn_is_safe()
-    chunk = max(1, min(1024 if use_processes else 256, n // (workers * 8) or 1))
-    todo: list[int] = []
-    for i, f in enumerate(files):
-        if f.size == 0:
-            reasons[i] = "empty file (0 bytes)"
-            continue
-        hit = _probe_memo.get((f.path, f.size, f.mtime_ns, max_pixels, full))
-        if hit is None or (hit[1] is None and sizes[f.size] > 1):
-            todo.append(i)  # not probed yet (or probed before its size collided: no hash then)
-            continue
-        if hit[1] is not None and sizes[f.size] > 1:
-            hashes[f.path] = hit[1]
-
-    def job(lo: int) -> tuple:
-        idx = todo[lo:lo + chunk]
-        return (idx, [files[i].path for i in idx], [sizes[files[i].size] > 1 for i in idx])
-
-    def work(lo: int) -> tuple:
-        idx, paths, want = job(lo)
-        if stop is not None and stop.is_set():
-            return idx, None
-        return idx, _probe_chunk(paths, want, max_pixels, full)
-
-    done = n - len(todo)
-    last = 0.0
-    if progress is not None:
-        progress(done, n)
-    starts = range(0, len(todo), chunk)
-    pool = None
-    if workers <= 1 or (not full and not use_processes):
-        results = map(work, starts)  # header checks in threads only fight over the GIL
-    elif use_processes:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: safe next to Qt's threads and inside the packaged app (freeze_support in main)
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-        futures = []
-        for lo in starts:
-            idx, paths, want = job(lo)
-            futures.append((idx, lo, pool.submit(_probe_chunk, paths, want, max_pixels, full)))
-
-        def gather():
-            for idx, lo, fut in futures:
-                try:
-                    yield idx, fut.result()
-                except Exception:  # noqa: BLE001 - a child could not start or died: this chunk here
-                    yield work(lo)
-
-        results = gather()
-    else:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlstudio-scan")
-        results = pool.map(work, starts)
-    try:
-        for idx, res in results:
-            if stop is not None and stop.is_set():
-                raise ScanCancelled(f"Scan of {what} stopped.")
-            for i, (r, h) in zip(idx, res or ()):
-                reasons[i] = r
-                if h is not None:
-                    hashes[files[i].path] = h
-                if r is None:  # problems are probed again: a permission fixed leaves mtime as it was
-                    f = files[i]
-                    _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
-            done += len(idx)
-            now = time.monotonic()
-            if progress is not None and (now - last > 0.1 or done == n):
-                last = now
-                progress(done, n)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # running chunks end within ~0.1 s
-    if stop is not None and stop.is_set():
-        raise ScanCancelled(f"Scan of {what} stopped.")
-    return reasons, hashes
-
-
 # ----------------------------------------------------------------------------- CSV
 
 
@@ -651,10 +503,11 @@ def scan(
                 if d not in known:
                     warns.append(f"Folder '{d}' next to the train/val folders is ignored.")
 
-    reasons, hashes = _probe_all(
-        [f for f, _, _ in cands], max_pixels=max_pixels, full=full_check, workers=workers,
-        progress=progress, stop=stop, what=csv_file or root,
-    )
+    probed = probe_all([f for f, _, _ in cands], max_pixels=max_pixels, full=full_check, workers=workers,
+                       progress=progress, stop=stop)
+    if probed is None:
+        raise ScanCancelled(f"Scan of {csv_file or root} stopped.")
+    reasons, hashes = probed
     usable: list[tuple[_File, str, str]] = []
     for (f, cls, split), r in zip(cands, reasons):
         if r is None:
@@ -803,7 +656,10 @@ def scan_unlabelled(
     else:
         w = _walk_root(str(p.resolve()), progress, stop)
         files = w.images
-    reasons, _ = _probe_all(files, max_pixels=max_pixels, full=full_check, workers=workers, progress=progress, stop=stop, what=str(p))
+    probed = probe_all(files, max_pixels=max_pixels, full=full_check, workers=workers, progress=progress, stop=stop)
+    if probed is None:
+        raise ScanCancelled(f"Scan of {p} stopped.")
+    reasons = probed[0]
     samples = [Sample(f.path, -1) for f, r in zip(files, reasons) if r is None]
     skipped = w.skipped + [SkippedFile(f.path, r) for f, r in zip(files, reasons) if r is not None]
     return sorted(samples, key=lambda s: s.path), sorted(skipped, key=lambda s: s.path)
