@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -38,6 +37,8 @@ from tlstudio.core.events import (
     Warn,
 )
 from tlstudio.core.objectives import ClassificationObjective, Objective, ObjectiveContext
+from tlstudio.core.rng_state import rng_state, seed_everything, set_rng_state
+from tlstudio.core.validation import final_eval, validate
 
 MAX_SKIPPED_LISTED = 50  # individual warnings for skipped files; the rest are summarised
 FP_CHECK_STEPS = 3  # reduced precision must give finite losses on these first steps
@@ -99,43 +100,6 @@ def _in_thread(fn: Callable[..., Any], task: str, cancel: threading.Event | None
     if "error" in out:
         raise out["error"]
     return out.get("value")
-
-
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy(), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -217,22 +181,6 @@ def _save(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> N
     gc.collect()
     raise TrainingFailed(f"Could not save {path}: {why}; the previous {path.name} is unchanged. "
                          "Free some space, then resume the run.")
-
-
-def _confusion_metrics(conf) -> tuple[float, float]:
-    """(accuracy, macro-F1) from a confusion matrix tensor (rows: true, cols: predicted)."""
-    import torch
-
-    conf = conf.double()
-    total = conf.sum()
-    acc = float(conf.diag().sum() / total) if total > 0 else 0.0
-    tp = conf.diag()
-    prec = tp / conf.sum(0).clamp(min=1)
-    rec = tp / conf.sum(1).clamp(min=1)
-    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(tp))
-    present = conf.sum(1) > 0
-    macro = float(f1[present].mean()) if bool(present.any()) else 0.0
-    return acc, macro
 
 
 class _Logger:
@@ -383,7 +331,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             why = ("refused: it holds more than plain tensors, and loading it would run code it contains"
                    if "weights only" in text.lower() else text.splitlines()[0][:300])
             raise UserError(f"{run_dir / runs.LAST_CKPT}: cannot read the checkpoint: {why}") from exc
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
 
     # --- data -----------------------------------------------------------------------------
     yield Log(f"Scanning {config.data_dir}")
@@ -539,7 +487,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         t = ckpt["trackers"]
         trackers = _Trackers(history=list(t["history"]), best_epoch=t["best_epoch"], best_acc=t["best_acc"],
                              best_loss=t["best_loss"], best_f1=t["best_f1"], bad_epochs=t["bad_epochs"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
     info = runs.RunInfo(
         kind=run_kind, name=run_dir.name, status="running", config=config.model_dump(mode="json"), model=spec,
@@ -573,7 +521,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             "scaler": scaler.state_dict() if scaler is not None else {},
             "extra_modules": [m.state_dict() for m in objective.extra_modules()],
             "epoch": epoch, "batch": batch, "step": step, "batch_size": batch_size,
-            "trainable": list(trainable), "partial": dict(partial), "rng": _rng_state(),
+            "trainable": list(trainable), "partial": dict(partial), "rng": rng_state(),
             "trackers": dataclasses.asdict(trackers),
         }))
 
@@ -587,7 +535,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         info.timings["train_s"] = info.timings.get("train_s", 0.0) + (time.time() - t_start)
         runs.write_run(run_dir, info)
         if status in ("finished", "early_stopped") and trackers.best_epoch is not None:
-            yield from _final_eval(run_dir, info, split, device)
+            yield from final_eval(run_dir, info, split, device)
         yield Finished(run_dir=str(run_dir), status=status, best_epoch=trackers.best_epoch,
                        best_val_acc=info.best_val_acc, message=message,
                        result={"best_val_macro_f1": trackers.best_f1, "epochs_done": info.epochs_done})
@@ -704,7 +652,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             continue
 
         # --- validation --------------------------------------------------------------------
-        val_loss, val_acc, val_f1 = _validate(_unwrap(train_module), loaders.val, len(classes), device, plan)
+        val_loss, val_acc, val_f1 = validate(_unwrap(train_module), loaders.val, len(classes), device, plan)
         for f in loaders.failures[:]:  # validation images that vanished (else unreported in the last epoch)
             loaders.failures.remove(f)
             path, reason = (f.path, f.reason) if hasattr(f, "path") else f
@@ -834,42 +782,3 @@ def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size
         module, msg = precision.compile_model(model, True, example, plan)
         yield Log(msg)
     return loaders, module
-
-
-def _validate(module, val_loader, n_classes: int, device, plan) -> tuple[float, float, float]:
-    import torch
-
-    module.eval()
-    conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
-    loss_sum, n = 0.0, 0
-    with torch.inference_mode(), plan.autocast():
-        for x, y, _idx in val_loader:
-            if x.shape[0] == 0:
-                continue
-            x = x.to(device)
-            if plan.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(device)
-            logits = module(x).float()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-            n += x.shape[0]
-            pred = logits.argmax(1)
-            conf += torch.bincount((y * n_classes + pred).cpu(), minlength=n_classes * n_classes).view(n_classes, n_classes)
-    acc, f1 = _confusion_metrics(conf)
-    return loss_sum / max(1, n), acc, f1
-
-
-def _final_eval(run_dir: Path, info: runs.RunInfo, split, device) -> Generator[Event, None, None]:
-    """Evaluate the best weights on the validation split and write eval.json."""
-    try:
-        from tlstudio.core.evaluate import evaluate_model
-    except ImportError:
-        return
-    yield Progress(task="eval", done=0, total=len(split.val), message="Evaluating the best weights")
-    model, _ = runs.load_run_model(run_dir)
-    report = evaluate_model(model, info.model, list(split.val), device=str(device))
-    atomic_write_json(run_dir / runs.EVAL_JSON, report.to_json())
-    yield Progress(task="eval", done=len(split.val), total=len(split.val))
-    mixed = " (fp32, as exported; training validated in " + info.precision + ")" if info.precision != "fp32" else ""
-    yield Log(f"Best epoch {info.best_epoch + 1}: validation accuracy {report.accuracy:.1%}, "
-              f"macro-F1 {report.macro_f1:.3f}{mixed}")
