@@ -67,7 +67,13 @@ def bounded_memory() -> None:
         return
     with _lock:
         if _users == 0:
-            libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
+            _set_bounded(libc)
+
+
+def _set_bounded(libc) -> None:
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
 
 
 class training_allocator:
@@ -89,7 +95,5 @@ class training_allocator:
         with _lock:
             _users -= 1
             if _users == 0 and libc is not None:
-                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-                libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)  # = bounded_memory()
+                _set_bounded(libc)
                 libc.malloc_trim(0)

@@ -102,6 +102,13 @@ def _in_thread(fn: Callable[..., Any], task: str, cancel: threading.Event | None
     return out.get("value")
 
 
+def _schedule(config: TrainConfig, loaders: Any) -> tuple[int, Callable[[int], float]]:
+    """(steps per epoch, LR factor per step): linear warm-up, then cosine to 1% over the run."""
+    steps_per_epoch = max(1, loaders.batches_per_epoch)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    return steps_per_epoch, _lr_lambda(warmup, steps_per_epoch * config.epochs)
+
+
 def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
@@ -466,10 +473,8 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
         opt = torch.optim.SGD(pgroups, lr=lr, momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.AdamW(pgroups, lr=lr)
-    steps_per_epoch = max(1, loaders.batches_per_epoch)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, total_steps))
+    steps_per_epoch, lr_factor = _schedule(config, loaders)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     scaler = torch.amp.GradScaler(device.type) if plan.use_scaler else None
 
     trackers = _Trackers(history=[])
@@ -640,10 +645,9 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             train_module = ctx.model = _maybe_ddp(train_module, dist, device)
             # more steps per epoch now: rescale the LR schedule to them (else it ends early), as a
             # resume with the smaller batch size (saved in last.pt) will also do
-            steps_per_epoch = max(1, loaders.batches_per_epoch)
-            warmup = int(round(config.warmup_epochs * steps_per_epoch))
+            steps_per_epoch, lr_factor = _schedule(config, loaders)
             step = epoch * steps_per_epoch
-            sched.lr_lambdas = [_lr_lambda(warmup, steps_per_epoch * config.epochs)] * len(opt.param_groups)
+            sched.lr_lambdas = [lr_factor] * len(opt.param_groups)
             sched.last_epoch = step
             for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
                 g["lr"] = base * f(step)
