@@ -39,7 +39,7 @@ def timm_epochs(root, cfg, batch, epochs, workers):
 
 
 def ours_epochs(root, cfg, batch, epochs, cache, workers=None):
-    from tlstudio.core.pipeline import build_loaders
+    from tlstudio.core.pipeline.loaders import build_loaders
 
     L = build_loaders(folder_split(root), cfg, batch_size=batch, augment="light", seed=0, device="cpu",
                       cache=cache, cache_budget_mb=2048, workers=workers)

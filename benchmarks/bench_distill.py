@@ -1,7 +1,7 @@
 """Benchmark: a ResNet-class teacher distilled into a student with >= 4x fewer parameters.
 
 A teacher (default resnet18, 11.2 M parameters, from scratch) is trained on a synthetic shapes
-task; then ``tlstudio.core.distill.distill`` trains the student (default mobilenetv3_small_100,
+task; then ``tlstudio.core.tasks.distill.distill`` trains the student (default mobilenetv3_small_100,
 1.5 M) with the teacher's soft targets, trains the same student without a teacher, and measures
 all three on the same validation images. Prints the trade-off table and checks the three things
 the product promises to report: >= 4x fewer parameters, >= 90 % of the teacher's accuracy kept,
@@ -80,10 +80,10 @@ def main() -> int:
     print_machine()
 
     from tlstudio.core.config import TrainConfig
-    from tlstudio.core.distill import DistillConfig, distill
-    from tlstudio.core.engine import fit
-    from tlstudio.core.synthetic import SHAPES, make_synthetic_folder
-    from tlstudio.core.tradeoff import tradeoff_table
+    from tlstudio.core.tasks.distill import DistillConfig, distill
+    from tlstudio.core.training.engine import fit
+    from tlstudio.core.data.synthetic import SHAPES, make_synthetic_folder
+    from tlstudio.core.tasks.tradeoff import tradeoff_table
 
     data = make_synthetic_folder(work / "data", classes=SHAPES[: args.classes], per_class=args.per_class,
                                  size=args.image_size, seed=0, easy=args.easy)

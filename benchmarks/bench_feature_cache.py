@@ -58,9 +58,9 @@ def bare_epoch_times(name, root, size, batch, epochs, workers):
 def uncached_epoch_times(name, root, size, batch, epochs):
     import torch
 
-    from tlstudio.core.feature_cache import extract_features, head_module
-    from tlstudio.core.pipeline import build_loaders
-    from tlstudio.core.precision import choose_precision, set_threads
+    from tlstudio.core.pipeline.feature_cache import extract_features, head_module
+    from tlstudio.core.pipeline.loaders import build_loaders
+    from tlstudio.core.runtime.precision import choose_precision, set_threads
 
     set_threads(False)
     model = _model(name, size)
@@ -88,15 +88,15 @@ def uncached_epoch_times(name, root, size, batch, epochs):
 def cached_epoch_times(name, root, size, batch, epochs):
     import torch
 
-    from tlstudio.core.feature_cache import FeatureCache, head_module
-    from tlstudio.core.precision import choose_precision, set_threads
+    from tlstudio.core.pipeline.feature_cache import FeatureCache, head_module
+    from tlstudio.core.runtime.precision import choose_precision, set_threads
 
     set_threads(False)
     model = _model(name, size)
     cfg = timm_data_cfg(model, size)
     plan = choose_precision(torch.device("cpu"), model)
     plan.prepare_model(model)
-    from tlstudio.core.feature_cache import DEFAULT_VIEWS
+    from tlstudio.core.pipeline.feature_cache import DEFAULT_VIEWS
 
     # as engine.fit does: one augmented view per epoch, at most DEFAULT_VIEWS
     fc = FeatureCache(model, folder_split(root), cfg, batch_size=batch, augment="light", seed=0,

@@ -67,7 +67,7 @@ def main():
     import timm
     import torch
 
-    from tlstudio.core.precision import PrecisionPlan, choose_precision, set_threads
+    from tlstudio.core.runtime.precision import PrecisionPlan, choose_precision, set_threads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")

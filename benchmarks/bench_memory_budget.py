@@ -25,7 +25,7 @@ def child(budget_mb: int, root: str, batch: int) -> None:
     import timm
     import torch
 
-    from tlstudio.core.pipeline import build_loaders
+    from tlstudio.core.pipeline.loaders import build_loaders
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=4)
     cfg = dict(timm.data.resolve_model_data_config(model))
@@ -68,7 +68,7 @@ def main():
     budget = a.budget or (96 if a.quick else 256)
     import timm
 
-    from tlstudio.core.augment import scale_size
+    from tlstudio.core.pipeline.augment import scale_size
 
     short = scale_size(dict(timm.data.resolve_model_data_config(timm.create_model("resnet18", pretrained=False))))
     entry_mb = 3 * short * int(short * 500 / 375) / 2**20  # one 500x375 image as cached for resnet18

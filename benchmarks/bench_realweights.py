@@ -5,7 +5,7 @@ and two small tasks:
   natural  5 classes of greyscale crops from scikit-image's photos (cat, coffee, rocket,
            motorcycle, astronaut): ImageNet-like, HIGH similarity; train crops come from the
            left part of each photo and validation crops from the right part (no overlap).
-  shapes   5 classes of synthetic shapes in random colours on clutter (tlstudio.core.synthetic):
+  shapes   5 classes of synthetic shapes in random colours on clutter (tlstudio.core.data.synthetic):
            LOW similarity to ImageNet.
 For each, with few (--small) and more (--large) images per class, it trains head only, last:2
 and none (everything) at a few learning rates (AdamW, cosine, body at 0.1x the head's rate, label
@@ -21,7 +21,7 @@ scikit-image photos, and how well BatchNorm running statistics match the real ac
                                                     # 2-core CPU (much longer on a busy one)
   python benchmarks/bench_realweights.py --quick    # one run per preset, small set
   python benchmarks/bench_realweights.py --tasks shapes --sizes 8 --seeds 1 --grid "head=1e-3;last:2=3e-3"
-The table in tlstudio/core/advice.py: --seeds 1, one process per task (--threads 1).
+The table in tlstudio/core/models/advice.py: --seeds 1, one process per task (--threads 1).
 Needs scikit-image (pip install scikit-image) for the natural task and part 1.
 """
 
@@ -40,10 +40,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tlstudio.core.backbones import create_model  # noqa: E402
-from tlstudio.core.layers import apply_freeze, layer_groups, param_groups, plan_from_spec, set_train_mode  # noqa: E402
-from tlstudio.core.synthetic import make_image  # noqa: E402
-from tlstudio.core.weights import lite0_state_dict  # noqa: E402
+from tlstudio.core.models.backbones import create_model  # noqa: E402
+from tlstudio.core.models.layers import apply_freeze, layer_groups, param_groups, plan_from_spec, set_train_mode  # noqa: E402
+from tlstudio.core.data.synthetic import make_image  # noqa: E402
+from tlstudio.core.models.weights import lite0_state_dict  # noqa: E402
 
 NAME = "tf_efficientnet_lite0"
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

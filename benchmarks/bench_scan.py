@@ -2,7 +2,7 @@
 
 Writes N unique 16x16 PNGs (one base image; a tEXt chunk with the index makes every file's
 bytes unique while keeping all sizes equal, the worst case for duplicate hashing) into 10
-class folders, then times `tlstudio.core.dataset.scan` with the default worker count and with
+class folders, then times `tlstudio.core.data.dataset.scan` with the default worker count and with
 1 worker in the same run, and measures peak memory (tracemalloc peak of Python allocations in
 a separate pass, since tracing slows the scan; and the process's peak RSS).
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tlstudio.core.dataset import scan  # noqa: E402
+from tlstudio.core.data.dataset import scan  # noqa: E402
 from tlstudio.core import probing  # noqa: E402
-from tlstudio.core.probing import default_workers  # noqa: E402
+from tlstudio.core.data.probing import default_workers  # noqa: E402
 
 N_CLASSES = 10
 

@@ -5,10 +5,10 @@ size, full fine-tuning (every layer trains), AdamW, cross-entropy.
 
 - bare:   the loop a user writes from the PyTorch tutorial: torchvision ImageFolder + timm's
           training transform + DataLoader (workers=2, decoding JPEGs every epoch), fp32, NCHW.
-- tlstudio: tlstudio.core.pipeline (decoded-image cache, threaded prefetch, channels_last
+- tlstudio: tlstudio.core.pipeline.loaders (decoded-image cache, threaded prefetch, channels_last
           batches) + the precision plan choose_precision() picks on this machine (bf16 autocast +
           channels_last here) + the glibc heap-reuse switch engine.fit uses (core/allocator.py).
-- engine: tlstudio.core.engine.fit itself (when it runs), same data, its own reported epoch time.
+- engine: tlstudio.core.training.engine.fit itself (when it runs), same data, its own reported epoch time.
 
 Epoch 1 (cold: everything decodes) and epoch 2 (warm) are timed separately; the headline is the
 images/s over both epochs (what a 2-epoch user run sees) and the warm-epoch ratio.
@@ -62,9 +62,9 @@ def tlstudio_epochs(name: str, root, size: int, batch: int, epochs: int, prewarm
     counts towards epoch 1)."""
     import torch
 
-    from tlstudio.core.allocator import training_allocator
-    from tlstudio.core.pipeline import build_loaders
-    from tlstudio.core.precision import choose_precision
+    from tlstudio.core.runtime.allocator import training_allocator
+    from tlstudio.core.pipeline.loaders import build_loaders
+    from tlstudio.core.runtime.precision import choose_precision
 
     model = _model(name, size)
     cfg = timm_data_cfg(model, size)
@@ -101,7 +101,7 @@ def engine_epochs(name: str, root, size: int, batch: int, epochs: int) -> list[f
 
     try:
         from tlstudio.core.config import TrainConfig
-        from tlstudio.core.engine import fit
+        from tlstudio.core.training.engine import fit
         from tlstudio.core.events import EpochEnd, RunStarted
     except ImportError as e:
         return f"engine not importable: {e}"
@@ -140,7 +140,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from tlstudio.core.precision import set_threads
+    from tlstudio.core.runtime.precision import set_threads
 
     set_threads(False)
     if a.threads:

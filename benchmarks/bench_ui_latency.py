@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([])
 
     from tlstudio.core import events as ev
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.data.synthetic import make_synthetic_folder
     from tlstudio.gui.panels.train_panel import TrainPanel
     from tlstudio.gui.runner import JobRunner
     from tlstudio.gui.state import AppState

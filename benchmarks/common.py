@@ -35,7 +35,7 @@ def machine() -> dict:
                     break
     except OSError:
         pass
-    from tlstudio.core.precision import available_cores, cpu_flags, cpu_has_fast_bf16
+    from tlstudio.core.runtime.precision import available_cores, cpu_flags, cpu_has_fast_bf16
 
     flags = sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
     mem = ""
@@ -59,7 +59,7 @@ def print_machine() -> None:
 def make_jpeg_folder(name: str, n_classes: int = 4, per_class: int = 32, size: tuple[int, int] = (500, 375),
                      quality: int = 90, seed: int = 0) -> Path:
     """Class folders of JPEG photos-sized synthetic images (ImageNet-like 500x375), cached on disk."""
-    from tlstudio.core.synthetic import SHAPES, make_image
+    from tlstudio.core.data.synthetic import SHAPES, make_image
 
     root = DATA_ROOT / f"{name}_{n_classes}x{per_class}_{size[0]}x{size[1]}_q{quality}"
     marker = root / ".complete"

@@ -23,7 +23,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-PROCESS_SCAN_FILES = 10_000  # tlstudio.core.probing.PROCESS_SCAN_MIN: from here scans use processes
+PROCESS_SCAN_FILES = 10_000  # tlstudio.core.data.probing.PROCESS_SCAN_MIN: from here scans use processes
 
 
 def _tiny_pngs(root: Path, n: int) -> Path:

@@ -10,7 +10,7 @@ os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".to
 
 import pytest  # noqa: E402
 
-from tlstudio.core.synthetic import make_synthetic_folder  # noqa: E402
+from tlstudio.core.data.synthetic import make_synthetic_folder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlstudio.core.dataset import Sample, Split
+from tlstudio.core.data.dataset import Sample, Split
 
 
 def split_of(root: Path, n_val: int = 6) -> Split:

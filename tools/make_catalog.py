@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
     import torch
 
-    from tlstudio.core.backbones import _default_input_size, family_of
+    from tlstudio.core.models.backbones import _default_input_size, family_of
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tlstudio.core.advice import LARGE_PER_CLASS, SMALL_PER_CLASS, Advice, advise
-from tlstudio.core.backbones import create_model
+from tlstudio.core.models.advice import LARGE_PER_CLASS, SMALL_PER_CLASS, Advice, advise
+from tlstudio.core.models.backbones import create_model
 from tlstudio.core.config import FREEZE_PATTERN, TrainConfig
-from tlstudio.core.layers import layer_groups, plan_from_spec
+from tlstudio.core.models.layers import layer_groups, plan_from_spec
 
 
 def _n_trainable(freeze: str, groups) -> int:
@@ -62,7 +62,7 @@ def test_lrs_follow_the_benchmark():
 
 
 def test_default_lr_matches_the_advice_for_the_same_preset():
-    from tlstudio.core.advice import default_lr
+    from tlstudio.core.models.advice import default_lr
 
     for ipc, sim in ((20, "high"), (20, "low"), (200, "high"), (200, "unknown"), (800, "high")):
         a = advise(ipc, sim)

@@ -10,8 +10,8 @@ import pytest
 import timm
 import torch
 
-from tlstudio.core import backbones
-from tlstudio.core.backbones import (
+from tlstudio.core.models import backbones
+from tlstudio.core.models.backbones import (
     UnknownModelError,
     create_model,
     data_config,
@@ -20,7 +20,7 @@ from tlstudio.core.backbones import (
     model_spec,
 )
 from tlstudio.core.errors import UserError
-from tlstudio.core.layers import count_params
+from tlstudio.core.models.layers import count_params
 
 
 def test_list_models_covers_timm_and_is_fast():

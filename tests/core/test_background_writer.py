@@ -12,8 +12,8 @@ import threading
 import pytest
 import torch
 
-from tlstudio.core.allocator import available, training_allocator
-from tlstudio.core.background_writer import BackgroundWriter, snapshot
+from tlstudio.core.runtime.allocator import available, training_allocator
+from tlstudio.core.runtime.background_writer import BackgroundWriter, snapshot
 
 
 def test_writes_run_in_submission_order_off_the_calling_thread():

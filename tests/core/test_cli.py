@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tlstudio import cli
-from tlstudio.core import runs
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.data.synthetic import make_synthetic_folder
 
 CLASSES = ["circle", "square", "triangle"]
 PER_CLASS = 8

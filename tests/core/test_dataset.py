@@ -1,4 +1,4 @@
-"""tlstudio.core.dataset: layouts, warnings, fingerprint, progress/stop, split, class matching."""
+"""tlstudio.core.data.dataset: layouts, warnings, fingerprint, progress/stop, split, class matching."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tlstudio.core.dataset import (
+from tlstudio.core.data.dataset import (
     DatasetError,
     Sample,
     ScanCancelled,
@@ -24,7 +24,7 @@ from tlstudio.core.dataset import (
     scan,
     scan_unlabelled,
 )
-from tlstudio.core.synthetic import SHAPES, make_image
+from tlstudio.core.data.synthetic import SHAPES, make_image
 
 
 def make_folder(root: Path, counts: dict[str, int], size=24, seed=0, fmt="png") -> Path:
@@ -225,7 +225,7 @@ def test_stop_event(tmp_path):
 def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypatch):
     """Big header-only scans run in spawned processes (threads only fought over the GIL): same
     samples, same skipped files with the same reasons, same duplicate warnings, progress to the end."""
-    from tlstudio.core import probing
+    from tlstudio.core.data import probing
 
     root = make_folder(tmp_path / "ds", {"a": 12, "b": 12})
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -254,7 +254,7 @@ def test_header_checks_in_worker_processes_match_one_process(tmp_path, monkeypat
 
 
 def test_rescanning_an_unchanged_folder_reuses_probes_and_sees_changed_files(tmp_path, monkeypatch):
-    from tlstudio.core import probing
+    from tlstudio.core.data import probing
 
     root = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
     first = scan(root, workers=1)
@@ -278,11 +278,11 @@ def test_spawn_is_refused_for_an_unguarded_main_script(tmp_path, monkeypatch):
     import sys
     import types
 
-    from tlstudio.core import probing
+    from tlstudio.core.data import probing
 
     fake = types.ModuleType("__main__")
     fake.__file__ = str(tmp_path / "script.py")
-    (tmp_path / "script.py").write_text("from tlstudio.core.dataset import scan\nscan('x')\n")
+    (tmp_path / "script.py").write_text("from tlstudio.core.data.dataset import scan\nscan('x')\n")
     monkeypatch.setitem(sys.modules, "__main__", fake)
     assert probing.spawn_is_safe() is False  # a child would run the script again
     (tmp_path / "script.py").write_text("def main():\n    pass\n\nif __name__ == '__main__':\n    main()\n")

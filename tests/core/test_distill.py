@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlstudio.core.distill import (
+from tlstudio.core.tasks.distill import (
     DistillConfig,
     DistillError,
     DistillObjective,
@@ -22,8 +22,8 @@ from tlstudio.core.distill import (
     soft_targets,
 )
 from tlstudio.core.events import drive
-from tlstudio.core.objectives import ObjectiveContext
-from tlstudio.core.runs import ModelSpec, RunInfo
+from tlstudio.core.training.objectives import ObjectiveContext
+from tlstudio.core.runs.folder import ModelSpec, RunInfo
 
 
 @pytest.fixture(autouse=True)
@@ -225,7 +225,7 @@ class _CE:
 
 
 def _ctx(model, classes, n, tmp_path):
-    from tlstudio.core.dataset import Sample
+    from tlstudio.core.data.dataset import Sample
 
     return ObjectiveContext(model=model, device=torch.device("cpu"), classes=list(classes), precision=None,
                             config=None, train_samples=[Sample(f"s{i}", 0) for i in range(n)],
@@ -337,7 +337,7 @@ def test_teacher_cache_when_inputs_are_deterministic(tmp_path, shapes3):
     """augment none: the teacher runs once over the training images, not during training."""
     import timm
 
-    from tlstudio.core.dataset import Sample
+    from tlstudio.core.data.dataset import Sample
 
     classes = ["circle", "square", "triangle"]
     samples = [Sample(str(p), classes.index(p.parent.name)) for p in sorted(Path(shapes3).rglob("*.png"))]
@@ -383,8 +383,8 @@ def _drive(gen):
 
 
 def _held_out_acc(run_dir, samples):
-    from tlstudio.core.evaluate import evaluate_model
-    from tlstudio.core.runs import load_run_model
+    from tlstudio.core.evaluation.evaluate import evaluate_model
+    from tlstudio.core.models.run_model import load_run_model
 
     model, info = load_run_model(run_dir)
     return evaluate_model(model, info.model, samples).accuracy
@@ -399,8 +399,8 @@ def world(tmp_path_factory):
     import os
 
     from tlstudio.core.config import TrainConfig
-    from tlstudio.core.engine import fit
-    from tlstudio.core.synthetic import SHAPES, make_synthetic_folder
+    from tlstudio.core.training.engine import fit
+    from tlstudio.core.data.synthetic import SHAPES, make_synthetic_folder
 
     root = tmp_path_factory.mktemp("distill_world")
     old_home = os.environ.get("TLSTUDIO_HOME")
@@ -421,7 +421,7 @@ def world(tmp_path_factory):
             os.environ.pop("TLSTUDIO_HOME", None)
         else:
             os.environ["TLSTUDIO_HOME"] = old_home
-    from tlstudio.core.dataset import scan
+    from tlstudio.core.data.dataset import scan
 
     return {"root": root, "full": full, "few": root / "few", "unlab": root / "unlab",
             "teacher": root / "teacher", "test": scan(str(test)).samples}
@@ -432,9 +432,9 @@ def world(tmp_path_factory):
 def test_teacher_labels_unlabelled_images_and_beats_the_few_labels_alone(world, tmp_path):
     """2 labels per class (1 train + 1 val) + 108 unlabelled images: the distilled student beats the same
     student trained on the labels alone, on a held-out folder of 90 images (chance: 1/6)."""
-    from tlstudio.core.distill import distill
+    from tlstudio.core.tasks.distill import distill
     from tlstudio.core.events import BatchEnd, Log
-    from tlstudio.core.runs import read_run
+    from tlstudio.core.runs.folder import read_run
 
     teacher_acc = _held_out_acc(world["teacher"], world["test"])
     assert teacher_acc > 0.85, teacher_acc
@@ -472,8 +472,8 @@ def test_teacher_labels_unlabelled_images_and_beats_the_few_labels_alone(world, 
 def test_multi_teacher_feature_kd_run_completes_and_losses_decrease(world, tmp_path):
     """Two teachers (Lite0 + a tiny ResNet), hint loss through an adapter, a scratch student, augment on."""
     from tlstudio.core.config import TrainConfig
-    from tlstudio.core.distill import distill
-    from tlstudio.core.engine import fit
+    from tlstudio.core.tasks.distill import distill
+    from tlstudio.core.training.engine import fit
     from tlstudio.core.events import BatchEnd, Log
 
     small = tmp_path / "small"
@@ -508,7 +508,7 @@ def test_multi_teacher_feature_kd_run_completes_and_losses_decrease(world, tmp_p
 
 def test_cli_distill_refuses_a_teacher_with_other_classes(world, tmp_path, capsys):
     from tlstudio.cli import main
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     other = make_synthetic_folder(tmp_path / "other", classes=("cross", "ring"), per_class=4, size=32)
     code = main(["distill", str(other), "--teacher", str(world["teacher"]), "--student", "test_efficientnet",
@@ -523,7 +523,7 @@ def test_cli_distill_refuses_a_teacher_with_other_classes(world, tmp_path, capsy
 
 # ------------------------------------------------------------------ report and CLI (no training)
 def test_tradeoff_compare_summary_and_markdown():
-    from tlstudio.core.tradeoff import compare, tradeoff_markdown, tradeoff_table
+    from tlstudio.core.tasks.tradeoff import compare, tradeoff_markdown, tradeoff_table
 
     def row(role, name, backbone, acc, params, lat1, lat32):
         return {"role": role, "name": name, "run_dir": f"/runs/{name}", "backbone": backbone, "image_size": 224,
@@ -552,7 +552,7 @@ def test_tradeoff_compare_summary_and_markdown():
 
 def test_cli_flags_become_a_distill_config(tmp_path):
     from tlstudio.cli import build_parser
-    from tlstudio.cli_distill import distill_config
+    from tlstudio.cli.distill import distill_config
 
     args = build_parser().parse_args([
         "distill", str(tmp_path), "--teacher", "runA", "--teacher", "runB", "--teacher-weight", "2",
@@ -577,9 +577,9 @@ def test_stopped_distillation_resumes_to_the_report(world, tmp_path, capsys):
     """Stop during the student baseline, then `tlstudio distill-resume` finishes it and writes the report."""
 
     from tlstudio.cli import main
-    from tlstudio.core.distill import distill
+    from tlstudio.core.tasks.distill import distill
     from tlstudio.core.events import RunStarted
-    from tlstudio.core.runs import read_run
+    from tlstudio.core.runs.folder import read_run
 
     small = tmp_path / "small"
     _copy_subset(world["full"], small, tmp_path / "unused", n_labelled=4)

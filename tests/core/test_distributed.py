@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from tlstudio.core import runs
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.data.synthetic import make_synthetic_folder
 
 COMMON = ["--backbone", "test_resnet", "--scratch", "--image-size", "48", "--freeze", "none", "--epochs", "4",
           "--batch-size", "8", "--lr", "0.01", "--augment", "none", "--precision", "fp32", "--workers", "0",

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from tlstudio.core import events as E
-from tlstudio.core import runs
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.models.run_model import load_run_model
 from tlstudio.core.config import TrainConfig
-from tlstudio.core.engine import fit, resume
+from tlstudio.core.training.engine import fit, resume
 from tlstudio.core.events import drive
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.data.synthetic import make_synthetic_folder
 
 
 def run_all(gen, on_event=None):
@@ -53,12 +54,12 @@ def test_end_to_end_learns_and_writes_run_folder(tmp_path):
     assert back.versions["torch"] == torch.__version__
     assert back.data["fingerprint"]
     assert len(runs.read_history(run)) == 5
-    from tlstudio.core.tensorboard import tensorboard_available
+    from tlstudio.core.training.tensorboard import tensorboard_available
 
     if tensorboard_available():  # TensorBoard event files beside the CSV
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     # the best weights rebuild into a model that agrees with the recorded accuracy class
-    model, _ = runs.load_run_model(run)
+    model, _ = load_run_model(run)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -66,7 +67,7 @@ def test_frozen_params_and_bn_stats_bit_identical(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from tlstudio.core import layers
+    from tlstudio.core.models import layers
 
     data = make_synthetic_folder(tmp_path / "d", per_class=10, size=48, easy=True)
     # start from a weights file we made, so the starting point of every frozen tensor is known
@@ -80,7 +81,7 @@ def test_frozen_params_and_bn_stats_bit_identical(tmp_path):
     info, _ = run_all(fit(cfg(data, tmp_path / "run", init="file", weights_file=str(tmp_path / "w.safetensors"),
                               freeze="last:1", epochs=2, cache="off", augment="light")))
     assert info.status == "finished"
-    model, _ = runs.load_run_model(tmp_path / "run", which="last")
+    model, _ = load_run_model(tmp_path / "run", which="last")
     trainable = torch.load(tmp_path / "run" / runs.LAST_CKPT, weights_only=True)["trainable"]
     groups = layers.layer_groups(model)
     assert not all(trainable) and trainable[-1]
@@ -98,7 +99,7 @@ def test_frozen_params_and_bn_stats_bit_identical(tmp_path):
 
 
 def _final_state(run_dir):
-    return runs.load_run_model(run_dir, which="last")[0].state_dict()
+    return load_run_model(run_dir, which="last")[0].state_dict()
 
 
 def test_stop_then_resume_equals_uninterrupted(tmp_path):

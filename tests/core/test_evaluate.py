@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlstudio.core import evaluate as ev
-from tlstudio.core.runs import ModelSpec, RunInfo, write_run
+from tlstudio.core.evaluation import evaluate as ev
+from tlstudio.core.runs.folder import ModelSpec, RunInfo, write_run
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -32,7 +32,7 @@ def _one_thread():
 
 
 def _standin_backbones():
-    m = types.ModuleType("tlstudio.core.backbones")
+    m = types.ModuleType("tlstudio.core.models.backbones")
 
     def create_model(name, num_classes, *, init="pretrained", **_):
         import timm
@@ -44,7 +44,7 @@ def _standin_backbones():
 
 
 def _standin_weights():
-    m = types.ModuleType("tlstudio.core.weights")
+    m = types.ModuleType("tlstudio.core.models.weights")
 
     def load_state_dict_file(path):
         from safetensors.torch import load_file
@@ -56,7 +56,7 @@ def _standin_weights():
 
 
 def _standin_dataset():
-    m = types.ModuleType("tlstudio.core.dataset")
+    m = types.ModuleType("tlstudio.core.data.dataset")
 
     @dataclass(frozen=True)
     class Sample:
@@ -118,7 +118,7 @@ def core_modules(monkeypatch):
             importlib.import_module(full)
         except ImportError:
             monkeypatch.setitem(sys.modules, full, make())
-    return sys.modules["tlstudio.core.dataset"]
+    return sys.modules["tlstudio.core.data.dataset"]
 
 
 # --------------------------------------------------------------------------- a real run folder
@@ -130,7 +130,7 @@ def make_run(run_dir: Path, data_dir: Path, *, backbone="test_resnet", image_siz
     import torch
 
     from tlstudio.core.atomic import atomic_save_safetensors, atomic_write_json
-    from tlstudio.core.dataset import Split, match_classes, scan
+    from tlstudio.core.data.dataset import Split, match_classes, scan
 
     classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     samples = match_classes(scan(data_dir), classes).samples
@@ -339,7 +339,7 @@ def test_measure_latency_positive():
 
 def test_parallel_eval_loader_path_gives_same_report(tmp_path, shapes3, core_modules, monkeypatch):
     """Large sets go through pipeline.eval_loader (threads); small ones through the plain loop."""
-    pytest.importorskip("tlstudio.core.pipeline")
+    pytest.importorskip("tlstudio.core.pipeline.loaders")
     model, spec, _ = make_run(tmp_path / "run", shapes3, steps=2)
     samples = list(core_modules.match_classes(core_modules.scan(shapes3), spec.classes).samples)
     bad = shapes3 / "circle" / "zz_broken.png"

@@ -19,7 +19,7 @@ from tests.core.test_evaluate import (  # noqa: F401 - core_modules is a fixture
     core_modules,
     make_run,
 )
-from tlstudio.core import evaluate as ev
+from tlstudio.core.evaluation import evaluate as ev
 
 # Installed first in every child process: importing any of these top-level packages fails, so
 # the child proves it works with the export and third-party libraries alone (however tlstudio
@@ -87,8 +87,8 @@ def exported(tmp_path_factory):
     """One tiny trained run exported to every format (shared: exporting costs a few seconds)."""
     import importlib
 
-    from tlstudio.core.export import export_run
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.export.formats import export_run
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     tmp = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as mp:
@@ -102,7 +102,7 @@ def exported(tmp_path_factory):
         data = make_synthetic_folder(tmp / "data", per_class=12, size=48, easy=True)
         run = tmp / "run"
         model, spec, split = make_run(run, data)
-        from tlstudio.core.runs import write_history
+        from tlstudio.core.runs.folder import write_history
 
         write_history(run, [{"epoch": i, "train_loss": 1.0 / (i + 1), "val_loss": 1.1 / (i + 1), "val_acc": 0.5 + 0.1 * i,
                              "val_macro_f1": 0.45 + 0.1 * i, "lr": 1e-3} for i in range(4)])
@@ -110,7 +110,7 @@ def exported(tmp_path_factory):
         report = export_run(run, tmp / "out", formats=("all",), progress=lambda m, i, n: steps.append((m, i, n)),
                             calibration_images=8, latency_repeats=3)
         # reference logits of TL Studio's own model on real, preprocessed validation images
-        from tlstudio.core.runs import load_run_model
+        from tlstudio.core.models.run_model import load_run_model
 
         tl_model, _ = load_run_model(run)
         x, _, _ = ev.load_batch([s.path for s in split.val[:3]], spec)
@@ -228,7 +228,7 @@ def test_timm_onnx_torchscript_in_fresh_process_without_tlstudio(exported, tmp_p
 def test_model_card_example_agrees_with_predict(exported, tmp_path):
     from PIL import Image
 
-    from tlstudio.core.model_card import extract_example
+    from tlstudio.core.export.model_card import extract_example
 
     out = exported["out"]
     card = (out / "MODEL_CARD.md").read_text()
@@ -253,7 +253,7 @@ def test_model_card_example_agrees_with_predict(exported, tmp_path):
 
 
 def test_unknown_format_and_missing_run(tmp_path):
-    from tlstudio.core.export import ExportError, export_run
+    from tlstudio.core.export.formats import ExportError, export_run
 
     with pytest.raises(ExportError, match="unknown export format"):
         export_run(tmp_path, tmp_path / "o", formats=("pickle",))
@@ -281,8 +281,8 @@ def test_size_flexible_vit_exports_at_a_non_native_size(tmp_path):
     resampling has no ONNX op, so the export bakes it for the run's input size."""
     import timm
 
-    from tlstudio.core.export import export_onnx, export_torchscript
-    from tlstudio.core.runs import ModelSpec
+    from tlstudio.core.export.formats import export_onnx, export_torchscript
+    from tlstudio.core.runs.folder import ModelSpec
 
     model = timm.create_model("test_vit", pretrained=False, num_classes=3, dynamic_img_size=True).eval()
     spec = ModelSpec(backbone="test_vit", num_classes=3, classes=["a", "b", "c"], image_size=48)
@@ -307,8 +307,8 @@ def test_int8_agrees_with_fp32_on_a_depthwise_net(tmp_path, core_modules):
     accuracy with per-tensor weights) trained on the easy shapes: the int8 model picked by the
     export gives the same top-1 as fp32 on >= 90% of all images (train and val), its validation
     accuracy is within the tolerance of fp32, and the report says which candidate and why."""
-    from tlstudio.core.export import INT8_TOLERANCE, export_run
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.export.formats import INT8_TOLERANCE, export_run
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     data = make_synthetic_folder(tmp_path / "data", per_class=16, size=48, easy=True)
     run = tmp_path / "run"
@@ -331,7 +331,7 @@ def test_int8_agrees_with_fp32_on_a_depthwise_net(tmp_path, core_modules):
 def test_int8_keeps_the_most_accurate_when_none_is_within_tolerance(exported, tmp_path):
     """An impossible tolerance: every candidate is tried, the most accurate is kept, and the note
     says no candidate was close enough. Without calibration images: dynamic quantization."""
-    from tlstudio.core.export import export_int8
+    from tlstudio.core.export.formats import export_int8
 
     spec, split = exported["spec"], exported["split"]
     x, _, _ = ev.load_batch([s.path for s in split.train[:8]], spec)
@@ -355,7 +355,7 @@ def test_int8_keeps_the_most_accurate_when_none_is_within_tolerance(exported, tm
 
 def test_int8_quantizer_output_stays_off_stdout(exported, tmp_path, capsys):
     """onnxruntime's calibrators print() progress; `tlstudio export --json` must stay valid JSON."""
-    from tlstudio.core.export import export_int8
+    from tlstudio.core.export.formats import export_int8
 
     spec, split = exported["spec"], exported["split"]
     x, _, _ = ev.load_batch([s.path for s in split.train[:4]], spec)

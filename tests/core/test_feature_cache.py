@@ -11,9 +11,9 @@ timm = pytest.importorskip("timm")
 
 from tests.splits import split_of  # noqa: E402
 from tlstudio.core.events import Log, Progress  # noqa: E402
-from tlstudio.core.feature_cache import FeatureCache, head_module  # noqa: E402
-from tlstudio.core.pipeline import build_loaders  # noqa: E402
-from tlstudio.core.precision import PrecisionPlan  # noqa: E402
+from tlstudio.core.pipeline.feature_cache import FeatureCache, head_module  # noqa: E402
+from tlstudio.core.pipeline.loaders import build_loaders  # noqa: E402
+from tlstudio.core.runtime.precision import PrecisionPlan  # noqa: E402
 
 FP32 = PrecisionPlan(torch.device("cpu"), None, "fp32", False, False)
 

@@ -1,4 +1,4 @@
-"""tlstudio.core.images: the contract beyond the bad-input cases in tests/reliability."""
+"""tlstudio.core.data.images: the contract beyond the bad-input cases in tests/reliability."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.images import (
+from tlstudio.core.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlstudio.core.backbones import create_model
-from tlstudio.core.layers import (
+from tlstudio.core.models.backbones import create_model
+from tlstudio.core.models.layers import (
     FreezeSpecError,
     apply_freeze,
     count_params,
@@ -18,7 +18,7 @@ from tlstudio.core.layers import (
     plan_from_spec,
     set_train_mode,
 )
-from tlstudio.core.weights import head_prefixes
+from tlstudio.core.models.weights import head_prefixes
 
 FAMILIES = ["test_resnet", "test_efficientnet", "mobilenetv3_small_050", "test_convnext", "test_vit", "regnetx_002"]
 SIZE = 48

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.splits import split_of
-from tlstudio.core.augment import scale_size
-from tlstudio.core.dataset import Sample
-from tlstudio.core.decoded_cache import DecodedCache
-from tlstudio.core.pipeline import build_loaders, eval_loader
+from tlstudio.core.pipeline.augment import scale_size
+from tlstudio.core.data.dataset import Sample
+from tlstudio.core.pipeline.decoded_cache import DecodedCache
+from tlstudio.core.pipeline.loaders import build_loaders, eval_loader
 
 CFG = {"input_size": (3, 40, 40), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
        "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
@@ -185,7 +185,7 @@ def test_decoded_cache_disk_entry_invalidated_when_file_changes(shapes3, tmp_pat
 
 
 def test_prune_dir_removes_oldest_first(tmp_path):
-    from tlstudio.core.decoded_cache import prune_dir
+    from tlstudio.core.pipeline.decoded_cache import prune_dir
 
     for i in range(5):
         f = tmp_path / "d" / f"{i}.npy"
@@ -227,7 +227,7 @@ def test_channels_last_batches_hold_the_same_values_in_nhwc_memory(shapes3):
 
 def test_cache_budget_covers_the_batches_in_flight(shapes3):
     """The budget bounds the pipeline as a whole: batches in flight first, the cache gets the rest."""
-    from tlstudio.core.pipeline import working_set_bytes
+    from tlstudio.core.pipeline.loaders import working_set_bytes
 
     sp = split_of(shapes3)
     reserve = working_set_bytes(16, CFG, 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlstudio.core import precision as P
+from tlstudio.core.runtime import precision as P
 from tlstudio.core.errors import UserError
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tlstudio.core.project import ProjectError, load_project, save_project
+from tlstudio.core.runs.project import ProjectError, load_project, save_project
 
 
 def test_round_trip_relative_paths(tmp_path):

@@ -8,7 +8,7 @@ import builtins
 import pytest
 
 from tlstudio.core.events import BatchEnd, EpochEnd, Finished
-from tlstudio.core.tensorboard import TBWriter, history_to_tensorboard
+from tlstudio.core.training.tensorboard import TBWriter, history_to_tensorboard
 
 
 def _epoch(i, acc):
@@ -42,7 +42,7 @@ def test_events_become_scalars(tmp_path):
 
 def test_history_to_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
-    from tlstudio.core.runs import write_history
+    from tlstudio.core.runs.folder import write_history
 
     write_history(tmp_path, [{"epoch": i, "train_loss": 1.0 - 0.1 * i, "val_loss": 1.1, "val_acc": 0.6 + 0.1 * i,
                               "val_macro_f1": 0.5, "lr": 0.01} for i in range(3)])

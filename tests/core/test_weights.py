@@ -7,10 +7,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tlstudio.core import weights
-from tlstudio.core.backbones import create_model
-from tlstudio.core.runs import BEST_WEIGHTS, ModelSpec, RunInfo, write_run
-from tlstudio.core.weights import WeightsError, lite0_wheel_path, load_state_dict_file
+from tlstudio.core.models import weights
+from tlstudio.core.models.backbones import create_model
+from tlstudio.core.runs.folder import BEST_WEIGHTS, ModelSpec, RunInfo, write_run
+from tlstudio.core.models.weights import WeightsError, lite0_wheel_path, load_state_dict_file
 
 
 def _timm(name, n=1000, seed=0):
@@ -102,7 +102,7 @@ def test_pretrained_from_fake_hub_cache_offline(tmp_path, monkeypatch):
     m = create_model("test_resnet", 5, init="pretrained", log=logs.append, progress=lambda d, t: prog.append((d, t)))
     assert _body_equal(src, m) and m.fc.out_features == 5
     assert any(cfg.hf_hub_id in s for s in logs)
-    from tlstudio.core.backbones import model_info
+    from tlstudio.core.models.backbones import model_info
 
     assert model_info("test_resnet").offline  # found in the cache
 
@@ -237,7 +237,7 @@ def test_progress_callback_can_cancel_a_download(tmp_path, monkeypatch):
 
 
 def test_spec_names_the_real_backbone_after_chained_transfer(tmp_path):
-    from tlstudio.core.backbones import model_spec
+    from tlstudio.core.models.backbones import model_spec
 
     run = tmp_path / "run2"
     run.mkdir()

@@ -127,7 +127,7 @@ def test_drop_images_adds_them_to_a_class(qtbot, win, shapes3, tmp_path):
     data = win.panel("data")
     with qtbot.waitSignal(data.scan_finished, timeout=30_000):
         win.open_folder(str(shapes3))
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     extra = make_synthetic_folder(tmp_path / "extra", classes=("ring",), per_class=3, size=32)
     files = sorted((extra / "ring").iterdir())
@@ -142,7 +142,7 @@ def test_drop_images_on_a_class_row_needs_no_question(qtbot, win, shapes3, tmp_p
     data = win.panel("data")
     with qtbot.waitSignal(data.scan_finished, timeout=30_000):
         win.open_folder(str(shapes3))
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     extra = make_synthetic_folder(tmp_path / "extra", classes=("ring",), per_class=2, size=32)
     win.ask_class = lambda classes, n: pytest.fail("should not ask: dropped on a class row")

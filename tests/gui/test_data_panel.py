@@ -78,7 +78,7 @@ def test_skipped_files_and_warnings_listed(qtbot, panel, shapes3):
 
 
 def test_one_class_needs_attention(qtbot, panel, tmp_path):
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     one = make_synthetic_folder(tmp_path / "one", classes=("circle",), per_class=4, size=32)
     _scan(qtbot, panel, one)
@@ -104,7 +104,7 @@ def test_cancel_scan_ignores_result(qtbot, panel, shapes3):
 
 
 def test_thumbnails_decode_real_images(qtbot, shapes3):
-    from tlstudio.core.dataset import scan
+    from tlstudio.core.data.dataset import scan
 
     report = scan(shapes3)
     model = ThumbnailModel()
@@ -124,7 +124,7 @@ def test_thumbnails_decode_real_images(qtbot, shapes3):
     colours = {img.pixel(x, y) for x in range(0, img.width(), 8) for y in range(0, img.height(), 8)}
     assert len(colours) > 3
     # a broken file gets the "broken" tile and its reason in the tooltip
-    from tlstudio.core.dataset import Sample
+    from tlstudio.core.data.dataset import Sample
 
     bad = shapes3 / "circle" / "x.png"
     bad.write_bytes(b"garbage")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tlstudio.core import events as E
-from tlstudio.core.runs import ModelSpec, RunInfo, write_run
-from tlstudio.core.tradeoff import compare, save_tradeoff
+from tlstudio.core.runs.folder import ModelSpec, RunInfo, write_run
+from tlstudio.core.tasks.tradeoff import compare, save_tradeoff
 from tlstudio.gui.panels.distill_panel import DistillPanel
 from tlstudio.gui.runner import JobRunner
 from tlstudio.gui.state import AppState
@@ -103,7 +103,7 @@ def test_settings_make_a_distill_config(panel, runs_root, tmp_path):
 
 
 def test_student_list_puts_small_recommended_students_first(panel):
-    from tlstudio.core.backbones import ModelInfo
+    from tlstudio.core.models.backbones import ModelInfo
 
     def mi(name, params, rec=False, student=False):
         return ModelInfo(name=name, family="x", params=params, input_size=224, pretrained=True, offline=False,
@@ -152,7 +152,7 @@ def test_fake_run_through_the_runner_shows_curves_table_and_scatter(panel, qtbot
                        model=ModelSpec(backbone=config.backbone, num_classes=3, classes=CLASSES, image_size=64),
                        extra={"tradeoff": report})
 
-    monkeypatch.setattr("tlstudio.core.distill.distill", fake_distill)
+    monkeypatch.setattr("tlstudio.core.tasks.distill.distill", fake_distill)
     panel.select_teachers([str(teacher)])
     panel.student_combo.setCurrentText("mobilenetv3_small_100")
     with qtbot.waitSignal(panel.runner.finished, timeout=10_000):
@@ -190,13 +190,13 @@ def test_events_of_other_panels_are_ignored(panel):
 
 
 def test_failed_run_shows_the_message(panel, qtbot, runs_root, monkeypatch):
-    from tlstudio.core.distill import DistillError
+    from tlstudio.core.tasks.distill import DistillError
 
     def bad(config, stop=None, pause=None):
         raise DistillError(f"teacher run {config.teachers[0]}: its classes do not match")
         yield  # pragma: no cover
 
-    monkeypatch.setattr("tlstudio.core.distill.distill", bad)
+    monkeypatch.setattr("tlstudio.core.tasks.distill.distill", bad)
     panel.select_teachers([str(runs_root / "teacher-resnet50")])
     with qtbot.waitSignal(panel.runner.failed, timeout=10_000):
         panel.start()
@@ -232,7 +232,7 @@ def test_continue_resumes_a_stopped_distillation(panel, qtbot, runs_root, monkey
         return RunInfo(kind="distill", status="stopped", config={}, model=ModelSpec(
             backbone="b", num_classes=3, classes=CLASSES, image_size=64))
 
-    monkeypatch.setattr("tlstudio.core.distill.resume_distill", fake_resume)
+    monkeypatch.setattr("tlstudio.core.tasks.distill.resume_distill", fake_resume)
     with qtbot.waitSignal(panel.runner.finished, timeout=10_000):
         assert panel.continue_btn.isEnabled()
         panel.continue_btn.click()

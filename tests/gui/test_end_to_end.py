@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tlstudio.core import events as ev
-from tlstudio.core.runs import LAST_CKPT, read_history, read_run
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.runs.folder import LAST_CKPT, read_history, read_run
+from tlstudio.core.data.synthetic import make_synthetic_folder
 from tlstudio.gui.panels.evaluate_panel import EvaluatePanel
 from tlstudio.gui.panels.predict_panel import PredictPanel
 from tlstudio.gui.panels.runs_panel import RunsPanel
@@ -25,7 +25,7 @@ def test_train_stop_continue_evaluate_predict(qtbot, tmp_path, monkeypatch):
     errors: list = []
     monkeypatch.setattr(error_dialog, "CAPTURE", errors)
     data = make_synthetic_folder(tmp_path / "data", per_class=8, size=32, easy=True)
-    from tlstudio.core.dataset import scan
+    from tlstudio.core.data.dataset import scan
 
     state = AppState()
     state.runs_dir = str(tmp_path / "runs")

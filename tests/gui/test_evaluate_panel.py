@@ -6,8 +6,8 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 
 from tests.gui.test_runs_panel import make_fake_run
-from tlstudio.core.evaluate import EvalReport
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.evaluation.evaluate import EvalReport
+from tlstudio.core.data.synthetic import make_synthetic_folder
 from tlstudio.gui.panels.evaluate_panel import EvaluatePanel
 from tlstudio.gui.state import AppState
 from tlstudio.gui.widgets import error_dialog
@@ -117,7 +117,7 @@ def test_evaluate_another_folder_runs_in_background(panel, qtbot, tmp_path, monk
             confusion=[[1, 1, 0], [0, 1, 1], [1, 0, 1]], classes=["circle", "square", "triangle"],
             misclassified=[], n=6, source=str(folder))
 
-    monkeypatch.setattr("tlstudio.core.evaluate.evaluate", fake_evaluate)
+    monkeypatch.setattr("tlstudio.core.evaluation.evaluate.evaluate", fake_evaluate)
     with qtbot.waitSignal(panel.report_shown, timeout=5000):
         assert panel.evaluate(str(tmp_path / "other"))
     assert calls == [(str(run), str(tmp_path / "other"))]
@@ -136,7 +136,7 @@ def test_evaluation_failure_shows_dialog(panel, qtbot, tmp_path, monkeypatch):
     def boom(run_dir, folder=None, **kw):
         raise ValueError(f"{folder}: class 'dog' is not one of the run's classes")
 
-    monkeypatch.setattr("tlstudio.core.evaluate.evaluate", boom)
+    monkeypatch.setattr("tlstudio.core.evaluation.evaluate.evaluate", boom)
     with qtbot.waitSignal(panel.job.failed, timeout=5000):
         panel.evaluate("/tmp/x")
     assert captured and "dog" in captured[0][1]

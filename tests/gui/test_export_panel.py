@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 from tests.core.test_evaluate import make_run
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.data.synthetic import make_synthetic_folder
 from tlstudio.gui.panels.export_panel import OPEN_FOLDER_ITEM, ExportPanel, human_size, rerun_commands
 from tlstudio.gui.state import STEPS, AppState
 
@@ -200,7 +200,7 @@ def test_headless_command_runs_the_same_training(qtbot, tmp_path):
     import subprocess
     import sys
 
-    from tlstudio.core.runs import read_run
+    from tlstudio.core.runs.folder import read_run
 
     data = make_synthetic_folder(tmp_path / "data", per_class=6, size=32, easy=True)
     run = tmp_path / "runs" / "r0"
@@ -223,7 +223,7 @@ def test_headless_command_runs_the_same_training(qtbot, tmp_path):
 
 def test_errors_are_shown_per_format_and_a_broken_run_fails_cleanly(qtbot, tmp_path):
     from tests.gui.test_runs_panel import make_fake_run
-    from tlstudio.core.export import ExportReport
+    from tlstudio.core.export.formats import ExportReport
 
     run = make_fake_run(tmp_path / "runs", "broken")  # its weights file is not a weights file
     p = _panel(qtbot, run.parent)

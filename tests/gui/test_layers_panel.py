@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QPoint, QThreadPool, Qt
 
-from tlstudio.core.backbones import ModelInfo
-from tlstudio.core.dataset import scan
-from tlstudio.core.layers import LayerGroup
+from tlstudio.core.models.backbones import ModelInfo
+from tlstudio.core.data.dataset import scan
+from tlstudio.core.models.layers import LayerGroup
 from tlstudio.gui.panels.layers_panel import LayersPanel, human_bytes
 from tlstudio.gui.state import AppState
 
@@ -97,8 +97,8 @@ def test_advice_follows_data_and_similarity(qtbot, panel, shapes3):
 
 
 def test_memory_estimate_with_a_real_model(qtbot, panel):
-    from tlstudio.core.backbones import create_model
-    from tlstudio.core.layers import layer_groups
+    from tlstudio.core.models.backbones import create_model
+    from tlstudio.core.models.layers import layer_groups
 
     model = create_model("test_resnet", 3, init="scratch")
     groups = layer_groups(model)

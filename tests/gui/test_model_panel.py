@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QThreadPool
 
-from tlstudio.core.backbones import ModelInfo
+from tlstudio.core.models.backbones import ModelInfo
 from tlstudio.gui.panels import model_panel as mp
 from tlstudio.gui.state import AppState
 
@@ -160,7 +160,7 @@ def test_large_model_structure_is_built_without_weights(qtbot, panel):
 
 
 def test_chained_transfer_from_an_earlier_run_sets_its_backbone(qtbot, panel, tmp_path):
-    from tlstudio.core.runs import ModelSpec, RunInfo, write_run
+    from tlstudio.core.runs.folder import ModelSpec, RunInfo, write_run
 
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)

@@ -10,8 +10,8 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 from tests.gui.test_runs_panel import make_fake_run
-from tlstudio.core.evaluate import Prediction
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.evaluation.evaluate import Prediction
+from tlstudio.core.data.synthetic import make_synthetic_folder
 from tlstudio.gui.panels.predict_panel import PredictPanel
 from tlstudio.gui.state import AppState
 from tlstudio.gui.widgets.prob_bars import ProbBars
@@ -44,7 +44,7 @@ def panel(qtbot, tmp_path, monkeypatch):
                 out.append(Prediction(p, [("circle", 0.7), ("square", 0.2), ("triangle", 0.1)][:top_k]))
         return out
 
-    monkeypatch.setattr("tlstudio.core.evaluate.predict", fake_predict)
+    monkeypatch.setattr("tlstudio.core.evaluation.evaluate.predict", fake_predict)
     state = AppState()
     p = PredictPanel(state)
     p.calls = calls

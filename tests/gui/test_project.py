@@ -36,7 +36,7 @@ def make_win(qtbot, errors):
 
 
 def test_save_and_open_round_trip(qtbot, make_win, tmp_path):
-    from tlstudio.core.synthetic import make_synthetic_folder
+    from tlstudio.core.data.synthetic import make_synthetic_folder
 
     proj_dir = tmp_path / "myproject"
     data = make_synthetic_folder(proj_dir / "images", per_class=6, size=32)

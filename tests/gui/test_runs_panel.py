@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tlstudio.core.runs import (
+from tlstudio.core.runs.folder import (
     BEST_WEIGHTS,
     EVAL_JSON,
     LAST_CKPT,

@@ -104,7 +104,7 @@ def test_start_without_data_explains(panel):
 
 
 def test_events_reach_curves_progress_and_warnings(panel, qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr("tlstudio.core.engine.fit", fake_fit_factory(str(tmp_path / "run1")))
+    monkeypatch.setattr("tlstudio.core.training.engine.fit", fake_fit_factory(str(tmp_path / "run1")))
     panel.state.set_dataset(str(tmp_path), None)
     assert panel.start_btn.isEnabled()
     training = []
@@ -130,7 +130,7 @@ def test_events_reach_curves_progress_and_warnings(panel, qtbot, monkeypatch, tm
 
 
 def test_stop_and_pause_buttons(panel, qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr("tlstudio.core.engine.fit",
+    monkeypatch.setattr("tlstudio.core.training.engine.fit",
                         fake_fit_factory(str(tmp_path / "r"), n_batches=100_000, delay=0.002))
     panel.state.set_dataset(str(tmp_path), None)
     panel.start()
@@ -155,7 +155,7 @@ def test_stop_and_pause_buttons(panel, qtbot, monkeypatch, tmp_path):
 def test_failure_is_shown_and_panel_stays_usable(panel, qtbot, monkeypatch, tmp_path):
     captured: list = []
     monkeypatch.setattr(error_dialog, "CAPTURE", captured)
-    monkeypatch.setattr("tlstudio.core.engine.fit", fake_fit_factory(str(tmp_path / "r"), fail=True))
+    monkeypatch.setattr("tlstudio.core.training.engine.fit", fake_fit_factory(str(tmp_path / "r"), fail=True))
     panel.state.set_dataset(str(tmp_path), None)
     with qtbot.waitSignal(panel.runner.failed, timeout=5000):
         panel.start()
@@ -163,7 +163,7 @@ def test_failure_is_shown_and_panel_stays_usable(panel, qtbot, monkeypatch, tmp_
     assert "Traceback" in captured[0][2]
     assert "boom" in panel.status_label.text()
     assert panel.start_btn.isEnabled()
-    monkeypatch.setattr("tlstudio.core.engine.fit", fake_fit_factory(str(tmp_path / "r2"), n_batches=5))
+    monkeypatch.setattr("tlstudio.core.training.engine.fit", fake_fit_factory(str(tmp_path / "r2"), n_batches=5))
     with qtbot.waitSignal(panel.run_finished, timeout=5000):
         panel.start()
     assert panel.curves.points("loss") == 5  # a fresh run starts fresh curves
@@ -273,7 +273,7 @@ def test_user_error_is_shown_plainly(panel, qtbot, monkeypatch, tmp_path):
         raise UserError(f"{config.data_dir}: fewer than 2 classes")
         yield
 
-    monkeypatch.setattr("tlstudio.core.engine.fit", fit)
+    monkeypatch.setattr("tlstudio.core.training.engine.fit", fit)
     panel.state.set_dataset(str(tmp_path), None)
     with qtbot.waitSignal(panel.runner.failed, timeout=5000):
         panel.start()
@@ -315,7 +315,7 @@ def test_failed_status_from_engine_says_why(panel, qtbot, monkeypatch, tmp_path)
         yield ev.Finished(run, "failed", None, None, message=msg)
         return SimpleNamespace(status="failed", best_val_acc=None, config={"out_dir": run})
 
-    monkeypatch.setattr("tlstudio.core.engine.fit", fit)
+    monkeypatch.setattr("tlstudio.core.training.engine.fit", fit)
     panel.state.set_dataset(str(tmp_path), None)
     with qtbot.waitSignal(panel.run_finished, timeout=5000) as blocker:
         panel.start()

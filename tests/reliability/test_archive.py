@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tlstudio.core.archive import ArchiveError, extract_to_cache, safe_extract_zip
-from tlstudio.core.dataset import scan
+from tlstudio.core.data.archive import ArchiveError, extract_to_cache, safe_extract_zip
+from tlstudio.core.data.dataset import scan
 from tlstudio.core.errors import UserError
 
 

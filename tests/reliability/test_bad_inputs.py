@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from tlstudio.core import images as images_mod
-from tlstudio.core.dataset import DatasetError, make_split, scan
-from tlstudio.core.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb, probe_image
-from tlstudio.core.synthetic import SHAPES, make_image
+from tlstudio.core.data import images as images_mod
+from tlstudio.core.data.dataset import DatasetError, make_split, scan
+from tlstudio.core.data.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb, probe_image
+from tlstudio.core.data.synthetic import SHAPES, make_image
 
 N_GOOD = 6  # per class
 

@@ -15,10 +15,10 @@ import warnings
 import torch
 
 from tlstudio.core import events as E
-from tlstudio.core.background_writer import wait_all_idle
+from tlstudio.core.runtime.background_writer import wait_all_idle
 from tlstudio.core.config import TrainConfig
-from tlstudio.core.engine import fit
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.training.engine import fit
+from tlstudio.core.data.synthetic import make_synthetic_folder
 
 EPOCHS = 15
 
@@ -115,7 +115,7 @@ class LeakyObjective:
     """Keeps every batch's loss, graph and all: the mistake the test above must catch."""
 
     def __init__(self) -> None:
-        from tlstudio.core.objectives import ClassificationObjective
+        from tlstudio.core.training.objectives import ClassificationObjective
 
         self.inner = ClassificationObjective()
         self.kept: list = []

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlstudio.core import runs
+from tlstudio.core.runs import folder as runs
 from tlstudio.core.events import drive
 from tlstudio.core.config import TrainConfig
-from tlstudio.core.engine import fit
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.training.engine import fit
+from tlstudio.core.data.synthetic import make_synthetic_folder
 
 METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "trainable_params")
 

@@ -21,13 +21,14 @@ import pytest
 import torch
 
 from tlstudio.core import events as E
-from tlstudio.core import runs
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.models.run_model import load_run_model
 from tlstudio.core.atomic import atomic_torch_save, atomic_write
 from tlstudio.core.config import TrainConfig
-from tlstudio.core.engine import fit, resume
+from tlstudio.core.training.engine import fit, resume
 from tlstudio.core.errors import UserError
 from tlstudio.core.events import drive
-from tlstudio.core.synthetic import make_synthetic_folder
+from tlstudio.core.data.synthetic import make_synthetic_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -203,7 +204,7 @@ class PoisonedLoss:
     """Wraps the classification objective: from a chosen moment on the loss is `value`."""
 
     def __init__(self, value: float) -> None:
-        from tlstudio.core.objectives import ClassificationObjective
+        from tlstudio.core.training.objectives import ClassificationObjective
 
         self.inner = ClassificationObjective()
         self.value = value
@@ -240,7 +241,7 @@ def test_nonfinite_loss_stops_with_message_and_keeps_best(tmp_path, value):
     back = runs.read_run(run)
     assert back.status == "failed" and back.best_epoch == 0
     # the best weights (epoch 1) still load, are finite, and are exactly the epoch-1 weights
-    model, _ = runs.load_run_model(run)
+    model, _ = load_run_model(run)
     best = model.state_dict()
     last = load_ckpt(run)["model"]  # written at the end of epoch 1; the NaN step never reached it
     assert load_ckpt(run)["epoch"] == 1
@@ -254,7 +255,7 @@ def test_nonfinite_loss_stops_with_message_and_keeps_best(tmp_path, value):
 def _oom_on_first_big_batch(monkeypatch, limit: int, make_error, always: bool = False):
     """The first (or, with always=True, every) training forward pass of a batch larger than
     `limit` fails to allocate."""
-    from tlstudio.core import backbones
+    from tlstudio.core.models import backbones
 
     real_create = backbones.create_model
     state = {"raised": 0, "sizes": []}
@@ -338,7 +339,7 @@ def test_out_of_memory_at_batch_size_one_fails_clearly(tmp_path, monkeypatch):
 
 # ---- disk full -------------------------------------------------------------------------------
 def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    from tlstudio.core import engine
+    from tlstudio.core.training import engine
 
     data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
     run = tmp_path / "run"
@@ -366,7 +367,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch)
     # the checkpoint from epoch 1 is intact and loadable; the best weights too; no temp litter
     ckpt = load_ckpt(run)
     assert ckpt["epoch"] == 1
-    runs.load_run_model(run)
+    load_run_model(run)
     assert no_temp_files(run) == []
     # space freed: the run resumes from the surviving checkpoint and finishes
     monkeypatch.setattr(engine, "atomic_torch_save", real_save)
@@ -376,7 +377,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch)
 
 
 def test_disk_full_saving_best_weights_is_reported(tmp_path, monkeypatch):
-    from tlstudio.core import engine
+    from tlstudio.core.training import engine
 
     data = make_synthetic_folder(tmp_path / "d", per_class=5, size=48, easy=True)
     run = tmp_path / "run"
@@ -400,7 +401,7 @@ def test_torch_save_failing_on_a_full_disk_is_reported_as_disk_full(tmp_path, mo
     import collections
     import shutil
 
-    from tlstudio.core import engine
+    from tlstudio.core.training import engine
 
     def torch_style_failure(path, obj):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
@@ -422,7 +423,7 @@ def test_torch_save_failing_on_a_full_disk_is_reported_as_disk_full(tmp_path, mo
 # ---- a file deleted between scan and training ---------------------------------------------
 @pytest.mark.parametrize("freeze", ["none", "head"])
 def test_file_deleted_after_scan_is_skipped_with_warning(tmp_path, monkeypatch, freeze):
-    from tlstudio.core import dataset
+    from tlstudio.core.data import dataset
 
     data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48, easy=True)
     real_split = dataset.make_split
@@ -500,7 +501,7 @@ def test_resume_refuses_changed_classes_with_a_clear_message(tmp_path):
     classes changed must be refused (not a shape-mismatch crash, nor silently shifted labels)."""
     import shutil
 
-    from tlstudio.core.synthetic import make_image
+    from tlstudio.core.data.synthetic import make_image
 
     data = make_synthetic_folder(tmp_path / "d", per_class=5, size=48, easy=True)
     run = tmp_path / "run"
@@ -530,7 +531,7 @@ def test_resume_refuses_changed_classes_with_a_clear_message(tmp_path):
 # ---- stopped before training started ---------------------------------------------------------------
 def test_stop_during_model_download_ends_with_a_clear_message(tmp_path, monkeypatch):
     """Ctrl+C / Stop while the weights download: a user-facing message, not a bare exception."""
-    from tlstudio.core import backbones
+    from tlstudio.core.models import backbones
 
     def slow_download(*a, progress=None, **kw):
         for i in range(300):  # a download that would take 30 s

@@ -12,9 +12,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tlstudio.core.backbones import create_model
+from tlstudio.core.models.backbones import create_model
 from tlstudio.core.errors import UserError
-from tlstudio.core.weights import WeightsError, load_state_dict_file
+from tlstudio.core.models.weights import WeightsError, load_state_dict_file
 
 
 class _Evil:

@@ -1,6 +1,6 @@
-"""Project files and persisted settings, seen from the GUI: AppState <-> tlstudio.core.project.
+"""Project files and persisted settings, seen from the GUI: AppState <-> tlstudio.core.runs.project.
 
-The validation (schema, path confinement) lives in the Qt-free ``tlstudio.core.project``; this
+The validation (schema, path confinement) lives in the Qt-free ``tlstudio.core.runs.project``; this
 module only moves values between a loaded project and the ``AppState`` the panels observe.
 """
 
@@ -56,7 +56,7 @@ def apply_saved_settings(state: AppState, text: str) -> None:
 
 
 def save_state(state: AppState, path: str | Path) -> Path:
-    from tlstudio.core.project import save_project
+    from tlstudio.core.runs.project import save_project
 
     p = Path(path)
     runs = state.runs_dir
@@ -73,7 +73,7 @@ def save_state(state: AppState, path: str | Path) -> Path:
 def open_project_into(state: AppState, path: str | Path) -> Any:
     """Load and validate a project (ProjectError on anything wrong), then apply it to the state.
     The data folder is returned in the project; the caller starts its scan."""
-    from tlstudio.core.project import load_project
+    from tlstudio.core.runs.project import load_project
 
     proj = load_project(path)  # validates everything before the state is touched
     reset_state(state)

@@ -33,17 +33,17 @@ class AppState(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.data_dir: str | None = None
-        self.scan_report: Any = None  # tlstudio.core.dataset.ScanReport
-        self.split: Any = None  # tlstudio.core.dataset.Split
+        self.scan_report: Any = None  # tlstudio.core.data.dataset.ScanReport
+        self.split: Any = None  # tlstudio.core.data.dataset.Split
         # TrainConfig fields the user set (data_dir is filled in by make_config)
         self.settings: dict[str, Any] = {}
-        self.model_info: Any = None  # tlstudio.core.backbones.ModelInfo
+        self.model_info: Any = None  # tlstudio.core.models.backbones.ModelInfo
         # the built torch module, for its structure only (layer groups, memory estimate); large
         # models are on the meta device (no weights): never train or run it
         self.model: Any = None
-        self.groups: list[Any] = []  # tlstudio.core.layers.LayerGroup
+        self.groups: list[Any] = []  # tlstudio.core.models.layers.LayerGroup
         self.trainable: list[bool] = []
-        self.advice: Any = None  # tlstudio.core.advice.Advice
+        self.advice: Any = None  # tlstudio.core.models.advice.Advice
         self.training = False
         self.current_run: str | None = None
         self.runs_dir: str | None = None

@@ -155,7 +155,7 @@ class DataDropMixin:
 def _extract_zip_job(path: str) -> str:
     import hashlib
 
-    from tlstudio.core.archive import safe_extract_zip
+    from tlstudio.core.data.archive import safe_extract_zip
     from tlstudio.core.paths import user_cache_dir
 
     st = os.stat(path)

@@ -1,5 +1,5 @@
 """Step 1, Data: open or drop a folder, scan it in the background, show classes, images, problems
-and the train/validation split. The scan itself is ``tlstudio.core.dataset.scan`` (Qt-free).
+and the train/validation split. The scan itself is ``tlstudio.core.data.dataset.scan`` (Qt-free).
 
 This module has the panel, its top bar and the scan's course (start, progress, cancel, result).
 The scan job and sample data are in ``data_scan`` (no Qt), the class table, chart and the

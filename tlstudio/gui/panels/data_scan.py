@@ -1,6 +1,6 @@
 """The Data step's background work, without Qt: the scan job run in a worker thread (scan, then
 the train/validation split), the split helpers it shares with the split settings, and the
-bundled sample data set. ``tlstudio.core.dataset`` is imported only inside the functions."""
+bundled sample data set. ``tlstudio.core.data.dataset`` is imported only inside the functions."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def trainable_problem(report: Any) -> str:
 
 def make_split_or_none(report: Any, val_fraction: float, seed: int) -> Any:
     """The stratified train/validation split of ``report``; None when it cannot be trained or split."""
-    from tlstudio.core.dataset import make_split
+    from tlstudio.core.data.dataset import make_split
 
     if trainable_problem(report):
         return None
@@ -31,8 +31,8 @@ def make_split_or_none(report: Any, val_fraction: float, seed: int) -> Any:
 
 def scan_job(path: str, progress: Any, stop: threading.Event, val_fraction: float, seed: int) -> tuple[Any, Any]:
     """Runs in a worker thread: scan, then the split (both Qt-free)."""
-    from tlstudio.core.dataset import scan
-    from tlstudio.core.precision import available_cores
+    from tlstudio.core.data.dataset import scan
+    from tlstudio.core.runtime.precision import available_cores
 
     # one core stays with the UI: big folders scan in cores - 1 worker processes
     report = scan(path, progress=progress, stop=stop, workers=max(1, available_cores() - 1))
@@ -48,7 +48,7 @@ def sample_folder():  # -> Path
         return d
     target = paths.user_cache_dir() / "sample"
     if not target.is_dir():
-        from tlstudio.core.synthetic import make_synthetic_folder
+        from tlstudio.core.data.synthetic import make_synthetic_folder
 
         make_synthetic_folder(target, per_class=16, size=64, easy=True)
     return target

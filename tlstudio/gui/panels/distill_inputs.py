@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 from superqt import QCollapsible, QLabeledDoubleSlider, QSearchableComboBox
 
-from tlstudio.core.distill import ALPHA_HELP, TEMPERATURE_HELP
+from tlstudio.core.tasks.distill import ALPHA_HELP, TEMPERATURE_HELP
 
 log = logging.getLogger("tlstudio.gui")
 
@@ -179,7 +179,7 @@ class DistillInputsMixin:
     # ------------------------------------------------------------------ inputs
     def refresh_runs(self) -> None:
         """List the finished runs in the runs folder as teacher candidates (selection kept)."""
-        from tlstudio.core.runs import RunError, list_runs, read_run
+        from tlstudio.core.runs.folder import RunError, list_runs, read_run
 
         keep = set(self.selected_teachers())
         self.teacher_list.clear()
@@ -242,7 +242,7 @@ class DistillInputsMixin:
 
     def _load_catalog(self) -> None:  # worker thread: list_models imports timm
         try:
-            from tlstudio.core.backbones import list_models
+            from tlstudio.core.models.backbones import list_models
 
             infos = list_models()
         except Exception:  # noqa: BLE001 - keep the quick list
@@ -282,7 +282,7 @@ class DistillInputsMixin:
 
     # ------------------------------------------------------------------ config
     def make_config(self):
-        from tlstudio.core.distill import DistillConfig
+        from tlstudio.core.tasks.distill import DistillConfig
 
         values = {k: v for k, v in self.state.settings.items() if k not in _NOT_FOR_STUDENT}
         feature = self.feature_edit.text().strip() or None

@@ -4,7 +4,7 @@ Left: teacher run(s), student backbone (small ones first), T and alpha with one-
 explanations, optional unlabelled folder, Start/Stop. Right: live loss components (soft
 from the teacher and hard from the labels, drawn apart), validation accuracy, the trade-off
 table and an accuracy-vs-latency scatter of every distillation measured so far. The work
-runs in ``tlstudio.core.distill.distill`` through the shared JobRunner; torch and timm are
+runs in ``tlstudio.core.tasks.distill.distill`` through the shared JobRunner; torch and timm are
 only imported by the worker.
 """
 
@@ -136,13 +136,13 @@ class DistillPanel(DistillInputsMixin, DistillReportMixin, RunStartMixin, QWidge
         self.log_view.clear()
         self.status_label.setText(f"Starting: {len(config.teachers)} teacher(s) -> {config.backbone} ...")
         self.state.set_step_status("distill", "busy")
-        self.runner.start(engine_job("tlstudio.core.distill", "distill", config), owner=self)
+        self.runner.start(engine_job("tlstudio.core.tasks.distill", "distill", config), owner=self)
         return True
 
     def resumable_run(self) -> str | None:
         """This panel's last distillation, or the selected run, if it is a distillation without its report."""
-        from tlstudio.core.runs import first_run
-        from tlstudio.core.tradeoff import TRADEOFF_JSON
+        from tlstudio.core.runs.folder import first_run
+        from tlstudio.core.tasks.tradeoff import TRADEOFF_JSON
 
         return first_run((self.last_run_dir, self.state.current_run),
                          lambda path, info: info.kind == "distill" and not (path / TRADEOFF_JSON).is_file())
@@ -156,7 +156,7 @@ class DistillPanel(DistillInputsMixin, DistillReportMixin, RunStartMixin, QWidge
         self.last_run_dir = run_dir
         self.status_label.setText(f"Continuing {Path(run_dir).name} ...")
         self.state.set_step_status("distill", "busy")
-        self.runner.start(engine_job("tlstudio.core.distill", "resume_distill", run_dir), owner=self)
+        self.runner.start(engine_job("tlstudio.core.tasks.distill", "resume_distill", run_dir), owner=self)
         return True
 
     def stop(self) -> None:

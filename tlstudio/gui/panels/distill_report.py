@@ -72,7 +72,7 @@ class DistillReportMixin:
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         rl.addWidget(self.summary_label)
-        from tlstudio.core.tradeoff import TABLE_COLUMNS
+        from tlstudio.core.tasks.tradeoff import TABLE_COLUMNS
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
@@ -129,14 +129,14 @@ class DistillReportMixin:
         """A distillation selected elsewhere (Runs step): show its saved trade-off."""
         if not run_dir or self.runner.running:
             return
-        from tlstudio.core.tradeoff import read_tradeoff
+        from tlstudio.core.tasks.tradeoff import read_tradeoff
 
         report = read_tradeoff(run_dir)
         if report:
             self.show_report(report)
 
     def show_report(self, report: dict) -> None:
-        from tlstudio.core.tradeoff import ROLE_TITLES, table_rows
+        from tlstudio.core.tasks.tradeoff import ROLE_TITLES, table_rows
 
         self.last_report = report
         rows = table_rows(report)
@@ -160,14 +160,14 @@ class DistillReportMixin:
 
     def refresh_scatter(self, root: str | None = None, extra: list[dict] | None = None) -> None:
         """Accuracy vs latency of every model measured by any distillation in the runs folder."""
-        from tlstudio.core.tradeoff import read_tradeoff
+        from tlstudio.core.tasks.tradeoff import read_tradeoff
 
         reports = list(extra or [])
         if self.last_report is not None:
             reports.append(self.last_report)
         root = root or self.state.runs_dir
         if root and Path(root).is_dir():
-            from tlstudio.core.runs import list_runs
+            from tlstudio.core.runs.folder import list_runs
 
             for run in list_runs(root):
                 rep = read_tradeoff(run)

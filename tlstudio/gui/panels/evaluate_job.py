@@ -1,6 +1,6 @@
 """The Evaluate step's background evaluation: on the validation split or another folder with
 the same classes, through the panel's JobRunner, with progress and the buttons' enabled state.
-``tlstudio.core.evaluate`` (and with it torch) is imported in the worker thread only."""
+``tlstudio.core.evaluation.evaluate`` (and with it torch) is imported in the worker thread only."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class EvalJobMixin:
         run_dir, relay = self.run_dir, self._relay
 
         def factory(stop, pause):
-            from tlstudio.core.evaluate import evaluate
+            from tlstudio.core.evaluation.evaluate import evaluate
 
             return evaluate(run_dir, folder, progress=lambda d, t: relay.progress.emit(int(d), int(t or 0)))
             yield  # noqa: unreachable - makes this a generator for the runner
@@ -63,7 +63,7 @@ class EvalJobMixin:
         show_error(self, "Evaluation failed", message, tb, modal=False)
 
     def _update_buttons(self) -> None:
-        from tlstudio.core.runs import BEST_WEIGHTS
+        from tlstudio.core.runs.folder import BEST_WEIGHTS
 
         has_weights = bool(self.run_dir) and (Path(self.run_dir) / BEST_WEIGHTS).is_file()
         idle = not self.job.running

@@ -50,8 +50,8 @@ class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.report: Any = None  # tlstudio.core.evaluate.EvalReport
-        self.info: Any = None  # tlstudio.core.runs.RunInfo
+        self.report: Any = None  # tlstudio.core.evaluation.evaluate.EvalReport
+        self.info: Any = None  # tlstudio.core.runs.folder.RunInfo
         self.run_dir: str | None = None
         self.job = JobRunner(self)
         self._relay = _Relay(self)
@@ -95,8 +95,8 @@ class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
     # ------------------------------------------------------------------ loading
     def load_run(self, run_dir: str) -> None:
         """Show the run's eval.json (if any) and its baseline comparison."""
-        from tlstudio.core.evaluate import EvalReport
-        from tlstudio.core.runs import EVAL_JSON, RunError, read_run
+        from tlstudio.core.evaluation.evaluate import EvalReport
+        from tlstudio.core.runs.folder import EVAL_JSON, RunError, read_run
 
         self.run_dir = run_dir or None
         self.info = None

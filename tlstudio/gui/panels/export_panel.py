@@ -1,7 +1,7 @@
 """ExportPanel: write a run's model in formats that work without TL Studio, and show how to
 re-run the same training headless or on a cluster.
 
-Export group: run, formats, output folder, Export (tlstudio.core.export.export_run in a worker),
+Export group: run, formats, output folder, Export (tlstudio.core.export.formats.export_run in a worker),
 progress, a results table (file, size, check against PyTorch / int8 vs fp32), open folder / card.
 "Run elsewhere" group: the run's config.json and the exact `tlstudio train` / `torchrun` command.
 Nothing here imports torch or timm at module level (the export worker imports them).
@@ -178,7 +178,7 @@ class ExportPanel(RunElsewhereMixin, QWidget):
         return default_runs_dir()
 
     def refresh_runs(self) -> None:
-        from tlstudio.core.runs import list_runs
+        from tlstudio.core.runs.folder import list_runs
 
         runs = [str(p) for p in list_runs(self.runs_dir())]
         for extra in (self._run, self.state.current_run):
@@ -214,7 +214,7 @@ class ExportPanel(RunElsewhereMixin, QWidget):
 
     def set_run(self, run_dir: str | None) -> bool:
         """Select a run folder; False (and a message) when it is not a run."""
-        from tlstudio.core.runs import is_run_dir
+        from tlstudio.core.runs.folder import is_run_dir
 
         if run_dir and not is_run_dir(run_dir):
             self.summary.setText(f"<span style='color:#b00020'>{run_dir} is not a TL Studio run folder "
@@ -252,7 +252,7 @@ class ExportPanel(RunElsewhereMixin, QWidget):
         data = ""
         if run:
             try:
-                from tlstudio.core.runs import read_run
+                from tlstudio.core.runs.folder import read_run
 
                 info = read_run(run)
                 m = info.model
@@ -313,7 +313,7 @@ class ExportPanel(RunElsewhereMixin, QWidget):
                 bridge.message.emit(msg, i, n)
 
         def job(run: str, out_dir: str, fmts: list[str]) -> Any:
-            from tlstudio.core.export import export_run
+            from tlstudio.core.export.formats import export_run
 
             return export_run(run, out_dir, formats=fmts, progress=progress)
 

@@ -2,7 +2,7 @@
 
 The network is drawn as its layer groups (``LayerStrip``); a click toggles a group (the head is
 always trainable). Presets: head only, last N, all, gradual unfreezing every K epochs. The
-strategy advice (``tlstudio.core.advice.advise``) is shown with its reason. The trainable and
+strategy advice (``tlstudio.core.models.advice.advise``) is shown with its reason. The trainable and
 total parameter counts update live; the training-memory estimate runs in the background.
 
 Settings written: ``freeze`` (head | last:N | none | gradual:K) for a preset, and
@@ -282,7 +282,7 @@ class LayersPanel(QWidget):
             self.apply_preset(spec)
 
     def apply_preset(self, spec: str) -> None:
-        from tlstudio.core.layers import plan_from_spec
+        from tlstudio.core.models.layers import plan_from_spec
 
         st = self.state
         self._syncing = True
@@ -299,7 +299,7 @@ class LayersPanel(QWidget):
 
     # --- advice -------------------------------------------------------------------------
     def _update_advice(self) -> None:
-        from tlstudio.core.advice import advise
+        from tlstudio.core.models.advice import advise
 
         r = self.state.scan_report
         if r is None or not r.classes:
@@ -376,7 +376,7 @@ def _memory_job(model: Any, groups: list[Any], trainable: list[bool], bs: int, s
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()
-    from tlstudio.core.layers import estimate_train_memory
+    from tlstudio.core.models.layers import estimate_train_memory
 
     return estimate_train_memory(model, groups, trainable, bs, size)
 
@@ -394,7 +394,7 @@ if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.
     _p.show()
     _name = sys.argv[1] if len(sys.argv) > 1 else "tf_efficientnet_lite0"
     _model, _groups = _build_job(_name, 2, "scratch", None)
-    from tlstudio.core.backbones import model_info
+    from tlstudio.core.models.backbones import model_info
 
     _st.set_model(model_info(_name), _groups, [g.is_head for g in _groups], _model)
     sys.exit(_app.exec())

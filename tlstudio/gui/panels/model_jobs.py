@@ -30,7 +30,7 @@ def default_backbone() -> str:
 
 def initial_trainable(state: AppState, groups: list[Any]) -> list[bool]:
     """Keep an explicit per-group choice if it fits, else the freeze preset (default: head only)."""
-    from tlstudio.core.layers import plan_from_spec
+    from tlstudio.core.models.layers import plan_from_spec
 
     fg = state.settings.get("frozen_groups")
     if fg is not None and all(0 <= i < len(groups) for i in fg):
@@ -45,7 +45,7 @@ def list_models_job() -> list[Any]:
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()
-    from tlstudio.core.backbones import list_models
+    from tlstudio.core.models.backbones import list_models
 
     return list_models("")
 
@@ -54,8 +54,8 @@ def build_job(name: str, n: int, init: str, weights_file: str | None, meta: bool
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()
-    from tlstudio.core.backbones import create_model
-    from tlstudio.core.layers import layer_groups
+    from tlstudio.core.models.backbones import create_model
+    from tlstudio.core.models.layers import layer_groups
 
     if meta:
         import torch
@@ -71,7 +71,7 @@ def download_job(name: str, n: int, bridge: DownloadProgress, cancel: threading.
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()
-    from tlstudio.core.backbones import create_model
+    from tlstudio.core.models.backbones import create_model
 
     def progress(done: int, total: int | None) -> None:
         if cancel.is_set():

@@ -161,7 +161,7 @@ class PredictPanel(QWidget):
 
     # ------------------------------------------------------------------ predicting
     def _can_predict(self) -> bool:
-        from tlstudio.core.runs import BEST_WEIGHTS
+        from tlstudio.core.runs.folder import BEST_WEIGHTS
 
         run = self.state.current_run
         return bool(run) and (Path(run) / BEST_WEIGHTS).is_file() and not self.job.running
@@ -174,7 +174,7 @@ class PredictPanel(QWidget):
         run_dir, k = self.state.current_run, self.top_k.value()
 
         def factory(stop, pause):
-            from tlstudio.core.evaluate import predict
+            from tlstudio.core.evaluation.evaluate import predict
 
             return predict(run_dir, list(paths), top_k=k)
             yield  # noqa: unreachable - makes this a generator for the runner
@@ -265,7 +265,7 @@ class PredictPanel(QWidget):
         self.state.status_message.emit(f"Saved {len(self.predictions)} predictions to {path}")
 
     def _update(self) -> None:
-        from tlstudio.core.runs import RunError, read_run
+        from tlstudio.core.runs.folder import RunError, read_run
 
         run = self.state.current_run
         if not run:

@@ -127,7 +127,7 @@ class RunsPanel(QWidget):
 
     # ------------------------------------------------------------------ table
     def refresh(self) -> None:
-        from tlstudio.core.runs import RunError, is_run_dir, list_runs, read_run
+        from tlstudio.core.runs.folder import RunError, is_run_dir, list_runs, read_run
 
         root = _runs_root(self.state)
         self.root_label.setText(f"Runs in {root}")
@@ -240,7 +240,7 @@ class RunsPanel(QWidget):
 
     def overlay(self, dirs: list[str]) -> None:
         """Draw validation accuracy and loss per epoch of each run (history.csv)."""
-        from tlstudio.core.runs import read_history
+        from tlstudio.core.runs.folder import read_history
 
         self.acc_plot.clear()
         self.loss_plot.clear()
@@ -263,7 +263,7 @@ class RunsPanel(QWidget):
             self.state.status_message.emit("The selected runs have no finished epoch to draw yet.")
 
     def rename_selected(self) -> None:
-        from tlstudio.core.runs import read_run, write_run
+        from tlstudio.core.runs.folder import read_run, write_run
 
         sel = self.selected_dirs()
         if len(sel) != 1:
@@ -286,7 +286,7 @@ class RunsPanel(QWidget):
         names = ", ".join(Path(d).name for d in sel[:5]) + (" …" if len(sel) > 5 else "")
         if not self.confirm(f"Delete {len(sel)} run(s) and all their files?\n{names}\nThis cannot be undone."):
             return
-        from tlstudio.core.runs import is_run_dir
+        from tlstudio.core.runs.folder import is_run_dir
 
         root = _runs_root(self.state).resolve()
         refused = []
@@ -321,7 +321,7 @@ class RunsPanel(QWidget):
 
     def open_dir(self, run_dir: str) -> bool:
         """Make any run folder (with a valid run.json) the current run."""
-        from tlstudio.core.runs import RunError, read_run
+        from tlstudio.core.runs.folder import RunError, read_run
 
         try:
             read_run(run_dir)

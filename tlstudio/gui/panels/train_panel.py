@@ -158,7 +158,7 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         if config is None:
             return False
         self._begin(f"Starting {config.backbone} ...", fresh=True)
-        self.runner.start(engine_job("tlstudio.core.engine", "fit", config), owner=self)
+        self.runner.start(engine_job("tlstudio.core.training.engine", "fit", config), owner=self)
         return True
 
     def continue_run(self, run_dir: str | None = None) -> bool:
@@ -168,14 +168,14 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
             return False
         self._begin("Continuing the stopped run ...", fresh=self._last_run_dir != run_dir)
         if self._last_run_dir != run_dir:
-            from tlstudio.core.runs import read_history
+            from tlstudio.core.runs.folder import read_history
 
             try:
                 self.curves.load_history(read_history(run_dir))
             except Exception:  # noqa: BLE001 - a missing/odd history only means fewer points
                 log.exception("cannot read the history of %s", run_dir)
         self._last_run_dir = run_dir
-        self.runner.start(engine_job("tlstudio.core.engine", "resume", run_dir), owner=self)
+        self.runner.start(engine_job("tlstudio.core.training.engine", "resume", run_dir), owner=self)
         return True
 
     def toggle_pause(self) -> None:
@@ -208,7 +208,7 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
 
     def _resumable_run(self) -> str | None:
         """The run Continue would resume: this panel's last run, else the selected run, if stopped."""
-        from tlstudio.core.runs import LAST_CKPT, first_run
+        from tlstudio.core.runs.folder import LAST_CKPT, first_run
 
         return first_run((self._last_run_dir, self.state.current_run), lambda path, info: (
             info.kind == "train" and info.status in ("stopped", "failed", "running")
@@ -219,7 +219,7 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         if run_dir and not self.runner.running and run_dir != self._last_run_dir:
             from pathlib import Path
 
-            from tlstudio.core.runs import RunError, read_history, read_run
+            from tlstudio.core.runs.folder import RunError, read_history, read_run
 
             try:
                 info = read_run(run_dir)

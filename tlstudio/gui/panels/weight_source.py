@@ -135,7 +135,7 @@ class WeightSourceMixin:
 
     def set_init_run(self, path: str) -> None:
         """Chained transfer: the run decides the backbone; its classes may differ from ours."""
-        from tlstudio.core.runs import read_run
+        from tlstudio.core.runs.folder import read_run
 
         self.run_edit.setText(path)
         self.radios["run"].setChecked(True)

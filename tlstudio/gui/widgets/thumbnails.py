@@ -35,7 +35,7 @@ MAX_PENDING = 400  # requests beyond this are dropped, oldest first (scrolled aw
 
 def _default_decode(path: str, size: int) -> QImage:
     """Decode one image into a QImage of at most size x size (runs in a worker thread)."""
-    from tlstudio.core.images import load_rgb
+    from tlstudio.core.data.images import load_rgb
 
     img = load_rgb(path)
     img.thumbnail((size, size))
@@ -164,7 +164,7 @@ class ThumbnailModel(QAbstractListModel):
 
     # --- content ------------------------------------------------------------------------
     def set_samples(self, samples: Sequence[Any], classes: list[str]) -> None:
-        """``samples``: objects with ``.path`` and ``.label`` (tlstudio.core.dataset.Sample)."""
+        """``samples``: objects with ``.path`` and ``.label`` (tlstudio.core.data.dataset.Sample)."""
         self.beginResetModel()
         self._samples, self._classes = samples, list(classes)
         self._rows = range(len(samples))
@@ -250,6 +250,6 @@ class ThumbnailView(QListView):
 
 def image_extensions() -> frozenset[str]:
     """File extensions the data set scan accepts (lower-case, with the dot)."""
-    from tlstudio.core.images import IMAGE_EXTENSIONS
+    from tlstudio.core.data.images import IMAGE_EXTENSIONS
 
     return frozenset(IMAGE_EXTENSIONS)

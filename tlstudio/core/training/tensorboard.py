@@ -96,7 +96,7 @@ class TBWriter:
 
 def history_to_tensorboard(run_dir: str | Path, log_dir: str | Path | None = None) -> Path | None:
     """Write a run's history.csv as TensorBoard scalars; None when tensorboard is not installed."""
-    from tlstudio.core.runs import read_history
+    from tlstudio.core.runs.folder import read_history
 
     run_dir = Path(run_dir)
     out = Path(log_dir) if log_dir else run_dir / TB_DIR

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.errors import UserError
 from tlstudio.core.events import BatchEnd, EpochEnd, Event, Finished, Log, Progress, RunStarted, Warn
-from tlstudio.core.objectives import Objective, ObjectiveContext
+from tlstudio.core.training.objectives import Objective, ObjectiveContext
 
 FEATURE_LOSS_PATTERN = re.compile(r"^[^:\s]+:[^:\s]+$")
 STUDENT_BASELINE_DIR = "student_baseline"
@@ -287,7 +287,8 @@ def check_teacher_classes(run_dir: str, teacher_classes: list[str], classes: lis
 
 def load_teacher(run_dir: str, classes: list[str] | None = None, device=None) -> Teacher:
     """Load a run's best weights frozen and in eval mode; check its classes against ``classes``."""
-    from tlstudio.core.runs import RunError, load_run_model, read_run
+    from tlstudio.core.runs.folder import RunError, read_run
+    from tlstudio.core.models.run_model import load_run_model
 
     try:
         info = read_run(run_dir)
@@ -455,7 +456,7 @@ class DistillObjective(Objective):
 
     def _student_norm(self, ctx) -> tuple[tuple, tuple]:
         try:
-            from tlstudio.core.backbones import data_config
+            from tlstudio.core.models.backbones import data_config
 
             cfg = data_config(ctx.model, self.config.image_size)
             return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
@@ -540,7 +541,7 @@ def _eval_batches(samples, data_cfg: dict, batch_size: int, workers: int | None)
     reproduction of timm's eval transform (unreadable images are left out, like the loader).
     """
     try:
-        from tlstudio.core.pipeline import eval_loader
+        from tlstudio.core.pipeline.loaders import eval_loader
     except ImportError:
         eval_loader = None
     if eval_loader is not None:
@@ -548,8 +549,8 @@ def _eval_batches(samples, data_cfg: dict, batch_size: int, workers: int | None)
         return
     import torch
 
-    from tlstudio.core.evaluate import load_batch
-    from tlstudio.core.runs import ModelSpec
+    from tlstudio.core.evaluation.evaluate import load_batch
+    from tlstudio.core.runs.folder import ModelSpec
 
     size = data_cfg["input_size"][-1]
     spec = ModelSpec(backbone="teacher", num_classes=1, classes=["_"], image_size=size, mean=data_cfg["mean"],
@@ -587,8 +588,8 @@ def _relay(gen, phase: str | None, state: dict):
 def _prepare(config: DistillConfig) -> Generator[Event, None, list | None]:
     """Check the teachers (readable, trained, same classes as each other and as the data) and
     read the unlabelled folder. Runs before any run folder exists. Returns the extra samples."""
-    from tlstudio.core.dataset import scan
-    from tlstudio.core.runs import RunError, read_run
+    from tlstudio.core.data.dataset import scan
+    from tlstudio.core.runs.folder import RunError, read_run
 
     teacher_classes = {}
     for run in config.teachers:
@@ -607,7 +608,7 @@ def _prepare(config: DistillConfig) -> Generator[Event, None, list | None]:
 
     if not config.unlabeled_dir:
         return None
-    from tlstudio.core.dataset import scan_unlabelled
+    from tlstudio.core.data.dataset import scan_unlabelled
 
     extra, skipped = scan_unlabelled(config.unlabeled_dir)
     for s in skipped[:20]:
@@ -623,7 +624,7 @@ def _prepare(config: DistillConfig) -> Generator[Event, None, list | None]:
 def distill(config: DistillConfig, stop: threading.Event | None = None,
             pause: threading.Event | None = None) -> Generator[Event, None, Any]:
     """Distil, then train the student without a teacher, then write the trade-off report."""
-    from tlstudio.core.engine import fit
+    from tlstudio.core.training.engine import fit
 
     extra = yield from _prepare(config)
     state: dict = {}
@@ -636,8 +637,8 @@ def distill(config: DistillConfig, stop: threading.Event | None = None,
 def resume_distill(run_dir: str | Path, stop: threading.Event | None = None,
                    pause: threading.Event | None = None) -> Generator[Event, None, Any]:
     """Continue a stopped distillation: the distil run, then the student baseline, then the report."""
-    from tlstudio.core.engine import fit
-    from tlstudio.core.runs import CONFIG_JSON, LAST_CKPT, RunError, read_run
+    from tlstudio.core.training.engine import fit
+    from tlstudio.core.runs.folder import CONFIG_JSON, LAST_CKPT, RunError, read_run
 
     run_dir = Path(run_dir)
     try:
@@ -667,8 +668,8 @@ def _after_main(config: DistillConfig, run_dir: Path, info, stop, pause) -> Gene
     """After the distil run: the student without a teacher (resumed if interrupted), the report."""
     import shutil
 
-    from tlstudio.core.engine import fit
-    from tlstudio.core.runs import LAST_CKPT, is_run_dir, read_run, write_run
+    from tlstudio.core.training.engine import fit
+    from tlstudio.core.runs.folder import LAST_CKPT, is_run_dir, read_run, write_run
 
     def stopped() -> bool:
         return stop is not None and stop.is_set()
@@ -703,7 +704,7 @@ def _after_main(config: DistillConfig, run_dir: Path, info, stop, pause) -> Gene
             return read_run(run_dir)
         baseline_dir = str(base_dir)
 
-    from tlstudio.core.tradeoff import build_tradeoff, save_tradeoff, tradeoff_table
+    from tlstudio.core.tasks.tradeoff import build_tradeoff, save_tradeoff, tradeoff_table
 
     report = yield from build_tradeoff(run_dir, config.teachers, baseline_dir, device=config.device,
                                        repeats=config.latency_repeats, rounds=config.latency_rounds,

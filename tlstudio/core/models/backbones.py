@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.weights import (
+from tlstudio.core.models.weights import (
     LITE0_NAMES,
     WeightsError,
     download_hub_weights,
@@ -300,7 +300,7 @@ def _timm_create(name: str, **kwargs):
 
 
 def _run_source(name: str, init_run, log: Callable[[str], None]) -> tuple[str, Path]:
-    from tlstudio.core.runs import BEST_WEIGHTS, RunError, read_run
+    from tlstudio.core.runs.folder import BEST_WEIGHTS, RunError, read_run
 
     if not init_run:
         raise WeightsError("Starting from an earlier run needs a run folder")
@@ -328,7 +328,7 @@ def _create_hub_pretrained(name, num_classes, progress, log):
     cfg_d = cfg.to_dict()
     if cfg.custom_load or not cfg.hf_hub_id:
         # rare formats (npz, url-only): timm's own loader; no byte progress
-        from tlstudio.core.weights import hf_offline
+        from tlstudio.core.models.weights import hf_offline
 
         if hf_offline():
             raise WeightsError(no_weights_message(name, "the app is offline (HF_HUB_OFFLINE)"))
@@ -370,7 +370,7 @@ def data_config(model, image_size: int | None = None) -> dict:
 def model_spec(model, name: str, classes: list[str], image_size: int | None = None):
     """The ModelSpec to save with a run. The backbone is the model's real architecture: chained
     transfer (init="run") may have switched it to the earlier run's backbone."""
-    from tlstudio.core.runs import ModelSpec
+    from tlstudio.core.runs.folder import ModelSpec
 
     cfg = data_config(model, image_size)
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.runs import EVAL_JSON, ModelSpec
+from tlstudio.core.runs.folder import EVAL_JSON, ModelSpec
 
 # PIL resampling filters by timm's interpolation names.
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -142,7 +142,7 @@ def report_from_probs(
 
 def _load_rgb(path: str):
     try:
-        from tlstudio.core.images import load_rgb
+        from tlstudio.core.data.images import load_rgb
     except ImportError:  # images.py not there yet: the same normalisation, minimal
         from PIL import Image, ImageOps
 
@@ -221,7 +221,7 @@ def _device(device):
     if isinstance(device, torch.device):
         return device
     if str(device or "auto").strip().lower() == "auto":
-        from tlstudio.core.precision import resolve_device
+        from tlstudio.core.runtime.precision import resolve_device
 
         return resolve_device("auto")
     return torch.device(device)
@@ -275,7 +275,7 @@ def run_samples(
 def _eval_loader_probs(model, spec, samples, batch_size, device):
     """Use the speed owner's parallel eval loader when it exists (same timm eval transform)."""
     try:
-        from tlstudio.core.pipeline import eval_loader
+        from tlstudio.core.pipeline.loaders import eval_loader
     except ImportError:
         return None
     import torch
@@ -333,18 +333,15 @@ def evaluate_model(
 
 
 def _val_samples(run_dir: Path) -> list:
-    from tlstudio.core.dataset import Split
-    from tlstudio.core.runs import SPLIT_JSON
+    from tlstudio.core.runs.folder import SPLIT_JSON, RunError, read_split
 
     path = run_dir / SPLIT_JSON
     if not path.is_file():
         raise EvalError(f"{run_dir}: no {SPLIT_JSON}: evaluate on a folder instead")
-    import json
-
     try:
-        split = Split.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except Exception as exc:
-        raise EvalError(f"{path}: invalid split file: {exc}") from exc
+        split = read_split(run_dir)
+    except RunError as exc:
+        raise EvalError(str(exc)) from exc
     samples = list(split.val) or list(split.test)
     if not samples:
         raise EvalError(f"{path}: the validation split is empty")
@@ -353,7 +350,7 @@ def _val_samples(run_dir: Path) -> list:
 
 def folder_samples(folder: str | Path, classes: list[str]) -> list:
     """Labelled samples of any folder whose classes are (a subset of) the run's classes."""
-    from tlstudio.core.dataset import match_classes, scan
+    from tlstudio.core.data.dataset import match_classes, scan
 
     report = match_classes(scan(folder), classes)
     if report.presplit:  # a train/val(/test) folder: evaluate on its held-out part
@@ -375,7 +372,7 @@ def evaluate(
     progress: Callable[[int, int | None], None] | None = None,
 ) -> EvalReport:
     """Evaluate a run's best weights on its validation split (saved to eval.json) or on a folder."""
-    from tlstudio.core.runs import load_run_model
+    from tlstudio.core.models.run_model import load_run_model
 
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir)
@@ -399,7 +396,7 @@ def evaluate(
 
 def _image_extensions() -> frozenset[str]:
     try:
-        from tlstudio.core.images import IMAGE_EXTENSIONS
+        from tlstudio.core.data.images import IMAGE_EXTENSIONS
 
         return frozenset(IMAGE_EXTENSIONS)
     except ImportError:
@@ -451,7 +448,7 @@ def predict_with(
 def predict(
     run_dir: str | Path, paths: Iterable[str | Path], top_k: int = 5, *, device: str = "cpu", batch_size: int = 32
 ) -> list[Prediction]:
-    from tlstudio.core.runs import load_run_model
+    from tlstudio.core.models.run_model import load_run_model
 
     model, info = load_run_model(run_dir)
     return predict_with(torch_forward(model, device), info.model, paths, top_k=top_k, batch_size=batch_size)

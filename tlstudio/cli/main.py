@@ -16,7 +16,7 @@ from typing import Any
 from tlstudio.core.events import drive
 
 # Modules that add subcommands: each defines register(subparsers) and sets a `func` default.
-_PLUGINS = ("tlstudio.cli_distill", "tlstudio.cli_export")
+_PLUGINS = ("tlstudio.cli.distill", "tlstudio.cli.export")
 
 EXIT_USER_ERROR = 2
 
@@ -114,7 +114,7 @@ def _print_json(obj: Any) -> None:
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_scan(args) -> int:
-    from tlstudio.core.dataset import scan
+    from tlstudio.core.data.dataset import scan
 
     report = scan(args.dir, csv_path=args.csv)
     if args.json:
@@ -134,7 +134,7 @@ def cmd_scan(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from tlstudio.core.backbones import list_models
+    from tlstudio.core.models.backbones import list_models
 
     models = list_models(args.filter or "", pretrained_only=args.pretrained)
     if args.json:
@@ -219,7 +219,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run_summary(info: Any) -> dict[str, Any]:
-    from tlstudio.core import runs
+    from tlstudio.core.runs import folder as runs
 
     out = {"run_dir": info.config.get("out_dir"), "status": info.status, "best_epoch": info.best_epoch,
            "best_val_acc": info.best_val_acc, "best_val_macro_f1": info.best_val_macro_f1,
@@ -240,8 +240,8 @@ def _finish_run(args, info) -> int:
 
 
 def cmd_train(args) -> int:
-    from tlstudio.core.engine import fit
-    from tlstudio.core.parallel import distributed_context
+    from tlstudio.core.training.engine import fit
+    from tlstudio.core.runtime.parallel import distributed_context
 
     config = _train_config(args)
     dist = distributed_context()
@@ -253,14 +253,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from tlstudio.core.engine import resume
+    from tlstudio.core.training.engine import resume
 
     info = drive(resume(args.run_dir, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
     return _finish_run(args, info)
 
 
 def cmd_eval(args) -> int:
-    from tlstudio.core.evaluate import evaluate
+    from tlstudio.core.evaluation.evaluate import evaluate
 
     report = evaluate(args.run_dir, args.dir)
     if args.json:
@@ -283,7 +283,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tlstudio.core.evaluate import predict
+    from tlstudio.core.evaluation.evaluate import predict
 
     preds = predict(args.run_dir, args.paths, top_k=args.top_k)
     if args.json:
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from tlstudio.core.errors import UserError
-    from tlstudio.core.runs import RunError
+    from tlstudio.core.runs.folder import RunError
 
     try:
         return int(args.func(args) or 0)

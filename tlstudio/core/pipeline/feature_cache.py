@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 from tlstudio.core.events import Log, Progress
-from tlstudio.core.pipeline import Loaders, _chunks, _sample_fields, _Source, default_threads
+from tlstudio.core.pipeline.loaders import Loaders, _chunks, _sample_fields, _Source, default_threads
 
 if TYPE_CHECKING:
     import torch
@@ -209,7 +209,7 @@ class FeatureCache:
 
     # ------------------------------------------------------------------------------------
     def _key(self, hashes_train: list[str], hashes_val: list[str]) -> str:
-        from tlstudio.core.weights import head_prefixes
+        from tlstudio.core.models.weights import head_prefixes
 
         cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.data_cfg.items())}
         parts = {
@@ -224,8 +224,8 @@ class FeatureCache:
         import numpy as np
         import torch
 
-        from tlstudio.core.decoded_cache import DecodedCache
-        from tlstudio.core.augment import scale_size
+        from tlstudio.core.pipeline.decoded_cache import DecodedCache
+        from tlstudio.core.pipeline.augment import scale_size
         from tlstudio.core.paths import user_cache_dir
 
         train, val = list(self.split.train), list(self.split.val)
@@ -294,7 +294,7 @@ class FeatureCache:
 
     @staticmethod
     def _skipped(path, reason):
-        from tlstudio.core.pipeline import _skipped
+        from tlstudio.core.pipeline.loaders import _skipped
 
         return _skipped(path, reason)
 
@@ -324,7 +324,7 @@ class FeatureCache:
         done = 0
         t0 = time.perf_counter()
         try:
-            from tlstudio.core.pipeline import _prefetch
+            from tlstudio.core.pipeline.loaders import _prefetch
 
             def make(j):
                 v, rows = jobs[j]

@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from tlstudio.core.allocator import bounded_memory
-from tlstudio.core.augment import PRESETS, augment_one, normalise, sample_rng, scale_size
-from tlstudio.core.decoded_cache import DecodedCache, _image_errors, decode_resized
+from tlstudio.core.runtime.allocator import bounded_memory
+from tlstudio.core.pipeline.augment import PRESETS, augment_one, normalise, sample_rng, scale_size
+from tlstudio.core.pipeline.decoded_cache import DecodedCache, _image_errors, decode_resized
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ _SLACK_BYTES = 8 << 20  # thread stacks, PIL/numpy temporaries: measured 54-68 M
 
 def _skipped(path: str, reason: str):
     try:
-        from tlstudio.core.dataset import SkippedFile
+        from tlstudio.core.data.dataset import SkippedFile
 
         return SkippedFile(path=path, reason=reason)
     except ImportError:  # dataset.py not there yet: same fields, plain tuple
@@ -373,7 +373,7 @@ def _make_cache(data_cfg: dict, ram_bytes: int) -> DecodedCache:
     dc = DecodedCache(scale_size(data_cfg), str(data_cfg.get("interpolation") or "bilinear"),
                       budget_bytes=ram_bytes)
     if dc.disk_dir is not None:  # earlier runs' spill files: keep the disk cache bounded across runs
-        from tlstudio.core.decoded_cache import prune_dir
+        from tlstudio.core.pipeline.decoded_cache import prune_dir
 
         prune_dir(dc.disk_dir, dc.disk_budget_bytes)
     return dc

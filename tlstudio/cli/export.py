@@ -32,7 +32,7 @@ def _progress(message: str, step: int, steps: int) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from tlstudio.core.errors import UserError
-    from tlstudio.core.export import export_run
+    from tlstudio.core.export.formats import export_run
 
     formats = args.formats or ["all"]
     try:

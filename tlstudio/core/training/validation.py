@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
-from tlstudio.core import runs
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.models.run_model import load_run_model
 from tlstudio.core.atomic import atomic_write_json
 from tlstudio.core.events import Event, Log, Progress
 
@@ -53,11 +54,11 @@ def validate(module, val_loader, n_classes: int, device, plan) -> tuple[float, f
 def final_eval(run_dir: Path, info: runs.RunInfo, split, device) -> Generator[Event, None, None]:
     """Evaluate the best weights on the validation split and write eval.json."""
     try:
-        from tlstudio.core.evaluate import evaluate_model
+        from tlstudio.core.evaluation.evaluate import evaluate_model
     except ImportError:
         return
     yield Progress(task="eval", done=0, total=len(split.val), message="Evaluating the best weights")
-    model, _ = runs.load_run_model(run_dir)
+    model, _ = load_run_model(run_dir)
     report = evaluate_model(model, info.model, list(split.val), device=str(device))
     atomic_write_json(run_dir / runs.EVAL_JSON, report.to_json())
     yield Progress(task="eval", done=len(split.val), total=len(split.val))

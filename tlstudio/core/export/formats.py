@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.runs import ModelSpec, RunInfo
+from tlstudio.core.runs.folder import ModelSpec, RunInfo
 
 FORMATS = ("safetensors", "onnx", "torchscript", "int8")
 ONNX_OPSET = 17
@@ -109,7 +109,7 @@ def _quiet():
 
 def _check_inputs(spec: ModelSpec, samples: Sequence, n: int = 8, seed: int = 0) -> np.ndarray:
     """Real preprocessed images when the run has some, plus random ones (covers any input)."""
-    from tlstudio.core.evaluate import load_batch
+    from tlstudio.core.evaluation.evaluate import load_batch
 
     s = spec.image_size
     real = np.zeros((0, 3, s, s), np.float32)
@@ -145,14 +145,11 @@ def _size(path: Path) -> int:
 
 def _run_samples(run_dir: Path) -> tuple[list, list]:
     """(train, val) samples of the run's split; empty lists when there is no usable split."""
-    path = run_dir / "split.json"
-    if not path.is_file():
-        return [], []
-    try:
-        from tlstudio.core.dataset import Split
+    from tlstudio.core.runs.folder import RunError, read_split
 
-        split = Split.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except Exception:  # noqa: BLE001 - exports still work without the split (no accuracy then)
+    try:
+        split = read_split(run_dir)
+    except (OSError, RunError):  # exports still work without the split (no accuracy then)
         return [], []
     exists = lambda ss: [s for s in ss if Path(s.path).is_file()]  # noqa: E731 - data may have moved
     return exists(split.train), exists(split.val) or exists(split.test)
@@ -469,7 +466,7 @@ def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray |
 
 def compare_int8(model, spec: ModelSpec, out: Path, val: Sequence, *, repeats: int = 10) -> dict[str, Any]:
     """Size, batch-1 latency and validation accuracy of fp32 (PyTorch, ONNX) next to int8."""
-    from tlstudio.core.evaluate import measure_forward_latency, measure_latency, report_from_probs, run_samples
+    from tlstudio.core.evaluation.evaluate import measure_forward_latency, measure_latency, report_from_probs, run_samples
 
     rows: dict[str, Any] = {}
     fwds = {"fp32_onnx": _ort_forward(_ort_session(out / ONNX_FILE)),
@@ -484,7 +481,7 @@ def compare_int8(model, spec: ModelSpec, out: Path, val: Sequence, *, repeats: i
         rows[name] = row
     torch_row = {"latency_ms": 1000 * measure_latency(model, spec.image_size, 1, repeats=repeats)}
     if val:
-        from tlstudio.core.evaluate import torch_forward
+        from tlstudio.core.evaluation.evaluate import torch_forward
 
         probs, labels, _, _ = run_samples(torch_forward(model), spec, list(val), batch_size=32)
         torch_row["accuracy"] = report_from_probs(probs, labels, spec.classes).accuracy if labels else None
@@ -530,7 +527,8 @@ def export_run(
     stop the others; its reason is in ExportReport.errors. Raises ExportError only when nothing
     can be done (no run, unknown format)."""
     from tlstudio.core.atomic import atomic_write_json
-    from tlstudio.core.runs import RunError, load_run_model
+    from tlstudio.core.runs.folder import RunError
+    from tlstudio.core.models.run_model import load_run_model
 
     t0 = time.time()
     run_dir = Path(run_dir)
@@ -572,7 +570,7 @@ def export_run(
             elif fmt == "int8":
                 if "onnx" not in report.formats:
                     raise ExportError(f"{out / INT8_FILE}: needs the fp32 ONNX export, which failed")
-                from tlstudio.core.evaluate import load_batch
+                from tlstudio.core.evaluation.evaluate import load_batch
 
                 calib = None
                 if train:  # real training images only (eval transform): noise would widen the ranges
@@ -596,7 +594,7 @@ def export_run(
     if model_card:
         step(len(formats), "writing the model card")
         try:
-            from tlstudio.core.model_card import write_model_card
+            from tlstudio.core.export.model_card import write_model_card
 
             report.model_card = str(write_model_card(run_dir, out, report))
         except Exception as exc:  # noqa: BLE001

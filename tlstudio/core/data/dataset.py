@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.images import (
+from tlstudio.core.data.images import (
     DEFAULT_MAX_PIXELS,
     QUICK_HASH_SPAN,
     IMAGE_EXTENSIONS,
@@ -39,7 +39,7 @@ from tlstudio.core.images import (
     full_hash,
     is_hidden_name,
 )
-from tlstudio.core.probing import probe_all
+from tlstudio.core.data.probing import probe_all
 
 Progress = Callable[[int, "int | None"], None]
 
@@ -69,8 +69,26 @@ class ScanCancelled(DatasetError):
 
 @dataclass(frozen=True)
 class Sample:
+    """One image. ``label`` indexes the run's classes (-1 = unlabelled); kinds of learning with
+    several label columns keep them in ``targets`` (task name -> value; a missing key or None is a
+    missing label); ``domain`` names where the image comes from ("source", "target", ...)."""
+
     path: str
     label: int  # -1 = unlabelled
+    targets: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    domain: str | None = None
+
+    def to_row(self) -> list[Any]:
+        row: list[Any] = [self.path, self.label]
+        if self.targets is not None or self.domain is not None:
+            row += [self.targets, self.domain]
+        return row
+
+    @classmethod
+    def from_row(cls, r: Any) -> Sample:
+        if isinstance(r, dict):
+            return cls(str(r["path"]), int(r["label"]), r.get("targets"), r.get("domain"))
+        return cls(str(r[0]), int(r[1]), r[2] if len(r) > 2 else None, r[3] if len(r) > 3 else None)
 
 
 @dataclass(frozen=True)
@@ -409,7 +427,7 @@ def _resolve_input(path: str | os.PathLike, csv_path: str | os.PathLike | None) 
         if p.suffix.lower() == ".csv":
             return str(p.parent.resolve()), str(p.resolve())
         if p.suffix.lower() == ".zip":
-            from tlstudio.core.archive import extract_to_cache
+            from tlstudio.core.data.archive import extract_to_cache
 
             return str(extract_to_cache(p)), None
         raise DatasetError(f"{p} is a file: choose the folder that holds one sub-folder per class, or a CSV of path,label.")
@@ -696,6 +714,9 @@ def match_classes(report: ScanReport, classes: list[str]) -> ScanReport:
 # ----------------------------------------------------------------------------- split
 
 
+SPLIT_SCHEMA_VERSION = 2
+
+
 @dataclass
 class Split:
     train: list[Sample]
@@ -706,23 +727,20 @@ class Split:
 
     def to_json(self) -> dict:
         return {
+            "schema_version": SPLIT_SCHEMA_VERSION,
             "seed": self.seed,
             "val_fraction": self.val_fraction,
-            "train": [[s.path, s.label] for s in self.train],
-            "val": [[s.path, s.label] for s in self.val],
-            "test": [[s.path, s.label] for s in self.test],
+            "train": [s.to_row() for s in self.train],
+            "val": [s.to_row() for s in self.val],
+            "test": [s.to_row() for s in self.test],
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Split:
+        """Schema 1 rows are [path, label]; schema 2 may add [targets, domain]."""
+
         def load(rows) -> list[Sample]:
-            out = []
-            for r in rows or []:
-                if isinstance(r, dict):
-                    out.append(Sample(str(r["path"]), int(r["label"])))
-                else:
-                    out.append(Sample(str(r[0]), int(r[1])))
-            return out
+            return [Sample.from_row(r) for r in rows or []]
 
         return cls(
             train=load(d.get("train")),

@@ -22,38 +22,31 @@ ROLE_TITLES = {"teacher": "teacher", "student": "distilled student", "student_ba
 
 
 def _val_samples(run_dir: Path) -> list:
-    from tlstudio.core.dataset import Split
     from tlstudio.core.errors import UserError
-    from tlstudio.core.runs import SPLIT_JSON
+    from tlstudio.core.runs.folder import SPLIT_JSON, read_split
 
-    path = run_dir / SPLIT_JSON
-    if not path.is_file():
+    if not (run_dir / SPLIT_JSON).is_file():
         raise UserError(f"{run_dir}: no {SPLIT_JSON}: cannot compare on the same validation images")
-    split = Split.from_json(json.loads(path.read_text(encoding="utf-8")))
+    split = read_split(run_dir)
     return [s for s in split.val if s.label >= 0]
 
 
 def _trained_on(run_dir: Path) -> set[str]:
     """Resolved paths of the images a run trained on (empty when its split is unknown)."""
-    from tlstudio.core.runs import SPLIT_JSON
+    from tlstudio.core.runs.folder import RunError, read_split
 
     try:
-        d = json.loads((run_dir / SPLIT_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        split = read_split(run_dir)
+    except (OSError, RunError):
         return set()
-    out = set()
-    for s in d.get("train", []):
-        path = s.get("path") if isinstance(s, dict) else (s[0] if isinstance(s, (list, tuple)) and s else None)
-        if path:
-            out.add(str(Path(path).resolve()))
-    return out
+    return {str(Path(s.path).resolve()) for s in split.train}
 
 
 def _remap(samples: list, data_classes: list[str], model_classes: list[str]) -> list:
     """Labels in the model's class order (a teacher may list the same classes differently)."""
     if list(data_classes) == list(model_classes):
         return samples
-    from tlstudio.core.dataset import Sample
+    from tlstudio.core.data.dataset import Sample
 
     pos = {c: i for i, c in enumerate(model_classes)}
     return [Sample(s.path, pos[data_classes[s.label]]) for s in samples]
@@ -62,7 +55,7 @@ def _remap(samples: list, data_classes: list[str], model_classes: list[str]) -> 
 def _resolve_device(device: str) -> str:
     if device in ("auto", "", None):
         try:
-            from tlstudio.core.precision import resolve_device
+            from tlstudio.core.runtime.precision import resolve_device
 
             return str(resolve_device("auto"))
         except Exception:  # noqa: BLE001 - precision module unavailable: CPU is always there
@@ -82,8 +75,9 @@ def measure_row(role: str, run_dir: str | Path, val: list, data_classes: list[st
 def evaluate_row(role: str, run_dir: str | Path, val: list, data_classes: list[str], *, device: str = "cpu",
                  batch_size: int = 32) -> tuple[dict[str, Any], Any]:
     """Accuracy, macro-F1, parameters and file size of one run's best weights; also returns the model."""
-    from tlstudio.core.evaluate import evaluate_model
-    from tlstudio.core.runs import BEST_WEIGHTS, load_run_model
+    from tlstudio.core.evaluation.evaluate import evaluate_model
+    from tlstudio.core.runs.folder import BEST_WEIGHTS
+    from tlstudio.core.models.run_model import load_run_model
 
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir)
@@ -110,7 +104,7 @@ def measure_latencies(model, image_size: int, *, device: str = "cpu", repeats: i
     """(ms per image at batch 1, at batch 32): median of ``repeats`` timed passes (evaluate.measure_latency)."""
     import torch
 
-    from tlstudio.core.evaluate import measure_latency
+    from tlstudio.core.evaluation.evaluate import measure_latency
 
     with torch.no_grad():
         lat1 = measure_latency(model, image_size, 1, device=device, repeats=max(3, repeats * 2))
@@ -244,7 +238,7 @@ def build_tradeoff(run_dir: str | Path, teachers: list[str], baseline_dir: str |
     """Measure every model on the distill run's validation split; yield Progress; return the report."""
     import torch
 
-    from tlstudio.core.runs import read_run
+    from tlstudio.core.runs.folder import read_run
 
     run_dir = Path(run_dir)
     dev = _resolve_device(device)

@@ -7,11 +7,11 @@ import json
 import sys
 from typing import Any
 
-from tlstudio.core.distill import ALPHA_HELP, TEMPERATURE_HELP
+from tlstudio.core.tasks.distill import ALPHA_HELP, TEMPERATURE_HELP
 
 
 def register(subparsers) -> None:
-    from tlstudio.cli import add_train_flags
+    from tlstudio.cli.main import add_train_flags
 
     p = subparsers.add_parser(
         "distill",
@@ -46,8 +46,8 @@ def register(subparsers) -> None:
 
 
 def distill_config(args) -> Any:
-    from tlstudio.cli import _train_config
-    from tlstudio.core.distill import DistillConfig
+    from tlstudio.cli.main import _train_config
+    from tlstudio.core.tasks.distill import DistillConfig
 
     if args.student:
         args.backbone = args.student
@@ -68,13 +68,13 @@ def distill_config(args) -> Any:
 
 
 def cmd_distill(args) -> int:
-    from tlstudio.core.distill import distill
+    from tlstudio.core.tasks.distill import distill
 
     return _run(args, lambda stop: distill(distill_config(args), stop=stop))
 
 
 def cmd_distill_resume(args) -> int:
-    from tlstudio.core.distill import resume_distill
+    from tlstudio.core.tasks.distill import resume_distill
 
     return _run(args, lambda stop: resume_distill(args.run_dir, stop=stop))
 
@@ -82,10 +82,10 @@ def cmd_distill_resume(args) -> int:
 def _run(args, make_gen) -> int:
     from pydantic import ValidationError
 
-    from tlstudio.cli import EventPrinter, _stop_on_sigint
+    from tlstudio.cli.main import EventPrinter, _stop_on_sigint
     from tlstudio.core.errors import UserError
     from tlstudio.core.events import drive
-    from tlstudio.core.tradeoff import tradeoff_table
+    from tlstudio.core.tasks.tradeoff import tradeoff_table
 
     try:
         info = drive(make_gen(_stop_on_sigint()), _Printer(EventPrinter(as_json=args.json)))
@@ -131,7 +131,7 @@ class _Printer:
         self.inner(ev)
 
 
-def main(argv: list[str] | None = None) -> int:  # `python -m tlstudio.cli_distill ...`
+def main(argv: list[str] | None = None) -> int:  # `python -m tlstudio.cli.distill ...`
     parser = argparse.ArgumentParser(prog="tlstudio")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["distill", *(argv if argv is not None else sys.argv[1:])])

@@ -36,7 +36,7 @@ class FreezeSpecError(UserError):
 
 
 def _head_prefixes(model) -> tuple[str, ...]:
-    from tlstudio.core.weights import head_prefixes
+    from tlstudio.core.models.weights import head_prefixes
 
     return head_prefixes(model)
 

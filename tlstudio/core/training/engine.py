@@ -18,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tlstudio.core import runs
-from tlstudio.core.allocator import training_allocator
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.runtime.allocator import training_allocator
 from tlstudio.core.atomic import atomic_save_safetensors, atomic_torch_save, atomic_write_json
-from tlstudio.core.background_writer import BackgroundWriter, snapshot
+from tlstudio.core.runtime.background_writer import BackgroundWriter, snapshot
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.errors import UserError
 from tlstudio.core.events import (
@@ -36,9 +36,9 @@ from tlstudio.core.events import (
     Unfrozen,
     Warn,
 )
-from tlstudio.core.objectives import ClassificationObjective, Objective, ObjectiveContext
-from tlstudio.core.rng_state import rng_state, seed_everything, set_rng_state
-from tlstudio.core.validation import final_eval, validate
+from tlstudio.core.training.objectives import ClassificationObjective, Objective, ObjectiveContext
+from tlstudio.core.runtime.rng_state import rng_state, seed_everything, set_rng_state
+from tlstudio.core.training.validation import final_eval, validate
 
 MAX_SKIPPED_LISTED = 50  # individual warnings for skipped files; the rest are summarised
 FP_CHECK_STEPS = 3  # reduced precision must give finite losses on these first steps
@@ -120,7 +120,7 @@ def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
-    from tlstudio.core.parallel import distributed_context
+    from tlstudio.core.runtime.parallel import distributed_context
     from tlstudio.core.paths import default_runs_dir
 
     if not distributed_context().is_main:  # only rank 0 writes the real run folder
@@ -227,8 +227,8 @@ def fit(
         config = config.model_copy(update={"out_dir": str(run_dir)})
         config.to_json_file(run_dir / runs.CONFIG_JSON)
     logger = _Logger(run_dir)
-    from tlstudio.core.parallel import distributed_context
-    from tlstudio.core.tensorboard import TB_DIR, TBWriter
+    from tlstudio.core.runtime.parallel import distributed_context
+    from tlstudio.core.training.tensorboard import TB_DIR, TBWriter
 
     # TensorBoard event files when tensorboard is installed (a no-op otherwise); rank 0 only
     tb = TBWriter(run_dir / TB_DIR, enabled=distributed_context().is_main)
@@ -322,8 +322,12 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
          writer: BackgroundWriter) -> Generator[Event, None, runs.RunInfo]:
     import torch
 
-    from tlstudio.core import backbones, layers, precision
-    from tlstudio.core.dataset import Split, make_split, scan
+    from tlstudio.core.models import backbones
+
+    from tlstudio.core.models import layers
+
+    from tlstudio.core.runtime import precision
+    from tlstudio.core.data.dataset import Split, make_split, scan
 
     t_start = time.time()
     ckpt = None
@@ -358,14 +362,11 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
             raise UserError(f"{config.data_dir}: the classes changed since this run started "
                             f"({', '.join(old_classes)} -> {', '.join(classes)}); resuming needs the same "
                             "class folders. Restore them, or start a new run from this one (chained transfer).")
-    split_path = run_dir / runs.SPLIT_JSON
-    if resuming and split_path.is_file():
-        import json
-
-        split = Split.from_json(json.loads(split_path.read_text(encoding="utf-8")))
+    if resuming and (run_dir / runs.SPLIT_JSON).is_file():
+        split = runs.read_split(run_dir)
     else:
         split = make_split(report, val_fraction=config.val_fraction, seed=config.effective_split_seed)
-        atomic_write_json(split_path, split.to_json())
+        runs.write_split(run_dir, split)
     if not split.val:
         raise UserError(f"{config.data_dir}: no images left for validation; add images or raise the validation fraction")
     dist = _init_distributed()
@@ -407,7 +408,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
 
     lr = config.lr
     if lr is None:
-        from tlstudio.core.advice import default_lr
+        from tlstudio.core.models.advice import default_lr
 
         if config.init == "scratch":
             lr = 3e-3
@@ -712,7 +713,7 @@ def _init_new_head(model) -> None:
 
 
 def _init_distributed():
-    from tlstudio.core.parallel import distributed_context
+    from tlstudio.core.runtime.parallel import distributed_context
 
     dist = distributed_context()
     if dist.enabled:
@@ -744,10 +745,11 @@ def _head_lr(opt) -> float:
 
 
 def _make_loaders(config, model, train_split, data_cfg, device, plan, batch_size, features_mode, stop):
-    from tlstudio.core import pipeline, precision
+    from tlstudio.core.pipeline import loaders as pipeline
+    from tlstudio.core.runtime import precision
 
     if features_mode:
-        from tlstudio.core.feature_cache import DEFAULT_VIEWS, FeatureCache, head_module
+        from tlstudio.core.pipeline.feature_cache import DEFAULT_VIEWS, FeatureCache, head_module
 
         # no more augmented views than epochs: a 2-epoch run builds 2 (each costs a forward pass
         # per image), and view e is exactly what the uncached pipeline gives in epoch e

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tlstudio.core.runs import EVAL_JSON, ModelSpec, read_history, read_run
+from tlstudio.core.runs.folder import EVAL_JSON, ModelSpec, read_history, read_run
 
 CARD = "MODEL_CARD.md"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -170,7 +170,7 @@ def _pct(v: Any) -> str:
 
 
 def _metrics(run_dir: Path):
-    from tlstudio.core.evaluate import EvalReport, evaluate
+    from tlstudio.core.evaluation.evaluate import EvalReport, evaluate
 
     p = run_dir / EVAL_JSON
     if p.is_file():

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tlstudio.core.images import probe_file
-from tlstudio.core.precision import available_cores
+from tlstudio.core.data.images import probe_file
+from tlstudio.core.runtime.precision import available_cores
 
 Progress = Callable[[int, "int | None"], None]
 

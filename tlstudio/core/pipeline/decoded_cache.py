@@ -29,7 +29,7 @@ _ENTRY_OVERHEAD = 256  # bytes of Python/tensor bookkeeping per RAM entry, count
 
 
 class DecodeError(Exception):
-    """Fallback error when tlstudio.core.images is not importable (its ImageError is used otherwise)."""
+    """Fallback error when tlstudio.core.data.images is not importable (its ImageError is used otherwise)."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -40,7 +40,7 @@ class DecodeError(Exception):
 def _image_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [DecodeError]
     try:
-        from tlstudio.core.images import ImageError
+        from tlstudio.core.data.images import ImageError
 
         errs.append(ImageError)
     except ImportError:
@@ -52,7 +52,7 @@ def _image_errors() -> tuple[type[BaseException], ...]:
 def _loader() -> tuple[Any, bool]:
     """(load_rgb, accepts_draft): the data owner's loader if present, else a PIL fallback."""
     try:
-        from tlstudio.core.images import load_rgb
+        from tlstudio.core.data.images import load_rgb
 
         try:
             params = inspect.signature(load_rgb).parameters

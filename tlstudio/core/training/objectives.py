@@ -17,7 +17,7 @@ class ObjectiveContext:
     model: Any  # torch.nn.Module being trained (only the head in features mode)
     device: Any  # torch.device
     classes: list[str]
-    precision: Any  # tlstudio.core.precision.PrecisionPlan
+    precision: Any  # tlstudio.core.runtime.precision.PrecisionPlan
     config: Any  # TrainConfig (or a subclass)
     train_samples: list[Any]  # idx in a training batch indexes this list; unlabelled have label -1
     features_mode: bool = False  # x are cached body features, model maps them to logits

@@ -173,35 +173,24 @@ def list_runs(root: str | Path) -> list[Path]:
     return sorted(runs, key=lambda p: (p / RUN_JSON).stat().st_mtime, reverse=True)
 
 
-def load_run_model(run_dir: str | Path, which: Literal["best", "last"] = "best"):
-    """Rebuild the run's model with its trained weights, in eval mode. Returns (model, RunInfo)."""
-    from tlstudio.core.backbones import create_model
-    from tlstudio.core.weights import load_state_dict_file
+def read_split(run_dir: str | Path):
+    """The run's split.json as a dataset.Split (schema 1 or 2). The one place that parses it;
+    RunError naming the file when it is missing or unreadable."""
+    from tlstudio.core.data.dataset import Split
 
-    info = read_run(run_dir)
-    model = create_model(info.model.backbone, info.model.num_classes, init="scratch")
-    if which == "last":
-        ckpt_path = Path(run_dir) / LAST_CKPT
-        import torch
+    path = Path(run_dir) / SPLIT_JSON
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {SPLIT_JSON} (the run's train/validation split)")
+    try:
+        return Split.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except Exception as exc:  # noqa: BLE001 - JSON, key or type errors: one line naming the file
+        raise RunError(f"{path}: invalid split file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise RunError(f"{ckpt_path}: cannot read checkpoint: {exc}") from exc
-        state = ckpt["model"]
-    else:
-        path = Path(run_dir) / BEST_WEIGHTS
-        if not path.is_file():
-            raise RunError(f"{run_dir}: the run has no trained weights yet ({BEST_WEIGHTS} missing)")
-        state = load_state_dict_file(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RunError(
-            f"{run_dir}: weights do not fit {info.model.backbone}: "
-            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
-    model.eval()
-    return model, info
+
+def write_split(run_dir: str | Path, split) -> None:
+    from tlstudio.core.atomic import atomic_write_json
+
+    atomic_write_json(Path(run_dir) / SPLIT_JSON, split.to_json())
 
 
 def dump_json(obj: Any) -> str:

@@ -1,0 +1,1 @@
+"""Finding images on disk: scanning folders, CSVs and archives, safe decoding, splits."""

@@ -1,0 +1,1 @@
+"""Exports (safetensors, ONNX, TorchScript, int8) and the model card."""

@@ -1,0 +1,1 @@
+"""timm backbones, weight sources, layer groups and freezing, strategy advice."""

@@ -1,0 +1,1 @@
+"""Feeding images to a model fast: loaders, augmentation, decoded and feature caches."""

@@ -1,0 +1,1 @@
+"""The run folder on disk (run.json, split, history) and project files."""

@@ -1,0 +1,1 @@
+"""Device, precision, threads, DDP, background checkpoint writer, allocator: used by every job."""

@@ -1,0 +1,1 @@
+"""The gradient-training loop shared by every kind of learning that trains."""
