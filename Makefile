@@ -30,7 +30,7 @@ bench: $(STAMP)
 screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m tlstudio.gui.screenshots docs/screenshots
 
-package: $(STAMP)
+package:  ## installers from a clean clone: its own CPU-torch build venv (not .venv), PyInstaller bundle, .deb
 	bash packaging/build.sh
 
 clean:
