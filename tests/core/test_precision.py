@@ -23,10 +23,17 @@ class _Conv(torch.nn.Module):
         return self.head(self.body(x))
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
     assert P.resolve_device("cpu").type == "cpu"
-    auto = P.resolve_device("auto")
-    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
+    # "auto" = cuda, then mps, then cpu: drive each branch (this machine has neither GPU)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(P, "_mps_available", lambda: False)
+    assert P.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(P, "_mps_available", lambda: True)
+    assert P.resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert P.resolve_device("auto") == torch.device("cuda")
+    monkeypatch.undo()
     with pytest.raises(UserError):
         P.resolve_device("banana")
     if not torch.cuda.is_available():
