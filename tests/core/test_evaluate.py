@@ -255,7 +255,6 @@ def test_evaluate_model_known_confusion(tmp_path, core_modules):
 
 
 def test_preprocess_matches_timm_eval_transform(shapes3):
-    import torch
     from PIL import Image
     from timm.data import create_transform
 
@@ -270,7 +269,13 @@ def test_preprocess_matches_timm_eval_transform(shapes3):
         got = ev.preprocess(img, spec)
         assert got.shape == want.shape == (3, 32, 32)
         assert np.abs(got - want).max() < 1e-5, (interp, crop_pct, mode)
-    assert isinstance(torch.from_numpy(got), torch.Tensor)
+        assert got.dtype == np.float32 and isinstance(got, np.ndarray)  # what predict hands to torch
+    # normalisation by hand: a white image is (1 - mean) / std in every pixel, a black one -mean / std
+    mean, std = np.array(spec.mean, dtype=np.float64), np.array(spec.std, dtype=np.float64)
+    for rgb, want_px in (((255, 255, 255), (1 - mean) / std), ((0, 0, 0), -mean / std)):
+        flat = ev.preprocess(Image.new("RGB", (40, 30), rgb), spec)
+        assert flat.shape == (3, 32, 32)
+        assert np.allclose(flat.reshape(3, -1), want_px[:, None], atol=1e-5), rgb
 
 
 # --------------------------------------------------------------------------- run folders
