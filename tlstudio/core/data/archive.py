@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from tlstudio.core.errors import UserError
 from tlstudio.core.data.images import is_hidden_name
+from tlstudio.core.data.records import SkippedFile
 
 DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3  # 8 GiB uncompressed
 DEFAULT_MAX_RATIO = 200.0  # JPEG/PNG barely compress; BMP/TIFF of photos compress < 10x
@@ -66,8 +67,6 @@ def safe_extract_zip(
 
     `skipped`, if given, receives a SkippedFile for every entry not extracted (symlinks).
     """
-    from tlstudio.core.data.dataset import SkippedFile
-
     zp = Path(zip_path)
     dest = Path(dest_dir)
     if dest.exists() and any(dest.iterdir()):

@@ -56,6 +56,11 @@ if ".avif" not in IMAGE_EXTENSIONS:
 # by our explicit check too.
 DEFAULT_MAX_PIXELS: int = 89_478_485
 
+# Training resizes the short side to the input size: a 1x400000 PNG (1.6 KB, under the pixel cap)
+# would become 224 x 89,600,000 pixels (tens of GB). Panoramas are ~4:1, line scans and
+# spectrograms rarely beyond 20:1; anything longer than this is refused with its shape.
+MAX_ASPECT_RATIO: float = 50.0
+
 # Files and folders that operating systems and tools scatter around: ignored silently.
 SYSTEM_NAMES: frozenset[str] = frozenset(
     {
@@ -141,6 +146,9 @@ def _pixels_reason(size: tuple[int, int], max_pixels: int) -> str | None:
         return f"invalid image size {w}x{h}"
     if w * h > max_pixels:
         return f"too many pixels ({w}x{h} = {w * h:,}; limit {max_pixels:,}): possible decompression bomb"
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        return (f"extreme shape {w}x{h} (one side more than {MAX_ASPECT_RATIO:g}x the other): resized for "
+                "training it would need far too much memory; crop it into normal-shaped pieces")
     return None
 
 
@@ -249,6 +257,19 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, f
     return probe_file(path, max_pixels, full)[0]
 
 
+LOOK_SIDE = 16  # a look is a LOOK_SIDE x LOOK_SIDE grey thumbnail: 256 bytes per image
+
+
+def look_of(im: Image.Image, path: str = "") -> bytes:
+    """What the image looks like at 16x16 grey: equal for a resized or re-encoded copy (the
+    near-duplicate check). JPEGs are decoded at 1/8 scale (draft), so this costs little."""
+    if im.format == "JPEG" and min(im.size) >= 8 * LOOK_SIDE:
+        im.draft("L", (4 * LOOK_SIDE, 4 * LOOK_SIDE))
+    _decode_first_frame(im, path)
+    grey = to_rgb(im).convert("L") if im.mode not in ("L", "RGB") else im.convert("L")
+    return grey.resize((LOOK_SIDE, LOOK_SIDE), Image.Resampling.BOX).tobytes()
+
+
 def probe_file(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -256,16 +277,19 @@ def probe_file(
     *,
     want_hash: bool = False,
     stat_checked: bool = False,
-) -> tuple[str | None, str | None]:
+    want_look: bool = False,
+) -> tuple[str | None, str | None] | tuple[str | None, str | None, bytes | None]:
     """`probe_image` plus, for usable files and `want_hash`, a content hash read through the same
     open file (the scan's duplicate check). `stat_checked`: the caller already knows the path is
-    a non-empty regular file."""
+    a non-empty regular file. `want_look`: also decode the image (small) for its `look_of`, and
+    return (reason, hash, look)."""
     p = os.fspath(path)
     if not stat_checked:
         reason = _stat_reason(p)
         if reason:
-            return reason, None
+            return (reason, None, None) if want_look else (reason, None)
     digest = None
+    look = None
     try:
         with open(p, "rb") as f:
             if want_hash:  # before PIL, which closes the file when done
@@ -274,7 +298,7 @@ def probe_file(
             try:
                 im = _open_checked(f, p, max_pixels)
             except ImageError as e:
-                return e.reason, None
+                return (e.reason, None, None) if want_look else (e.reason, None)
             fmt = im.format
             try:
                 if full:
@@ -286,16 +310,22 @@ def probe_file(
                 elif fmt == "PNG":
                     im.verify()
                 elif _raw_tiles_truncated(im, os.fstat(f.fileno()).st_size):
-                    return "truncated image (the file ends before the image data does)", None
+                    raise ImageError(p, "truncated image (the file ends before the image data does)")
+                if want_look and full:
+                    look = look_of(im, p)
+                elif want_look:  # verify() leaves the image (and maybe the file) unusable: open again
+                    with open(p, "rb") as f2, _open_checked(f2, p, max_pixels) as im2:
+                        look = look_of(im2, p)
             except ImageError as e:
-                return e.reason, None
+                return (e.reason, None, None) if want_look else (e.reason, None)
             except Exception as e:  # verify() raises many types on corrupt data
-                return f"corrupt image data ({type(e).__name__}: {e})", None
+                reason = f"corrupt image data ({type(e).__name__}: {e})"
+                return (reason, None, None) if want_look else (reason, None)
             finally:
                 im.close()
     except OSError as e:
-        return _os_reason(e), None
-    return None, digest
+        return (_os_reason(e), None, None) if want_look else (_os_reason(e), None)
+    return (None, digest, look) if want_look else (None, digest)
 
 
 def _decode_first_frame(im: Image.Image, path: str) -> Image.Image:

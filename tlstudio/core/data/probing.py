@@ -52,22 +52,26 @@ def spawn_is_safe() -> bool:
     return "__name__" in src and "__main__" in src
 
 
-# Usable files found by this process's probes, keyed by (path, size, mtime_ns, max_pixels, full):
+# Usable files found by this process's probes, keyed by (path, size, mtime_ns, max_pixels, full),
+# valued (reason, content hash or None, look or None):
 # the GUI's Data step, training and distillation scan the same folder one after another; a file
 # that changed has a new size or mtime and is probed again, and so is every file with a problem.
 _PROBE_MEMO_MAX = 500_000  # ~100 MB at worst; cleared when full
-_probe_memo: dict[tuple, tuple[str | None, str | None]] = {}
+_probe_memo: dict[tuple, tuple[str | None, str | None, bytes | None]] = {}
 
 
-def _remember_probe(key: tuple, result: tuple[str | None, str | None]) -> None:
+def _remember_probe(key: tuple, result: tuple[str | None, str | None, bytes | None]) -> None:
     if len(_probe_memo) >= _PROBE_MEMO_MAX:
         _probe_memo.clear()
     _probe_memo[key] = result  # one dict assignment: atomic under the GIL
 
 
-def probe_chunk(paths: list[str], want_hash: list[bool], max_pixels: int, full: bool) -> list[tuple]:
-    """Probe a slice of files (runs in a worker process for big header scans)."""
-    return [probe_file(p, max_pixels, full, want_hash=w, stat_checked=True) for p, w in zip(paths, want_hash)]
+def probe_chunk(paths: list[str], want_hash: list[bool], max_pixels: int, full: bool,
+                looks: bool = False) -> list[tuple]:
+    """Probe a slice of files (runs in a worker process for big header scans): (reason, hash, look)."""
+    return [probe_file(p, max_pixels, full, want_hash=w, stat_checked=True, want_look=True) if looks
+            else (*probe_file(p, max_pixels, full, want_hash=w, stat_checked=True), None)
+            for p, w in zip(paths, want_hash)]
 
 
 def probe_all(
@@ -78,14 +82,17 @@ def probe_all(
     workers: int | None,
     progress: Progress | None,
     stop: threading.Event | None,
-) -> tuple[list[str | None], dict[str, str]] | None:
-    """Probe every file (parallel). Returns reasons aligned with `files` and content hashes of
-    the usable files whose size collides with another file (only those can be duplicates);
-    None when `stop` was set."""
+    looks: bool = False,
+) -> tuple[list[str | None], dict[str, str], dict[str, bytes]] | None:
+    """Probe every file (parallel). Returns reasons aligned with `files`, content hashes of
+    the usable files whose size collides with another file (only those can be exact duplicates)
+    and, with `looks`, every usable file's `images.look_of` (near duplicates); None when `stop`
+    was set."""
     n = len(files)
     sizes = Counter(f.size for f in files)
     reasons: list[str | None] = [None] * n
     hashes: dict[str, str] = {}
+    seen_looks: dict[str, bytes] = {}
     workers = workers or default_workers(full)
     use_processes = not full and workers > 1 and n >= PROCESS_SCAN_MIN and spawn_is_safe()
     chunk = max(1, min(1024 if use_processes else 256, n // (workers * 8) or 1))
@@ -95,11 +102,13 @@ def probe_all(
             reasons[i] = "empty file (0 bytes)"
             continue
         hit = _probe_memo.get((f.path, f.size, f.mtime_ns, max_pixels, full))
-        if hit is None or (hit[1] is None and sizes[f.size] > 1):
+        if hit is None or (hit[1] is None and sizes[f.size] > 1) or (looks and hit[2] is None):
             todo.append(i)  # not probed yet (or probed before its size collided: no hash then)
             continue
         if hit[1] is not None and sizes[f.size] > 1:
             hashes[f.path] = hit[1]
+        if looks:
+            seen_looks[f.path] = hit[2]
 
     def job(lo: int) -> tuple:
         idx = todo[lo:lo + chunk]
@@ -109,7 +118,7 @@ def probe_all(
         idx, paths, want = job(lo)
         if stop is not None and stop.is_set():
             return idx, None
-        return idx, probe_chunk(paths, want, max_pixels, full)
+        return idx, probe_chunk(paths, want, max_pixels, full, looks)
 
     done = n - len(todo)
     last = 0.0
@@ -128,7 +137,7 @@ def probe_all(
         futures = []
         for lo in starts:
             idx, paths, want = job(lo)
-            futures.append((idx, lo, pool.submit(probe_chunk, paths, want, max_pixels, full)))
+            futures.append((idx, lo, pool.submit(probe_chunk, paths, want, max_pixels, full, looks)))
 
         def gather():
             for idx, lo, fut in futures:
@@ -145,13 +154,15 @@ def probe_all(
         for idx, res in results:
             if stop is not None and stop.is_set():
                 return None
-            for i, (r, h) in zip(idx, res or ()):
+            for i, (r, h, look) in zip(idx, res or ()):
                 reasons[i] = r
                 if h is not None:
                     hashes[files[i].path] = h
+                if look is not None:
+                    seen_looks[files[i].path] = look
                 if r is None:  # problems are probed again: a permission fixed leaves mtime as it was
                     f = files[i]
-                    _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
+                    _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h, look))
             done += len(idx)
             now = time.monotonic()
             if progress is not None and (now - last > 0.1 or done == n):
@@ -162,4 +173,4 @@ def probe_all(
             pool.shutdown(wait=True, cancel_futures=True)  # running chunks end within ~0.1 s
     if stop is not None and stop.is_set():
         return None
-    return reasons, hashes
+    return reasons, hashes, seen_looks

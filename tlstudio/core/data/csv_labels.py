@@ -1,0 +1,90 @@
+"""Labels from a CSV file: lines of path,label[,split], with or without a header.
+
+Paths are relative to the CSV's folder and never outside it; the delimiter (comma, semicolon,
+tab) is detected; a UTF-8 byte-order mark and Windows line ends are accepted. Every row that
+cannot be used is returned as a SkippedFile naming the CSV line.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from tlstudio.core.data.images import _os_reason
+from tlstudio.core.data.layout import SPLIT_NAMES
+from tlstudio.core.data.records import DatasetError, SkippedFile
+
+_PATH_HEADERS = {"path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path", "img", "name", "id"}
+_LABEL_HEADERS = {"label", "class", "category", "target", "labels", "class_name", "y"}
+
+
+def csv_has_label_header(path: str) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = next(csv.reader([f.readline()]), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    cols = {c.strip().lower() for c in first}
+    return bool(cols & _PATH_HEADERS) and bool(cols & _LABEL_HEADERS)
+
+
+def read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], list[SkippedFile], list[str]]:
+    """Rows (absolute path, label, split or None, line no.), skipped rows, warnings."""
+    root = os.path.dirname(os.path.abspath(csv_path))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise DatasetError(f"{csv_path}: not a UTF-8 text CSV file.") from None
+    except OSError as e:
+        raise DatasetError(f"{csv_path}: {_os_reason(e)}") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = list(csv.reader(text.splitlines(), dialect))
+    if not rows:
+        raise DatasetError(f"{csv_path} is empty: expected lines of path,label.")
+    pi, li, si = 0, 1, None
+    first = [c.strip().lower() for c in rows[0]]
+    start = 0
+    if any(c in _PATH_HEADERS for c in first) or any(c in _LABEL_HEADERS for c in first):
+        start = 1
+        pi = next((i for i, c in enumerate(first) if c in _PATH_HEADERS), 0)
+        li = next((i for i, c in enumerate(first) if c in _LABEL_HEADERS), 1 if pi == 0 else 0)
+        si = next((i for i, c in enumerate(first) if c == "split"), None)
+    out: list[tuple[str, str, str | None, int]] = []
+    skipped: list[SkippedFile] = []
+    warns: list[str] = []
+    seen: set[str] = set()
+    root_n = os.path.normcase(os.path.normpath(root))
+    for lineno, row in enumerate(rows[start:], start=start + 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{os.path.basename(csv_path)} line {lineno}"
+        if len(row) <= max(pi, li):
+            skipped.append(SkippedFile(",".join(row), f"{where}: expected path,label"))
+            continue
+        rel, label = row[pi].strip(), row[li].strip()
+        if not label:
+            skipped.append(SkippedFile(rel, f"{where}: no label"))
+            continue
+        rel_os = rel.replace("\\", "/")
+        full = os.path.normpath(os.path.join(root, rel_os))
+        if os.path.isabs(rel_os) or (len(rel_os) > 1 and rel_os[1] == ":"):
+            full = os.path.normpath(rel_os)
+        if os.path.normcase(full) != root_n and not os.path.normcase(full).startswith(root_n + os.sep):
+            skipped.append(SkippedFile(rel, f"{where}: path is outside the CSV's folder (refused)"))
+            continue
+        if full in seen:
+            skipped.append(SkippedFile(full, f"{where}: listed more than once"))
+            continue
+        seen.add(full)
+        split = None
+        if si is not None and si < len(row):
+            split = SPLIT_NAMES.get(row[si].strip().lower())
+            if row[si].strip() and split is None:
+                warns.append(f"{where}: unknown split '{row[si].strip()}' (use train, val or test); split column ignored")
+                si = None
+        out.append((full, label, split, lineno))
+    return out, skipped, warns
