@@ -139,8 +139,21 @@ def test_run_without_weights_is_a_weights_error(tmp_path):
 
 
 def test_scratch_differs_by_seed_and_has_new_head():
-    m = create_model("test_resnet", 6, init="scratch")
-    assert m.fc.out_features == 6
+    logs = []
+    torch.manual_seed(1)
+    a = create_model("test_resnet", 6, init="scratch", log=logs.append)
+    torch.manual_seed(1)
+    a_again = create_model("test_resnet", 6, init="scratch")
+    torch.manual_seed(2)
+    b = create_model("test_resnet", 6, init="scratch")
+    assert a.fc.out_features == 6 and tuple(a.fc.weight.shape) == (6, a.num_features)
+    sa, sa2, sb = a.state_dict(), a_again.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sa2[k]) for k in sa)  # the same seed gives the same model
+    # every randomly drawn tensor (not the constant BatchNorm ones/zeros) changes with the seed
+    drawn = [k for k, v in sa.items() if v.is_floating_point() and v.numel() > 1 and float(v.std()) > 0]
+    assert any(k.startswith("fc.") for k in drawn) and sum(not k.startswith("fc.") for k in drawn) >= 3
+    assert [k for k in drawn if torch.equal(sa[k], sb[k])] == []
+    assert any("random initialisation" in s for s in logs)
 
 
 @pytest.mark.realweights
