@@ -75,8 +75,8 @@ class EventPrinter:
                     f"{ev.trainable_params:,} of {ev.total_params:,} parameters trainable")
         elif isinstance(ev, E.EpochEnd):
             star = " *" if ev.best else ""
-            self._p(f"epoch {ev.epoch + 1}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
-                    f"val acc {ev.val_acc:.1%}  macro-F1 {ev.val_macro_f1:.3f}  lr {ev.lr:.2e}  {ev.seconds:.1f}s{star}")
+            self._p(f"epoch {ev.epoch + 1}/{ev.epochs}  train loss {ev.train_loss:.4f}  {format_metrics(ev.metrics)}  "
+                    f"lr {ev.lr:.2e}  {ev.seconds:.1f}s{star}")
         elif isinstance(ev, E.Warn):
             self._p(f"warning: {ev.message}")
         elif isinstance(ev, E.Log):
@@ -84,11 +84,25 @@ class EventPrinter:
         elif isinstance(ev, E.Unfrozen):
             self._p(f"unfroze {ev.group} ({ev.trainable_params:,} trainable parameters)")
         elif isinstance(ev, E.Finished):
-            acc = "n/a" if ev.best_val_acc is None else f"{ev.best_val_acc:.1%}"
-            self._p(f"{ev.status}: best val acc {acc}" + (f" ({ev.message})" if ev.message else ""))
+            best = format_metrics(ev.metrics) if ev.metrics else "no best epoch"
+            self._p(f"{ev.status}: best {best}" + (f" ({ev.message})" if ev.message else ""))
 
     def _p(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+_LABELS = {"val_loss": ("val loss", "{:.4f}"), "val_acc": ("val acc", "{:.1%}"),
+           "val_macro_f1": ("macro-F1", "{:.3f}")}
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """"val loss 0.4123  val acc 91.2%  macro-F1 0.905" for classification; name value for the rest."""
+    out = []
+    for key, value in metrics.items():
+        base, _, task = key.partition("/")
+        label, fmt = _LABELS.get(base, (base.replace("_", " "), "{:.4g}"))
+        out.append(f"{label}{'/' + task if task else ''} {fmt.format(value)}")
+    return "  ".join(out)
 
 
 def _stop_on_sigint() -> threading.Event:
@@ -181,7 +195,12 @@ def _train_config(args) -> Any:
         values = {**base, **values}
     if not values.get("data_dir"):
         raise UserError("give a data folder, or --sample for the bundled sample data set")
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    from tlstudio.core.models.advice import scratch_freeze_warning
+
+    if warning := scratch_freeze_warning(config.init, config.freeze, config.frozen_groups):
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -191,7 +210,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--weights", metavar="FILE", help="start from a local .safetensors/.pth/.pt weights file")
     src.add_argument("--init-from", metavar="RUN_DIR", help="chained transfer: start from an earlier run's body")
     src.add_argument("--scratch", action="store_true", help="random initialisation (no transfer)")
-    p.add_argument("--freeze", help="head | last:N | none | gradual:K (default head)")
+    p.add_argument("--freeze", help="head | last:N | none | gradual:K (default head; none with --scratch)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="head learning rate (default: advised from the data)")
@@ -221,9 +240,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 def _run_summary(info: Any) -> dict[str, Any]:
     from tlstudio.core.runs import folder as runs
 
-    out = {"run_dir": info.config.get("out_dir"), "status": info.status, "best_epoch": info.best_epoch,
-           "best_val_acc": info.best_val_acc, "best_val_macro_f1": info.best_val_macro_f1,
-           "classes": info.model.classes, "baseline": info.baseline}
+    out = {"run_dir": info.config.get("out_dir"), "task": info.task, "status": info.status,
+           "best_epoch": info.best_epoch, "metrics": info.metrics, "best_val_acc": info.best_val_acc,
+           "best_val_macro_f1": info.best_val_macro_f1, "classes": info.model.classes, "baseline": info.baseline}
     ev = Path(info.config.get("out_dir", "")) / runs.EVAL_JSON
     if ev.is_file():
         out["eval"] = json.loads(ev.read_text(encoding="utf-8"))
@@ -253,49 +272,57 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from tlstudio.core.training.engine import resume
+    from tlstudio.core.tasks.registry import kind_of_run
 
-    info = drive(resume(args.run_dir, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
+    kind = kind_of_run(args.run_dir)
+    if kind.resume is None:
+        from tlstudio.core.errors import UserError
+
+        raise UserError(f"{args.run_dir}: a {kind.title.lower()} run cannot be resumed")
+    info = drive(kind.resume(args.run_dir, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
     return _finish_run(args, info)
 
 
-def cmd_eval(args) -> int:
-    from tlstudio.core.evaluation.evaluate import evaluate
+def _kind_for(run_dir: str, what: str):
+    from tlstudio.core.errors import UserError
+    from tlstudio.core.tasks.registry import kind_of_run
 
-    report = evaluate(args.run_dir, args.dir)
+    kind = kind_of_run(run_dir)
+    if getattr(kind, what) is None:
+        raise UserError(f"{run_dir}: {kind.title.lower()} runs have no {what} step")
+    return kind
+
+
+def cmd_eval(args) -> int:
+    kind = _kind_for(args.run_dir, "evaluate")
+    result = kind.evaluate(args.run_dir, args.dir)
     if args.json:
-        _print_json(report.to_json())
-        return 0
-    print(f"{report.n} images: accuracy {report.accuracy:.1%}, macro-F1 {report.macro_f1:.3f}")
-    for k, v in sorted(report.top_k.items()):
-        print(f"  top-{k} accuracy {v:.1%}")
-    print(f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
-    for row in report.per_class:
-        print(f"{row['name']:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} {row['support']:>7}")
-    print("confusion matrix (rows: true, columns: predicted)")
-    for name, r in zip(report.classes, report.confusion):
-        print(f"  {name:<20} " + " ".join(f"{v:>5}" for v in r))
-    if report.misclassified:
-        print(f"{len(report.misclassified)} misclassified:")
-        for m in report.misclassified[:20]:
-            print(f"  {m['path']}: {m['true']} -> {m['pred']} ({m['confidence']:.1%})")
+        _print_json(result)
+    elif kind.eval_lines is not None:
+        print("\n".join(kind.eval_lines(result)))
+    else:
+        for name, value in result.get("metrics", {}).items():
+            print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    from tlstudio.core.evaluation.evaluate import predict
-
-    preds = predict(args.run_dir, args.paths, top_k=args.top_k)
+    kind = _kind_for(args.run_dir, "predict")
+    opts = {"top_k": args.top_k}
+    if getattr(args, "maps", None):
+        opts["maps_dir"] = args.maps
+    rows = kind.predict(args.run_dir, args.paths, **opts)
     if args.json:
-        _print_json([{"path": p.path, "top": [{"class": c, "prob": pr} for c, pr in p.top], "error": p.error}
-                     for p in preds])
-        return 0 if any(p.error is None for p in preds) else EXIT_USER_ERROR
-    for p in preds:
-        if p.error:
-            print(f"{p.path}: error: {p.error}")
-        else:
-            print(f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top))
-    return 0 if any(p.error is None for p in preds) else EXIT_USER_ERROR
+        _print_json(rows)
+    else:
+        for r in rows:
+            if r.get("error"):
+                print(f"{r['path']}: error: {r['error']}")
+            elif kind.predict_line is not None:
+                print(kind.predict_line(r))
+            else:
+                print(f"{r['path']}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("path", "error")))
+    return 0 if any(r.get("error") is None for r in rows) else EXIT_USER_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(s)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("resume", help="continue a stopped run")
+    s = sub.add_parser("resume", help="continue a stopped run (any kind: training, distillation, ...)")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_resume)
@@ -333,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("predict", help="classify image files or folders with a run's model")
+    s = sub.add_parser("predict", help="apply a run's model to image files or folders")
     s.add_argument("run_dir")
     s.add_argument("paths", nargs="+")
     s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--maps", metavar="DIR", help="write heat-map PNGs here (kinds that make maps)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -24,6 +24,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     schema_version: int = SCHEMA_VERSION
+    task: str = "classification"  # the kind of learning (tlstudio.core.tasks.registry); kinds subclass this
 
     # data
     data_dir: str
@@ -68,6 +69,16 @@ class TrainConfig(BaseModel):
     seed: int = 0
     baseline: bool = False  # also train from scratch and report the gain of transfer
     out_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scratch_trains_everything(cls, data):
+        """From scratch with no freeze given: every layer trains (a frozen random body learns
+        nothing). An explicit freeze is kept; `advice.scratch_freeze_warning` says why it is odd."""
+        if isinstance(data, dict) and data.get("init") == "scratch" and "freeze" not in data \
+                and not data.get("frozen_groups"):
+            data = {**data, "freeze": "none"}
+        return data
 
     @field_validator("freeze")
     @classmethod

@@ -28,7 +28,10 @@ large sets, at the usual AdamW 1e-3 (body 1e-4); large sets could not be measure
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tlstudio.core.data.records import ScanReport
 
 Similarity = Literal["high", "low", "unknown"]
 
@@ -46,12 +49,23 @@ class Advice:
     reason: str
 
 
-def advise(images_per_class: float, similarity: Similarity = "unknown", n_classes: int = 2) -> Advice:
-    """Freeze preset, head learning rate and epochs from data size and similarity to ImageNet."""
+SCRATCH_LR = 3e-3  # the engine's one rate for every layer when training from scratch
+
+
+def advise(images_per_class: float, similarity: Similarity = "unknown", n_classes: int = 2,
+           init: str = "pretrained") -> Advice:
+    """Freeze preset, head learning rate and epochs from the number of *training* images per
+    class and similarity to ImageNet. From scratch (`init="scratch"`) every layer trains."""
     ipc = max(0.0, float(images_per_class))
     sim = similarity if similarity in ("high", "low") else "unknown"
     size = "small" if ipc < SMALL_PER_CLASS else ("large" if ipc >= LARGE_PER_CLASS else "medium")
     n = int(ipc * max(1, n_classes))
+
+    if init == "scratch":
+        risk = " (with this little data a pretrained start would do far better)" if size == "small" else ""
+        return Advice("none", SCRATCH_LR, _epochs(n, 30),
+                      f"From scratch with {ipc:.0f} training images per class: every layer must learn, "
+                      f"since a frozen random body extracts nothing useful{risk}.")
 
     if size == "small":
         if sim == "low":
@@ -101,3 +115,40 @@ def default_lr(freeze: str, images_per_class: float | None = None) -> float:
     if f.startswith(("last:", "gradual:")):
         return 3e-3
     return 1e-3
+
+
+def scratch_freeze_warning(init: str, freeze: str, frozen_groups: list[int] | None = None) -> str | None:
+    """One line when a from-scratch run keeps layers frozen (their weights stay random), else None."""
+    if init != "scratch":
+        return None
+    f = (freeze or "head").strip().lower()
+    if not frozen_groups and f == "none":
+        return None
+    what = "only the head learns" if f == "head" and not frozen_groups else "part of the body stays frozen"
+    if f.startswith("gradual:") and not frozen_groups:
+        what = "the body stays frozen for the first epochs"
+    return (f"from scratch with freeze '{f if not frozen_groups else 'custom'}': the body's weights are random and "
+            f"{what}, so the frozen layers never learn anything; use freeze 'none' (all layers) unless this is "
+            "what you want.")
+
+
+def train_images_per_class(report: ScanReport, val_fraction: float = 0.2) -> float:
+    """Training images per class of a scanned data set: its own train/ folder when it has one
+    (and carves no validation out of it when it also has val/), else the training side of the
+    automatic split. Validation images never count: they are not learnt from."""
+    from tlstudio.core.data.split import make_split
+
+    n_classes = max(1, sum(1 for c in report.classes if report.counts.get(c, 0) > 0))
+    try:
+        n_train = len(make_split(report, val_fraction).train)
+    except Exception:  # noqa: BLE001 - a fraction the split refuses: fall back on the plain share
+        n_train = int(round(len(report.samples) * (1 - val_fraction)))
+    return n_train / n_classes
+
+
+def advise_for_report(report: ScanReport, val_fraction: float = 0.2, similarity: Similarity = "unknown",
+                      init: str = "pretrained") -> Advice:
+    """`advise` for a scanned data set, counting its training images only (the GUI's Layers
+    step and "Apply advice" use this)."""
+    n_classes = sum(1 for c in report.classes if report.counts.get(c, 0) > 0)
+    return advise(train_images_per_class(report, val_fraction), similarity, max(1, n_classes), init)
