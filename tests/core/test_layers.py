@@ -69,6 +69,11 @@ def test_frozen_params_and_bn_stats_bit_identical_after_training(name):
                                                                          "num_batches_tracked")
                  and k.rsplit(".", 1)[0] in frozen_mods]
     stats_before = _bn_state(m, stat_keys)
+    # running statistics of BatchNorm layers in the trainable (unfrozen) part of the body
+    trainable_mods = {n.rsplit(".", 1)[0] for n, _ in m.named_parameters() if n not in frozen_names}
+    live_keys = [k for k in m.state_dict() if k.rsplit(".", 1)[-1] in ("running_mean", "running_var")
+                 and k.rsplit(".", 1)[0] in trainable_mods]
+    live_before = _bn_state(m, live_keys)
     opt = torch.optim.AdamW(param_groups(m, groups, trainable, lr=1e-2), lr=1e-2)
     torch.manual_seed(1)
     for _ in range(3):
@@ -87,9 +92,17 @@ def test_frozen_params_and_bn_stats_bit_identical_after_training(name):
         assert torch.equal(v, stats_before[k]), k
     changed = [n for n, p in m.named_parameters() if n not in frozen_names and not torch.equal(p, train_before[n])]
     assert any(n in groups[-1].param_names for n in changed)  # the head learned
-    # the stats of trainable BN layers did move (train mode), where the family has BN there
+    # BN families have BatchNorm in the frozen body (whose statistics stayed put, checked above)
     if name in ("test_resnet", "test_efficientnet", "mobilenetv3_small_050", "regnetx_002"):
         assert stat_keys, "expected frozen BatchNorm statistics in a BN family"
+    # ... and the statistics of the trainable BN layers did move (train mode), where the family
+    # has BN in its last stage (mobilenetv3's last group is conv_head, convnext/vit use LayerNorm)
+    if name in ("test_resnet", "test_efficientnet", "regnetx_002"):
+        assert len(live_keys) >= 4
+        after = _bn_state(m, live_keys)
+        assert [k for k in live_keys if torch.equal(after[k], live_before[k])] == []
+    else:
+        assert live_keys == []
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "mobilenetv3_small_050"])
