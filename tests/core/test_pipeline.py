@@ -230,16 +230,22 @@ def test_cache_budget_covers_the_batches_in_flight(shapes3):
     from tlstudio.core.pipeline.loaders import working_set_bytes
 
     sp = split_of(shapes3)
+    # by hand: a float batch is 16 x 3 x 40 x 40 x 4 = 307,200 bytes, a uint8 one 76,800; in flight
+    # are three float batches (trained on, being finished, a layout copy), at least one uint8
+    # batch and one decoded 45 x 45 RGB image (short side 40 / 0.875) per decode thread
+    in_flight = 3 * 307_200 + 76_800 + 2 * 45 * 45 * 3
     reserve = working_set_bytes(16, CFG, 2)
-    # one float batch is 16 x 3 x 40 x 40 x 4 bytes; at least two of them plus the uint8 queue
-    assert reserve >= 2 * 16 * 3 * 40 * 40 * 4 + 16 * 3 * 40 * 40
+    assert reserve >= in_flight
+    # each extra image in a batch costs three float copies and one uint8 copy; each thread a decode buffer
+    assert working_set_bytes(32, CFG, 2) - reserve >= 16 * (3 * 19_200 + 4_800)
+    assert working_set_bytes(16, CFG, 4) - reserve >= 2 * 45 * 45 * 3
     budget_mb = (reserve >> 20) + 1  # room for a few images in RAM
     L = build_loaders(sp, CFG, batch_size=16, augment="light", seed=0, device="cpu", workers=2,
                       cache_budget_mb=budget_mb)
-    assert L.reserve_bytes == reserve
-    assert L.cache.budget_bytes == (budget_mb << 20) - reserve
-    for _ in L.train_batches(0):
-        pass
+    assert L.reserve_bytes >= in_flight and L.cache.budget_bytes > 0
+    assert L.cache.budget_bytes + L.reserve_bytes == budget_mb << 20  # one budget, shared
+    sizes = [x.element_size() * x.nelement() for x, _, _ in L.train_batches(0)]
+    assert max(sizes) == 307_200  # the hand-computed float batch is what really flows
     assert L.cache.stats.ram_bytes + L.reserve_bytes <= budget_mb << 20
     # a budget smaller than the batches in flight keeps nothing in RAM, spills to disk, still trains
     tiny = build_loaders(sp, CFG, batch_size=256, augment="light", seed=0, device="cpu", cache_budget_mb=1)
