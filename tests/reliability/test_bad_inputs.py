@@ -48,9 +48,11 @@ def _skip_reason(report, path: Path) -> str:
 
 
 def _assert_rest_fine(report) -> None:
-    assert report.counts == {"a": N_GOOD, "b": N_GOOD} or report.counts.get("a", 0) >= N_GOOD
+    """Every good image kept (exactly N_GOOD per class, nothing bad counted) and all of them trainable."""
+    assert report.counts == {"a": N_GOOD, "b": N_GOOD}
     report.require_trainable()
     split = make_split(report)
+    assert len(split.train) + len(split.val) == 2 * N_GOOD
     for s in split.train + split.val:
         assert load_rgb(s.path).mode == "RGB"
 
