@@ -1,0 +1,105 @@
+"""Single-task baselines: is one shared model as good as separate models?
+
+For each task, the same configuration (backbone, starting weights, freezing, epochs, batch
+size, learning rate, split) trains a model with only that task's head (heads on cached
+features when the body is frozen: seconds). Per task: MTL score vs single-task score, the
+delta in points, and a task that got worse by more than the noise margin is flagged as
+negative transfer between tasks. Overall delta-m % (Maninis et al. 2019):
+    delta_m = 100 / T * sum_i (M_mtl,i - M_single,i) / M_single,i
+with the per-task score (accuracy, macro-F1, clipped R^2), higher is better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from tlstudio.core.events import Event, Log, Warn
+from tlstudio.core.runs import folder as runs
+
+BASELINES_DIR = "single_task"
+NEGATIVE_MARGIN = 0.005  # a task is "worse" when it lost more than half a point
+
+
+def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEGATIVE_MARGIN) -> dict[str, Any]:
+    """Per-task scores (0..1, higher is better) -> rows, delta-m % and a one-line verdict."""
+    rows = []
+    rel = []
+    for t, s in single.items():
+        m = mtl.get(t, 0.0)
+        d = m - s
+        rows.append({"task": t, "mtl": m, "single": s, "delta_points": 100.0 * d, "negative": d < -margin})
+        rel.append(d / s if s > 0 else 0.0)
+    delta_m = 100.0 * sum(rel) / len(rel) if rel else 0.0
+    worse = [r["task"] for r in rows if r["negative"]]
+    better = [r["task"] for r in rows if r["delta_points"] > 100 * margin]
+    if worse:
+        verdict = (f"Negative transfer between tasks: {', '.join(worse)} did worse in the shared model than alone "
+                   f"(delta-m {delta_m:+.2f} %). Train {'it' if len(worse) == 1 else 'them'} separately, "
+                   "or try another weighting / soft sharing.")
+    elif better:
+        verdict = (f"Multi-task learning helps: {', '.join(better)} improved and no task got worse "
+                   f"(delta-m {delta_m:+.2f} %), with one backbone instead of {len(rows)}.")
+    else:
+        verdict = (f"Multi-task matches the separate models (within {100 * margin:.1f} points on every task, "
+                   f"delta-m {delta_m:+.2f} %), with one backbone instead of {len(rows)}.")
+    return {"rows": rows, "delta_m": delta_m, "negative_tasks": worse, "verdict": verdict}
+
+
+def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, None, Any]:
+    from tlstudio.core.tasks.multitask.trainer import run
+
+    names = [t["name"] for t in info.label_schema["tasks"]]
+    per = (info.extra.get("multitask") or {}).get("per_task") or {}
+    mtl = {t: float(per.get(t, {}).get("score", 0.0)) for t in names}
+    single: dict[str, float] = {}
+    dirs: dict[str, str] = {}
+    split_src = run_dir / runs.SPLIT_JSON
+    for t in names:
+        out = run_dir / BASELINES_DIR / _safe(t)
+        yield Log(f"Single-task baseline for '{t}' (same backbone, freezing, epochs and split)")
+        if runs.is_run_dir(out) and runs.read_run(out).status in ("finished", "early_stopped"):
+            sub = runs.read_run(out)
+        else:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = config.model_copy(update={
+                "tasks": [t], "baseline": False, "out_dir": str(out), "weighting": "equal", "task_weights": None,
+                "pcgrad": False, "sharing": "hard"})
+            out.mkdir(parents=True, exist_ok=True)
+            _copy_split(split_src, out, t)
+            task = next(x for x in info.label_schema["tasks"] if x["name"] == t)
+            sub = yield from run(cfg, stop, pause, phase=f"baseline:{t}", _same_split=True, _schema={"tasks": [task]})
+        if sub.status not in ("finished", "early_stopped"):
+            yield Warn(f"The single-task baseline of '{t}' did not finish; the comparison is incomplete")
+            return info
+        single[t] = float(((sub.extra.get("multitask") or {}).get("per_task") or {}).get(t, {}).get("score", 0.0))
+        dirs[t] = str(out)
+    result = compare(mtl, single)
+    result["run_dirs"] = dirs
+    result["metric"] = "per-task score: accuracy (categorical), macro-F1 (multi-label), R^2 clipped to 0..1 (numeric)"
+    info.extra.setdefault("multitask", {})["baseline"] = result
+    runs.write_run(run_dir, info)
+    for r in result["rows"]:
+        yield Log(f"  {r['task']}: multi-task {r['mtl']:.1%} vs separate {r['single']:.1%} "
+                  f"({r['delta_points']:+.1f} points){'  NEGATIVE TRANSFER' if r['negative'] else ''}")
+    yield (Warn if result["negative_tasks"] else Log)(result["verdict"])
+    return info
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", name) or "task"
+
+
+def _copy_split(src: Path, out: Path, task: str) -> None:
+    """The baseline trains on the MTL run's own split (rows without this task's label dropped)."""
+    from tlstudio.core.data.dataset import Split
+
+    split = runs.read_split(src.parent)
+    keep = lambda rows: [s for s in rows if (s.targets or {}).get(task) is not None]  # noqa: E731
+    runs.write_split(out, Split(train=keep(split.train), val=keep(split.val), test=keep(split.test),
+                                seed=split.seed, val_fraction=split.val_fraction))

@@ -1,0 +1,337 @@
+"""The multi-task objective: masked per-task losses, weighting, PCGrad, per-task validation.
+
+Loss per task, over the rows of the batch that HAVE a label for it (a missing label masks the
+row for that task only): categorical cross-entropy (label smoothing as configured), multi-label
+binary cross-entropy, numeric Huber on z-scored targets. A task with no labelled row in the
+batch contributes nothing. validate() gives per-task metrics (``val_acc/<task>``,
+``val_macro_f1/<task>``, ``val_mae/<task>``, ``val_r2/<task>``, ``val_loss/<task>``), the task
+weights of the epoch (``weight/<task>``) and ``val_score``: the mean of per-task scores in 0..1
+(accuracy; macro-F1 for multi-label; R^2 clipped to 0..1 for numeric) which picks the best
+epoch, so tasks with big losses do not decide it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tlstudio.core.training.objectives import Objective, ObjectiveContext
+from tlstudio.core.tasks.multitask.model import Heads, MultiTaskModel
+from tlstudio.core.tasks.multitask.pcgrad import Relatedness, cosine_matrix, flat, project_conflicting, unflat
+from tlstudio.core.tasks.multitask.weighting import make_weighting
+
+
+@dataclass
+class MTContext(ObjectiveContext):
+    val_samples: list[Any] = field(default_factory=list)
+
+
+class Targets:
+    """Per-task target tensors for a list of samples, looked up by batch index."""
+
+    def __init__(self, samples: list[Any], tasks: list[dict[str, Any]]):
+        self.tasks = tasks
+        n = len(samples)
+        self.t: dict[str, torch.Tensor] = {}
+        for task in tasks:
+            name, kind = task["name"], task["type"]
+            vals = [(s.targets or {}).get(name) for s in samples]
+            if kind == "categorical":
+                self.t[name] = torch.tensor([-1 if v is None else int(v) for v in vals], dtype=torch.long)
+            elif kind == "multilabel":
+                m = torch.full((n, len(task["classes"])), float("nan"))
+                for i, v in enumerate(vals):
+                    if v is not None:
+                        m[i] = 0.0
+                        m[i, list(v)] = 1.0
+                self.t[name] = m
+            else:
+                mean, std = float(task.get("mean") or 0.0), float(task.get("std") or 1.0)
+                self.t[name] = torch.tensor([float("nan") if v is None else (float(v) - mean) / std for v in vals])
+
+    def batch(self, idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        i = idx.detach().cpu().long()
+        return {k: v[i].to(device) for k, v in self.t.items()}
+
+
+def masked_losses(outs: dict[str, torch.Tensor], tg: dict[str, torch.Tensor], tasks: list[dict[str, Any]],
+                  label_smoothing: float = 0.0, huber_delta: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Per-task mean loss over the rows labelled for that task; {task: n labelled rows}."""
+    losses: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for task in tasks:
+        name, kind = task["name"], task["type"]
+        out, y = outs[name].float(), tg[name]
+        if kind == "categorical":
+            mask = y >= 0
+        elif kind == "multilabel":
+            mask = ~torch.isnan(y[:, 0]) if y.numel() else torch.zeros(0, dtype=torch.bool, device=y.device)
+        else:
+            mask = ~torch.isnan(y)
+        n = int(mask.sum())
+        counts[name] = n
+        if n == 0:
+            losses[name] = out.sum() * 0.0
+            continue
+        if kind == "categorical":
+            losses[name] = F.cross_entropy(out[mask], y[mask], label_smoothing=label_smoothing)
+        elif kind == "multilabel":
+            losses[name] = F.binary_cross_entropy_with_logits(out[mask], y[mask])
+        else:
+            losses[name] = F.huber_loss(out[mask].reshape(-1), y[mask], delta=huber_delta)
+    return losses, counts
+
+
+def _macro_f1(conf: list[list[int]]) -> float:
+    f1s = []
+    k = len(conf)
+    for c in range(k):
+        tp = conf[c][c]
+        fn = sum(conf[c]) - tp
+        fp = sum(conf[r][c] for r in range(k)) - tp
+        if tp + fn + fp == 0:
+            continue  # class absent from truth and predictions
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+def task_metrics(task: dict[str, Any], out: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Metrics of one task on labelled rows: out/y as from the model and Targets (CPU)."""
+    kind = task["type"]
+    if kind == "categorical":
+        mask = y >= 0
+        pred, true = out[mask].argmax(1), y[mask]
+        k = len(task["classes"])
+        conf = torch.zeros(k, k, dtype=torch.long)
+        conf.index_put_((true, pred), torch.ones_like(true), accumulate=True)
+        conf_l = conf.tolist()
+        n = int(mask.sum())
+        acc = float((pred == true).float().mean()) if n else 0.0
+        f1 = _macro_f1(conf_l)
+        return {"n": n, "accuracy": acc, "macro_f1": f1, "score": acc, "confusion": conf_l}
+    if kind == "multilabel":
+        mask = ~torch.isnan(y[:, 0])
+        pred, true = (out[mask] > 0).long(), y[mask].long()
+        f1s = []
+        for c in range(true.shape[1]):
+            tp = int(((pred[:, c] == 1) & (true[:, c] == 1)).sum())
+            fp = int(((pred[:, c] == 1) & (true[:, c] == 0)).sum())
+            fn = int(((pred[:, c] == 0) & (true[:, c] == 1)).sum())
+            if tp + fp + fn:
+                f1s.append(2 * tp / (2 * tp + fp + fn))
+        f1 = sum(f1s) / len(f1s) if f1s else 0.0
+        exact = float((pred == true).all(1).float().mean()) if len(true) else 0.0
+        return {"n": int(mask.sum()), "accuracy": exact, "macro_f1": f1, "score": f1}
+    mask = ~torch.isnan(y)
+    p, t = out[mask].reshape(-1).double(), y[mask].double()
+    std = float(task.get("std") or 1.0)
+    if len(t) == 0:
+        return {"n": 0, "mae": 0.0, "r2": 0.0, "score": 0.0}
+    mae = float((p - t).abs().mean()) * std
+    var = float(((t - t.mean()) ** 2).mean())
+    r2 = 1.0 - float(((p - t) ** 2).mean()) / var if var > 0 else 0.0
+    return {"n": int(len(t)), "mae": mae, "r2": r2, "score": min(1.0, max(0.0, r2))}
+
+
+def flat_metrics(per_task: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """{val_acc/t, val_macro_f1/t, val_mae/t, val_r2/t, ...} + means: val_score, val_acc, val_macro_f1."""
+    m: dict[str, float] = {}
+    scores, accs, f1s = [], [], []
+    for t, d in per_task.items():
+        for k in ("accuracy", "macro_f1", "mae", "r2"):
+            if k in d:
+                m[f"val_{'acc' if k == 'accuracy' else k}/{t}"] = float(d[k])
+        if "loss" in d:
+            m[f"val_loss/{t}"] = float(d["loss"])
+        scores.append(d["score"])
+        if "accuracy" in d:
+            accs.append(d["accuracy"])
+            f1s.append(d["macro_f1"])
+    m["val_score"] = sum(scores) / len(scores) if scores else 0.0
+    if accs:
+        m["val_acc"] = sum(accs) / len(accs)
+        m["val_macro_f1"] = sum(f1s) / len(f1s)
+    return m
+
+
+def split_model(model) -> tuple[Any, Heads]:
+    """(body model or None in features mode, heads) of a MultiTaskModel, Heads or DDP wrapper."""
+    inner = getattr(model, "module", model)
+    if isinstance(inner, torch.nn.Sequential):  # feature cache's Dropout + classifier
+        inner = inner[-1]
+    if isinstance(inner, Heads):
+        return None, inner
+    assert isinstance(inner, MultiTaskModel)
+    return inner, inner.get_classifier()
+
+
+class MultiTaskObjective(Objective):
+    name = "multitask"
+    best_metric = ("val_score", "max")
+    tie_metric = ("val_loss", "min")
+
+    def __init__(self, schema: dict[str, Any], config: Any):
+        self.tasks: list[dict[str, Any]] = list(schema["tasks"])
+        self.names = [t["name"] for t in self.tasks]
+        self.config = config
+        self.weighting = make_weighting(config.weighting, self.names, config.task_weights)
+        self.relatedness = Relatedness(self.names)
+        self.step = 0
+        self.rng = random.Random(config.seed)
+        self._train: Targets | None = None
+        self._val: Targets | None = None
+        self._device = "cpu"
+        self._epoch_sum: dict[str, float] = {}
+        self._epoch_n: dict[str, int] = {}
+        self._w_sum: dict[str, float] = {}
+        self._w_n = 0
+        self.last_val: dict[str, dict[str, Any]] = {}
+
+    # --- engine hooks -------------------------------------------------------------------------
+    def build_model(self, create_body, classes=None) -> MultiTaskModel:
+        from tlstudio.core.tasks.multitask.model import build_multitask_model
+
+        return build_multitask_model(create_body, self.tasks, self.config.sharing)
+
+    def supports_features_mode(self) -> bool:
+        return True  # heads on cached pooled features (soft sharing with a frozen body = hard)
+
+    def setup(self, ctx: ObjectiveContext):
+        self._device = ctx.device
+        self._train = Targets(list(ctx.train_samples), self.tasks)
+        self._val = Targets(list(getattr(ctx, "val_samples", []) or []), self.tasks)
+        return ()
+
+    def extra_modules(self):
+        return self.weighting.modules()
+
+    def on_epoch_start(self, epoch: int, ctx=None):
+        self._epoch_sum = {t: 0.0 for t in self.names}
+        self._epoch_n = {t: 0 for t in self.names}
+        self._w_sum = {t: 0.0 for t in self.names}
+        self._w_n = 0
+        return ()
+
+    def epoch_train_losses(self) -> dict[str, float]:
+        return {t: self._epoch_sum[t] / self._epoch_n[t] for t in self.names if self._epoch_n.get(t)}
+
+    def on_epoch_end(self, epoch: int, metrics: dict | None = None, ctx=None):
+        self.weighting.on_epoch_end(self.epoch_train_losses())
+        return ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weighting": self.weighting.state_dict(), "relatedness": self.relatedness.state_dict(),
+                "step": self.step}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.weighting.load_state_dict(d.get("weighting", {}))
+        self.relatedness.load_state_dict(d.get("relatedness", {}))
+        self.step = int(d.get("step", 0))
+
+    # --- training step ------------------------------------------------------------------------
+    def loss(self, model, x, y, idx):
+        body, heads = split_model(model)
+        tg = self._train.batch(idx, x.device)
+        z = x if body is None else body.features(x)
+        cfg = self.config
+        outs = heads(z)
+        losses, counts = masked_losses(outs, tg, self.tasks, cfg.label_smoothing, cfg.huber_delta)
+        present = {t: counts[t] > 0 for t in self.names}
+        total = self.weighting.combine(losses, present)
+        shared = body.shared_parameters() if body is not None else []
+        self.step += 1
+        sample_rel = self.step % cfg.relatedness_every == 1 or cfg.relatedness_every == 1
+        live = [t for t in self.names if present[t]]
+        if torch.is_grad_enabled() and len(live) >= 2 and (sample_rel or (cfg.pcgrad and shared)):
+            wrt = shared if shared else [z] if isinstance(z, torch.Tensor) else []
+            if wrt:
+                grads = [flat(torch.autograd.grad(losses[t], wrt, retain_graph=True, allow_unused=True), wrt)
+                         for t in live]
+                if sample_rel:
+                    m = cosine_matrix(grads)
+                    full = [[1.0 if i == j else 0.0 for j in range(len(self.names))] for i in range(len(self.names))]
+                    pos = [self.names.index(t) for t in live]
+                    for a, i in enumerate(pos):
+                        for b, j in enumerate(pos):
+                            full[i][j] = m[a][b]
+                    if len(live) == len(self.names):
+                        self.relatedness.add(full)
+                if cfg.pcgrad and shared:
+                    w = self.weighting.weights()
+                    G = project_conflicting([g * w[t] for g, t in zip(grads, live)], self.rng)
+                    # the shared layers get the projected gradient, the heads (and learned
+                    # weights) their own: same loss value, PCGrad's gradient
+                    zd = [f.detach() for f in z] if isinstance(z, list) else z.detach()
+                    ld, _ = masked_losses(heads(zd), tg, self.tasks, cfg.label_smoothing, cfg.huber_delta)
+                    surrogate = sum((p * g).sum() for p, g in zip(shared, unflat(G, shared)))
+                    total = self.weighting.combine(ld, present) + surrogate - surrogate.detach()
+        norms = None
+        if self.weighting.needs_rep_grads and torch.is_grad_enabled() and isinstance(z, torch.Tensor) and len(live) >= 2:
+            norms = {t: float(torch.autograd.grad(losses[t], z, retain_graph=True)[0].norm()) for t in live}
+        if body is not None and body.soft and cfg.soft_penalty > 0:
+            total = total + cfg.soft_penalty * body.soft_penalty().to(total.device)
+        parts = {f"loss/{t}": float(losses[t].detach()) for t in live}
+        for t in live:
+            self._epoch_sum[t] = self._epoch_sum.get(t, 0.0) + parts[f"loss/{t}"] * counts[t]
+            self._epoch_n[t] = self._epoch_n.get(t, 0) + counts[t]
+        w = self.weighting.weights()
+        for t in self.names:
+            self._w_sum[t] = self._w_sum.get(t, 0.0) + w[t]
+        self._w_n += 1
+        self.weighting.observe_step({t: parts[f"loss/{t}"] for t in live}, norms)
+        return total, parts
+
+    # --- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, model, loader, targets: Targets, precision=None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[int]]:
+        """Outputs and targets of every task over a loader of (x, y, idx)."""
+        body, heads = split_model(model)
+        outs: dict[str, list[torch.Tensor]] = {t: [] for t in self.names}
+        ys: dict[str, list[torch.Tensor]] = {t: [] for t in self.names}
+        rows: list[int] = []
+        for x, _y, idx in loader:
+            if x.shape[0] == 0:
+                continue
+            x = x.to(self._device)
+            ctx = precision.autocast() if precision is not None else torch.autocast("cpu", enabled=False)
+            with ctx:
+                z = x if body is None else body.features(x)
+                o = heads(z)
+            tg = targets.batch(idx, "cpu")
+            for t in self.names:
+                outs[t].append(o[t].float().cpu())
+                ys[t].append(tg[t])
+            rows += idx.tolist()
+        return ({t: torch.cat(v) if v else torch.zeros(0) for t, v in outs.items()},
+                {t: torch.cat(v) if v else torch.zeros(0) for t, v in ys.items()}, rows)
+
+    def evaluate_outputs(self, outs, ys) -> dict[str, dict[str, Any]]:
+        per: dict[str, dict[str, Any]] = {}
+        losses, _ = masked_losses(outs, ys, self.tasks, 0.0, self.config.huber_delta)
+        for task in self.tasks:
+            t = task["name"]
+            d = task_metrics(task, outs[t], ys[t]) if len(outs[t]) else {"n": 0, "score": 0.0}
+            d["loss"] = float(losses[t]) if len(outs[t]) else 0.0
+            per[t] = d
+        return per
+
+    def validate(self, model, loader, ctx=None) -> dict[str, float]:
+        was = getattr(model, "training", False)
+        model.eval()
+        try:
+            outs, ys, _ = self.collect(model, loader, self._val, getattr(ctx, "precision", None))
+        finally:
+            model.train(was)
+        per = self.evaluate_outputs(outs, ys)
+        self.last_val = per
+        m = flat_metrics(per)
+        m["val_loss"] = sum(d["loss"] for d in per.values())
+        for t, v in self.epoch_train_losses().items():
+            m[f"train_loss/{t}"] = v
+        for t in self.names:
+            m[f"weight/{t}"] = self._w_sum.get(t, 0.0) / self._w_n if self._w_n else self.weighting.weights()[t]
+        return m
