@@ -7,4 +7,5 @@ on first use. A new kind of learning is a new module plus one line here.
 KIND_MODULES: tuple[str, ...] = (
     "tlstudio.core.tasks.classification",
     "tlstudio.core.tasks.distill",
+    "tlstudio.core.tasks.multitask",
 )
