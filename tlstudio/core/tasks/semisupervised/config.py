@@ -1,0 +1,25 @@
+"""Settings of a semi-supervised run: a normal training config plus the unlabelled images."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tlstudio.core.config import TrainConfig
+
+# tuned on real ImageNet features (benchmarks/RESULTS.md, "Semi-supervised"): see bench_adapt.py
+DEFAULT_THRESHOLD = 0.95
+
+
+class SemiConfig(TrainConfig):
+    """``data_dir`` holds the labelled images; ``unlabeled_dir`` more images of the same kind."""
+
+    task: Literal["semisupervised"] = "semisupervised"
+    unlabeled_dir: str
+    method: Literal["auto", "pseudolabel", "fixmatch"] = "auto"  # auto: fixmatch when the body trains
+    pseudo_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, lt=1.0)
+    cap_factor: float = Field(1.0, gt=0.0, le=10.0)  # per-class cap = expected share of the unlabelled x this
+    rounds: int = Field(2, ge=1, le=10)
+    unlabeled_weight: float = Field(1.0, ge=0.0)
+    head_epochs: int = Field(30, ge=1, le=1000)
