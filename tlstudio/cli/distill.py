@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -20,6 +21,9 @@ def register(subparsers) -> None:
         "and the labels, then the same student is trained without a teacher, and teacher, student "
         "and student-without-teacher are compared (accuracy, macro-F1, parameters, file size, latency).",
     )
+    # "-1:-1" (the last stage of each) is a value, not an option: argparse takes only plain
+    # negative numbers as values, so widen its test for this command (stage pairs, negative numbers)
+    p._negative_number_matcher = re.compile(r"^-\d+(:-?\d+)?$|^-\d*\.\d+$")
     p.add_argument("dir", help="folder of labelled images (the same classes as the teacher)")
     p.add_argument("--teacher", action="append", required=True, metavar="RUN",
                    help="teacher run folder; repeat for several teachers (their soft targets are averaged)")

@@ -29,43 +29,29 @@ def _err(msg: str) -> None:
 class EventPrinter:
     """Prints engine events: a batch progress bar on stderr, one line per epoch."""
 
-    def __init__(self, as_json: bool = False, stream=None) -> None:
+    def __init__(self, as_json: bool = False, stream=None, progress_stream=None) -> None:
+        from tlstudio.cli.progress import Bars
+
         self.as_json = as_json
         self.out = stream or (sys.stderr if as_json else sys.stdout)
-        self.bar = None
-        self.pbars: dict[str, Any] = {}
+        # live bars on a terminal, plain lines every few seconds in a redirected log
+        self.bars = Bars(progress_stream or sys.stderr)
 
     def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.bars.close("batch")
 
     def __call__(self, ev: Any) -> None:
         from tlstudio.core import events as E
 
         if isinstance(ev, E.BatchEnd):
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=ev.batches, desc=f"epoch {ev.epoch + 1}", unit="batch",
-                                file=sys.stderr, leave=False, dynamic_ncols=True)
-            self.bar.n = ev.batch + 1
-            self.bar.set_postfix(loss=f"{ev.loss:.4f}", img_s=f"{ev.images_per_s:.0f}", refresh=False)
-            self.bar.refresh()
+            self.bars.update("batch", ev.batch + 1, ev.batches, f"epoch {ev.epoch + 1}",
+                             f"loss {ev.loss:.4f}, {ev.images_per_s:.0f} img/s", quiet_start=True)
             return
         if isinstance(ev, E.Progress):
-            from tqdm import tqdm
-
-            bar = self.pbars.get(ev.task)
-            if bar is None:
-                bar = self.pbars[ev.task] = tqdm(total=ev.total, desc=ev.task, file=sys.stderr, leave=False)
-            if ev.total is not None:
-                bar.total = ev.total
-            bar.n = ev.done
-            bar.refresh()
             if ev.total is not None and ev.done >= ev.total:
-                bar.close()
-                del self.pbars[ev.task]
+                self.bars.finish(ev.task, ev.done, ev.total, ev.task)
+            else:
+                self.bars.update(ev.task, ev.done, ev.total, ev.task)
             return
         self._close_bar()
         if isinstance(ev, E.RunStarted):
@@ -397,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `tlstudio scan DIR | head`: the reader has what it wanted
+        import os
+
+        try:  # later flushes (at exit) must not raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141  # as a shell reports SIGPIPE
     except (UserError, RunError) as exc:  # RunError: not a run folder, or a damaged one
         _err(str(exc))
         return EXIT_USER_ERROR
@@ -406,6 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except FileNotFoundError as exc:
         _err(f"{exc.filename}: no such file or folder")
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a folder not writable, a read-only disk, a full disk: one line
+        import errno
+
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                             errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _err(f"{where}{exc.strerror or exc}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         _err("aborted")

@@ -1,0 +1,77 @@
+"""Issue 17 command-line findings: 22 (--feature-loss -1:-1), 23 (scan | head), 24 (plain progress
+lines in redirected logs), 25 (int8 export progress), 26 (tlstudio runs)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tlstudio.cli.main import build_parser
+
+
+def test_feature_loss_negative_stage_pair_as_a_separate_argument():
+    args = build_parser().parse_args(["distill", "data", "--teacher", "run", "--feature-loss", "-1:-1"])
+    assert args.feature_loss == "-1:-1"
+    args = build_parser().parse_args(["distill", "data", "--teacher", "run", "--feature-loss", "-2:3"])
+    assert args.feature_loss == "-2:3"
+    with pytest.raises(SystemExit):  # a real unknown option is still refused
+        build_parser().parse_args(["distill", "data", "--teacher", "run", "--feature-losss", "x"])
+
+
+def test_scan_into_a_closed_pipe_ends_quietly(tmp_path):
+    from tlstudio.core.data.synthetic import make_synthetic_folder
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=24)
+    for i in range(300):  # many skipped lines: more output than the pipe buffer takes at once
+        (data / "circle" / f"notes_{i:03d}_{'x' * 200}.txt").write_text("x")
+    env = {**os.environ, "PYTHONUNBUFFERED": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "tlstudio", "scan", str(data)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.readline()
+    p.stdout.close()  # `| head -1`
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_progress_in_a_redirected_log_is_plain_lines(monkeypatch):
+    from tlstudio.cli import progress
+    from tlstudio.cli.main import EventPrinter
+    from tlstudio.core import events as E
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()  # not a terminal
+    printer = EventPrinter(stream=io.StringIO(), progress_stream=log)
+    fields = E.BatchEnd.__dataclass_fields__
+    for i in range(100):
+        clock[0] += 1.0  # one second per batch
+        kw = dict(epoch=0, batch=i, batches=100, loss=0.5, images_per_s=32.0)
+        printer(E.BatchEnd(**{k: v for k, v in {**kw, "step": i, "lr": 1e-3}.items() if k in fields}))
+    for done in (0, 50, 100):
+        clock[0] += 1.0
+        printer(E.Progress(task="int8 calibration", done=done, total=100))
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    batch_lines = [ln for ln in lines if ln.startswith("epoch 1:")]
+    assert 8 <= len(batch_lines) <= 11  # about one per 10 s over 100 s, not one per batch
+    assert "loss 0.5000" in batch_lines[0] and "/100" in batch_lines[0]
+    assert lines[-1] == "int8 calibration: 100/100 (100%)"
+
+
+def test_progress_on_a_terminal_uses_a_live_bar():
+    from tlstudio.cli.progress import Bars
+
+    out = io.StringIO()
+    bars = Bars(out, tty=True)
+    for i in range(5):
+        bars.update("x", i + 1, 5, "work")
+    bars.close()
+    assert "\r" in out.getvalue()
