@@ -1,0 +1,365 @@
+"""Fitting an anomaly detector: a generator of events, like engine.fit.
+
+features of the normal images -> memory bank (PatchCore, coreset-reduced as it goes) or
+per-position Gaussians (PaDiM) -> held-out normal images set the threshold at the chosen
+false-alarm rate -> labelled test images (if any) are evaluated -> run folder written.
+Stop (threading.Event) is honoured between batches and inside the coreset search.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Generator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tlstudio.core.errors import UserError
+from tlstudio.core.events import Event, Finished, Log, Progress, RunStarted, Warn
+from tlstudio.core.tasks.anomaly.config import AnomalyConfig
+
+CHUNK_PATCHES = 16_384  # patches reduced together by the streaming coreset (bounds its cost)
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    if done <= 0 or total <= 0:
+        return ""
+    left = (time.perf_counter() - started) / done * (total - done)
+    m, s = divmod(int(left + 0.5), 60)
+    return f"ETA {m}:{s:02d}"
+
+
+def _fmt_mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def plan(config: AnomalyConfig, n_images: int, model=None) -> dict[str, Any]:
+    """What the fit will hold, before fitting: patches per image, feature size, expected bank
+    (PatchCore) or statistics (PaDiM) size and memory. Cheap: the model is built on the meta
+    device when not given (no weights, no forward pass)."""
+    import torch
+
+    from tlstudio.core.models.features import feature_info, stage_indices_for_strides
+    from tlstudio.core.tasks.anomaly.coreset import expected_bank
+
+    if model is None:
+        import timm
+
+        with torch.device("meta"):
+            model = timm.create_model(config.backbone, pretrained=False, num_classes=2)
+    info = feature_info(model)
+    idx = stage_indices_for_strides(model, config.strides)
+    finest = min(info[i]["reduction"] for i in idx)
+    side = -(-config.image_size // finest)
+    ppi = side * side
+    dim = sum(info[i]["channels"] for i in idx)
+    out: dict[str, Any] = {"indices": idx, "patches_per_image": ppi, "grid": [side, side], "feature_dim": dim,
+                           "images": n_images, "patches": ppi * n_images}
+    if config.method == "patchcore":
+        bank = expected_bank(ppi, n_images, config.coreset_ratio, config.max_bank)
+        out.update(bank_size=bank, bank_bytes=bank * dim * 4, capped=bank >= config.max_bank,
+                   peak_bytes=(2 * config.max_bank + CHUNK_PATCHES + config.batch_size * ppi) * dim * 4)
+    else:
+        from tlstudio.core.tasks.anomaly.padim import PadimAccumulator
+
+        d = min(config.padim_dims, dim)
+        out.update(bank_size=0, bank_bytes=ppi * d * d * 4 + ppi * d * 4,
+                   peak_bytes=PadimAccumulator.bytes_needed(dim, config.padim_dims, ppi), capped=False)
+    return out
+
+
+def plan_text(p: dict[str, Any], method: str) -> str:
+    if method == "patchcore":
+        cap = " (capped)" if p.get("capped") else ""
+        return (f"{p['images']} images x {p['patches_per_image']} patches = {p['patches']:,} patches -> "
+                f"memory bank of {p['bank_size']:,}{cap} x {p['feature_dim']} features = {_fmt_mb(p['bank_bytes'])}, "
+                f"peak working memory about {_fmt_mb(p['peak_bytes'])}")
+    return (f"{p['images']} images, {p['patches_per_image']} positions x {p['feature_dim']} features -> "
+            f"Gaussian statistics {_fmt_mb(p['bank_bytes'])}, peak about {_fmt_mb(p['peak_bytes'])}")
+
+
+def _new_run_dir(config: AnomalyConfig) -> Path:
+    from tlstudio.core.paths import default_runs_dir
+
+    if config.out_dir:
+        return Path(config.out_dir)
+    base = default_runs_dir() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-anomaly-{config.backbone}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _threaded(fn: Callable[[Callable[[int, int], None]], Any], task: str, message: str) -> Generator[Event, None, Any]:
+    """Run ``fn(progress)`` in a thread, relaying its progress as Progress events with an ETA."""
+    q: queue.Queue = queue.Queue()
+    result: dict[str, Any] = {}
+
+    def target():
+        try:
+            result["value"] = fn(lambda d, t: q.put((d, t)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the generator's thread
+            result["error"] = exc
+        finally:
+            q.put(None)
+
+    started = time.perf_counter()
+    th = threading.Thread(target=target, name=f"anomaly-{task}", daemon=True)
+    th.start()
+    while True:
+        item = q.get()
+        if item is None:
+            break
+        d, t = item
+        yield Progress(task, d, t, f"{message} {d:,}/{t:,} {_eta(started, d, t)}".strip())
+    th.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+class _Log:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "log.txt"
+
+    def __call__(self, ev: Event) -> Event:
+        if isinstance(ev, Log | Warn):
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    tag = "WARNING" if isinstance(ev, Warn) else "INFO"
+                    fh.write(f"{datetime.now().isoformat(timespec='seconds')} {tag} {ev.message}\n")
+            except OSError:
+                pass
+        return ev
+
+
+def fit(config: AnomalyConfig, stop: threading.Event | None = None,
+        pause: threading.Event | None = None) -> Generator[Event, None, Any]:
+    """Fit per ``config``; yield events; return the run's RunInfo."""
+    from tlstudio.core.runs import folder as runs
+
+    stop = stop or threading.Event()
+    run_dir = _new_run_dir(config)
+    if runs.is_run_dir(run_dir):
+        raise UserError(f"{run_dir} already holds a run: choose another output folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = config.model_copy(update={"out_dir": str(run_dir)})
+    from tlstudio.core.atomic import atomic_write_text
+
+    atomic_write_text(run_dir / runs.CONFIG_JSON, config.model_dump_json(indent=2))
+    log = _Log(run_dir)
+    state: dict[str, Any] = {}
+    try:
+        for ev in _fit(config, run_dir, stop, pause, state):
+            yield log(ev)
+    except BaseException:
+        info = state.get("info")
+        if info is not None and info.status == "running":
+            info.status = "failed"
+            try:
+                runs.write_run(run_dir, info)
+            except OSError:
+                pass
+        raise
+    return state["info"]
+
+
+def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[Event, None, None]:
+    import numpy as np
+    import torch
+
+    from tlstudio.core.models.backbones import create_model
+    from tlstudio.core.models.features import output_shapes
+    from tlstudio.core.runs import folder as runs
+    from tlstudio.core.tasks.anomaly import store
+    from tlstudio.core.tasks.anomaly.coreset import StreamingBank, Stopped
+    from tlstudio.core.tasks.anomaly.data import scan_anomaly
+    from tlstudio.core.tasks.anomaly.evaluate import evaluate_images, split_of
+    from tlstudio.core.tasks.anomaly.model import AnomalyModel, patch_features
+    from tlstudio.core.tasks.anomaly.padim import PadimAccumulator
+    from tlstudio.core.tasks.anomaly.scoring import anomaly_spec, batches, score_paths
+    from tlstudio.core.tasks.anomaly.threshold import false_alarm_threshold, normal_scale
+
+    t0 = time.perf_counter()
+    yield Log(f"Anomaly detection ({config.method}) on {config.data_dir}")
+    data = scan_anomaly(config.data_dir, stop=stop)
+    yield Log(f"Data ({data.layout} layout): {data.summary()}")
+    for w in data.warnings:
+        yield Warn(w)
+    for s in data.skipped[:20]:
+        yield Warn(f"skipped: {s.reason}", path=s.path)
+    if len(data.skipped) > 20:
+        yield Warn(f"... and {len(data.skipped) - 20} more files skipped")
+
+    rng = random.Random(config.seed)
+    normal = list(data.normal)
+    rng.shuffle(normal)
+    n_hold = min(max(1, round(config.holdout_fraction * len(normal))), len(normal) - 2)
+    holdout, bank_paths = sorted(normal[:n_hold]), sorted(normal[n_hold:])
+
+    logs: list[str] = []
+    body = create_model(config.backbone, 2, init=config.init, weights_file=config.weights_file,
+                        init_run=config.init_run, log=logs.append)
+    for m in logs:
+        yield Log(m)
+    body.eval()
+    spec = anomaly_spec(body, config.backbone, config.image_size)
+    p = plan(config, len(bank_paths), model=body)
+    idx = p["indices"]
+    shapes = output_shapes(body, idx, config.image_size)
+    grid = list(shapes[0][1:])
+    ppi = grid[0] * grid[1]
+    yield Log(f"Feature stages {idx} (stride {[config.image_size // s[1] for s in shapes]}), "
+              f"{p['feature_dim']} features per patch, {grid[0]}x{grid[1]} patches per image")
+    yield Log(("Memory bank: " if config.method == "patchcore" else "PaDiM: ") + plan_text(p, config.method))
+    yield Log(f"{len(bank_paths)} normal images to learn from, {len(holdout)} held out to set the threshold "
+              f"(false alarms at most {config.false_alarm_rate:.1%}: 1 in {round(1 / config.false_alarm_rate)})")
+
+    info = runs.RunInfo(kind="fit", task="anomaly", name=config.name or run_dir.name, status="running",
+                        config=config.model_dump(mode="json"), model=spec, seed=config.seed,
+                        data={"root": data.root, "layout": data.layout, "counts": data.counts(),
+                              "n_train": len(bank_paths), "n_val": len(holdout), "n_test": len(data.test),
+                              "defect_types": data.defect_types, "n_masks": data.n_masks,
+                              "skipped": len(data.skipped)},
+                        versions=runs.versions(), best_metric="image_auroc")
+    state["info"] = info
+    runs.write_run(run_dir, info)
+    n_params = sum(p_.numel() for p_ in body.parameters())
+    batches_total = -(-len(bank_paths) // config.batch_size)
+    yield RunStarted(str(run_dir), spec.backbone, "cpu", "fp32", ("normal", "anomaly"), len(bank_paths),
+                     len(holdout), 1, batches_total, 0, n_params, phase="fit")
+
+    def stopped() -> bool:
+        while pause is not None and pause.is_set() and not stop.is_set():
+            time.sleep(0.1)
+        return stop.is_set()
+
+    def finish_stopped(msg: str):
+        info.status = "stopped"
+        runs.write_run(run_dir, info)
+        return Finished(str(run_dir), "stopped", None, None, msg)
+
+    bank = StreamingBank(config.coreset_ratio, config.max_bank, projection_dim=config.projection_dim,
+                         seed=config.seed, stop=stop) if config.method == "patchcore" else None
+    acc = PadimAccumulator(p["feature_dim"], config.padim_dims, ppi, seed=config.seed) if bank is None else None
+    pending: list = []
+    pending_rows = 0
+    t_feat = time.perf_counter()
+    done = 0
+    failed = 0
+    try:
+        for x, ok, fails, _s in batches(bank_paths, spec, config.batch_size):
+            if stopped():
+                yield finish_stopped("stopped while reading features")
+                return
+            for f in fails:
+                yield Warn(f"cannot read: {f['reason']}", path=f["path"])
+            failed += len(fails)
+            if ok:
+                with torch.inference_mode():
+                    feats = patch_features(body, torch.from_numpy(x), idx)
+                if bank is not None:
+                    pending.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).clone())
+                    pending_rows += pending[-1].shape[0]
+                    if pending_rows >= CHUNK_PATCHES:
+                        chunk = torch.cat(pending)
+                        pending, pending_rows = [], 0
+                        yield from _threaded(lambda cb, c=chunk: bank.add(c), "coreset", "reducing patches")
+                else:
+                    acc.add(feats)
+            done += len(ok) + len(fails)
+            yield Progress("features", done, len(bank_paths),
+                           f"features {done}/{len(bank_paths)} images {_eta(t_feat, done, len(bank_paths))}".strip())
+        if done - failed < 2:
+            raise UserError(f"{config.data_dir}: fewer than 2 normal images could be read")
+        if bank is not None:
+            if pending:
+                chunk = torch.cat(pending)
+                pending = []
+                yield from _threaded(lambda cb: bank.add(chunk), "coreset", "reducing patches")
+            t_core = time.perf_counter()
+            bank_t = yield from _threaded(bank.finish, "coreset", "coreset")
+            info.timings["coreset_s"] = round(time.perf_counter() - t_core, 3)
+            from tlstudio.core.tasks.anomaly.model import PatchCoreHead
+
+            head = PatchCoreHead(bank_t)
+            yield Log(f"Memory bank: {bank_t.shape[0]:,} patches kept of {bank.seen:,} "
+                      f"({bank_t.shape[0] / max(1, bank.seen):.1%}, {_fmt_mb(bank_t.numel() * 4)})")
+        else:
+            head = acc.finish()
+    except Stopped:
+        yield finish_stopped("stopped during the coreset search")
+        return
+    info.timings["features_s"] = round(time.perf_counter() - t_feat, 3)
+    model = AnomalyModel(body, idx, head).eval()
+
+    # threshold on held-out normal images
+    hold_scores, _maps, hold_fail = score_paths(model, holdout, spec, batch_size=config.batch_size, stop=stop)
+    if stop.is_set():
+        yield finish_stopped("stopped while scoring held-out images")
+        return
+    hs = hold_scores[~np.isnan(hold_scores)]
+    if hs.size == 0:
+        raise UserError("none of the held-out normal images could be read: cannot set a threshold")
+    thr = false_alarm_threshold(hs, config.false_alarm_rate)
+    scale = normal_scale(hs, thr)
+    if config.false_alarm_rate * hs.size < 1:
+        yield Warn(f"{hs.size} held-out good images cannot measure a {config.false_alarm_rate:.1%} false-alarm "
+                   f"rate: threshold set just above the highest held-out good score (more normal images help)")
+    model.set_normalisation(thr, scale)
+    meta = {"method": config.method, "indices": idx, "strides": list(config.strides), "grid": grid,
+            "feature_dim": p["feature_dim"], "bank_size": int(getattr(head, "bank", torch.zeros(0)).shape[0]),
+            "sigma": 4.0, "threshold": thr, "scale": scale, "false_alarm_threshold": thr,
+            "false_alarm_rate": config.false_alarm_rate, "threshold_mode": "false_alarm",
+            "holdout_scores": [float(v) for v in hs], "holdout": holdout}
+    info.extra["anomaly"] = meta
+    info.model = spec
+
+    test = split_of(data, holdout)
+    metrics: dict[str, float] = {}
+    if any(t.label == 1 for t in test):
+        yield Log(f"Evaluating on {len(test)} labelled test images")
+        report = yield from _threaded(
+            lambda cb: evaluate_images(model, spec, meta, test, progress=cb, stop=stop,
+                                       holdout_is_test=data.layout != "mvtec"),
+            "eval", "evaluating")
+        if stop.is_set():
+            yield finish_stopped("stopped while evaluating")
+            return
+        metrics = {k: v for k, v in report["metrics"].items() if isinstance(v, (int, float)) and v is not None}
+        if report.get("f1_optimal_threshold") is not None:
+            meta["f1_threshold"] = report["f1_optimal_threshold"]
+            meta["f1_optimal"] = report["f1_optimal"]
+            if config.threshold_mode == "f1":
+                meta["threshold"] = report["f1_optimal_threshold"]
+                meta["threshold_mode"] = "f1"
+                meta["scale"] = normal_scale(hs, meta["threshold"])
+                model.set_normalisation(meta["threshold"], meta["scale"])
+                report = evaluate_images(model, spec, meta, test, holdout_is_test=data.layout != "mvtec")
+                metrics = {k: v for k, v in report["metrics"].items() if isinstance(v, (int, float))}
+        from tlstudio.core.atomic import atomic_write_json
+
+        atomic_write_json(run_dir / runs.EVAL_JSON, report)
+        yield Log("Test: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in
+                                        ("image_auroc", "pixel_auroc", "f1", "precision", "recall")))
+    from tlstudio.core.atomic import atomic_save_safetensors
+    from tlstudio.core.data.dataset import Sample, Split
+
+    atomic_save_safetensors(run_dir / runs.BEST_WEIGHTS, {k: v.contiguous() for k, v in body.state_dict().items()})
+    store.save_head(run_dir, head)
+    runs.write_split(run_dir, Split(
+        train=[Sample(x, 0) for x in bank_paths], val=[Sample(x, 0) for x in holdout],
+        test=[Sample(t.path, t.label, {"defect": t.defect, "mask": t.mask}) for t in test],
+        seed=config.seed, val_fraction=config.holdout_fraction))
+    info.timings["fit_s"] = round(time.perf_counter() - t0, 3)
+    info.metrics = metrics
+    info.status = "finished"
+    info.epochs_done = 1
+    runs.write_run(run_dir, info)
+    yield Log(f"Threshold {meta['threshold']:.4g} ({meta['threshold_mode'].replace('_', '-')}), "
+              f"fit in {info.timings['fit_s']:.1f} s; saved {run_dir}")
+    yield Finished(str(run_dir), "finished", None, None, "", result={"threshold": meta["threshold"]}, metrics=metrics)

@@ -1,0 +1,101 @@
+"""Thresholds and metrics for anomaly scores (numpy only).
+
+With normal images only, the threshold is set on held-out normal images at a chosen false-alarm
+rate ("flag at most 1 in 100 good parts"); with labelled defects the F1-optimal threshold is
+offered too. Scores are then normalised so that the threshold maps to 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def false_alarm_threshold(normal_scores, rate: float) -> float:
+    """The smallest threshold at which at most ``rate`` of these normal scores lie above it.
+
+    With n scores the lowest reachable rate is 0 (above the maximum); a rate below 1/n gives a
+    threshold just above the highest normal score (a margin of 1% of the score spread)."""
+    s = np.sort(np.asarray(normal_scores, dtype=np.float64))
+    if s.size == 0:
+        raise ValueError("no normal scores to set a threshold on")
+    allowed = int(math.floor(rate * s.size + 1e-9))  # normal images that may score above
+    if allowed <= 0:
+        spread = float(s[-1] - s[0]) if s.size > 1 else abs(float(s[-1]))
+        return float(s[-1] + 0.01 * (spread or 1.0))
+    # flagged = score > threshold; put the threshold on the (allowed+1)-th highest score
+    return float(s[s.size - allowed - 1])
+
+
+def normal_scale(normal_scores, threshold: float) -> float:
+    """Spread used by the normalisation: threshold minus the median normal score."""
+    s = np.asarray(normal_scores, dtype=np.float64)
+    scale = threshold - float(np.median(s)) if s.size else 0.0
+    if not scale > 0:
+        scale = abs(threshold) * 0.1 or 1.0
+    return float(scale)
+
+
+def auroc(scores, labels) -> float | None:
+    """Area under the ROC curve (Mann-Whitney with tied ranks); None without both classes."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size, dtype=np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_report(scores, labels, threshold: float) -> dict[str, float]:
+    """Precision, recall, F1, false-alarm rate and accuracy of ``score > threshold``."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    pred = s > threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
+            "accuracy": (tp + tn) / max(1, s.size), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def f1_optimal_threshold(scores, labels) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``score > threshold`` over the observed scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if not y.any():
+        raise ValueError("no defect images: the F1-optimal threshold needs labelled defects")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    # a cut can only sit between distinct scores: keep the last index of each tie group
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    f1 = 2 * tp / (tp + fp + y.sum())
+    f1 = np.where(last, f1, -1.0)
+    i = int(np.argmax(f1))
+    below = s_sorted[i + 1] if i + 1 < s.size else s_sorted[i] - 1.0
+    return float((s_sorted[i] + below) / 2.0), float(f1[i])
+
+
+def histogram(scores, labels, bins: int = 30, lo: float = 0.0, hi: float = 1.0) -> dict:
+    """Counts of normalised scores per bin for good and defect images (the Evaluate histogram)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), lo, hi)
+    y = np.asarray(labels)
+    edges = np.linspace(lo, hi, bins + 1)
+    return {"edges": edges.tolist(),
+            "good": np.histogram(s[y == 0], edges)[0].tolist(),
+            "defect": np.histogram(s[y == 1], edges)[0].tolist(),
+            "unknown": np.histogram(s[y == -1], edges)[0].tolist()}
