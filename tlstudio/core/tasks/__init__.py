@@ -7,5 +7,8 @@ on first use. A new kind of learning is a new module plus one line here.
 KIND_MODULES: tuple[str, ...] = (
     "tlstudio.core.tasks.classification",
     "tlstudio.core.tasks.distill",
+    "tlstudio.core.tasks.anomaly",
+    "tlstudio.core.tasks.adaptation",
+    "tlstudio.core.tasks.semisupervised",
     "tlstudio.core.tasks.multitask",
 )
