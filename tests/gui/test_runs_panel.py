@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -15,10 +16,13 @@ from tlstudio.core.runs.folder import (
     LAST_CKPT,
     ModelSpec,
     RunInfo,
+    read_history,
     read_run,
     write_history,
     write_run,
 )
+from tlstudio.core.atomic import atomic_write_json
+from tlstudio.core.evaluation.evaluate import EvalReport
 from tlstudio.gui.panels.runs_panel import RunsPanel
 from tlstudio.gui.state import AppState
 
@@ -26,15 +30,23 @@ from tlstudio.gui.state import AppState
 def make_fake_run(root: Path, name: str, *, acc: float = 0.9, epochs: int = 3, status: str = "finished",
                   classes=("circle", "square", "triangle"), baseline: dict | None = None,
                   images: list[str] | None = None, backbone: str = "resnet10t", mtime: float | None = None) -> Path:
-    """A run folder as the engine leaves it (run.json, history.csv, eval.json, weights file)."""
+    """A run folder with chosen numbers, written by the engine's own writers: RunInfo + write_run (the
+    fields the engine fills), write_history, EvalReport -> eval.json as evaluate() saves it.
+    test_fake_run_has_the_layout_of_a_real_run compares it with a folder the engine really wrote.
+    The weights file is a stand-in on purpose (bytes, not weights): panels must not load it here."""
     d = root / name
     d.mkdir(parents=True)
-    info = RunInfo(config={"epochs": epochs, "backbone": backbone, "data_dir": str(root)},
+    metrics = {"val_loss": 1.2 / epochs, "val_acc": acc, "val_macro_f1": acc}
+    info = RunInfo(kind="train", task="classification", name=name, status=status,
+                   config={"epochs": epochs, "backbone": backbone, "data_dir": str(root)},
                    model=ModelSpec(backbone=backbone, num_classes=len(classes), classes=list(classes), image_size=32),
-                   status=status, epochs_done=epochs, best_epoch=epochs - 1, best_val_acc=acc, baseline=baseline)
+                   data={"root": str(root), "n_train": 24, "n_val": 30}, epochs_done=epochs,
+                   best_epoch=epochs - 1, metrics=metrics, best_metric="val_acc", best_val_acc=acc, baseline=baseline,
+                   label_schema={"tasks": [{"name": "label", "type": "categorical", "classes": list(classes)}]})
     write_run(d, info)
-    write_history(d, [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "val_acc": acc * (e + 1) / epochs,
-                       "val_macro_f1": acc, "lr": 1e-3, "seconds": 2.0, "trainable_params": 1000} for e in range(epochs)])
+    write_history(d, [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1),
+                       "val_acc": acc * (e + 1) / epochs, "val_macro_f1": acc, "lr": 1e-3, "seconds": 2.0,
+                       "trainable_params": 1000} for e in range(epochs)])
     (d / BEST_WEIGHTS).write_bytes(b"not really weights")
     if status == "stopped":
         (d / LAST_CKPT).write_bytes(b"ckpt")
@@ -42,15 +54,59 @@ def make_fake_run(root: Path, name: str, *, acc: float = 0.9, epochs: int = 3, s
     mis = [{"path": imgs[i] if i < len(imgs) else "", "true": classes[0], "pred": classes[1], "confidence": 0.9 - 0.1 * i}
            for i in range(3)] + [{"path": imgs[3] if len(imgs) > 3 else "", "true": classes[2], "pred": classes[0],
                                   "confidence": 0.55}]
-    report = {"accuracy": acc, "macro_f1": acc - 0.02, "top_k": {"1": acc, "2": 0.98},
-              "per_class": [{"name": c, "precision": 0.9, "recall": 0.8 + 0.05 * i, "f1": 0.85, "support": 10}
-                            for i, c in enumerate(classes)],
-              "confusion": [[7, 3, 0], [0, 10, 0], [1, 0, 9]], "classes": list(classes), "misclassified": mis,
-              "n": 30, "failures": [], "source": "validation split"}
-    (d / EVAL_JSON).write_text(json.dumps(report), encoding="utf-8")
+    report = EvalReport(accuracy=acc, macro_f1=acc - 0.02, top_k={1: acc, 2: 0.98},
+                        per_class=[{"name": c, "precision": 0.9, "recall": 0.8 + 0.05 * i, "f1": 0.85, "support": 10}
+                                   for i, c in enumerate(classes)],
+                        confusion=[[7, 3, 0], [0, 10, 0], [1, 0, 9]], classes=list(classes), misclassified=mis,
+                        n=30, failures=[], source="validation split")
+    atomic_write_json(d / EVAL_JSON, report.to_json())
     if mtime is not None:
         os.utime(d / "run.json", (mtime, mtime))
     return d
+
+
+def _history_columns(run_dir: Path) -> list[str]:
+    with open(run_dir / "history.csv", encoding="utf-8") as f:
+        return next(csv.reader(f))
+
+
+@pytest.mark.slow  # a real (tiny) training run: ~80 s on the loaded 2-core machine
+def test_fake_run_has_the_layout_of_a_real_run(tmp_path, shapes3):
+    """The fixture above must not drift from what the engine writes: train a real tiny run, evaluate it,
+    and compare files, run.json fields, metric names, history.csv columns and eval.json fields."""
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.evaluation.evaluate import evaluate
+    from tlstudio.core.events import drive
+    from tlstudio.core.training.engine import fit
+
+    real = tmp_path / "real"
+    cfg = TrainConfig(data_dir=str(shapes3), out_dir=str(real), backbone="test_resnet", init="scratch",
+                      image_size=32, epochs=1, batch_size=8, freeze="none", lr=3e-3, augment="none", seed=0,
+                      warmup_epochs=0.0, early_stop_patience=None, precision="fp32", workers=0)
+    real_info = drive(fit(cfg))
+    assert real_info.status == "finished"
+    evaluate(real)
+    fake = make_fake_run(tmp_path / "runs", "fake", status="finished")
+
+    real_files = {p.name for p in real.iterdir()}
+    assert {p.name for p in fake.iterdir()} <= real_files
+    rj = json.loads((real / "run.json").read_text(encoding="utf-8"))
+    fj = json.loads((fake / "run.json").read_text(encoding="utf-8"))
+    assert set(fj) == set(rj)
+    for key in ("schema_version", "kind", "task", "best_metric"):
+        assert fj[key] == rj[key], key
+    assert set(fj["metrics"]) == set(rj["metrics"]) and set(fj["model"]) == set(rj["model"])
+    assert {"n_train", "n_val", "root"} <= set(rj["data"]) and set(fj["data"]) <= set(rj["data"])
+    assert fj["label_schema"]["tasks"][0].keys() == rj["label_schema"]["tasks"][0].keys()
+    assert _history_columns(fake) == _history_columns(real)
+    assert read_history(real)[0]["epoch"] == read_history(fake)[0]["epoch"] == 1  # epochs counted from 1
+    ej = json.loads((fake / EVAL_JSON).read_text(encoding="utf-8"))
+    er = json.loads((real / EVAL_JSON).read_text(encoding="utf-8"))
+    assert set(ej) == set(er) and set(ej["top_k"]) <= set(er["top_k"]) | {"2"}
+    assert set(ej["per_class"][0]) == set(er["per_class"][0])
+    assert set(ej["misclassified"][0]) >= {"path", "true", "pred", "confidence"}
+    if er["misclassified"]:
+        assert set(ej["misclassified"][0]) == set(er["misclassified"][0])
 
 
 @pytest.fixture
