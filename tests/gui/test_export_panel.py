@@ -170,7 +170,7 @@ def test_export_step_in_main_window_and_screenshot(qtbot, run_folder, tmp_path):
     qtbot.addWidget(win)
     win.resize(1280, 800)
     win.show()
-    assert STEPS[-1] == "export" and win.stack.count() == 9
+    assert STEPS[-1] == "export" and win.stack.count() == len(STEPS)
     win.show_step(STEPS.index("export"))
     p = win.panel("export")
     assert isinstance(p, ExportPanel) and win.stack.widget(8).isAncestorOf(p)

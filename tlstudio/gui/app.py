@@ -18,6 +18,10 @@ import sys
 import time
 from typing import Any
 
+from tlstudio.gui.qt_app import make_app
+
+__all__ = ["install_excepthook", "make_app", "run_app", "setup_logging"]
+
 _T0 = time.perf_counter()
 log = logging.getLogger("tlstudio")
 _fault_file: Any = None  # kept open for faulthandler for the life of the process
@@ -115,24 +119,6 @@ def install_excepthook() -> None:
         _bridge.raised.connect(_excepthook)
     sys.excepthook = _excepthook
     threading.excepthook = lambda a: _excepthook(a.exc_type, a.exc_value, a.exc_traceback)
-
-
-def make_app(argv: list[str] | None = None) -> Any:
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "tlstudio", *(argv or [])])
-    app.setApplicationName("TL Studio")
-    app.setOrganizationName("TLStudio")
-    app.setStyle("Fusion")
-    from tlstudio.core.paths import resources_dir
-
-    qss = resources_dir() / "style.qss"
-    if qss.is_file():
-        try:
-            app.setStyleSheet(qss.read_text(encoding="utf-8"))
-        except OSError:
-            pass
-    return app
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from PySide6.QtWidgets import (
 )
 
 from tlstudio.gui.panels.run_common import toggle_pause
-from tlstudio.gui.state import STEPS, AppState
+from tlstudio.gui import steps as step_registry
+from tlstudio.gui.state import AppState
 from tlstudio.gui.widgets.step_sidebar import StepSidebar
 from tlstudio.gui.window_drops import DataDropMixin
 from tlstudio.gui.window_menus import MenusMixin
@@ -32,17 +33,6 @@ from tlstudio.gui.window_projects import MAX_RECENT, ProjectsMixin
 __all__ = ["MAX_RECENT", "MainWindow", "app_settings"]
 
 log = logging.getLogger("tlstudio.gui")
-
-# panels of other owners: (step, module, class, needs the runner)
-_OTHER_PANELS = {
-    "train": ("tlstudio.gui.panels.train_panel", "TrainPanel", True),
-    "distill": ("tlstudio.gui.panels.distill_panel", "DistillPanel", True),
-    "evaluate": ("tlstudio.gui.panels.evaluate_panel", "EvaluatePanel", False),
-    "predict": ("tlstudio.gui.panels.predict_panel", "PredictPanel", False),
-    "runs": ("tlstudio.gui.panels.runs_panel", "RunsPanel", False),
-    "export": ("tlstudio.gui.panels.export_panel", "ExportPanel", False),
-}
-
 
 def app_settings() -> QSettings:
     """Settings persisted between launches, in tlstudio.core.paths.user_config_dir()."""
@@ -71,7 +61,8 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
         self.resize(1280, 820)
 
         self.stack = QStackedWidget()
-        self.sidebar = StepSidebar(self.state, list(STEPS))
+        self.steps = step_registry.step_ids()  # ids of the pages, in stack order
+        self.sidebar = StepSidebar(self.state, list(step_registry.STEPS))
         self.sidebar.step_selected.connect(self.show_step)
         central = QWidget()
         lay = QHBoxLayout(central)
@@ -81,7 +72,7 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
         self.setCentralWidget(central)
         # every page exists from the start (a container); the panel inside may come later
         self._pages: dict[str, QWidget] = {}
-        for step in STEPS:
+        for step in self.steps:
             page = QWidget()
             page.setObjectName(f"page_{step}")
             QHBoxLayout(page).setContentsMargins(0, 0, 0, 0)
@@ -93,33 +84,22 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
         self.statusBar().addWidget(self._status, 1)
         self.state.status_message.connect(self.show_message)
         self.state.training_changed.connect(self._training_changed)
+        self.state.task_kind_changed.connect(self._kind_changed)
         self._build_menus()
         self._restore_settings()
         self.sidebar.setCurrentRow(0)
 
     # --- panels -------------------------------------------------------------------------
     def _make_panel(self, step: str) -> QWidget:
+        """The step's panel, imported and built on first use from its StepSpec."""
         if step in self.panels:
             return self.panels[step]
-        panel: QWidget
-        if step == "data":
-            from tlstudio.gui.panels.data_panel import DataPanel
+        from importlib import import_module
 
-            panel = DataPanel(self.state)
-        elif step == "model":
-            from tlstudio.gui.panels.model_panel import ModelPanel
-
-            panel = ModelPanel(self.state)
-        elif step == "layers":
-            from tlstudio.gui.panels.layers_panel import LayersPanel
-
-            panel = LayersPanel(self.state)
-        else:
-            from importlib import import_module
-
-            module, cls, needs_runner = _OTHER_PANELS[step]
-            klass = getattr(import_module(module), cls)
-            panel = klass(self.state, self.runner) if needs_runner else klass(self.state)
+        spec = step_registry.spec(step)
+        klass = getattr(import_module(spec.module), spec.cls)
+        panel = klass(self.state, self.runner) if spec.needs_runner else klass(self.state)
+        if step != "data":
             self._adopt_shortcuts(panel)
         self.panels[step] = panel
         self._pages[step].layout().addWidget(panel)
@@ -136,8 +116,10 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
                                                        Qt.ShortcutContext.ApplicationShortcut):
                 sc.setEnabled(False)
 
-    def ensure_panels(self) -> None:
-        for step in STEPS:
+    def ensure_panels(self, shown_only: bool = False) -> None:
+        """Build every panel now (tests), or those of the shown steps (right after showing, so
+        switching steps is instant; a hidden step's panel is built when its kind is chosen)."""
+        for step in self.sidebar.visible_steps() if shown_only else self.steps:
             self._make_panel(step)
 
     def panel(self, step: str) -> QWidget:
@@ -145,22 +127,36 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
 
     def showEvent(self, ev) -> None:  # noqa: ANN001
         super().showEvent(ev)
-        QTimer.singleShot(0, self.ensure_panels)
+        QTimer.singleShot(0, lambda: self.ensure_panels(shown_only=True))
         from tlstudio.gui.heavy import preload
 
         QTimer.singleShot(500, preload)  # torch/timm in the background, after the window is up
 
-    def show_step(self, index: int) -> None:
-        if not (0 <= index < len(STEPS)):
+    def show_step(self, step: int | str) -> None:
+        """Show a step by id or by index in self.steps; steps the task kind hides are not shown."""
+        index = self.steps.index(step) if isinstance(step, str) else step
+        if not (0 <= index < len(self.steps)) or self.sidebar.isRowHidden(index):
             return
-        step = STEPS[index]
-        self._make_panel(step)
+        self._make_panel(self.steps[index])
         self.stack.setCurrentIndex(index)
         if self.sidebar.currentRow() != index:
             self.sidebar.setCurrentRow(index)
 
+    def step_by_offset(self, delta: int) -> None:
+        """Next (+1) or previous (-1) shown step."""
+        shown = self.sidebar.visible_steps()
+        cur = self.current_step()
+        i = shown.index(cur) + delta if cur in shown else 0
+        if 0 <= i < len(shown):
+            self.show_step(shown[i])
+
     def current_step(self) -> str:
-        return STEPS[self.stack.currentIndex()]
+        return self.steps[self.stack.currentIndex()]
+
+    def _kind_changed(self, kind: str) -> None:
+        self._update_step_actions()
+        if self.sidebar.isRowHidden(self.stack.currentIndex()):
+            self.show_step(0)
 
     def show_message(self, text: str) -> None:
         self._status.setText(text)
@@ -169,7 +165,7 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
     def start_training(self) -> None:
         train = self.panel("train")
         if hasattr(train, "start"):
-            self.show_step(STEPS.index("train"))
+            self.show_step("train")
             if not self.runner.running:
                 train.start()
 

@@ -10,11 +10,13 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-STEPS = ("data", "model", "layers", "train", "distill", "evaluate", "predict", "runs", "export")
-STEP_TITLES = {
-    "data": "Data", "model": "Model", "layers": "Layers", "train": "Train", "distill": "Distill",
-    "evaluate": "Evaluate", "predict": "Predict", "runs": "Runs", "export": "Export",
-}
+from tlstudio.gui import steps as _steps
+
+# ids and titles of every step in tlstudio.gui.steps.STEPS, in order (the project file and the
+# screenshot tool iterate over them); which are shown depends on the task kind
+STEPS: tuple[str, ...] = _steps.step_ids()
+STEP_TITLES: dict[str, str] = {s.id: s.title for s in _steps.STEPS}
+DEFAULT_KIND = "classification"
 
 
 class AppState(QObject):
@@ -29,6 +31,8 @@ class AppState(QObject):
     runs_changed = Signal()  # the list of runs on disk changed
     step_status_changed = Signal(str, str)  # step, "todo" | "done" | "attention" | "busy"
     status_message = Signal(str)
+    task_kind_changed = Signal(str)  # the kind of learning chosen in the Data step
+    task_settings_changed = Signal()  # the kind's own settings (task table, unlabelled folder ...)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -49,6 +53,10 @@ class AppState(QObject):
         self.runs_dir: str | None = None
         self.project_path: str | None = None
         self.step_status: dict[str, str] = {s: "todo" for s in STEPS}
+        # the kind of learning (tlstudio.core.tasks.registry name) and its own config fields,
+        # merged over the common train settings when the Train step builds the kind's config
+        self.task_kind: str = DEFAULT_KIND
+        self.task_settings: dict[str, Any] = {}
 
     # --- setters that emit -------------------------------------------------------------
     def set_dataset(self, data_dir: str, report: Any, split: Any = None) -> None:
@@ -90,6 +98,18 @@ class AppState(QObject):
     def set_current_run(self, run_dir: str | None) -> None:
         self.current_run = run_dir
         self.current_run_changed.emit(run_dir or "")
+
+    def set_task_kind(self, kind: str) -> None:
+        if kind != self.task_kind:
+            self.task_kind = kind
+            self.task_kind_changed.emit(kind)
+
+    def set_task_settings(self, values: dict[str, Any], replace: bool = False) -> None:
+        """Merge (or, with ``replace``, set) the task kind's own settings."""
+        new = dict(values) if replace else {**self.task_settings, **values}
+        if new != self.task_settings:
+            self.task_settings = new
+            self.task_settings_changed.emit()
 
     def set_step_status(self, step: str, status: str) -> None:
         if self.step_status.get(step) != status:

@@ -7,7 +7,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QMessageBox
 
-from tlstudio.gui.state import STEP_TITLES, STEPS
 
 
 class MenusMixin:
@@ -54,11 +53,14 @@ class MenusMixin:
         self._action(e, "Clear recent projects", self.clear_recent)
 
         v = mb.addMenu("&View")
-        for i, step in enumerate(STEPS):
-            self._action(v, f"{i + 1}. {STEP_TITLES[step]}", lambda i=i: self.show_step(i), f"Ctrl+{i + 1}")
+        from tlstudio.gui.steps import spec
+
+        self.step_actions = {step: self._action(v, spec(step).title, lambda s=step: self.show_step(s))
+                             for step in self.steps}
+        self._update_step_actions()
         v.addSeparator()
-        self._action(v, "Next step", lambda: self.show_step(self.stack.currentIndex() + 1), "Ctrl+PgDown")
-        self._action(v, "Previous step", lambda: self.show_step(self.stack.currentIndex() - 1), "Ctrl+PgUp")
+        self._action(v, "Next step", lambda: self.step_by_offset(1), "Ctrl+PgDown")
+        self._action(v, "Previous step", lambda: self.step_by_offset(-1), "Ctrl+PgUp")
         self._action(v, "Full screen", self.toggle_full_screen, "F11")
 
         t = mb.addMenu("&Training")
@@ -74,6 +76,19 @@ class MenusMixin:
         self._action(h, "Show log file", self.show_log_location)
         self._action(h, "About TL Studio", self.show_about)
         self._update_recent_menu()
+
+    def _update_step_actions(self) -> None:
+        """Number the shown steps 1, 2 ... with Ctrl+1..9, Ctrl+0; hide the others' actions."""
+        from tlstudio.gui.steps import shortcut_for, spec
+
+        shown = self.sidebar.visible_steps()
+        for step, act in self.step_actions.items():
+            pos = shown.index(step) if step in shown else -1
+            act.setVisible(pos >= 0)
+            title = spec(step).title
+            act.setText(f"{pos + 1}. {title}" if pos >= 0 else title)
+            key = shortcut_for(pos) if pos >= 0 else None
+            act.setShortcut(QKeySequence(key) if key else QKeySequence())
 
     # --- help ---------------------------------------------------------------------------
     def show_quick_start(self) -> None:

@@ -234,7 +234,7 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
 if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.data_panel [FOLDER]
     import sys
 
-    from tlstudio.gui.app import make_app
+    from tlstudio.gui.qt_app import make_app
 
     _app = make_app()
     _p = DataPanel(AppState())

@@ -384,7 +384,7 @@ def _memory_job(model: Any, groups: list[Any], trainable: list[bool], bs: int, s
 if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.layers_panel [BACKBONE]
     import sys
 
-    from tlstudio.gui.app import make_app
+    from tlstudio.gui.qt_app import make_app
     from tlstudio.gui.panels.model_panel import _build_job
 
     _app = make_app()

@@ -366,7 +366,7 @@ class ModelPanel(WeightSourceMixin, QWidget):
 if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.model_panel
     import sys
 
-    from tlstudio.gui.app import make_app
+    from tlstudio.gui.qt_app import make_app
 
     _app = make_app()
     _p = ModelPanel(AppState())

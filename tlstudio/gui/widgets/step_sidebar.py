@@ -10,7 +10,8 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QListWidget, QListWidgetItem, QWidget
 
-from tlstudio.gui.state import STEP_TITLES, AppState
+from tlstudio.gui.state import AppState
+from tlstudio.gui.steps import StepSpec, shortcut_for
 
 STATUS_COLORS = {
     "todo": QColor("#9aa0a6"),
@@ -57,13 +58,18 @@ def _pt(x: float, y: float):
 
 
 class StepSidebar(QListWidget):
-    step_selected = Signal(int)
+    """One row per step of ``tlstudio.gui.steps.STEPS``; rows of steps the current task kind does
+    not use are hidden, and the visible ones are numbered 1, 2, ... with their shortcut."""
 
-    def __init__(self, state: AppState, steps: list[str], parent: QWidget | None = None) -> None:
+    step_selected = Signal(int)  # row = index in STEPS (hidden rows are never selected)
+
+    def __init__(self, state: AppState, steps: list[StepSpec], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.steps = list(steps)
+        self.specs = list(steps)
+        self.steps = [s.id for s in self.specs]
         self.setObjectName("stepSidebar")
+        self.setAccessibleName("Workflow steps")
         self.setIconSize(QSize(18, 18))
         self.setSpacing(2)
         self.setFixedWidth(170)
@@ -71,14 +77,27 @@ class StepSidebar(QListWidget):
         font = QFont(self.font())
         font.setPointSizeF(font.pointSizeF() * 1.1)
         self.setFont(font)
-        for i, step in enumerate(self.steps):
-            item = QListWidgetItem(f"{i + 1}  {STEP_TITLES.get(step, step.title())}")
-            item.setData(Qt.ItemDataRole.UserRole, step)
+        for spec in self.specs:
+            item = QListWidgetItem(spec.title)
+            item.setData(Qt.ItemDataRole.UserRole, spec.id)
             item.setSizeHint(QSize(150, 36))
             self.addItem(item)
-            self._show(step, state.step_status.get(step, "todo"))
+        self.apply_kind(state.task_kind)
         self.currentRowChanged.connect(self.step_selected)
         state.step_status_changed.connect(self._show)
+        state.task_kind_changed.connect(self.apply_kind)
+
+    def visible_steps(self) -> list[str]:
+        return [s for i, s in enumerate(self.steps) if not self.isRowHidden(i)]
+
+    def apply_kind(self, kind: str) -> None:
+        """Hide the steps ``kind`` does not use and renumber the others."""
+        for i, spec in enumerate(self.specs):
+            self.setRowHidden(i, not spec.shown_for(kind))
+        for step in self.steps:
+            self._show(step, self.state.step_status.get(step, "todo"))
+        if 0 <= self.currentRow() and self.isRowHidden(self.currentRow()):
+            self.setCurrentRow(0)
 
     def status_of(self, step: str) -> str:
         item = self.item(self.steps.index(step))
@@ -91,5 +110,13 @@ class StepSidebar(QListWidget):
         item = self.item(i)
         item.setIcon(status_icon(status))
         item.setData(Qt.ItemDataRole.UserRole + 1, status)
-        title = STEP_TITLES.get(step, step.title())
-        item.setToolTip(f"Step {i + 1}: {title} ({STATUS_TEXT.get(status, status)}). Shortcut Ctrl+{i + 1}.")
+        spec = self.specs[i]
+        visible = self.visible_steps()
+        pos = visible.index(step) if step in visible else -1
+        item.setText(f"{pos + 1}  {spec.title}" if pos >= 0 else spec.title)
+        key = shortcut_for(pos) if pos >= 0 else None
+        what = f" {spec.tip}." if spec.tip else ""
+        item.setToolTip(f"Step {pos + 1}: {spec.title} ({STATUS_TEXT.get(status, status)}).{what}"
+                        + (f" Shortcut {key}." if key else ""))
+        item.setData(Qt.ItemDataRole.AccessibleTextRole,
+                     f"Step {pos + 1}, {spec.title}, {STATUS_TEXT.get(status, status)}")

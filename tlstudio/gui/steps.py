@@ -1,0 +1,85 @@
+"""The workflow steps of the main window, as data: the sidebar, the stacked pages, the View menu
+and the Ctrl+digit shortcuts are all built from ``STEPS`` (see docs/TASKS.md).
+
+A helper that adds a step appends one ``StepSpec`` here (a small edit, never a rewrite). Panels
+are imported lazily from ``module`` when their page is first shown and constructed
+``cls(state)`` (``cls(state, runner)`` when ``needs_runner``). A step is shown only for the task
+kinds in ``kinds`` (None: every kind) and never for a kind in ``skip_kinds``.
+
+No Qt here: this module is plain data, importable by the window, the project file code and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    id: str  # "data", "train", "anomaly" ...: the page's key (AppState.step_status, project files)
+    title: str  # sidebar and View menu text
+    module: str  # dotted path of the panel's module, imported when the page is first built
+    cls: str  # the panel class in that module: cls(state) or cls(state, runner)
+    kinds: frozenset[str] | None = None  # task kinds that show this step; None = every kind
+    needs_runner: bool = False  # the panel runs engine jobs in the window's shared JobRunner
+    tip: str = ""  # sidebar tooltip: what the step is for
+    skip_kinds: frozenset[str] = frozenset()  # kinds that hide this step even when kinds is None
+
+    def shown_for(self, kind: str) -> bool:
+        if kind in self.skip_kinds:
+            return False
+        return self.kinds is None or kind in self.kinds
+
+
+_P = "tlstudio.gui.panels."
+
+STEPS: list[StepSpec] = [
+    StepSpec("data", "Data", _P + "data_panel", "DataPanel",
+             tip="Open or drop your images and choose what to learn"),
+    StepSpec("model", "Model", _P + "model_panel", "ModelPanel",
+             tip="Pick a pre-trained backbone and its starting weights"),
+    StepSpec("layers", "Layers", _P + "layers_panel", "LayersPanel",
+             tip="Choose which layers train and which stay frozen"),
+    StepSpec("train", "Train", _P + "train_panel", "TrainPanel", needs_runner=True,
+             skip_kinds=frozenset({"distillation"}),
+             tip="Set the hyper-parameters, start and watch the training"),
+    StepSpec("distill", "Distill", _P + "distill_panel", "DistillPanel", needs_runner=True,
+             kinds=frozenset({"classification", "distillation"}),
+             tip="Teach a small student model from a trained teacher"),
+    StepSpec("evaluate", "Evaluate", _P + "evaluate_panel", "EvaluatePanel",
+             tip="Metrics, confusion matrix and mistakes of a trained model"),
+    StepSpec("predict", "Predict", _P + "predict_panel", "PredictPanel",
+             tip="Use a trained model on new images"),
+    StepSpec("mt_evaluate", "Evaluate tasks", _P + "multitask_evaluate", "MultiTaskEvaluatePanel",
+             kinds=frozenset({"multitask"}),
+             tip="Per-task metrics, confusion matrices, multi-task vs separate models, task relatedness"),
+    StepSpec("mt_predict", "Predict tasks", _P + "multitask_predict", "MultiTaskPredictPanel",
+             kinds=frozenset({"multitask"}), tip="Every task's answer for new images"),
+    StepSpec("runs", "Runs", _P + "runs_panel", "RunsPanel",
+             tip="Every run of this project: compare, open, continue"),
+    StepSpec("export", "Export", _P + "export_panel", "ExportPanel",
+             tip="Save the model as safetensors, ONNX, TorchScript or int8"),
+]
+
+
+def step_ids() -> tuple[str, ...]:
+    return tuple(s.id for s in STEPS)
+
+
+def spec(step_id: str) -> StepSpec:
+    for s in STEPS:
+        if s.id == step_id:
+            return s
+    raise KeyError(f"no step {step_id!r}; steps: {', '.join(step_ids())}")
+
+
+def visible_ids(kind: str) -> list[str]:
+    """The steps a task kind shows, in sidebar order."""
+    return [s.id for s in STEPS if s.shown_for(kind)]
+
+
+def shortcut_for(position: int) -> str | None:
+    """Ctrl+1 .. Ctrl+9 for the first nine shown steps, Ctrl+0 for the tenth, none after."""
+    if position < 9:
+        return f"Ctrl+{position + 1}"
+    return "Ctrl+0" if position == 9 else None
