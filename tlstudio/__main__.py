@@ -13,9 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     first = argv[0] if argv else ""
-    commands = {"scan", "models", "train", "resume", "eval", "predict", "distill", "distill-resume", "export"}
     gui = not argv or first in ("gui", "--project", "--sample") or first.endswith((".tlsproj", ".zip")) \
-        or (first not in commands and not first.startswith("-") and os.path.isdir(first))  # `tlstudio FOLDER`
+        or (os.path.isdir(first) and first not in _commands())  # `tlstudio FOLDER`
     if gui:
         from tlstudio.gui.app import run_app
 
@@ -23,6 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     from tlstudio.cli import main as cli_main
 
     return cli_main(argv)
+
+
+def _commands() -> set[str]:
+    """The CLI's subcommand names (a folder with such a name is still a command)."""
+    from tlstudio.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return set(sub.choices)
 
 
 if __name__ == "__main__":

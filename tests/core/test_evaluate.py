@@ -342,22 +342,19 @@ def test_measure_latency_positive():
     assert 0 < s < 5
 
 
-def test_parallel_eval_loader_path_gives_same_report(tmp_path, shapes3, core_modules, monkeypatch):
-    """Large sets go through pipeline.eval_loader (threads); small ones through the plain loop."""
-    pytest.importorskip("tlstudio.core.pipeline.loaders")
-    model, spec, _ = make_run(tmp_path / "run", shapes3, steps=2)
+def test_evaluation_and_prediction_see_the_same_pixels_whatever_the_set_size(tmp_path, shapes3, core_modules):
+    """One preprocessing path: a large evaluation (many batches, threaded decoding) gives each image
+    exactly the probabilities predict() gives it one at a time; a broken file is reported once."""
+    model, spec, run = make_run(tmp_path / "run", shapes3, steps=2)
     samples = list(core_modules.match_classes(core_modules.scan(shapes3), spec.classes).samples)
     bad = shapes3 / "circle" / "zz_broken.png"
     bad.write_bytes(b"\x89PNG broken")
     samples.append(type(samples[0])(str(bad), 0))
-    used = []
-    real = ev._eval_loader_probs
-    monkeypatch.setattr(ev, "_eval_loader_probs", lambda *a: used.append(real(*a)) or used[-1])
-    fast = ev.evaluate_model(model, spec, samples, batch_size=4)  # 37 > 4 * 4: the parallel loader
-    assert len(used) == 1 and used[0] is not None
-    monkeypatch.setenv("TLSTUDIO_EVAL_LOADER", "0")
-    plain = ev.evaluate_model(model, spec, samples, batch_size=4)
-    assert fast.n == plain.n == 36
-    assert fast.confusion == plain.confusion
-    assert [f["path"] for f in fast.failures] == [f["path"] for f in plain.failures] == [str(bad)]
-    assert sorted(m["path"] for m in fast.misclassified) == sorted(m["path"] for m in plain.misclassified)
+    probs, labels, paths, failures = ev.run_samples(ev.torch_forward(model), spec, samples, batch_size=4)
+    assert len(paths) == len(samples) - 1 and [f["path"] for f in failures] == [str(bad)]
+    import numpy as np
+
+    for path, row in list(zip(paths, probs))[::7]:
+        x, ok, _ = ev.load_batch([path], spec)
+        single = ev.softmax(np.asarray(ev.torch_forward(model)(x), dtype=np.float64))[0]
+        assert ok == [0] and np.allclose(single, row, atol=1e-5), path

@@ -12,8 +12,8 @@ from tlstudio.core.training.tensorboard import TBWriter, history_to_tensorboard
 
 
 def _epoch(i, acc):
-    return EpochEnd(epoch=i, epochs=3, train_loss=1.0 / (i + 1), val_loss=1.2 / (i + 1), val_acc=acc,
-                    val_macro_f1=acc - 0.05, lr=1e-3, seconds=1.0, best=True, trainable_params=10)
+    return EpochEnd(epoch=i, epochs=3, train_loss=1.0 / (i + 1), metrics={"val_loss": 1.2 / (i + 1), "val_acc": acc,
+                    "val_macro_f1": acc - 0.05}, lr=1e-3, seconds=1.0, best=True, trainable_params=10)
 
 
 def _read_scalars(log_dir):

@@ -134,8 +134,8 @@ def test_fake_run_through_the_runner_shows_curves_table_and_scatter(panel, qtbot
                 soft, hard = 2.0 / step, 1.0 / (1 + 0.3 * step)
                 yield E.BatchEnd(epoch=epoch, batch=b, batches=4, step=step, loss=soft + hard, lr=1e-3,
                                  images_per_s=100.0, parts={"soft": soft, "hard": hard}, phase="distill")
-            yield E.EpochEnd(epoch=epoch, epochs=3, train_loss=1.0, val_loss=1.0, val_acc=0.6 + 0.1 * epoch,
-                             val_macro_f1=0.5, lr=1e-3, seconds=1.0, best=True, trainable_params=1, phase="distill")
+            yield E.EpochEnd(epoch=epoch, epochs=3, train_loss=1.0, metrics={"val_loss": 1.0, "val_acc": 0.6 + 0.1 * epoch,
+                             "val_macro_f1": 0.5}, lr=1e-3, seconds=1.0, best=True, trainable_params=1, phase="distill")
         yield E.RunStarted(run_dir=str(baseline), backbone=config.backbone, device="cpu", precision="fp32",
                            classes=tuple(CLASSES), n_train=48, n_val=12, epochs=3, batches_per_epoch=4,
                            trainable_params=1, total_params=1, phase="student_baseline")
@@ -143,8 +143,8 @@ def test_fake_run_through_the_runner_shows_curves_table_and_scatter(panel, qtbot
             for b in range(4):
                 yield E.BatchEnd(epoch=epoch, batch=b, batches=4, step=epoch * 4 + b + 1, loss=1.5 - 0.1 * epoch,
                                  lr=1e-3, images_per_s=100.0, parts={}, phase="student_baseline")
-            yield E.EpochEnd(epoch=epoch, epochs=3, train_loss=1.0, val_loss=1.0, val_acc=0.5 + 0.1 * epoch,
-                             val_macro_f1=0.5, lr=1e-3, seconds=1.0, best=True, trainable_params=1,
+            yield E.EpochEnd(epoch=epoch, epochs=3, train_loss=1.0, metrics={"val_loss": 1.0, "val_acc": 0.5 + 0.1 * epoch,
+                             "val_macro_f1": 0.5}, lr=1e-3, seconds=1.0, best=True, trainable_params=1,
                              phase="student_baseline")
         student.mkdir(parents=True, exist_ok=True)
         save_tradeoff(student, report)

@@ -57,8 +57,8 @@ def fake_fit_factory(run_dir: str, n_batches: int = 50, epochs: int = 1, delay: 
                 yield ev.BatchEnd(epoch=e, batch=b, batches=n_batches, step=step, loss=2.0 / (1 + step),
                                   lr=1e-3, images_per_s=321.0)
                 step += 1
-            yield ev.EpochEnd(epoch=e, epochs=epochs, train_loss=0.5, val_loss=0.6, val_acc=0.8 + 0.01 * e,
-                              val_macro_f1=0.79, lr=1e-3, seconds=1.5, best=True, trainable_params=1234)
+            yield ev.EpochEnd(epoch=e, epochs=epochs, train_loss=0.5, metrics={"val_loss": 0.6, "val_acc": 0.8 + 0.01 * e,
+                              "val_macro_f1": 0.79}, lr=1e-3, seconds=1.5, best=True, trainable_params=1234)
         yield ev.Finished(run_dir, "finished", epochs - 1, 0.8)
         return SimpleNamespace(status="finished", best_val_acc=0.8, config={"out_dir": run_dir})
 

@@ -72,15 +72,28 @@ class EpochEnd(Event):
     epoch: int  # 0-based
     epochs: int
     train_loss: float
-    val_loss: float
-    val_acc: float
-    val_macro_f1: float
+    # validation metrics of the run's kind of learning: classification has val_loss, val_acc,
+    # val_macro_f1; per-task names use a slash (val_acc/digit); see docs/TASKS.md
+    metrics: dict[str, float]
     lr: float
     seconds: float
     best: bool  # this epoch is the best so far (its weights were kept)
     trainable_params: int
     parts: dict[str, float] = field(default_factory=dict)
     phase: str = "main"
+    best_metric: str = "val_acc"  # the metric that picks the best epoch
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.metrics.get("val_loss")
+
+    @property
+    def val_acc(self) -> float | None:
+        return self.metrics.get("val_acc")
+
+    @property
+    def val_macro_f1(self) -> float | None:
+        return self.metrics.get("val_macro_f1")
 
 
 @dataclass(frozen=True)
@@ -104,9 +117,10 @@ class Finished(Event):
     run_dir: str
     status: str  # "finished", "stopped", "early_stopped", "failed"
     best_epoch: int | None
-    best_val_acc: float | None
+    best_val_acc: float | None  # classification's headline; None for kinds without accuracy
     message: str = ""
     result: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's metrics
 
 
 def drive(gen: Generator, on_event: Callable[[Any], None] | None = None) -> Any:

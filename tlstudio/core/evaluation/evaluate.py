@@ -188,15 +188,32 @@ def preprocess(img, spec: ModelSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def _load_one(path, spec: ModelSpec):
+    try:
+        return preprocess(_load_rgb(path), spec), None
+    except Exception as exc:  # ImageError, OSError, decompression bomb...: name it, go on
+        return None, {"path": str(path), "reason": _reason(exc, path)}
+
+
 def load_batch(paths: Sequence[str], spec: ModelSpec) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
-    """Decode and preprocess; returns (batch, indices that loaded, failures)."""
+    """Decode and preprocess (in threads: PIL releases the GIL while decoding and resizing);
+    returns (batch, indices that loaded, failures). The one preprocessing path of evaluation,
+    prediction and the export checks."""
+    from concurrent.futures import ThreadPoolExecutor
+
     arrays, ok, failures = [], [], []
-    for i, p in enumerate(paths):
-        try:
-            arrays.append(preprocess(_load_rgb(p), spec))
+    workers = min(len(paths), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="tlstudio-decode") as pool:
+            results = list(pool.map(lambda p: _load_one(p, spec), paths))
+    else:
+        results = [_load_one(p, spec) for p in paths]
+    for i, (arr, bad) in enumerate(results):
+        if bad is None:
+            arrays.append(arr)
             ok.append(i)
-        except Exception as exc:  # ImageError, OSError, decompression bomb...: name it, go on
-            failures.append({"path": str(p), "reason": _reason(exc, p)})
+        else:
+            failures.append(bad)
     s = spec.image_size
     batch = np.stack(arrays) if arrays else np.zeros((0, 3, s, s), np.float32)
     return batch, ok, failures
@@ -272,42 +289,6 @@ def run_samples(
     return (np.concatenate(probs) if probs else np.zeros((0, c))), labels, paths, failures
 
 
-def _eval_loader_probs(model, spec, samples, batch_size, device):
-    """Use the speed owner's parallel eval loader when it exists (same timm eval transform)."""
-    try:
-        from tlstudio.core.pipeline.loaders import eval_loader
-    except ImportError:
-        return None
-    import torch
-
-    data_cfg = {
-        "input_size": (3, spec.image_size, spec.image_size),
-        "mean": tuple(spec.mean),
-        "std": tuple(spec.std),
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-        "crop_mode": spec.crop_mode,
-    }
-    loader = eval_loader(list(samples), data_cfg, batch_size=batch_size)
-    dev = _device(device)
-    model = model.to(dev).eval()
-    probs, idxs = [], []
-    with torch.inference_mode():
-        for x, _y, idx in loader:
-            probs.append(torch.softmax(model(x.to(dev)).float(), dim=1).cpu().double().numpy())
-            idxs.extend(int(i) for i in idx)
-    seen = set(idxs)
-    failures = getattr(loader, "failures", None)
-    if failures is not None:
-        failures = [{"path": str(f.path), "reason": str(f.reason)} for f in failures]
-    else:
-        failures = [{"path": str(s.path), "reason": "could not be read"} for i, s in enumerate(samples) if i not in seen]
-    labels = [int(samples[i].label) for i in idxs]
-    paths = [str(samples[i].path) for i in idxs]
-    p = np.concatenate(probs) if probs else np.zeros((0, spec.num_classes))
-    return p, labels, paths, failures
-
-
 def evaluate_model(
     model,
     spec: ModelSpec,
@@ -320,15 +301,9 @@ def evaluate_model(
 ) -> EvalReport:
     """Metrics of a torch model on labelled samples (objects with .path and .label)."""
     samples = [s for s in samples if int(s.label) >= 0]
-    res = None
-    if os.environ.get("TLSTUDIO_EVAL_LOADER", "1") != "0" and len(samples) > 4 * batch_size:
-        try:  # worth the worker start-up only for larger sets
-            res = _eval_loader_probs(model, spec, samples, batch_size, device)
-        except Exception:  # the pipeline is optional here: fall back to the plain loop
-            res = None
-    if res is None:
-        res = run_samples(torch_forward(model, device), spec, samples, batch_size=batch_size, progress=progress)
-    probs, labels, paths, failures = res
+    # the same pixels as predict() and the export checks, whatever the number of images
+    probs, labels, paths, failures = run_samples(torch_forward(model, device), spec, samples,
+                                                 batch_size=batch_size, progress=progress)
     return report_from_probs(probs, labels, spec.classes, paths, failures, source=source)
 
 

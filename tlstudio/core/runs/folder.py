@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tlstudio.core.atomic import atomic_write_text
 from tlstudio.core.errors import UserError
 
-RUN_SCHEMA_VERSION = 1
+RUN_SCHEMA_VERSION = 2  # 2: "task", "metrics" and "label_schema"; schema 1 folders are read too
 RUN_JSON = "run.json"
 CONFIG_JSON = "config.json"
 SPLIT_JSON = "split.json"
@@ -39,9 +39,8 @@ EVAL_JSON = "eval.json"
 LOG_TXT = "log.txt"
 BASELINE_DIR = "baseline"
 
-HISTORY_FIELDS = [
-    "epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds", "trainable_params",
-]
+# first columns of history.csv; each kind of learning adds its own metric columns after them
+HISTORY_FIELDS = ["epoch", "train_loss"]
 
 
 class RunError(UserError):
@@ -68,7 +67,8 @@ class RunInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_version: int = RUN_SCHEMA_VERSION
-    kind: Literal["train", "distill"] = "train"
+    kind: str = "train"  # the job that wrote the folder: train, distill, fit, rank ...
+    task: str = "classification"  # the kind of learning (tlstudio.core.tasks.registry)
     name: str = ""
     status: Literal["running", "stopped", "finished", "early_stopped", "failed"] = "running"
     created: float = Field(default_factory=time.time)
@@ -87,6 +87,21 @@ class RunInfo(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     baseline: dict[str, Any] | None = None  # gain of transfer over scratch
     extra: dict[str, Any] = Field(default_factory=dict)  # distillation report and the like
+    metrics: dict[str, float] = Field(default_factory=dict)  # the best epoch's metrics
+    best_metric: str = "val_acc"  # the metric that picked the best epoch
+    label_schema: dict[str, Any] | None = None  # {"tasks": [{"name", "type", "classes"}]}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_schema_1(cls, data: Any) -> Any:
+        """Schema 1 (first wave) had no task and kept only best_val_acc/best_val_macro_f1."""
+        if isinstance(data, dict) and int(data.get("schema_version", 1)) < 2:
+            data = dict(data)
+            data.setdefault("task", "distillation" if data.get("kind") == "distill" else "classification")
+            metrics = {k: data[f"best_{k}"] for k in ("val_acc", "val_macro_f1") if data.get(f"best_{k}") is not None}
+            data.setdefault("metrics", metrics)
+            data["schema_version"] = RUN_SCHEMA_VERSION
+        return data
 
 
 def versions() -> dict[str, str]:
@@ -142,8 +157,12 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
+    """One row per epoch; the columns are the union of the rows' keys (metrics differ per kind)."""
+    fields = list(HISTORY_FIELDS)
+    for r in rows:
+        fields += [k for k in r if k not in fields]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow(r)

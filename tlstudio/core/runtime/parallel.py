@@ -34,3 +34,31 @@ def distributed_context() -> DistContext:
     except ValueError:
         return DistContext()
     return DistContext(rank=rank, world_size=max(1, world), local_rank=local)
+
+
+def init_distributed() -> DistContext:
+    """The process group for this torchrun process (once); a plain DistContext without torchrun."""
+    dist = distributed_context()
+    if dist.enabled:
+        import torch
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
+def unwrap(module):
+    """The model inside a DistributedDataParallel wrapper (itself otherwise)."""
+    return getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
+
+
+def wrap_ddp(module, dist: DistContext, device):
+    """DDP around ``module`` when several processes train (re-wrapping the inner module)."""
+    if not dist.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = unwrap(module)
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(inner, device_ids=ids)

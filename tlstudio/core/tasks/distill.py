@@ -51,6 +51,7 @@ class DistillConfig(TrainConfig):
     ``backbone``, ``init``, ``freeze`` ... describe the student. Saved as config.json.
     """
 
+    task: str = "distillation"
     # the student has to move its features towards the teacher's: all its layers train by default
     freeze: str = "none"
 
@@ -716,3 +717,20 @@ def _after_main(config: DistillConfig, run_dir: Path, info, stop, pause) -> Gene
     yield Log("Trade-off (same validation images, latency measured on this machine):\n"
               + tradeoff_table(report) + "\n" + report["summary"])
     return info
+
+
+def _register() -> None:
+    from tlstudio.core.tasks import classification
+    from tlstudio.core.tasks.registry import TaskKind, register
+
+    register(TaskKind(
+        kind="distillation", title="Knowledge distillation",
+        summary="a small student learns from trained teacher run(s): same classes, a fraction of the size",
+        config_cls=DistillConfig, run=distill, resume=resume_distill, evaluate=classification.evaluate,
+        predict=classification.predict, export=classification.export, best_metric=("val_acc", "max"),
+        gui_steps=("data", "distill", "evaluate", "predict", "export", "runs"),
+        eval_lines=classification.eval_lines, predict_line=classification.predict_line,
+    ))
+
+
+_register()

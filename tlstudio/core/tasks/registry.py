@@ -33,6 +33,9 @@ class TaskKind:
     # detect(path) -> one line saying why this folder suits this kind ("214 normal images, no
     # defects: anomaly detection"), or None; the Data step offers the kinds that answer
     detect: Callable[[str], str | None] | None = None
+    # human-readable CLI output of an evaluate() result and of one predict() row (JSON is generic)
+    eval_lines: Callable[[dict], list[str]] | None = None
+    predict_line: Callable[[dict], str] | None = None
 
 
 _REGISTRY: dict[str, TaskKind] = {}

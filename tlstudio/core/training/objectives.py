@@ -1,12 +1,14 @@
-"""Pluggable training objectives: the loop stays the same, the loss changes.
+"""What a gradient-trained kind of learning plugs into the shared training loop.
 
-Classification is the default; distillation, multi-task or domain adaptation arrive as new
-Objective subclasses, not as rewrites of the engine loop.
+The loop (training/loop.py) stays the same for every kind; an Objective decides how the model is
+built, the loss of a batch, the validation metrics (a dictionary), which metric picks the best
+epoch, what happens at the start and end of each epoch, and the final report. Classification is
+the default; distillation, multi-task learning and domain adaptation are subclasses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,19 +16,29 @@ from typing import Any
 
 @dataclass
 class ObjectiveContext:
-    model: Any  # torch.nn.Module being trained (only the head in features mode)
+    model: Any  # torch.nn.Module being trained (only the head in features mode; maybe DDP-wrapped)
     device: Any  # torch.device
     classes: list[str]
-    precision: Any  # tlstudio.core.runtime.precision.PrecisionPlan
+    precision: Any  # tlstudio.core.runtime.precision.PrecisionPlan (updated on an fp32 fallback)
     config: Any  # TrainConfig (or a subclass)
     train_samples: list[Any]  # idx in a training batch indexes this list; unlabelled have label -1
-    features_mode: bool = False  # x are cached body features, model maps them to logits
+    features_mode: bool = False  # x are cached body features, model maps them to outputs
     run_dir: Path = field(default_factory=Path)
     class_counts: list[int] = field(default_factory=list)
+    val_samples: list[Any] = field(default_factory=list)  # idx in a validation batch indexes this list
+    full_model: Any = None  # the whole model (body + heads), also in features mode
 
 
 class Objective:
+    """Single-label classification: the defaults of every hook."""
+
     name = "classification"
+    best_metric: tuple[str, str] = ("val_acc", "max")  # (metric, "max" | "min")
+    tie_metric: tuple[str, str] = ("val_loss", "min")  # breaks ties of best_metric
+
+    def build_model(self, create_body: Callable[[int], Any], classes: list[str]) -> Any:
+        """The model to train; ``create_body(n)`` gives the timm backbone with an n-output head."""
+        return create_body(len(classes))
 
     def setup(self, ctx: ObjectiveContext) -> Iterable[Any]:
         """Prepare; may yield Progress/Log events (e.g. while caching teacher outputs)."""
@@ -35,9 +47,35 @@ class Objective:
     def loss(self, model, x, y, idx):  # -> tuple[Tensor, dict[str, float]]
         raise NotImplementedError
 
+    def validate(self, model, loader, ctx: ObjectiveContext) -> dict[str, float]:
+        """Validation metrics of one epoch (reduced precision, as trained)."""
+        from tlstudio.core.training.validation import validate
+
+        loss, acc, f1 = validate(model, loader, len(ctx.classes), ctx.device, ctx.precision)
+        return {"val_loss": loss, "val_acc": acc, "val_macro_f1": f1}
+
+    def on_epoch_start(self, epoch: int, ctx: ObjectiveContext) -> Iterable[Any]:
+        return ()
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], ctx: ObjectiveContext) -> Iterable[Any]:
+        return ()
+
+    def final_eval(self, run_dir: Path, info: Any, split: Any, device: Any) -> Iterable[Any]:
+        """Evaluate the best weights once training ended (eval.json)."""
+        from tlstudio.core.training.validation import final_eval
+
+        return final_eval(run_dir, info, split, device)
+
     def extra_modules(self) -> list[Any]:
-        """Modules trained together with the model (e.g. adapters)."""
+        """Modules trained together with the model (e.g. adapters, discriminators)."""
         return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Objective state saved in last.pt for resume (task weights, pseudo-labels ...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def supports_features_mode(self) -> bool:
         return True
@@ -76,3 +114,10 @@ class ClassificationObjective(Objective):
         else:  # a batch of unlabelled images only: nothing to learn from here
             loss = logits.float().sum() * 0.0
         return loss, {}
+
+
+def better(value: float, best: float | None, mode: str) -> bool:
+    """Is ``value`` strictly better than ``best`` for a metric maximised or minimised?"""
+    if best is None:
+        return True
+    return value > best + 1e-9 if mode == "max" else value < best - 1e-9

@@ -60,10 +60,9 @@ class TBWriter:
         pre = "" if phase == "main" else f"{phase}/"
         if kind == "EpochEnd":
             step = event.epoch + 1
-            for name in ("train_loss", "val_loss"):
-                self.scalar(f"{pre}loss/{name[:-5]}", getattr(event, name), step)
-            self.scalar(f"{pre}val/accuracy", event.val_acc, step)
-            self.scalar(f"{pre}val/macro_f1", event.val_macro_f1, step)
+            self.scalar(f"{pre}loss/train", event.train_loss, step)
+            for key, value in event.metrics.items():
+                self.scalar(f"{pre}{metric_tag(key)}", value, step)
             self.scalar(f"{pre}lr", event.lr, step)
             self.scalar(f"{pre}epoch_seconds", event.seconds, step)
             self.scalar(f"{pre}trainable_params", event.trainable_params, step)
@@ -78,8 +77,9 @@ class TBWriter:
         elif kind == "Unfrozen":
             self._w.add_text(f"{pre}unfrozen", f"epoch {event.epoch + 1}: {event.group}", event.epoch + 1)
         elif kind == "Finished":
-            if event.best_val_acc is not None:
-                self._w.add_text(f"{pre}finished", f"{event.status}, best val acc {event.best_val_acc:.4f}")
+            best = ", ".join(f"{k} {v:.4f}" for k, v in (event.metrics or {}).items())
+            if best:
+                self._w.add_text(f"{pre}finished", f"{event.status}, best epoch: {best}")
             self._w.flush()
 
     def close(self) -> None:
@@ -94,6 +94,14 @@ class TBWriter:
         self.close()
 
 
+_TAGS = {"val_loss": "loss/val", "val_acc": "val/accuracy", "val_macro_f1": "val/macro_f1"}
+
+
+def metric_tag(key: str) -> str:
+    """TensorBoard tag of a metric: classification keeps its tags, other metrics go under metrics/."""
+    return _TAGS.get(key, f"metrics/{key}")
+
+
 def history_to_tensorboard(run_dir: str | Path, log_dir: str | Path | None = None) -> Path | None:
     """Write a run's history.csv as TensorBoard scalars; None when tensorboard is not installed."""
     from tlstudio.core.runs.folder import read_history
@@ -105,8 +113,11 @@ def history_to_tensorboard(run_dir: str | Path, log_dir: str | Path | None = Non
             return None
         for row in read_history(run_dir):
             step = int(row.get("epoch", 0)) + 1
-            for key, tag in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("val_acc", "val/accuracy"),
-                             ("val_macro_f1", "val/macro_f1"), ("lr", "lr")):
-                if key in row:
-                    tb.scalar(tag, row[key], step)
+            for key, value in row.items():
+                if key == "train_loss":
+                    tb.scalar("loss/train", value, step)
+                elif key == "lr":
+                    tb.scalar("lr", value, step)
+                elif key.startswith("val") or "/" in key:
+                    tb.scalar(metric_tag(key), value, step)
     return out

@@ -53,10 +53,8 @@ def validate(module, val_loader, n_classes: int, device, plan) -> tuple[float, f
 
 def final_eval(run_dir: Path, info: runs.RunInfo, split, device) -> Generator[Event, None, None]:
     """Evaluate the best weights on the validation split and write eval.json."""
-    try:
-        from tlstudio.core.evaluation.evaluate import evaluate_model
-    except ImportError:
-        return
+    from tlstudio.core.evaluation.evaluate import evaluate_model
+
     yield Progress(task="eval", done=0, total=len(split.val), message="Evaluating the best weights")
     model, _ = load_run_model(run_dir)
     report = evaluate_model(model, info.model, list(split.val), device=str(device))
