@@ -95,7 +95,7 @@ class DataDropMixin:
     # --- drag and drop ------------------------------------------------------------------
     @staticmethod
     def classify_drop(urls: list[QUrl]) -> tuple[str, list[str]]:
-        """('folder'|'zip'|'images'|'', paths) for the dropped URLs."""
+        """('folder'|'zip'|'csv'|'images'|'', paths) for the dropped URLs."""
         from tlstudio.gui.widgets.thumbnails import image_extensions
 
         paths = [u.toLocalFile() for u in urls if u.isLocalFile() and u.toLocalFile()]
@@ -107,6 +107,9 @@ class DataDropMixin:
         zips = [p for p in paths if p.lower().endswith(".zip") and os.path.isfile(p)]
         if zips:
             return "zip", zips[:1]
+        csvs = [p for p in paths if p.lower().endswith(".csv") and os.path.isfile(p)]
+        if csvs:
+            return "csv", csvs[:1]
         exts = image_extensions()
         imgs = [p for p in paths if os.path.isfile(p) and os.path.splitext(p)[1].lower() in exts]
         if imgs:
@@ -120,6 +123,7 @@ class DataDropMixin:
             ev.accept()
             self.show_message({"folder": "Drop to open this folder",
                                "zip": "Drop to extract and open this archive",
+                               "csv": "Drop to open the images this labels file lists",
                                "images": "Drop to add these images to a class"}[kind])
         else:
             ev.ignore()
@@ -143,7 +147,7 @@ class DataDropMixin:
 
     def handle_drop(self, kind: str, paths: list[str], target_class: str | None = None) -> None:
         log.info("drop: %s %s", kind, paths[:3])
-        if kind == "folder":
+        if kind in ("folder", "csv"):
             self.open_folder(paths[0])
         elif kind == "zip":
             self.open_zip(paths[0])

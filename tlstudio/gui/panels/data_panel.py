@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from tlstudio.gui.panels.data_kind import KindChooser, optional_widget
 from tlstudio.gui.panels.data_scan import make_split_or_none as _make_split
 from tlstudio.gui.panels.data_scan import sample_folder
 from tlstudio.gui.panels.data_scan import scan_job as _scan_job
@@ -74,6 +75,10 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         self.sample_btn = QPushButton("Use sample data")
         self.sample_btn.setToolTip("Load the small bundled data set (3 shapes) to try the app.")
         self.sample_btn.clicked.connect(self.open_sample)
+        self.csv_btn = QPushButton("Open labels CSV…")
+        self.csv_btn.setToolTip("Choose a .csv of path,label rows (paths relative to the CSV's folder); "
+                                "you can also drop a .csv on the window.")
+        self.csv_btn.clicked.connect(self.choose_csv)
         self.rescan_btn = QPushButton("Rescan")
         self.rescan_btn.setToolTip("Scan the folder again (after adding or removing images).")
         self.rescan_btn.clicked.connect(self.rescan)
@@ -90,7 +95,7 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         self.progress.hide()
 
         top = QHBoxLayout()
-        for w in (self.open_btn, self.sample_btn, self.rescan_btn):
+        for w in (self.open_btn, self.csv_btn, self.sample_btn, self.rescan_btn):
             top.addWidget(w)
         top.addWidget(self.path_label, 1)
         top.addWidget(self.progress, 1)
@@ -106,15 +111,35 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 3)
 
+        self.kind_chooser = KindChooser(self.state)
         lay = QVBoxLayout(self)
         lay.addLayout(top)
+        lay.addWidget(self.kind_chooser)
         lay.addWidget(self.splitter, 1)
+        self._embed_task_widgets(left)
 
     # --- opening and scanning -----------------------------------------------------------
     def choose_folder(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Open an image folder", self.state.data_dir or "")
         if d:
             self.open_folder(d)
+
+    def choose_csv(self) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, "Open a labels CSV", self.state.data_dir or "",
+                                           "CSV files (*.csv);;All files (*)")
+        if f:
+            self.open_folder(f)
+
+    def _embed_task_widgets(self, left: QWidget) -> None:
+        """The unlabelled-images zone (left, under the split) and the multi-task table (a tab),
+        when those modules are part of this install."""
+        self.unlabelled_zone = optional_widget("tlstudio.gui.panels.unlabelled_zone", "UnlabelledZone", self.state)
+        if self.unlabelled_zone is not None:
+            left.layout().addWidget(self.unlabelled_zone)
+        self.task_table = optional_widget("tlstudio.gui.panels.task_table", "TaskTable", self.state)
+        if self.task_table is not None:
+            self.tabs.addTab(self.task_table, "Tasks")
+            self.tabs.setTabToolTip(self.tabs.count() - 1, "One task per label column of a multi-task CSV")
 
     def open_sample(self) -> None:
         self.open_folder(str(sample_folder()))
@@ -187,10 +212,12 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         secs = time.perf_counter() - self._scan_t0
         self._scan_ended()
         self.rescan_btn.setEnabled(True)
-        self.state.set_dataset(report.root, report, split)
+        # a CSV data set is opened by its CSV (a folder may hold several)
+        data_dir = report.csv_path if report.layout == "csv" and report.csv_path else report.root
+        self.state.set_dataset(data_dir, report, split)
         self.state.set_setting("val_fraction", float(self.val_spin.value()))
         self.state.set_setting("seed", int(self.seed_spin.value()))
-        self.path_label.setText(report.root)
+        self.path_label.setText(data_dir)
         self.state.status_message.emit(
             f"Scanned {len(report.samples)} images in {len(report.classes)} classes in {secs:.1f} s"
         )

@@ -28,10 +28,15 @@ from tlstudio.gui.widgets.thumbnails import ThumbnailModel, ThumbnailView
 
 MAX_SKIPPED_ROWS = 5000  # the full list stays in the scan report; the table shows the first ones
 
+DUP_TIP = ("The same picture found twice: exact copies (same bytes) and near copies (resized or "
+           "re-encoded). Copies stay on one side of the train/validation split; a picture under two "
+           "classes has no true label and is left out of training. Double-click to open an image.")
+
 DROP_HINT = (
     "<h2>Drop a folder of images here</h2>"
     "<p>One sub-folder per class (for example <i>cats/</i> and <i>dogs/</i>),<br>"
     "or a folder with <i>train/</i> and <i>val/</i>, or a .zip of such a folder.</p>"
+    "<p>A labels file works too: drop a <i>.csv</i> of path,label rows.</p>"
     "<p>You can also click <b>Open folder…</b> (Ctrl+O) or try the <b>sample data</b>.</p>"
 )
 
@@ -90,12 +95,24 @@ class DataViewsMixin:
         self.warnings_list = QListWidget()
         self.warnings_list.setWordWrap(True)
         self.warnings_list.setToolTip(tip("warnings"))
+        self.dup_table = QTableWidget(0, 4)
+        self.dup_table.setHorizontalHeaderLabels(("Image", "Same picture as", "Kind", "Classes"))
+        self.dup_table.verticalHeader().setVisible(False)
+        self.dup_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.dup_table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        for c in (0, 1):
+            self.dup_table.horizontalHeader().setSectionResizeMode(c, QHeaderView.ResizeMode.Stretch)
+        self.dup_table.setToolTip(DUP_TIP)
+        self.dup_table.setAccessibleName("Duplicate images")
+        self.dup_table.doubleClicked.connect(self._open_duplicate)
         self.tabs = QTabWidget()
         self.tabs.addTab(images, "Images")
         self.tabs.addTab(self.skipped_table, "Skipped files")
         self.tabs.addTab(self.warnings_list, "Warnings")
+        self.tabs.addTab(self.dup_table, "Duplicates")
         self.tabs.setTabToolTip(1, tip("skipped"))
         self.tabs.setTabToolTip(2, tip("warnings"))
+        self.tabs.setTabToolTip(3, DUP_TIP)
 
         self.hint = QLabel(DROP_HINT)
         self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -117,7 +134,7 @@ class DataViewsMixin:
             self.summary.setText("")
             return
         self.right.setCurrentWidget(self.tabs)
-        self.path_label.setText(report.root)
+        self.path_label.setText(self.state.data_dir or report.root)
         self.rescan_btn.setEnabled(True)
         problem = trainable_problem(report)
         n = len(report.samples)
@@ -139,11 +156,14 @@ class DataViewsMixin:
         self.warnings_list.addItems(list(report.warnings))
         self.tabs.setTabText(1, f"Skipped files ({len(report.skipped):,})")
         self.tabs.setTabText(2, f"Warnings ({len(report.warnings)})")
+        dups = self._show_duplicates(report)
+        self.tabs.setTabText(3, f"Duplicates ({dups})")
         from PySide6.QtGui import QColor
 
         bar = self.tabs.tabBar()
         bar.setTabTextColor(1, QColor("#c5221f") if report.skipped else bar.palette().text().color())
         bar.setTabTextColor(2, QColor("#e8710a") if report.warnings else bar.palette().text().color())
+        bar.setTabTextColor(3, QColor("#e8710a") if dups else bar.palette().text().color())
         presplit = report.presplit is not None
         self.val_spin.setEnabled(not presplit)
         self.val_spin.setToolTip(
@@ -162,6 +182,48 @@ class DataViewsMixin:
             b.setToolTip(s.reason)
             self.skipped_table.setItem(r, 0, a)
             self.skipped_table.setItem(r, 1, b)
+
+    def _show_duplicates(self, report: Any) -> int:
+        """One row per duplicate pair the scan found (exact copies, then near copies); the number
+        of pairs. Pairs across two classes come first: those images are left out of training."""
+        import os
+
+        labels = {s.path: report.classes[s.label] for s in report.samples if 0 <= s.label < len(report.classes)}
+
+        def label_of(path: str) -> str:  # images left out of training: their class folder's name
+            if path in labels:
+                return labels[path]
+            return os.path.basename(os.path.dirname(path)) if report.layout != "csv" else "?"
+
+        pairs = list(getattr(report, "duplicates", None) or [])
+        pairs.sort(key=lambda p: (label_of(p.a) == label_of(p.b), p.kind != "exact", p.a))
+        rows = pairs[:MAX_SKIPPED_ROWS]
+        self.dup_table.setRowCount(len(rows))
+        root = report.root
+        for r, p in enumerate(rows):
+            ca, cb = label_of(p.a), label_of(p.b)
+            kind = "exact copy" if p.kind == "exact" else f"near copy (difference {p.difference:.1f})"
+            cells = (os.path.relpath(p.a, root) if p.a.startswith(root) else p.a,
+                     os.path.relpath(p.b, root) if p.b.startswith(root) else p.b,
+                     kind, ca if ca == cb else f"{ca} / {cb}: two classes, left out")
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip((p.a, p.b, kind, text)[c])
+                item.setData(Qt.ItemDataRole.UserRole, (p.a, p.b)[min(c, 1)])
+                if c == 3 and ca != cb:
+                    from PySide6.QtGui import QColor
+
+                    item.setForeground(QColor("#c5221f"))
+                self.dup_table.setItem(r, c, item)
+        return len(pairs)
+
+    def _open_duplicate(self, index) -> None:  # index: QModelIndex
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        path = index.data(Qt.ItemDataRole.UserRole)
+        if path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
 
     # --- interaction ----------------------------------------------------------------------
     def _filter_changed(self) -> None:
