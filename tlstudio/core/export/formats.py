@@ -14,15 +14,16 @@ OUT_DIR/
   preprocessing.json     classes, input size, mean/std, interpolation, crop: what every export needs
   export_report.json     ExportReport: sizes, max abs differences to PyTorch, int8 vs fp32
   MODEL_CARD.md (+ PNGs) written by model_card.write_model_card
+
+The formats live in onnx_export.py and int8.py (shared helpers in common.py); this module writes
+safetensors and TorchScript and runs the whole export (`export_run`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,20 +31,31 @@ from typing import Any
 import numpy as np
 
 from tlstudio.core.errors import UserError
+from tlstudio.core.export.common import (  # noqa: F401 - part of this module's API
+    FP32_TOLERANCE,
+    INT8_FILE,
+    ONNX_FILE,
+    ONNX_OPSET,
+    PREPROCESSING_JSON,
+    REPORT_JSON,
+    ST_FILE,
+    TS_FILE,
+    ExportError,
+    _max_diff,
+    _ort_forward,
+    _ort_session,
+    _quiet,
+    _size,
+    _torch_logits,
+    fixed_size_model,
+    preprocessing_meta,
+)
+from tlstudio.core.export.int8 import INT8_SELECT_BYTES, INT8_SELECT_IMAGES, INT8_TOLERANCE, compare_int8, export_int8  # noqa: F401
+from tlstudio.core.export.onnx_export import _set_onnx_metadata, export_onnx  # noqa: F401
 from tlstudio.core.runs.folder import ModelSpec, RunInfo
 
 FORMATS = ("safetensors", "onnx", "torchscript", "int8")
-ONNX_OPSET = 17
-FP32_TOLERANCE = 1e-4  # max abs logit difference accepted between an fp32 export and PyTorch
-PREPROCESSING_JSON = "preprocessing.json"
-REPORT_JSON = "export_report.json"
-ONNX_FILE, INT8_FILE, TS_FILE, ST_FILE = "model.onnx", "model.int8.onnx", "model.torchscript.pt", "model.safetensors"
-
 Progress = Callable[[str, int, int], None]  # (message, step, steps)
-
-
-class ExportError(UserError):
-    """An export could not be written or failed its check. The message names the file."""
 
 
 @dataclass
@@ -65,46 +77,7 @@ class ExportReport:
         return asdict(self)
 
 
-def preprocessing_meta(spec: ModelSpec) -> dict[str, Any]:
-    """What inference needs besides the weights; stored next to and inside every export."""
-    return {
-        "backbone": spec.backbone,
-        "classes": list(spec.classes),
-        "num_classes": spec.num_classes,
-        "image_size": spec.image_size,
-        "input_shape": [1, 3, spec.image_size, spec.image_size],
-        "input_name": "input",
-        "output_name": "logits",
-        "layout": "NCHW, RGB, float32, (pixel/255 - mean) / std",
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-        "crop_mode": spec.crop_mode,
-        "resize": "short side to floor(image_size / crop_pct), then center crop image_size",
-        "output": "logits; softmax for probabilities",
-        "timm": (f'timm.create_model("{spec.backbone}", num_classes={spec.num_classes}, pretrained=True, '
-                 f'pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={spec.num_classes}))'),
-    }
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _quiet():
-    """Exporters warn (and log to the root logger) about their own internals and deprecations;
-    those are not the user's problem."""
-    import logging
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def _check_inputs(spec: ModelSpec, samples: Sequence, n: int = 8, seed: int = 0) -> np.ndarray:
@@ -117,30 +90,6 @@ def _check_inputs(spec: ModelSpec, samples: Sequence, n: int = 8, seed: int = 0)
         real, _, _ = load_batch([x.path for x in list(samples)[:n]], spec)
     rnd = np.random.default_rng(seed).standard_normal((max(2, n - len(real)), 3, s, s)).astype(np.float32)
     return np.concatenate([real, rnd]).astype(np.float32)
-
-
-def _torch_logits(model, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).float().numpy()
-
-
-def _ort_session(path: Path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _ort_forward(sess) -> Callable[[np.ndarray], np.ndarray]:
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
 
 
 def _run_samples(run_dir: Path) -> tuple[list, list]:
@@ -211,77 +160,6 @@ def timm_config(model, spec: ModelSpec) -> dict[str, Any]:
     return cfg
 
 
-def fixed_size_model(model, image_size: int):
-    """A copy whose position embeddings are resampled once to `image_size` (size-flexible ViTs
-    resample them on every call with an antialiased bicubic op that ONNX has no equivalent for).
-    The same model when nothing needs baking."""
-    if not (getattr(model, "dynamic_img_size", False) and hasattr(model, "set_input_size")):
-        return model
-    import copy
-
-    baked = copy.deepcopy(model)
-    try:
-        with _quiet():
-            baked.set_input_size(img_size=image_size)
-    except Exception:  # noqa: BLE001 - a family without it: export as is
-        return model
-    return baked.eval()
-
-
-def export_onnx(model, spec: ModelSpec, out: Path, check_x: np.ndarray, filename: str = ONNX_FILE) -> dict[str, Any]:
-    import onnx
-    import torch
-
-    path = out / filename
-    tmp = out / f".{filename}.tmp"
-    dummy = torch.from_numpy(check_x[:2].copy())
-    traced_model = fixed_size_model(model, spec.image_size)
-    with _quiet():
-        try:
-            torch.onnx.export(
-                traced_model, (dummy,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
-            )
-        except TypeError:  # torch without the `dynamo` switch: the TorchScript exporter is the default
-            torch.onnx.export(
-                traced_model, (dummy,), str(tmp), opset_version=ONNX_OPSET,
-                input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
-            )
-    m = onnx.load(str(tmp))
-    _set_onnx_metadata(m, spec)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(tmp))
-    tmp.replace(path)
-    diff = _max_diff(_ort_forward(_ort_session(path)), model, check_x)
-    if not diff < FP32_TOLERANCE:
-        raise ExportError(f"{path}: onnxruntime differs from PyTorch by {diff:.2e} (> {FP32_TOLERANCE:g})")
-    return {"path": str(path), "bytes": _size(path), "opset": ONNX_OPSET, "max_abs_diff": diff,
-            "checked_batches": [1, len(check_x)]}
-
-
-def _set_onnx_metadata(m, spec: ModelSpec) -> None:
-    meta = preprocessing_meta(spec)
-    props = {"tlstudio": json.dumps(meta), "classes": json.dumps(meta["classes"]),
-             "image_size": str(spec.image_size), "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
-             "interpolation": spec.interpolation, "crop_pct": str(spec.crop_pct), "crop_mode": spec.crop_mode}
-    del m.metadata_props[:]
-    for k, v in props.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
-    m.producer_name = "TL Studio"
-    m.doc_string = f"{spec.backbone} fine-tuned on {spec.num_classes} classes by TL Studio"
-
-
-def _max_diff(forward, model, x: np.ndarray) -> float:
-    """Max abs logit difference over a batch of 1 and the whole batch (proves the dynamic batch)."""
-    want = _torch_logits(model, x)
-    d1 = np.abs(forward(x[:1]) - want[:1]).max()
-    dn = np.abs(forward(x) - want).max()
-    return float(max(d1, dn))
-
-
 def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -> dict[str, Any]:
     import torch
 
@@ -303,196 +181,6 @@ def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -
     if not diff < FP32_TOLERANCE:
         raise ExportError(f"{path}: TorchScript differs from PyTorch by {diff:.2e} (> {FP32_TOLERANCE:g})")
     return {"path": str(path), "bytes": _size(path), "max_abs_diff": diff, "method": "trace"}
-
-
-INT8_TOLERANCE = 0.02  # accuracy points (as a fraction) an int8 candidate may lose against fp32 ONNX
-INT8_SELECT_IMAGES = 256  # validation images the int8 candidates are compared on (preloaded once)
-INT8_SELECT_BYTES = 200e6  # ... and at most about this much float32 (fewer images for large inputs)
-
-
-class _Calibration:
-    """onnxruntime CalibrationDataReader over preprocessed images (re-readable: rewind)."""
-
-    def __init__(self, batches: list[np.ndarray]):
-        self._batches = batches
-        self._it = iter([{"input": b} for b in batches])
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):  # some onnxruntime versions call it between passes
-        self._it = iter([{"input": b} for b in self._batches])
-
-
-def _int8_candidates(onnx_path: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, description, quantize_static kwargs), roughly smallest/fastest first. All quantize
-    weights per channel (depthwise convs and folded BatchNorm in EfficientNet/MobileNet have
-    channel ranges far apart; one scale per tensor wipes out the small channels)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantType
-
-    g = onnx.load(str(onnx_path), load_external_data=False).graph
-    convs = [n.name for n in g.node if n.op_type == "Conv"]
-    outputs = {o.name for o in g.output}
-    head = [n.name for n in g.node if n.op_type in ("Gemm", "MatMul") and set(n.output) & outputs]
-    keep = ([convs[0]] if convs else []) + head  # stem conv (sees raw pixels) and the classifier
-    sym = {"ActivationSymmetric": True}
-    # uint8 activations first: onnxruntime's x86 kernels are fastest with U8S8
-    cands = [
-        ("minmax", "static QDQ, per-channel weights, uint8 activations (MinMax)",
-         dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QUInt8)),
-        ("minmax_sym", "static QDQ, per-channel weights, symmetric int8 activations (MinMax)",
-         dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QInt8, extra_options=sym)),
-        ("entropy", "static QDQ, per-channel weights, uint8 activations (Entropy calibration)",
-         dict(calibrate_method=CalibrationMethod.Entropy, activation_type=QuantType.QUInt8)),
-        ("percentile", "static QDQ, per-channel weights, symmetric int8 activations (Percentile 99.999)",
-         dict(calibrate_method=CalibrationMethod.Percentile, activation_type=QuantType.QInt8,
-              extra_options={**sym, "CalibPercentile": 99.999})),
-    ]
-    if keep:
-        cands.append(("minmax_sym_fp32_ends", "static QDQ as minmax_sym, stem conv and classifier kept fp32",
-                      dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QInt8,
-                           extra_options=sym, nodes_to_exclude=keep)))
-    return cands
-
-
-def _preprocessed(onnx_path: Path, scratch: Path) -> Path:
-    """onnxruntime's quant_pre_process (shape inference + graph optimisation: fewer, fused nodes
-    to quantize); the original model when it cannot handle it."""
-    try:
-        from onnxruntime.quantization import quant_pre_process
-
-        pre = scratch / "pre.onnx"
-        quant_pre_process(str(onnx_path), str(pre))
-        _ort_session(pre)
-        return pre
-    except Exception:  # noqa: BLE001 - an op the shape inference does not know: quantize as exported
-        return onnx_path
-
-
-def _top1(fwd, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate([np.asarray(fwd(x[i : i + batch])).argmax(1) for i in range(0, len(x), batch)])
-
-
-def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray | None,
-                select: tuple[np.ndarray, np.ndarray] | None = None,
-                tolerance: float = INT8_TOLERANCE) -> dict[str, Any]:
-    """int8 ONNX. With calibration images: static QDQ candidates (per-channel weights, several
-    activation calibrations, optionally fp32 stem/classifier), each scored on `select`
-    (preprocessed validation images, labels); the first (smallest, fully int8 first) whose
-    accuracy is within `tolerance` of fp32 ONNX is kept, else the most accurate. Without
-    calibration images, or when every static candidate fails: dynamic quantization."""
-    import contextlib
-    import io
-    import shutil
-    import tempfile
-
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
-
-    path = out / INT8_FILE
-    tmp = out / f".{INT8_FILE}.tmp.onnx"
-    tried: list[dict[str, Any]] = []
-    picked: dict[str, Any] | None = None
-    note = ""
-    # the quantizer print()s progress and tensor dumps: keep stdout clean (`tlstudio export --json`)
-    with _quiet(), contextlib.redirect_stdout(io.StringIO()), \
-            tempfile.TemporaryDirectory(prefix=".int8-", dir=out) as td:
-        scratch = Path(td)
-        if calib is not None and len(calib):
-            from onnxruntime.quantization import quantize_static
-
-            src = _preprocessed(onnx_path, scratch)
-            batches = [calib[i : i + 1] for i in range(len(calib))]
-            x, y = select if select is not None and len(select[0]) else (None, None)
-            p32 = acc32 = None
-            if x is not None:
-                p32 = _top1(_ort_forward(_ort_session(onnx_path)), x)
-                acc32 = float((p32 == y).mean())
-            for name, desc, kw in _int8_candidates(src):
-                cand = scratch / f"{name}.onnx"
-                row: dict[str, Any] = {"name": name, "method": desc}
-                try:
-                    quantize_static(str(src), str(cand), _Calibration(batches), quant_format=QuantFormat.QDQ,
-                                    per_channel=True, weight_type=QuantType.QInt8, **kw)
-                    fwd = _ort_forward(_ort_session(cand))
-                except Exception as exc:  # noqa: BLE001 - an op this configuration cannot handle
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                    tried.append(row)
-                    continue
-                row["bytes"] = _size(cand)
-                row["path"] = cand
-                tried.append(row)
-                if x is None:  # nothing to score on: the first that works
-                    picked = row
-                    note = f"{name}: no validation images to compare candidates on"
-                    break
-                p = _top1(fwd, x)
-                row["accuracy"] = float((p == y).mean())
-                row["agreement"] = float((p == p32).mean())  # same top-1 as fp32 ONNX
-                if acc32 - row["accuracy"] <= tolerance + 1e-9:
-                    picked = row
-                    note = (f"{name}: the first candidate within {100 * tolerance:.0f} accuracy points of fp32 "
-                            f"({100 * row['accuracy']:.1f}% vs {100 * acc32:.1f}% on {len(y)} validation images)")
-                    break
-            scored = [r for r in tried if "accuracy" in r]
-            if picked is None and scored:
-                picked = max(scored, key=lambda r: (r["accuracy"], r["agreement"], -r["bytes"]))
-                note = (f"{picked['name']}: no candidate stays within {100 * tolerance:.0f} accuracy points of fp32 "
-                        f"({100 * acc32:.1f}% on {len(y)} validation images); kept the most accurate "
-                        f"({100 * picked['accuracy']:.1f}%)")
-        if picked is not None:
-            shutil.copyfile(picked["path"], tmp)
-            method = picked["method"] + f", {len(calib)} calibration images"
-        else:
-            quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
-            method = "dynamic (weights int8, activations quantized at run time)"
-            note = note or ("no training images to calibrate on" if calib is None or not len(calib)
-                            else "every static configuration failed")
-    import onnx
-
-    m = onnx.load(str(tmp))
-    _set_onnx_metadata(m, spec)
-    onnx.save(m, str(tmp))
-    tmp.replace(path)
-    for f in out.glob(".*.tmp*"):  # calibration scratch files of onnxruntime
-        f.unlink(missing_ok=True)
-    _ort_session(path)  # it loads
-    for r in tried:
-        r.pop("path", None)
-    return {"path": str(path), "bytes": _size(path), "method": method,
-            "picked": picked["name"] if picked else "dynamic", "note": note, "candidates": tried,
-            "tolerance": tolerance}
-
-
-def compare_int8(model, spec: ModelSpec, out: Path, val: Sequence, *, repeats: int = 10) -> dict[str, Any]:
-    """Size, batch-1 latency and validation accuracy of fp32 (PyTorch, ONNX) next to int8."""
-    from tlstudio.core.evaluation.evaluate import measure_forward_latency, measure_latency, report_from_probs, run_samples
-
-    rows: dict[str, Any] = {}
-    fwds = {"fp32_onnx": _ort_forward(_ort_session(out / ONNX_FILE)),
-            "int8_onnx": _ort_forward(_ort_session(out / INT8_FILE))}
-    sizes = {"fp32_onnx": _size(out / ONNX_FILE), "int8_onnx": _size(out / INT8_FILE)}
-    for name, fwd in fwds.items():
-        row = {"size_bytes": sizes[name],
-               "latency_ms": 1000 * measure_forward_latency(fwd, spec.image_size, 1, repeats=repeats)}
-        if val:
-            probs, labels, _, _ = run_samples(fwd, spec, list(val), batch_size=32)
-            row["accuracy"] = report_from_probs(probs, labels, spec.classes).accuracy if labels else None
-        rows[name] = row
-    torch_row = {"latency_ms": 1000 * measure_latency(model, spec.image_size, 1, repeats=repeats)}
-    if val:
-        from tlstudio.core.evaluation.evaluate import torch_forward
-
-        probs, labels, _, _ = run_samples(torch_forward(model), spec, list(val), batch_size=32)
-        torch_row["accuracy"] = report_from_probs(probs, labels, spec.classes).accuracy if labels else None
-    rows["fp32_pytorch"] = torch_row
-    rows["n_val"] = len(val)
-    a, b = rows["fp32_onnx"], rows["int8_onnx"]
-    rows["size_ratio"] = b["size_bytes"] / a["size_bytes"] if a["size_bytes"] else None
-    rows["speedup"] = a["latency_ms"] / b["latency_ms"] if b["latency_ms"] else None
-    if a.get("accuracy") is not None and b.get("accuracy") is not None:
-        rows["accuracy_drop"] = a["accuracy"] - b["accuracy"]
-    return rows
 
 
 def _shareable(out: Path) -> None:
@@ -538,13 +226,17 @@ def export_run(
         raise ExportError(f"unknown export format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}, all")
     if "int8" in formats and "onnx" not in formats:
         formats.insert(formats.index("int8"), "onnx")  # int8 is quantized from the fp32 ONNX
+    from tlstudio.core.atomic import ensure_writable_folder
+    from tlstudio.core.runs.guard import check_weights_match
+
+    out = Path(out_dir) if out_dir else run_dir / "export"
     try:
+        check_weights_match(run_dir)  # before loading: a head of another size would be a traceback
         model, info = load_run_model(run_dir)
     except RunError as exc:
         raise ExportError(str(exc)) from exc
     spec = info.model
-    out = Path(out_dir) if out_dir else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(out)  # a read-only or full destination: one line, before any work
     meta = preprocessing_meta(spec)
     atomic_write_json(out / PREPROCESSING_JSON, meta)
     report = ExportReport(run_dir=str(run_dir), out_dir=str(out), preprocessing=meta)
@@ -585,7 +277,9 @@ def export_run(
                     x, ok, _ = load_batch([s.path for s in chosen], spec)
                     if ok:
                         select = (x, np.array([chosen[i].label for i in ok]))
-                report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib, select)
+                report.formats[fmt] = export_int8(out / ONNX_FILE, spec, out, calib, select,
+                                                  progress=lambda message, i=i: step(i, message))
+                step(i, "int8: measuring size, latency and accuracy against fp32")
                 report.int8 = compare_int8(model, spec, out, val, repeats=latency_repeats)
                 report.int8["method"] = report.formats[fmt]["method"]
                 report.int8["note"] = report.formats[fmt]["note"]
