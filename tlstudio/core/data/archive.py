@@ -2,7 +2,8 @@
 
 Refused (ArchiveError naming the archive and the entry): paths that climb out (`../`), absolute
 paths, drive letters and UNC paths, encrypted entries, a total uncompressed size over the cap,
-an entry whose compression ratio says "zip bomb", more data than the entry declares.
+an entry whose compression ratio says "zip bomb", an archive that expands that much overall
+(many entries each too small for the per-entry check), more data than the entry declares.
 Symlink entries are never created: they are skipped and reported. macOS clutter (__MACOSX,
 dot-files) is skipped silently. Extraction goes to a temporary sibling folder first and is
 renamed into place only when complete, so a failed extraction leaves nothing half-written.
@@ -26,6 +27,9 @@ DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3  # 8 GiB uncompressed
 DEFAULT_MAX_RATIO = 200.0  # JPEG/PNG barely compress; BMP/TIFF of photos compress < 10x
 RATIO_MIN_BYTES = 1 << 20  # tiny members (e.g. a blank 100 KB BMP) may compress a lot; harmless
 MAX_ENTRIES = 1_000_000
+OVERALL_MIN_BYTES = 16 << 20  # the whole-archive ratio is judged from this much uncompressed data
+KEEP_ARCHIVES = 5  # extracted archives kept in the cache (most recently used first) ...
+MAX_ARCHIVE_AGE_DAYS = 30  # ... and none unused for longer than this
 _CHUNK = 1 << 20
 
 
@@ -110,6 +114,15 @@ def safe_extract_zip(
                     )
             plan.append((info, parts))
 
+        try:
+            packed = zp.stat().st_size
+        except OSError:
+            packed = 0
+        if declared >= OVERALL_MIN_BYTES and declared > max_ratio * max(1, packed):
+            raise ArchiveError(
+                f"{zp.name}: {packed:,} bytes would expand to {declared:,} ({declared / max(1, packed):,.0f}x overall, "
+                f"limit {max_ratio:g}x; images barely compress): possible zip bomb."
+            )
         free = shutil.disk_usage(dest.parent if dest.parent.exists() else Path.cwd()).free
         if declared > free:
             raise ArchiveError(f"{zp.name} needs {declared:,} bytes but only {free:,} are free on the disk.")
@@ -169,6 +182,38 @@ def extract_to_cache(zip_path: str | os.PathLike) -> Path:
         raise ArchiveError(f"Cannot read {zp}: {e.strerror or e}") from None
     key = hashlib.sha256(f"{zp.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     dest = user_cache_dir() / "archives" / f"{zp.stem}-{key}"
-    if dest.is_dir():  # complete: partial extractions never get this name
-        return dest
-    return safe_extract_zip(zp, dest)
+    if not dest.is_dir():  # complete: partial extractions never get this name
+        safe_extract_zip(zp, dest)
+    try:
+        os.utime(dest)  # most recently used: kept by the pruning below
+    except OSError:
+        pass
+    prune_archive_cache(dest.parent, keep=dest)
+    return dest
+
+
+def prune_archive_cache(folder: Path, keep: Path | None = None) -> list[Path]:
+    """Remove extracted archives beyond the KEEP_ARCHIVES most recently used, those unused for
+    MAX_ARCHIVE_AGE_DAYS, and partial extractions left by a crash (older than a day). `keep` is
+    never removed. Returns what was removed; a folder in use elsewhere is skipped quietly."""
+    import time
+
+    now = time.time()
+    removed: list[Path] = []
+    try:
+        entries = [(p, p.stat().st_mtime) for p in folder.iterdir() if p.is_dir()]
+    except OSError:
+        return removed
+    done = [(p, t) for p, t in entries if not p.name.startswith(".")]
+    partial = [(p, t) for p, t in entries if p.name.startswith(".") and ".partial-" in p.name]
+    done.sort(key=lambda e: e[1], reverse=True)
+    doomed = [p for i, (p, t) in enumerate(done)
+              if i >= KEEP_ARCHIVES or now - t > MAX_ARCHIVE_AGE_DAYS * 86400]
+    doomed += [p for p, t in partial if now - t > 86400]
+    for p in doomed:
+        if keep is not None and p.resolve() == keep.resolve():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            removed.append(p)
+    return removed
