@@ -75,3 +75,17 @@ def test_progress_on_a_terminal_uses_a_live_bar():
         bars.update("x", i + 1, 5, "work")
     bars.close()
     assert "\r" in out.getvalue()
+
+
+def test_torch_floor_closes_the_weights_only_bypasses():
+    """Issue 17 item 11: weights_only=True has public bypasses before torch 2.6 and 2.10."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = {Requirement(d).name: Requirement(d) for d in deps}
+    for name, bad, good in (("torch", "2.9.1", "2.10.0"), ("torchvision", "0.24.1", "0.25.0")):
+        spec = reqs[name].specifier
+        assert not spec.contains(Version(bad)) and spec.contains(Version(good)), (name, str(spec))
