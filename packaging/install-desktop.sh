@@ -12,7 +12,7 @@ if [ "${1:-}" = "--remove" ]; then
 fi
 mkdir -p "$APPS" "$ICONS"
 cp "$HERE/tlstudio.png" "$ICONS/tlstudio.png"
-sed -e "s|^Exec=.*|Exec=\"$HERE/tlstudio\" %F|" -e "s|^TryExec=.*|TryExec=$HERE/tlstudio|" \
+sed -e "s|^Exec=.*|Exec=\"$HERE/tlstudio\" %f|" -e "s|^TryExec=.*|TryExec=$HERE/tlstudio|" \
   "$HERE/tlstudio.desktop" > "$APPS/tlstudio.desktop"
 command -v update-desktop-database >/dev/null && update-desktop-database "$APPS" || true
 echo "installed $APPS/tlstudio.desktop"
