@@ -221,9 +221,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder under the runs dir)")
     p.add_argument("--config", metavar="JSON", help="start from a saved config.json; flags override it")
     p.add_argument("--json", action="store_true", help="print the result as JSON (progress on stderr)")
-    from tlstudio.cli import multitask
+    from tlstudio.cli import adapt, multitask
 
     multitask.add_flags(p)  # --tasks, --weighting, --pcgrad ...: several label columns
+    adapt.add_flags(p)  # --target/--adapt/--check, --unlabeled/--pseudo-threshold (train only)
 
 
 def _run_summary(info: Any) -> dict[str, Any]:
@@ -252,6 +253,10 @@ def cmd_train(args) -> int:
 
     if multitask.wants(args):  # --tasks, or a table with several label columns / task folder trees
         return multitask.run(args)
+    from tlstudio.cli import adapt
+
+    if adapt.wants(args):  # --target DIR (domain adaptation) or --unlabeled DIR (semi-supervised)
+        return adapt.run(args)
     from tlstudio.core.training.engine import fit
     from tlstudio.core.runtime.parallel import distributed_context
 

@@ -27,7 +27,7 @@ from tlstudio.core.config import TrainConfig
 from tlstudio.core.errors import UserError
 from tlstudio.core.events import EpochEnd, Event, Finished, Log, Progress, RunStarted, Warn
 from tlstudio.core.runs import folder as runs
-from tlstudio.core.tasks.adaptation.config import AdaptConfig
+from tlstudio.core.tasks.adaptation.config import AdaptConfig, uses_bn_adapt
 
 SOURCE_DIR = "source_only"
 ADAPTED_DIR = "adapted"
@@ -342,13 +342,13 @@ def _run(config: AdaptConfig, run_dir: Path, stop, pause) -> Generator[Event, No
     elif method == "adabn" or (frozen and method in ("mcc", "selftrain")):
         adapted_model = copy.deepcopy(model)
         ft, fc = feats.ft, feats.fc
-        if config.bn_adapt and bn_ok or method == "adabn":
+        if uses_bn_adapt(config) and bn_ok:
             yield Log(f"AdaBN: {bn_reason}")
             yield from _adabn(adapted_model, target, data_cfg, device, stop)
             f2 = yield from _extract_all(adapted_model, Split([], [], [], 0, 0.0), target, check, data_cfg, device,
                                          stop, "target with target statistics")
             ft, fc = f2.ft, f2.fc
-        elif config.bn_adapt and not bn_ok:
+        elif uses_bn_adapt(config) and not bn_ok:
             yield Log(bn_reason.split(":")[0] + ": only the head adapts")
         head = copy_linear(model.get_classifier()).to("cpu")
         if method in ("mcc", "selftrain"):
@@ -369,6 +369,8 @@ def _run(config: AdaptConfig, run_dir: Path, stop, pause) -> Generator[Event, No
                                kind="adapted", history=history, metrics=_metrics(adapted), extra={"method": method})
     yield Log(_describe("Adapted", adapted))
     choice = selection.choose(unadapted, adapted)
+    if adapted_model is None:
+        choice = {"selected": "unadapted", "by": "not applicable", "reason": extra.get("not_applicable", "")}
     yield (Warn if choice.get("doubtful") or choice["selected"] == "unadapted" else Log)(choice["reason"])
 
     # the kept model becomes the run's model
@@ -378,7 +380,7 @@ def _run(config: AdaptConfig, run_dir: Path, stop, pause) -> Generator[Event, No
     shutil.copyfile(src / runs.BEST_WEIGHTS, run_dir / runs.BEST_WEIGHTS)
     kept = adapted if src == adapted_dir else unadapted
     report = {"method": method, "domain_gap": gap, "unadapted": unadapted, "adapted": adapted,
-              "selection": choice, "frozen_body": frozen, "bn_adapt": bool(config.bn_adapt and bn_ok),
+              "selection": choice, "frozen_body": frozen, "bn_adapt": bool(uses_bn_adapt(config) and bn_ok),
               "target_images": len(target), "check_images": len(check), **extra}
     info = _write_main(run_dir, config, spec, split, target, "finished", _metrics(kept), report, history,
                        seconds=time.time() - t_start)
@@ -498,13 +500,13 @@ def _engine_method(config: AdaptConfig, run_dir: Path, adapted_dir: Path, split,
         raise _Stopped()
     model, _ = load_run_model(adapted_dir)
     model.to(device)
-    if config.bn_adapt and bn_ok:
+    if uses_bn_adapt(config) and bn_ok:
         yield from _adabn(model, target, data_cfg, device, stop)
     f = yield from _extract_all(model, split, target, check, data_cfg, device, stop, "adapted model")
     from tlstudio.core.tasks.adaptation.features import copy_linear
 
     s = score(copy_linear(model.get_classifier()).cpu(), f)
-    s["source_val_acc"] = info.best_val_acc if not (config.bn_adapt and bn_ok) else s["source_val_acc"]
+    s["source_val_acc"] = info.best_val_acc if not (uses_bn_adapt(config) and bn_ok) else s["source_val_acc"]
     history = runs.read_history(adapted_dir)
     return model, s, history, extra
 
