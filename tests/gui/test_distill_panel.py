@@ -115,6 +115,30 @@ def test_student_list_puts_small_recommended_students_first(panel):
     assert order == ["resnet18", "mobilenetv3_small_100", "vit_huge", "convnext_tiny"]
 
 
+def test_default_student_works_offline_and_the_list_marks_offline_weights(qtbot, runs_root, tmp_path):
+    """Issue 17 item 13: the default student (mobilenetv3_small_100) had no offline weights."""
+    from tlstudio.core.models.weights import offline_wheel_names
+    from tlstudio.gui.panels.distill_inputs import OFFLINE_MARK
+
+    state = AppState()
+    state.runs_dir = str(runs_root)
+    w = DistillPanel(state, JobRunner())
+    qtbot.addWidget(w)
+    assert w.student_name() in offline_wheel_names()  # before the catalogue arrives
+    with qtbot.waitSignal(w.students_loaded, timeout=20_000):
+        w.show()  # the catalogue loads in a worker; its result arrives on the UI thread
+    qtbot.waitUntil(lambda: w.student_combo.count() > 100)
+    assert w.student_name() in offline_wheel_names()
+    texts = [w.student_combo.itemText(i) for i in range(w.student_combo.count())]
+    assert texts[0].endswith(OFFLINE_MARK)  # small students with local weights come first
+    assert "tf_efficientnet_lite0" + OFFLINE_MARK in texts and "mobilenetv3_small_100" in texts
+    w.state.data_dir = str(tmp_path)
+    w.select_teachers([str(runs_root / "teacher-resnet50")])
+    assert w.make_config().backbone == "tf_efficientnet_lite0"
+    w.student_combo.setCurrentIndex(texts.index("mobilenetv3_small_100"))
+    assert w.make_config().backbone == "mobilenetv3_small_100"
+
+
 def test_fake_run_through_the_runner_shows_curves_table_and_scatter(panel, qtbot, runs_root, monkeypatch):
     teacher = runs_root / "teacher-resnet50"
     student = runs_root / "20260101-distill-mobilenetv3_small_100"
@@ -155,7 +179,7 @@ def test_fake_run_through_the_runner_shows_curves_table_and_scatter(panel, qtbot
     monkeypatch.setattr("tlstudio.core.tasks.distill.distill", fake_distill)
     panel.select_teachers([str(teacher)])
     panel.student_combo.setCurrentText("mobilenetv3_small_100")
-    with qtbot.waitSignal(panel.runner.finished, timeout=10_000):
+    with qtbot.waitSignal(panel.runner.finished, timeout=60_000):
         assert panel.start()
     assert panel.state.step_status["distill"] == "done"
     panel.flush()
@@ -198,7 +222,7 @@ def test_failed_run_shows_the_message(panel, qtbot, runs_root, monkeypatch):
 
     monkeypatch.setattr("tlstudio.core.tasks.distill.distill", bad)
     panel.select_teachers([str(runs_root / "teacher-resnet50")])
-    with qtbot.waitSignal(panel.runner.failed, timeout=10_000):
+    with qtbot.waitSignal(panel.runner.failed, timeout=60_000):
         panel.start()
     assert "classes do not match" in panel.hint.text()
     assert panel.state.step_status["distill"] == "attention"
@@ -233,7 +257,7 @@ def test_continue_resumes_a_stopped_distillation(panel, qtbot, runs_root, monkey
             backbone="b", num_classes=3, classes=CLASSES, image_size=64))
 
     monkeypatch.setattr("tlstudio.core.tasks.distill.resume_distill", fake_resume)
-    with qtbot.waitSignal(panel.runner.finished, timeout=10_000):
+    with qtbot.waitSignal(panel.runner.finished, timeout=60_000):
         assert panel.continue_btn.isEnabled()
         panel.continue_btn.click()
     assert calls == [str(stopped)]

@@ -21,7 +21,7 @@ FAKE = [
 
 @pytest.fixture
 def panel(qtbot, monkeypatch):
-    monkeypatch.setattr(mp, "_list_models_job", lambda: list(FAKE))
+    monkeypatch.setattr(mp, "_quick_list_job", lambda: (list(FAKE), False))
     state = AppState()
     p = mp.ModelPanel(state)
     qtbot.addWidget(p)
@@ -173,3 +173,52 @@ def test_chained_transfer_from_an_earlier_run_sets_its_backbone(qtbot, panel, tm
     assert st.settings["backbone"] == "test_vit"  # the run decides the architecture
     assert panel.selected_info().name == "test_vit"
     assert panel.radios["run"].isChecked() and panel.message.text() == ""
+
+
+def test_typing_in_the_search_never_changes_the_chosen_backbone(qtbot, panel):
+    """Issue 17 item 12: the filter moved Qt's current row and that became the choice."""
+    panel.state.set_setting("backbone", "test_resnet")
+    _loaded(qtbot, panel)
+    assert panel.selected_info().name == "test_resnet"
+    for text in ("v", "vi", "vit", "conv", ""):
+        panel.search.setText(text)
+        assert panel.state.settings["backbone"] == "test_resnet", text
+        assert panel.selected_info().name == "test_resnet"
+    panel.search.setText("vit")
+    assert "test_resnet, is hidden by the search" in panel.count_label.text()
+    panel.size_combo.setCurrentIndex(panel.size_combo.findData("large"))
+    assert panel.state.settings["backbone"] == "test_resnet"
+    panel.size_combo.setCurrentIndex(0)
+    panel.search.clear()
+    # visible again: its row is selected again; a click (current row) is still a choice
+    assert panel.table.selectionModel().currentIndex().data() == "test_resnet"
+    panel._select_name("test_vit")
+    assert panel.state.settings["backbone"] == "test_vit"
+
+
+def test_model_list_needs_no_torch_and_marks_offline_weights(qtbot, monkeypatch):
+    """Issue 17 item 17: the list came from timm (12-18 s of torch import after launch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tlstudio.gui.panels.model_jobs import catalog_models, catalog_is_current;"
+            "m = catalog_models(); lite = [i for i in m if i.name == 'tf_efficientnet_lite0'][0];"
+            "print(len(m), lite.offline, lite.pretrained, catalog_is_current(),"
+            " 'torch' in sys.modules, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    n, offline, pretrained, current, torch_loaded, timm_loaded = out.stdout.split()
+    assert int(n) > 1000 and offline == pretrained == current == "True"
+    assert torch_loaded == timm_loaded == "False"
+    # the panel shows that list and does not ask timm when the catalogue is current
+    calls = []
+    monkeypatch.setattr(mp, "_list_models_job", lambda: calls.append(1) or [])
+    p = mp.ModelPanel(AppState())
+    qtbot.addWidget(p)
+    with qtbot.waitSignal(p.models_loaded, timeout=20_000):
+        p.show()
+    assert p.table_model.rowCount() > 1000 and calls == []
+    r = p.table_model.row_of("tf_efficientnet_lite0")
+    assert p.table_model.index(r, 6).data() == "✓ offline"
+    r = p.table_model.row_of("mobilenetv3_large_100")
+    assert p.table_model.index(r, 6).data() == "download"
+    QThreadPool.globalInstance().waitForDone(30_000)

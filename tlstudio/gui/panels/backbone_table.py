@@ -29,11 +29,17 @@ class BackboneTableModel(QAbstractTableModel):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.infos: list[Any] = []
+        self._rows: dict[str, int] = {}
 
     def set_infos(self, infos: list[Any]) -> None:
         self.beginResetModel()
         self.infos = list(infos)
+        self._rows = {m.name: i for i, m in enumerate(self.infos)}
         self.endResetModel()
+
+    def row_of(self, name: str) -> int:
+        """The row of a backbone name, -1 if it is not listed."""
+        return self._rows.get(name, -1)
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.infos)
@@ -56,13 +62,14 @@ class BackboneTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return ("★" if m.recommended else "", m.name, m.family, human_count(m.params) if m.params else "?",
                     f"{m.input_size} px", "yes" if m.pretrained else "no",
-                    "yes" if m.offline else "")[c]
+                    "✓ offline" if m.offline else "download" if m.pretrained else "")[c]
         if role == self.SortRole:
             return (0 if m.recommended else 1, m.name, m.family, m.params, m.input_size, int(m.pretrained),
                     int(m.offline))[c]
         if role == Qt.ItemDataRole.ToolTipRole:
             extra = " Recommended starting point." if m.recommended else ""
-            off = " Weights are on this computer." if m.offline else ""
+            off = (" Weights are on this computer: works offline." if m.offline else
+                   " Pretrained weights must be downloaded first (needs the internet)." if m.pretrained else "")
             return f"{m.name} ({m.family}): {m.params:,} weights, {m.input_size} px input.{extra}{off}"
         if role == Qt.ItemDataRole.FontRole and m.recommended:
             f = QFont()
@@ -70,6 +77,8 @@ class BackboneTableModel(QAbstractTableModel):
             return f
         if role == Qt.ItemDataRole.ForegroundRole and c == 0:
             return QColor("#e8a10a")
+        if role == Qt.ItemDataRole.ForegroundRole and c == 6:
+            return QColor("#2e7d32") if m.offline else QColor("#777777")
         if role == Qt.ItemDataRole.TextAlignmentRole and c in (3, 4):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None

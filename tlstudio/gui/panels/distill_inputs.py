@@ -6,7 +6,6 @@ advanced options, and the DistillConfig they make together.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,11 @@ from tlstudio.core.tasks.distill import ALPHA_HELP, TEMPERATURE_HELP
 
 log = logging.getLogger("tlstudio.gui")
 
-#: shown at once (no timm import); the full catalogue replaces it in the background
-QUICK_STUDENTS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "tf_efficientnet_lite0", "efficientnet_b0",
+#: shown at once; the catalogue (with offline marks) replaces it in the background. The first is
+#: the default student: its ImageNet weights ship with the app, so distillation works offline
+QUICK_STUDENTS = ("tf_efficientnet_lite0", "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0",
                   "resnet18", "resnet10t", "mobilenetv3_small_050", "lcnet_100", "ghostnet_100")
+OFFLINE_MARK = "  ✓ offline"
 
 #: TrainConfig settings that describe the teacher's model in the Train step, not the student
 _NOT_FOR_STUDENT = ("backbone", "init", "weights_file", "init_run", "freeze", "frozen_groups", "out_dir", "baseline")
@@ -222,39 +223,39 @@ class DistillInputsMixin:
             item = self.teacher_list.item(i)
             item.setSelected(item.data(Qt.ItemDataRole.UserRole) in wanted)
 
+    def student_name(self) -> str:
+        """The chosen student backbone (the list's text may carry the offline mark)."""
+        text = self.student_combo.currentText().strip()
+        return text.split()[0] if text else ""
+
     def set_students(self, infos: list[Any]) -> None:
-        """Fill the student list: recommended small students first, then small to large."""
-        current = self.student_combo.currentText()
-        ordered = sorted(infos, key=lambda m: (not m.student, not m.recommended, not m.offline,
+        """Fill the student list: small students with offline weights first, then recommended,
+        then small to large; each marked when its weights are on this computer."""
+        current = self.student_name()
+        ordered = sorted(infos, key=lambda m: (not m.student, not m.offline, not m.recommended,
                                                m.params or 10**12, m.name))
         self.student_combo.clear()
         for m in ordered:
-            label = m.name
-            self.student_combo.addItem(label, m.name)
-        idx = self.student_combo.findText(current)
+            self.student_combo.addItem(m.name + (OFFLINE_MARK if m.offline else ""), m.name)
+            self.student_combo.setItemData(
+                self.student_combo.count() - 1,
+                f"{m.name}: weights on this computer, works offline" if m.offline else
+                f"{m.name}: pretrained weights are downloaded at the start (needs the internet)"
+                if m.pretrained else f"{m.name}: no pretrained weights (from scratch only)",
+                Qt.ItemDataRole.ToolTipRole)
+        idx = self.student_combo.findData(current)
         self.student_combo.setCurrentIndex(max(0, idx))
 
     def showEvent(self, e) -> None:  # noqa: N802 - Qt API
         super().showEvent(e)
         if not self._catalog_requested:
             self._catalog_requested = True
-            threading.Thread(target=self._load_catalog, name="tlstudio-students", daemon=True).start()
+            from tlstudio.gui.panels.model_jobs import catalog_models
+            from tlstudio.gui.workers import start_worker
 
-    def _load_catalog(self) -> None:  # worker thread: list_models imports timm
-        try:
-            from tlstudio.core.models.backbones import list_models
-
-            infos = list_models()
-        except Exception:  # noqa: BLE001 - keep the quick list
-            import sys
-
-            if not sys.is_finalizing():  # the app quit while timm was importing: nothing to report
-                log.exception("cannot list backbones")
-            return
-        try:
-            self.students_loaded.emit(infos)
-        except RuntimeError:  # the panel was deleted meanwhile
-            pass
+            # the shipped catalogue (no timm import); the result arrives on the UI thread
+            start_worker(self, catalog_models, returned=self.students_loaded.emit,
+                         errored=lambda exc: log.warning("cannot list backbones: %s", exc))
 
     def _browse_unlabelled(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Folder of unlabelled images")
@@ -290,7 +291,7 @@ class DistillInputsMixin:
         values.update(
             data_dir=self.state.data_dir or "",
             teachers=self.selected_teachers(),
-            backbone=self.student_combo.currentText().strip(),
+            backbone=self.student_name(),
             init=self.init_combo.currentData(),
             freeze=self.freeze_combo.currentData(),
             epochs=self.epochs_spin.value(),

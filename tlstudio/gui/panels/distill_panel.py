@@ -122,7 +122,7 @@ class DistillPanel(DistillInputsMixin, DistillReportMixin, RunStartMixin, QWidge
             return reason
         if not self.selected_teachers():
             return "Select at least one teacher run."
-        if not self.student_combo.currentText().strip():
+        if not self.student_name():
             return "Choose a student backbone."
         return ""
 

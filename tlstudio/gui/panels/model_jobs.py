@@ -41,13 +41,50 @@ def initial_trainable(state: AppState, groups: list[Any]) -> list[bool]:
         return plan_from_spec("head", groups)[0]
 
 
+def catalog_models() -> list[Any]:
+    """The backbone list from the shipped catalogue, without torch or timm (a fraction of a
+    second, where importing timm takes 10-20 s on a busy machine): names, families, sizes,
+    pretrained and offline availability. Sorted as ``backbones.list_models`` sorts."""
+    from tlstudio.core.models import backbones as bb
+
+    cat = bb._catalog()
+    offline = bb._offline_names()
+    out = [bb.ModelInfo(name=n, family=str(c.get("family", "")), params=int(c.get("params") or 0),
+                        input_size=int(c.get("input_size") or 224),
+                        pretrained=bool(c.get("pretrained")) or n in offline, offline=n in offline,
+                        recommended=n in bb.RECOMMENDED, student=bool(bb._STUDENT_RE.match(n)))
+           for n, c in cat.items()]
+    out.sort(key=lambda i: (not i.offline or not i.recommended, not i.recommended, i.name))
+    return out
+
+
+def catalog_is_current() -> bool:
+    """True when the shipped catalogue was made for the installed timm (nothing missing from it)."""
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tlstudio.core.models.backbones import catalog_path
+
+    try:
+        made_for = json.loads(catalog_path().read_text(encoding="utf-8")).get("timm_version")
+        return bool(made_for) and made_for == version("timm")
+    except (OSError, ValueError, PackageNotFoundError):
+        return False
+
+
 def list_models_job() -> list[Any]:
+    """The full list from timm (imports torch and timm): only when the catalogue is not current."""
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()
     from tlstudio.core.models.backbones import list_models
 
     return list_models("")
+
+
+def quick_list_job() -> tuple[list[Any], bool]:
+    """(catalogue list, whether timm's own list is still needed)."""
+    return catalog_models(), not catalog_is_current()
 
 
 def build_job(name: str, n: int, init: str, weights_file: str | None, meta: bool = False) -> tuple[Any, list[Any]]:

@@ -38,6 +38,7 @@ from tlstudio.gui.panels.model_jobs import (
 from tlstudio.gui.panels.model_jobs import build_job as _build_job
 from tlstudio.gui.panels.model_jobs import download_job as _download_job
 from tlstudio.gui.panels.model_jobs import list_models_job as _list_models_job
+from tlstudio.gui.panels.model_jobs import quick_list_job as _quick_list_job
 from tlstudio.gui.panels.weight_source import WEIGHT_FILE_FILTER, WeightSourceMixin
 from tlstudio.gui.state import AppState
 from tlstudio.gui.tooltips import tip
@@ -100,8 +101,13 @@ class ModelPanel(WeightSourceMixin, QWidget):
         h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         h.setSectionResizeMode(2, QHeaderView.ResizeMode.Interactive)
         h.resizeSection(2, 110)
-        self.search.textChanged.connect(self.proxy.set_text)
-        self.size_combo.currentIndexChanged.connect(lambda: self.proxy.set_size(self.size_combo.currentData()))
+        self.search.setAccessibleName("Search backbones")
+        self.size_combo.setAccessibleName("Backbone size")
+        self.table.setAccessibleName("Backbones")
+        self._filtering = False
+        self.search.textChanged.connect(lambda t: self._filter(lambda: self.proxy.set_text(t)))
+        self.size_combo.currentIndexChanged.connect(
+            lambda: self._filter(lambda: self.proxy.set_size(self.size_combo.currentData())))
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
         self.count_label = QLabel("Loading the model list…")
 
@@ -159,11 +165,45 @@ class ModelPanel(WeightSourceMixin, QWidget):
         self.load_models()
 
     def load_models(self) -> None:
-        """Fill the list in the background (imports timm); does nothing once loaded."""
+        """Fill the list in the background from the shipped catalogue (no torch: at once), then
+        from timm only if the catalogue was made for another timm version. Once only."""
         if self._loaded:
             return
         self._loaded = True
-        self._start(_list_models_job, returned=self._models_ready, errored=self._models_error)
+        self._start(_quick_list_job, returned=self._quick_ready, errored=self._models_error)
+
+    def _quick_ready(self, res: tuple[list[Any], bool]) -> None:
+        infos, need_timm = res
+        if infos:
+            self._models_ready(infos)
+        if need_timm or not infos:
+            self._start(_list_models_job, returned=self._models_ready, errored=self._models_error)
+
+    def _filter(self, change) -> None:  # noqa: ANN001
+        """Search and size filters only change what is listed, never the chosen backbone: Qt
+        moves the current row when it is filtered away, and that move is not a choice."""
+        self._filtering = True
+        try:
+            change()
+            name = self.state.settings.get("backbone")
+            ix = self._proxy_index(name) if name else QModelIndex()
+            sel = self.table.selectionModel()
+            if ix.isValid():
+                sel.setCurrentIndex(ix, sel.SelectionFlag.ClearAndSelect | sel.SelectionFlag.Rows)
+            else:
+                sel.clearSelection()
+                sel.setCurrentIndex(QModelIndex(), sel.SelectionFlag.NoUpdate)
+        finally:
+            self._filtering = False
+        shown = self.proxy.rowCount()
+        hidden = name and not ix.isValid()
+        self.count_label.setText(f"{shown:,} of {len(self.table_model.infos):,} backbones shown"
+                                 + (f"; the chosen one, {name}, is hidden by the search" if hidden else "")
+                                 + ". Click a row to choose it.")
+
+    def _proxy_index(self, name: str) -> QModelIndex:
+        r = self.table_model.row_of(name)
+        return QModelIndex() if r < 0 else self.proxy.mapFromSource(self.table_model.index(r, 1))
 
     def _start(self, fn, *args, returned=None, errored=None) -> Any:  # noqa: ANN001
         from tlstudio.gui.workers import start_worker
@@ -171,7 +211,11 @@ class ModelPanel(WeightSourceMixin, QWidget):
         return start_worker(self, fn, *args, returned=returned, errored=errored)
 
     def _models_ready(self, infos: list[Any]) -> None:
-        self.table_model.set_infos(infos)
+        self._filtering = True  # a new list is not a new choice
+        try:
+            self.table_model.set_infos(infos)
+        finally:
+            self._filtering = False
         self.count_label.setText(f"{len(infos):,} backbones; ★ = recommended starting points. "
                                  "Click a column to sort.")
         self.models_loaded.emit(len(infos))
@@ -183,28 +227,31 @@ class ModelPanel(WeightSourceMixin, QWidget):
         self.state.set_step_status("model", "attention")
 
     def _select_name(self, name: str) -> bool:
-        for r, m in enumerate(self.table_model.infos):
-            if m.name == name:
-                ix = self.proxy.mapFromSource(self.table_model.index(r, 1))
-                if not ix.isValid():  # hidden by the filters: clear them
-                    self.search.clear()
-                    self.size_combo.setCurrentIndex(0)
-                    ix = self.proxy.mapFromSource(self.table_model.index(r, 1))
-                self.table.selectionModel().setCurrentIndex(
-                    ix, self.table.selectionModel().SelectionFlag.ClearAndSelect
-                    | self.table.selectionModel().SelectionFlag.Rows)
-                self.table.scrollTo(ix)
-                return True
-        return False
+        r = self.table_model.row_of(name)
+        if r < 0:
+            return False
+        ix = self.proxy.mapFromSource(self.table_model.index(r, 1))
+        if not ix.isValid():  # hidden by the filters: clear them
+            self.search.clear()
+            self.size_combo.setCurrentIndex(0)
+            ix = self.proxy.mapFromSource(self.table_model.index(r, 1))
+        self.table.selectionModel().setCurrentIndex(
+            ix, self.table.selectionModel().SelectionFlag.ClearAndSelect
+            | self.table.selectionModel().SelectionFlag.Rows)
+        self.table.scrollTo(ix)
+        return True
 
     def selected_info(self) -> Any:
+        """The chosen backbone (even while a search hides its row)."""
+        name = self.state.settings.get("backbone")
+        r = self.table_model.row_of(name) if name else -1
+        if r >= 0:
+            return self.table_model.infos[r]
         ix = self.table.selectionModel().currentIndex()
-        if not ix.isValid():
-            return None
-        return self.table_model.infos[self.proxy.mapToSource(ix).row()]
+        return self.table_model.infos[self.proxy.mapToSource(ix).row()] if ix.isValid() else None
 
     def _row_changed(self, current: QModelIndex, _prev: QModelIndex) -> None:
-        if not current.isValid():
+        if not current.isValid() or self._filtering:
             return
         info = self.table_model.infos[self.proxy.mapToSource(current).row()]
         self.state.set_setting("backbone", info.name)
