@@ -28,9 +28,9 @@ def test_list_models_covers_timm_and_is_fast():
     assert len(everything) == len(timm.list_models()) > 1000
     times = []
     for f in ("", "resnet", "efficientnet lite", "vit*224"):
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time of this process: other programs on a busy machine do not count
         list_models(f)
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     assert statistics.median(times) < 0.2, times
 
 

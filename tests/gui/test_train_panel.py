@@ -184,16 +184,16 @@ def test_events_of_other_jobs_are_ignored(panel, qtbot):
 def test_curves_100k_points_stay_cheap(qtbot):
     w = CurvesWidget()
     qtbot.addWidget(w)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process: a busy machine's other programs do not count
     for i in range(100_000):
         w.add_batch(i // 1000, i % 1000, 1000, float(np.exp(-i / 30_000)), 1e-3)
-    feed_s = time.perf_counter() - t0
+    feed_s = time.process_time() - t0
     assert w.redraws == 0  # nothing drawn synchronously while feeding
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     w.flush()
     w.resize(900, 500)
     w.grab()
-    draw_s = time.perf_counter() - t0
+    draw_s = time.process_time() - t0
     assert w.points("loss") == 100_000
     print(f"feed 100k: {feed_s:.2f} s, draw: {draw_s:.3f} s")
     assert feed_s < 10 and draw_s < 3, (feed_s, draw_s)
@@ -206,12 +206,15 @@ def test_curves_redraw_is_throttled_and_skipped_while_hidden(qtbot):
     qtbot.waitExposed(w)
     t0 = time.perf_counter()
     i = 0
-    while time.perf_counter() - t0 < 1.0:  # a fast engine: a point every ms for one second
+    # a fast engine: a point every ms, for at least one second and at least 300 points (on a loaded
+    # machine each wait can take far longer than 1 ms, so the count of points is not assumed from the time)
+    while time.perf_counter() - t0 < 1.0 or i < 300:
         w.add_batch(0, i, 10**6, 1.0, 1e-3)
         i += 1
         qtbot.wait(1)
-    assert 1 <= w.redraws <= 14, w.redraws  # ~10 Hz, not once per point (i points)
-    assert i > 100
+    elapsed = time.perf_counter() - t0
+    # throttled to one redraw per 100 ms at most (+2 for the edges), never once per point
+    assert 1 <= w.redraws <= min(i, elapsed / 0.1 + 2), (w.redraws, i, elapsed)
     w.hide()
     before = w.redraws
     for j in range(50):
