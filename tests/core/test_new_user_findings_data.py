@@ -136,3 +136,20 @@ def test_one_pixel_high_strip_is_refused_by_scan_and_loader(tmp_path):
     Image.new("RGB", (1200, 300)).save(buf, "PNG")  # a panorama (4:1) is fine
     (root / "a" / "pano.png").write_bytes(buf.getvalue())
     assert load_rgb(root / "a" / "pano.png").size == (1200, 300)
+
+
+def test_bundled_sample_has_no_false_near_duplicates_and_finds_real_copies(tmp_path):
+    """Shapes on noise look alike in grey at 16x16 (mean difference down to 3.4): correlation
+    keeps them apart, while a half-size JPEG copy at quality 60 is still found."""
+    from tlstudio.core.paths import sample_dir
+
+    r = scan(sample_dir())
+    assert r.duplicates == [] and not any("near" in w for w in r.warnings)
+    root = tmp_path / "s"
+    shutil.copytree(sample_dir(), root)
+    src = sorted((root / r.classes[0]).iterdir())[3]
+    _resized_jpeg_copy(src, src.with_name("copy_small.jpg"), scale=0.5, quality=60)
+    r2 = scan(root)
+    assert [(Path(p.a).name, Path(p.b).name, p.kind) for p in r2.duplicates] == \
+        [(src.name, "copy_small.jpg", "near")] or \
+        [(Path(p.b).name, Path(p.a).name, p.kind) for p in r2.duplicates] == [(src.name, "copy_small.jpg", "near")]

@@ -8,6 +8,7 @@ cannot be used is returned as a SkippedFile naming the CSV line.
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 from tlstudio.core.data.images import _os_reason
@@ -18,12 +19,29 @@ _PATH_HEADERS = {"path", "file", "filename", "file_name", "filepath", "file_path
 _LABEL_HEADERS = {"label", "class", "category", "target", "labels", "class_name", "y"}
 
 
+def decode_csv(data: bytes) -> tuple[str, str | None]:
+    """Text of a CSV file and a warning when it was not UTF-8: UTF-16 with a byte-order mark
+    (Excel's "Unicode text"), UTF-8 with or without one, else Windows-1252 (older exports)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16"), None
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return text, "is not UTF-8: it was read as Windows-1252 (check that accented names look right)"
+
+
 def csv_has_label_header(path: str) -> bool:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            first = next(csv.reader([f.readline()]), [])
+        with open(path, "rb") as f:
+            text, _ = decode_csv(f.read(65536))
     except (OSError, UnicodeDecodeError):
         return False
+    first = next(csv.reader(io.StringIO(text.split("\n", 1)[0].rstrip("\r"))), [])
     cols = {c.strip().lower() for c in first}
     return bool(cols & _PATH_HEADERS) and bool(cols & _LABEL_HEADERS)
 
@@ -32,17 +50,19 @@ def read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], lis
     """Rows (absolute path, label, split or None, line no.), skipped rows, warnings."""
     root = os.path.dirname(os.path.abspath(csv_path))
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
+        with open(csv_path, "rb") as f:
+            text, encoding_note = decode_csv(f.read())
     except UnicodeDecodeError:
-        raise DatasetError(f"{csv_path}: not a UTF-8 text CSV file.") from None
+        raise DatasetError(f"{csv_path}: not a text CSV file (UTF-8, UTF-16 or Windows-1252).") from None
     except OSError as e:
         raise DatasetError(f"{csv_path}: {_os_reason(e)}") from None
+    if "\x00" in text:
+        raise DatasetError(f"{csv_path}: not a text CSV file (it holds binary data).")
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = list(csv.reader(text.splitlines(), dialect))
+    rows = list(csv.reader(io.StringIO(text, newline=""), dialect))  # quoted fields may hold line breaks
     if not rows:
         raise DatasetError(f"{csv_path} is empty: expected lines of path,label.")
     pi, li, si = 0, 1, None
@@ -55,7 +75,7 @@ def read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], lis
         si = next((i for i, c in enumerate(first) if c == "split"), None)
     out: list[tuple[str, str, str | None, int]] = []
     skipped: list[SkippedFile] = []
-    warns: list[str] = []
+    warns: list[str] = [f"{os.path.basename(csv_path)} {encoding_note}."] if encoding_note else []
     seen: set[str] = set()
     root_n = os.path.normcase(os.path.normpath(root))
     for lineno, row in enumerate(rows[start:], start=start + 1):

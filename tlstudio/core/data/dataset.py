@@ -251,7 +251,7 @@ def scan(
         by_classes: dict[tuple[str, ...], list[str]] = {}
         for p in cross:
             key = tuple(sorted({cls_of[p.a], cls_of[p.b]}))
-            by_classes.setdefault(key, []).append(f"{_rel(p.a, root)} = {_rel(p.b, root)}")
+            by_classes.setdefault(key, []).append(f"{display_path(_rel(p.a, root))} = {display_path(_rel(p.b, root))}")
         for key, texts in sorted(by_classes.items()):
             names = " and ".join(f"'{c}'" for c in key)
             warns.append(f"The same image is in classes {names} ({len(texts)}x): {_examples(texts)}; "
@@ -284,13 +284,13 @@ def scan(
         warns.append(f"Folder '{cls}' has no usable images{extra}: it is not used as a class.")
     warns += _class_warnings(classes, counts, split_counts)
     split_of = {f.path: split for f, _, split in usable}
-    warns += describe(dups.pairs, lambda p: cls_of[p], lambda p: split_of.get(p, ""), lambda p: _rel(p, root),
-                      _examples)
+    warns += describe(dups.pairs, lambda p: cls_of[p], lambda p: split_of.get(p, ""),
+                      lambda p: display_path(_rel(p, root)), _examples)
     if skipped:
         warns.append(f"{len(skipped)} files skipped (each is listed with its reason).")
 
     fp = _fingerprint(layout, [(_rel(f.path, root), f.size, f.mtime_ns, cls, split) for f, cls, split in usable])
-    skipped.sort(key=lambda s: s.path)
+    skipped = sorted((SkippedFile(display_path(s.path), s.reason) for s in skipped), key=lambda s: s.path)
     return ScanReport(
         root=root, layout=layout, classes=classes, samples=samples, presplit=presplit, counts=counts,
         skipped=skipped, warnings=warns, fingerprint=fp, split_counts=split_counts, empty_classes=empty,
@@ -360,6 +360,7 @@ def scan_unlabelled(
     reasons = probed[0]
     samples = [Sample(f.path, -1) for f, r in zip(files, reasons) if r is None]
     skipped = w.skipped + [SkippedFile(f.path, r) for f, r in zip(files, reasons) if r is not None]
+    skipped = [SkippedFile(display_path(s.path), s.reason) for s in skipped]
     return sorted(samples, key=lambda s: s.path), sorted(skipped, key=lambda s: s.path)
 
 

@@ -89,6 +89,9 @@ def _bomb_warnings_are_errors() -> None:
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
+# A photo with damaged EXIF loads unrotated (load_rgb); PIL's warning about it would only print
+# noise under the one line the user gets about the file (if any).
+warnings.filterwarnings("ignore", message="(Possibly )?[Cc]orrupt EXIF", category=UserWarning)
 _bomb_warnings_are_errors()
 
 
@@ -115,13 +118,20 @@ def bad_name_reason(name: str) -> str | None:
     return None
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def display_path(path: str) -> str:
-    """`path` made printable when it holds undecodable bytes (only for messages)."""
+    """`path` made printable for messages: undecodable bytes replaced, control characters (a
+    newline, a tab, an escape in a file name) written as \\n, \\t, \\x1b so that every
+    problem stays on one line of a report or log."""
     try:
         path.encode("utf-8")
-        return path
     except UnicodeEncodeError:
-        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if _CONTROL_CHARS.search(path):
+        path = _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], path)
+    return path
 
 
 def is_image_name(name: str) -> bool:
