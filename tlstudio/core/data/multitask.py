@@ -264,11 +264,11 @@ def _build(root: str, layout, source: str, names: list[str], types: dict[str, st
         parsed.append(vals)
         if info.imbalance and info.imbalance > MAX_IMBALANCE:
             warns.append(f"Task '{name}': classes are imbalanced ({info.imbalance:.0f}x between the largest and smallest).")
-    samples, by_split = [], {}
+    samples, by_split, unlabelled = [], {}, 0
     for i, (full, split, _) in enumerate(usable):
         targets = {t.name: parsed[j][i] for j, t in enumerate(tasks) if parsed[j][i] is not None}
         if not targets:
-            skipped.append(SkippedFile(full, "no label for any task"))
+            unlabelled += 1
             continue
         first = tasks[0]
         label = targets.get(first.name, -1) if first.type == "categorical" else -1
@@ -276,6 +276,8 @@ def _build(root: str, layout, source: str, names: list[str], types: dict[str, st
         samples.append(s)
         if split:
             by_split.setdefault(split, []).append(s)
+    if unlabelled:
+        warns.append(f"{unlabelled} images have no label for any of the chosen tasks: not used.")
     presplit = None
     if by_split:
         presplit = {k: by_split.get(k, []) for k in ("train", "val", "test")}

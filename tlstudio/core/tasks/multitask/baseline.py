@@ -22,14 +22,40 @@ BASELINES_DIR = "single_task"
 NEGATIVE_MARGIN = 0.005  # a task is "worse" when it lost more than half a point
 
 
-def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEGATIVE_MARGIN) -> dict[str, Any]:
-    """Per-task scores (0..1, higher is better) -> rows, delta-m % and a one-line verdict."""
+UNRELATED_COSINE = 0.1  # mean gradient cosine with every other task below this: unrelated
+RELATIVE = 0.25  # ... or below a quarter of how aligned the most related other pair is
+
+
+def unrelated_tasks(names: list[str], matrix: list[list[float]] | None,
+                    threshold: float = UNRELATED_COSINE) -> list[str]:
+    """Tasks whose gradients on the shared layers are, on average over training, about as
+    aligned with every other task's as chance: cosine below max(threshold, RELATIVE x the
+    strongest cosine between two other tasks) with each of them."""
+    if not matrix or len(names) < 2:
+        return []
+    k = len(names)
+    out = []
+    for i, t in enumerate(names):
+        others = [matrix[a][b] for a in range(k) for b in range(a + 1, k) if i not in (a, b)]
+        limit = max(threshold, RELATIVE * max(others)) if others else threshold
+        if all(matrix[i][j] < limit for j in range(k) if j != i):
+            out.append(t)
+    return out
+
+
+def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEGATIVE_MARGIN,
+            relatedness: list[list[float]] | None = None, n_val: dict[str, int] | None = None) -> dict[str, Any]:
+    """Per-task scores (0..1, higher is better) -> rows, delta-m % and a one-line verdict.
+    ``relatedness`` (gradient cosines, task order of ``single``) adds the unrelated tasks;
+    ``n_val`` (labelled validation images per task): a task is only called worse when it lost
+    more than one image's worth (1/n), so 7 images cannot cry negative transfer over one image."""
     rows = []
     rel = []
     for t, s in single.items():
         m = mtl.get(t, 0.0)
         d = m - s
-        rows.append({"task": t, "mtl": m, "single": s, "delta_points": 100.0 * d, "negative": d < -margin})
+        tol = max(margin, 1.0 / n_val[t] if n_val and n_val.get(t) else 0.0)
+        rows.append({"task": t, "mtl": m, "single": s, "delta_points": 100.0 * d, "negative": d < -tol - 1e-9})
         rel.append(d / s if s > 0 else 0.0)
     delta_m = 100.0 * sum(rel) / len(rel) if rel else 0.0
     worse = [r["task"] for r in rows if r["negative"]]
@@ -44,7 +70,12 @@ def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEG
     else:
         verdict = (f"Multi-task matches the separate models (within {100 * margin:.1f} points on every task, "
                    f"delta-m {delta_m:+.2f} %), with one backbone instead of {len(rows)}.")
-    return {"rows": rows, "delta_m": delta_m, "negative_tasks": worse, "verdict": verdict}
+    unrelated = unrelated_tasks(list(single), relatedness)
+    if unrelated:
+        verdict += (f" {', '.join(unrelated)} looks unrelated to the other tasks (its gradients on the shared "
+                    "layers are not aligned with theirs): it gains nothing from sharing and may hurt the others.")
+    return {"rows": rows, "delta_m": delta_m, "negative_tasks": worse, "unrelated_tasks": unrelated,
+            "verdict": verdict}
 
 
 def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, None, Any]:
@@ -77,7 +108,8 @@ def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, 
             return info
         single[t] = float(((sub.extra.get("multitask") or {}).get("per_task") or {}).get(t, {}).get("score", 0.0))
         dirs[t] = str(out)
-    result = compare(mtl, single)
+    n_val = {t: int(per.get(t, {}).get("n", 0)) for t in names}
+    result = compare(mtl, single, relatedness=(info.extra.get("multitask") or {}).get("relatedness"), n_val=n_val)
     result["run_dirs"] = dirs
     result["metric"] = "per-task score: accuracy (categorical), macro-F1 (multi-label), R^2 clipped to 0..1 (numeric)"
     info.extra.setdefault("multitask", {})["baseline"] = result
@@ -85,7 +117,7 @@ def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, 
     for r in result["rows"]:
         yield Log(f"  {r['task']}: multi-task {r['mtl']:.1%} vs separate {r['single']:.1%} "
                   f"({r['delta_points']:+.1f} points){'  NEGATIVE TRANSFER' if r['negative'] else ''}")
-    yield (Warn if result["negative_tasks"] else Log)(result["verdict"])
+    yield (Warn if result["negative_tasks"] or result["unrelated_tasks"] else Log)(result["verdict"])
     return info
 
 

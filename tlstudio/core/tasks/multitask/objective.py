@@ -236,7 +236,9 @@ class MultiTaskObjective(Objective):
     def loss(self, model, x, y, idx):
         body, heads = split_model(model)
         tg = self._train.batch(idx, x.device)
-        z = x if body is None else body.features(x)
+        # cached features: a leaf that requires grad, so per-task gradients on the shared
+        # representation (relatedness, GradNorm) exist in head-only runs too
+        z = x.detach().float().requires_grad_(torch.is_grad_enabled()) if body is None else body.features(x)
         cfg = self.config
         outs = heads(z)
         losses, counts = masked_losses(outs, tg, self.tasks, cfg.label_smoothing, cfg.huber_delta)

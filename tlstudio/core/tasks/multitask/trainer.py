@@ -253,8 +253,16 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
             "weighting": config.weighting, "pcgrad": config.pcgrad, "sharing": config.sharing,
             "tasks": [t.summary() for t in report.tasks],
         }
+        from tlstudio.core.tasks.multitask.baseline import unrelated_tasks
+
+        unrelated = unrelated_tasks([t["name"] for t in schema["tasks"]], objective.relatedness.matrix())
+        info.extra["multitask"]["unrelated_tasks"] = unrelated
         runs.write_run(run_dir, info)
         atomic_write_json(run_dir / MT_STATE, info.extra["multitask"])
+        if unrelated and status in ("finished", "early_stopped"):
+            yield Warn(f"Task {', '.join(unrelated)} looks unrelated to the others: its gradients on the shared "
+                       "layers are about as aligned with theirs as chance. Compare with separate "
+                       "models (--baseline) before keeping it in the shared model.")
         if best["epoch"] is not None:
             parts = [f"{t}: " + (f"accuracy {d['accuracy']:.1%}" if "accuracy" in d else f"MAE {d.get('mae', 0):.3g}")
                      for t, d in best["per_task"].items()]
@@ -291,7 +299,7 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
                 with plan.autocast():
                     loss, parts = objective.loss(train_module, x, y, idx)
                 if not torch.isfinite(loss):
-                    msg = f"The loss became {float(loss)} at epoch {epoch + 1}: training stopped. Try a lower learning rate."
+                    msg = f"The loss became {float(loss.detach())} at epoch {epoch + 1}: training stopped. Try a lower learning rate."
                     yield Warn(msg)
                     return (yield from finish("failed", msg))
                 opt.zero_grad(set_to_none=True)
