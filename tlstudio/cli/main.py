@@ -16,7 +16,8 @@ from typing import Any
 from tlstudio.core.events import drive
 
 # Modules that add subcommands: each defines register(subparsers) and sets a `func` default.
-_PLUGINS = ("tlstudio.cli.distill", "tlstudio.cli.export", "tlstudio.cli.runs_cmd")
+_PLUGINS = ("tlstudio.cli.distill", "tlstudio.cli.export", "tlstudio.cli.runs_cmd",
+            "tlstudio.cli.anomaly")
 
 EXIT_USER_ERROR = 2
 

@@ -72,3 +72,33 @@ def load_model(run_dir: str | Path, threshold: float | None = None):
                          threshold=thr, scale=float(meta["scale"]))
     model.eval()
     return model, info, meta
+
+
+def set_threshold(run_dir: str | Path, *, false_alarm_rate: float | None = None, mode: str | None = None,
+                  raw: float | None = None) -> dict[str, Any]:
+    """Move a fitted run's threshold without refitting: to a new false-alarm rate on its held-out
+    good scores, to the F1-optimal one (mode "f1", when the fit had labelled defects), or to a raw
+    value. The normalisation follows (the threshold stays at score 0.5). Returns the new meta."""
+    from tlstudio.core.runs.folder import write_run
+    from tlstudio.core.tasks.anomaly.threshold import false_alarm_threshold, normal_scale
+
+    info = read_run(run_dir)
+    meta = dict(anomaly_meta(info))
+    held = meta.get("holdout_scores") or []
+    if raw is not None:
+        meta["threshold"], meta["threshold_mode"] = float(raw), "manual"
+    elif mode == "f1":
+        if meta.get("f1_threshold") is None:
+            raise RunError(f"{run_dir}: no F1-optimal threshold (the fit had no labelled defect images)")
+        meta["threshold"], meta["threshold_mode"] = float(meta["f1_threshold"]), "f1"
+    else:
+        rate = float(false_alarm_rate if false_alarm_rate is not None else meta.get("false_alarm_rate", 0.01))
+        if not 0 < rate < 0.5:
+            raise RunError(f"false-alarm rate must be between 0 and 0.5, not {rate}")
+        meta["false_alarm_threshold"] = false_alarm_threshold(held, rate)
+        meta["threshold"], meta["threshold_mode"], meta["false_alarm_rate"] = (
+            meta["false_alarm_threshold"], "false_alarm", rate)
+    meta["scale"] = normal_scale(held, meta["threshold"])
+    info.extra["anomaly"] = meta
+    write_run(run_dir, info)
+    return meta
