@@ -9,6 +9,7 @@
 #   TORCH_INDEX=url      where CPU wheels live (default https://download.pytorch.org/whl/cpu);
 #                        if it cannot be reached, the normal index / find-links are used
 #   SKIP_SMOKE=1         do not run the smoke test after building
+#   SKIP_DEB=1           do not wrap the bundle into a .deb (Linux; needs dpkg-deb)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,14 +39,13 @@ local_cpu_torch() {
 
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   echo "== installing CPU torch ($TORCH_SPEC)"
-  if ! "$VPY" -m pip install -q "$TORCH_SPEC" "${IDX[@]}"; then
-    CPU_WHEEL="$(local_cpu_torch)"
-    if [ -z "${TORCH_SPEC_SET:-}" ] && [ -n "$CPU_WHEEL" ]; then
-      echo "== CPU index unreachable; using the local CPU wheel $CPU_WHEEL"
-      "$VPY" -m pip install -q "$CPU_WHEEL"
-    else
-      "$VPY" -m pip install -q "$TORCH_SPEC"
-    fi
+  CPU_WHEEL="$(local_cpu_torch)"
+  # a CPU wheel in pip's find-links that pyproject's range allows: no network needed
+  if [ -z "${TORCH_SPEC_SET:-}" ] && [ -n "$CPU_WHEEL" ] && "$VPY" -m pip install -q "$CPU_WHEEL" "${TORCH_PIN:-torch}"; then
+    echo "== used the local CPU wheel $CPU_WHEEL"
+  elif ! "$VPY" -m pip install -q "$TORCH_SPEC" "${IDX[@]}"; then
+    echo "== the CPU index $TORCH_INDEX cannot be reached: torch from the normal index (see the CUDA check below)"
+    "$VPY" -m pip install -q "$TORCH_SPEC"
   fi
 fi
 TORCH_V="$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
@@ -83,11 +83,21 @@ echo "== running PyInstaller"
   --distpath dist --workpath build/pyinstaller packaging/tlstudio.spec
 
 # Linux desktop integration files travel with the bundle (see packaging/README.md).
-cp packaging/tlstudio.desktop resources/icons/tlstudio.png packaging/install-desktop.sh dist/tlstudio/
+cp packaging/tlstudio.desktop packaging/tlstudio-mime.xml resources/icons/tlstudio.png packaging/install-desktop.sh \
+  dist/tlstudio/
 
 t1=$(date +%s)
 echo "== bundle: dist/tlstudio ($(du -sh dist/tlstudio | cut -f1), $(find dist/tlstudio -type f | wc -l) files, built in $((t1 - t0)) s)"
+echo "== build venv: $("$VPY" packaging/measure_env.py "$PKG_VENV" | head -1)"
+
+# the Linux installer: a .deb around the bundle (Debian/Ubuntu tools; skipped elsewhere)
+DEB_ARGS=()
+if [ "$(uname -s)" = Linux ] && command -v dpkg-deb >/dev/null && [ -z "${SKIP_DEB:-}" ]; then
+  rm -f dist/tlstudio_*.deb
+  bash packaging/build_deb.sh dist/tlstudio dist
+  DEB_ARGS=(--deb "$(ls -1 dist/tlstudio_*.deb | head -1)")
+fi
 
 if [ -z "${SKIP_SMOKE:-}" ]; then
-  "$VPY" packaging/smoke_test.py dist/tlstudio
+  "$VPY" packaging/smoke_test.py dist/tlstudio "${DEB_ARGS[@]}"
 fi

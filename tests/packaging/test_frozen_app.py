@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "packaging"
-DIST = ROOT / "dist" / "tlstudio"
+DIST = Path(os.environ.get("TLSTUDIO_DIST", ROOT / "dist" / "tlstudio"))  # a bundle built elsewhere (clean clone)
 
 
 def test_icon_svg_and_png():
@@ -46,10 +46,48 @@ def test_spec_and_scripts_are_valid():
     compile((PKG / "tlstudio.spec").read_text(), "tlstudio.spec", "exec")
     for f in ("entry.py", "smoke_test.py", "rthook_torchvision.py", "render_icon.py"):
         compile((PKG / f).read_text(), f, "exec")
-    for f in ("build.sh", "install-desktop.sh"):
-        assert subprocess.run(["bash", "-n", str(PKG / f)]).returncode == 0
+    for f in ("build.sh", "build_deb.sh", "install-desktop.sh", "ci/build_macos.sh"):
+        assert subprocess.run(["bash", "-n", str(PKG / f)]).returncode == 0, f
     spec = (PKG / "tlstudio.spec").read_text()
     assert '"resources"' in spec and "entry.py" in spec and "rthook_torchvision.py" in spec
+
+
+def test_ci_workflow_builds_the_three_installers():
+    """packaging/ci/build-installers.yml (GitHub Actions, not run here): one job per system, each
+    calling a script of this repository that exists, and uploading the installer it makes."""
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load((PKG / "ci" / "build-installers.yml").read_text(encoding="utf-8"))
+    jobs = wf["jobs"]
+    assert set(jobs) == {"linux-deb", "windows-installer", "macos-dmg"}
+    runs = {name: "\n".join(step.get("run", "") for step in job["steps"]) for name, job in jobs.items()}
+    uploads = {name: [st["with"]["path"] for st in job["steps"] if st.get("uses", "").startswith("actions/upload")]
+               for name, job in jobs.items()}
+    assert "make package" in runs["linux-deb"] and "--deb" in runs["linux-deb"] and uploads["linux-deb"] == ["dist/*.deb"]
+    assert "packaging/ci/build_windows.ps1" in runs["windows-installer"] and uploads["windows-installer"][0].endswith(".exe")
+    assert "packaging/ci/build_macos.sh" in runs["macos-dmg"] and uploads["macos-dmg"][0].endswith(".dmg")
+    for script in ("ci/build_windows.ps1", "ci/build_macos.sh", "windows/tlstudio.iss"):
+        assert (PKG / script).is_file(), script
+    ps1 = (PKG / "ci" / "build_windows.ps1").read_text(encoding="utf-8")
+    assert "download.pytorch.org/whl/cpu" in ps1 and "smoke_test.py" in ps1 and "tlstudio.iss" in ps1
+    mac = (PKG / "ci" / "build_macos.sh").read_text(encoding="utf-8")
+    assert "smoke_test.py" in mac and "hdiutil create" in mac and "iconutil" in mac
+
+
+def test_windows_and_macos_installers_associate_tlsproj():
+    iss = (PKG / "windows" / "tlstudio.iss").read_text(encoding="utf-8")
+    assert r'Source: "..\..\dist\tlstudio\*"' in iss and "ChangesAssociations=yes" in iss
+    lines = iss.splitlines()
+
+    def line(subkey):
+        (hit,) = [ln for ln in lines if f'Subkey: "Software\\Classes\\{subkey}";' in ln]
+        return hit
+
+    # the association is made on install and removed by the uninstaller
+    assert 'ValueData: "TLStudio.Project"' in line(".tlsproj") and "uninsdeletevalue" in line(".tlsproj")
+    assert "uninsdeletekey" in line("TLStudio.Project")
+    assert r'ValueData: """{app}\tlstudio.exe"" ""%1"""' in line(r"TLStudio.Project\shell\open\command")
+    spec = (PKG / "tlstudio.spec").read_text(encoding="utf-8")
+    assert '"public.filename-extension": ["tlsproj"]' in spec and "CFBundleDocumentTypes" in spec
 
 
 def test_entry_multiprocessing_check_unfrozen():
