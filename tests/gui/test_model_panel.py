@@ -119,12 +119,16 @@ def test_offline_download_gives_the_weights_error(qtbot, panel):
     panel._select_name("resnet10t")
     panel.radios["pretrained"].click()
     assert panel.download_btn.isEnabled()
+    said: list[str] = []
+    panel.state.status_message.connect(said.append)
     with qtbot.waitSignal(panel.model_failed, timeout=60_000) as b:
         panel.download_weights()
         assert panel.dl_cancel_btn.isVisibleTo(panel)
     assert "resnet10t" in b.args[0]
     assert "offline" in b.args[0].lower() or "download" in b.args[0].lower()
     assert not panel.dl_progress.isVisibleTo(panel)
+    # issue 17 item 15: the status bar kept saying "Downloading…" after the failure
+    assert said[0].startswith("Downloading") and said[-1].startswith("Download failed:")
 
 
 def test_cancel_download_restores_the_button(qtbot, panel, monkeypatch):

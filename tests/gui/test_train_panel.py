@@ -256,8 +256,8 @@ def test_baseline_phase_gets_its_own_dashed_curves(qtbot):
     for b in range(4):
         w.add_batch(0, b, 4, 1.0, 1e-3)
         w.add_batch(0, b, 4, 2.0, 1e-3, phase="baseline")
-    w.add_epoch(0, 1.0, 1.1, 0.7)
-    w.add_epoch(0, 2.0, 2.1, 0.4, phase="baseline")
+    w.add_epoch(0, 1.0, {"val_loss": 1.1, "val_acc": 0.7})
+    w.add_epoch(0, 2.0, {"val_loss": 2.1, "val_acc": 0.4}, phase="baseline")
     w.flush()
     assert w.points("loss") == 4 and w.points("loss", "baseline") == 4
     assert w.points("val_acc", "baseline") == 1

@@ -117,13 +117,25 @@ class AppState(QObject):
             self.step_status_changed.emit(step, status)
 
     def make_config(self) -> Any:
-        """The TrainConfig the user has set up (raises pydantic.ValidationError when invalid)."""
-        from tlstudio.core.config import TrainConfig
+        """The config of the chosen kind of learning: its ``config_cls`` validated from the common
+        train settings it has fields for, plus ``task_settings`` (raises pydantic.ValidationError
+        when invalid, UserError for an unknown kind)."""
+        from tlstudio.core.tasks.registry import get
 
-        values = dict(self.settings)
-        if self.runs_dir and not values.get("out_dir"):
-            values["out_dir"] = str(new_run_dir(self.runs_dir, values.get("backbone") or "model"))
-        return TrainConfig(data_dir=self.data_dir or "", **values)
+        kind = get(self.task_kind)
+        cls = kind.config_cls
+        if cls is None:
+            from tlstudio.core.errors import UserError
+
+            raise UserError(f"{kind.title} has no settings to start from the app.")
+        fields = cls.model_fields
+        values = {k: v for k, v in self.settings.items() if k in fields}
+        if "data_dir" in fields:
+            values["data_dir"] = self.data_dir or ""
+        values.update(self.task_settings)
+        if "out_dir" in fields and self.runs_dir and not values.get("out_dir"):
+            values["out_dir"] = str(new_run_dir(self.runs_dir, values.get("backbone") or kind.kind))
+        return cls.model_validate(values)
 
 
 def new_run_dir(runs_dir: str, backbone: str) -> Any:

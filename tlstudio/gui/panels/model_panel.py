@@ -407,6 +407,9 @@ class ModelPanel(WeightSourceMixin, QWidget):
         if gen != self._dl_gen:
             return
         self._dl_ended()
+        # the status bar said "Downloading…": it must not go on saying so
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.state.status_message.emit(f"Download failed: {first}")
         self._fail(str(exc), exc=exc)
 
 

@@ -63,6 +63,34 @@ def engine_job(module: str, func: str, arg: Any) -> Callable[[Any, Any], Any]:
     return factory
 
 
+def kind_job(kind: str, config: Any) -> Callable[[Any, Any], Any]:
+    """A JobRunner factory that runs a kind of learning through the task registry:
+    ``registry.get(kind).run(config, stop, pause)``, looked up in the worker thread."""
+
+    def factory(stop: Any, pause: Any) -> Any:
+        from tlstudio.core.tasks.registry import get
+
+        return get(kind).run(config, stop, pause)
+
+    return factory
+
+
+def resume_job(run_dir: str) -> Callable[[Any, Any], Any]:
+    """A JobRunner factory that continues a stopped run with its own kind's ``resume``."""
+
+    def factory(stop: Any, pause: Any) -> Any:
+        from tlstudio.core.tasks.registry import kind_of_run
+
+        k = kind_of_run(run_dir)
+        if k.resume is None:
+            from tlstudio.core.errors import UserError
+
+            raise UserError(f"{k.title} runs cannot be continued; start a new one.")
+        return k.resume(run_dir, stop, pause)
+
+    return factory
+
+
 def make_log_view(max_height: int | None = None) -> QPlainTextEdit:
     view = QPlainTextEdit()
     view.setReadOnly(True)

@@ -35,6 +35,17 @@ from tlstudio.gui.widgets.curves import CurvesWidget
 log = logging.getLogger("tlstudio.gui")
 
 
+def fmt_metric(name: str, value: float | None) -> str:
+    """"val acc 80.0%", "val macro f1 0.790", "val loss/digit 0.6000": accuracies as percentages."""
+    base, _, task = name.partition("/")
+    label = base.replace("_", " ") + (f" {task}" if task else "")
+    if value is None or value != value:
+        return f"{label} -"
+    if base.endswith("acc") or base.endswith("accuracy"):
+        return f"{label} {value:.1%}"
+    return f"{label} {value:.4f}" if base.endswith("loss") else f"{label} {value:.3f}"
+
+
 def _fmt_eta(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
         return "--:--"
@@ -89,6 +100,8 @@ class TrainMonitorMixin:
         rv.addLayout(grid)
         self.metrics_label = QLabel("")
         self.metrics_label.setFixedHeight(fm.lineSpacing() + 4)
+        # many metrics (one per task) must not widen the window: the full text is in the tooltip/log
+        self.metrics_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         rv.addWidget(self.metrics_label)
 
         self.curves = CurvesWidget()
@@ -155,13 +168,18 @@ class TrainMonitorMixin:
         elif isinstance(e, ev.Finished):
             self._on_finished_event(e)
 
+    def _reset_timing(self) -> None:
+        self._t_first: float | None = None  # when the first batch of this phase was seen
+        self._n_first = 0  # batches done by then (a resumed run starts mid-way)
+        self._batches_seen = 0
+        self._epoch_seconds: list[float] = []
+
     def _on_started(self, e: ev.RunStarted) -> None:
         self._phase = e.phase
         self._epochs = e.epochs
         self._last_run_dir = e.run_dir if e.phase == "main" else self._last_run_dir
-        self._batch_t = None
-        self._sec_per_batch = None
-        self._epoch_seconds = []
+        self._reset_timing()
+        self.eta_label.setText("")
         self.epoch_bar.setRange(0, e.epochs)
         self.epoch_bar.setValue(e.start_epoch)
         self.curves.set_epochs(e.epochs)
@@ -179,44 +197,53 @@ class TrainMonitorMixin:
     def _on_batch(self, e: ev.BatchEnd) -> None:
         self.curves.add_batch(e.epoch, e.batch, e.batches, e.loss, e.lr, phase=e.phase)
         now = time.monotonic()
-        if self._batch_t is not None:
-            dt = now - self._batch_t
-            self._sec_per_batch = dt if self._sec_per_batch is None else 0.9 * self._sec_per_batch + 0.1 * dt
-        self._batch_t = now
+        done = e.epoch * e.batches + e.batch + 1  # batches of this phase done so far
+        if self._t_first is None:
+            self._t_first, self._n_first = now, done
+        self._batches_seen += 1
         if self.batch_bar.maximum() != e.batches:
             self.batch_bar.setRange(0, e.batches)
         self.batch_bar.setValue(e.batch + 1)
         self.epoch_bar.setValue(e.epoch)
-        if self._sec_per_batch is not None:
-            left_epoch = (e.batches - e.batch - 1) * self._sec_per_batch
+        # the rate over the whole run so far: events arrive in bursts, one gap means nothing
+        elapsed, n = now - self._t_first, done - self._n_first
+        if n >= 3 and elapsed >= 1.0:
+            per_batch = elapsed / n
+            left_epoch = (e.batches - e.batch - 1) * per_batch
             per_epoch = (sum(self._epoch_seconds) / len(self._epoch_seconds)) if self._epoch_seconds \
-                else e.batches * self._sec_per_batch
+                else e.batches * per_batch
             left_total = left_epoch + max(0, self._epochs - e.epoch - 1) * per_epoch
             self.eta_label.setText(f"ETA {_fmt_eta(left_total)}")
             self.speed_label.setText(f"{e.images_per_s:.0f} img/s · epoch ETA {_fmt_eta(left_epoch)}")
         else:
+            self.eta_label.setText("ETA estimating…")
             self.speed_label.setText(f"{e.images_per_s:.0f} img/s")
 
     def _on_epoch(self, e: ev.EpochEnd) -> None:
-        self.curves.add_epoch(e.epoch, e.train_loss, e.val_loss, e.val_acc, phase=e.phase)
+        self.curves.add_epoch(e.epoch, e.train_loss, dict(e.metrics), phase=e.phase)
         self._epoch_seconds.append(e.seconds)
         self.epoch_bar.setRange(0, e.epochs)
         self.epoch_bar.setValue(e.epoch + 1)
         star = "  ★ best" if e.best else ""
         prefix = "Baseline " if e.phase == "baseline" else ""
-        self.metrics_label.setText(
-            f"{prefix}Epoch {e.epoch + 1}/{e.epochs}: train loss {e.train_loss:.4f} · val loss {e.val_loss:.4f} · "
-            f"val acc {e.val_acc:.1%} · macro-F1 {e.val_macro_f1:.3f} · {e.seconds:.1f} s{star}")
-        self._log(self.metrics_label.text())
+        parts = [f"train loss {e.train_loss:.4f}"] + [fmt_metric(k, v) for k, v in e.metrics.items()]
+        text = f"{prefix}Epoch {e.epoch + 1}/{e.epochs}: " + " · ".join(parts) + f" · {e.seconds:.1f} s{star}"
+        self.metrics_label.setText(text)
+        self.metrics_label.setToolTip(text)
+        self._log(text)
 
     def _on_finished_event(self, e: ev.Finished) -> None:
         self.curves.flush()
-        acc = f", best val acc {e.best_val_acc:.1%} (epoch {e.best_epoch + 1})" \
-            if e.best_val_acc is not None and e.best_epoch is not None else ""
+        acc = ""
+        if e.best_epoch is not None and (e.best_val_acc is not None or e.metrics):
+            name = "val_acc" if e.best_val_acc is not None else next(iter(e.metrics))
+            value = e.best_val_acc if e.best_val_acc is not None else e.metrics[name]
+            acc = f", best {fmt_metric(name, value)} (epoch {e.best_epoch + 1})"
         phase = "Baseline" if self._phase == "baseline" else "Training"
         text = f"{phase} {e.status.replace('_', ' ')}{acc}." + (f" {e.message}" if e.message else "")
         if self._phase == "main":
             self._finish_message = e.message
+            self._best_text = acc.split(" (epoch")[0]
         self.status_label.setText(text)
         self._log(text)
 

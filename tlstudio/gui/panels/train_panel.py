@@ -26,8 +26,9 @@ from PySide6.QtWidgets import (
 
 from tlstudio.gui.panels.run_common import (
     RunStartMixin,
-    engine_job,
+    kind_job,
     make_hint_label,
+    resume_job,
     toggle_pause,
     why_not_ready,
 )
@@ -51,9 +52,8 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         self._mine = False  # the runner's job was started by this panel
         self._phase = "main"
         self._epochs = 0
-        self._batch_t: float | None = None
-        self._sec_per_batch: float | None = None
-        self._epoch_seconds: list[float] = []
+        self._reset_timing()
+        self._best_text = ""
         self._last_run_dir: str | None = None
         self._finish_message = ""
         self.events_seen = 0
@@ -65,6 +65,7 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         state.settings_changed.connect(self._on_settings_changed)
         state.current_run_changed.connect(self._on_current_run)
         state.dataset_changed.connect(self._update_buttons)
+        state.settings_changed.connect(self._update_buttons)  # e.g. the idle epoch bar follows Epochs
         runner.event.connect(self._on_event)
         runner.finished.connect(self._on_finished)
         runner.failed.connect(self._on_failed)
@@ -132,16 +133,19 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
             self.start()
 
     def make_config(self):
+        """The chosen kind's config (``registry.get(state.task_kind).config_cls``) from the common
+        settings and the kind's own (``state.task_settings``)."""
         # flush a half-typed learning rate
         self._write_setting("lr", self._value("lr"))
         config = self.state.make_config()
-        config.leave_one_core = True  # keep a core for the UI thread
-        if self.state.runs_dir and not config.out_dir:
+        if "leave_one_core" in type(config).model_fields:
+            config.leave_one_core = True  # keep a core for the UI thread
+        if "out_dir" in type(config).model_fields and self.state.runs_dir and not config.out_dir:
             # the project's runs folder (the one the Runs step lists), named like the engine does
             from datetime import datetime
             from pathlib import Path
 
-            base = Path(self.state.runs_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{config.backbone}"
+            base = Path(self.state.runs_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{getattr(config, 'backbone', config.task)}"
             path, i = base, 1
             while path.exists():
                 i += 1
@@ -157,8 +161,10 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         config = self._checked_config()
         if config is None:
             return False
-        self._begin(f"Starting {config.backbone} ...", fresh=True)
-        self.runner.start(engine_job("tlstudio.core.training.engine", "fit", config), owner=self)
+        what = getattr(config, "backbone", "") or self.state.task_kind
+        self._begin(f"Starting {what} ...", fresh=True, epochs=int(getattr(config, "epochs", 0) or 0))
+        self._kind = self.state.task_kind
+        self.runner.start(kind_job(self.state.task_kind, config), owner=self)
         return True
 
     def continue_run(self, run_dir: str | None = None) -> bool:
@@ -175,7 +181,7 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
             except Exception:  # noqa: BLE001 - a missing/odd history only means fewer points
                 log.exception("cannot read the history of %s", run_dir)
         self._last_run_dir = run_dir
-        self.runner.start(engine_job("tlstudio.core.training.engine", "resume", run_dir), owner=self)
+        self.runner.start(resume_job(run_dir), owner=self)
         return True
 
     def toggle_pause(self) -> None:
@@ -188,23 +194,42 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
             self.status_label.setText("Stopping after this batch (saving a checkpoint) ...")
             self._update_buttons()
 
-    def _begin(self, message: str, fresh: bool) -> None:
+    def _begin(self, message: str, fresh: bool, epochs: int = 0) -> None:
+        """A run starts: nothing of the previous run's texts stays on screen (issue 17 item 15)."""
         self._mine = True
         self._finish_message = ""
+        self._best_text = ""  # ", best val acc/digit 70.0%" of the Finished event (any kind)
         self._phase = "main"
-        self._batch_t = None
-        self._sec_per_batch = None
-        self._epoch_seconds = []
+        self._reset_timing()
         self.hint.setText("")
         if fresh:
             self.curves.clear()
             self.warnings.clear()
             self.log_view.clear()
             self.metrics_label.setText("")
+            self.curves.add_charts([self._best_metric()])
+        if epochs:
+            self._epochs = epochs
+            self.epoch_bar.setRange(0, epochs)
+            self.curves.set_epochs(epochs)
         self.epoch_bar.setValue(0)
+        self.batch_bar.setRange(0, 1)
         self.batch_bar.setValue(0)
+        self.eta_label.setText("")
+        self.speed_label.setText("")
         self.status_label.setText(message)
+        self.toast.hide()  # the last run's "finished" note
+        self.state.status_message.emit(message)
         self.state.set_step_status("train", "busy")
+
+    def _best_metric(self) -> str:
+        """The metric that picks the best epoch of the chosen kind (its chart is shown first)."""
+        try:
+            from tlstudio.core.tasks.registry import get
+
+            return get(self.state.task_kind).best_metric[0]
+        except Exception:  # noqa: BLE001 - an unknown kind: the error shows when the run starts
+            return "val_acc"
 
     def _resumable_run(self) -> str | None:
         """The run Continue would resume: this panel's last run, else the selected run, if stopped."""
@@ -249,6 +274,11 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         self.continue_btn.setEnabled(not running and self._resumable_run() is not None)
         for w in self._fields.values():
             w.setEnabled(not running)
+        if not running and not self._mine:  # idle: the bar shows the run that Start would make
+            n = int(self._value("epochs") or 1)
+            if self.epoch_bar.value() <= 0 and self.epoch_bar.maximum() != n:
+                self.epoch_bar.setRange(0, n)
+                self.epoch_bar.setValue(0)
         if not self.state.data_dir and not running:
             self.start_btn.setToolTip("Open a data folder first (step Data).")
         else:
@@ -264,7 +294,7 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         if not self._mine:
             return
         self.status_label.setText("Paused" if paused else "Training")
-        self._batch_t = None  # the pause must not count as a slow batch
+        self._t_first = None  # the pause must not count as slow batches: measure afresh
         self._update_buttons()
 
     def _on_finished(self, result: Any) -> None:
@@ -282,7 +312,8 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         else:
             self.state.set_step_status("train", "attention")
         name = run_dir.rstrip("/\\").rsplit("/", 1)[-1] if run_dir else "run"
-        msg = f"Training {status.replace('_', ' ')}: {name}" + (f", best val acc {best:.1%}" if best is not None else "")
+        msg = f"Training {status.replace('_', ' ')}: {name}" + (
+            f", best val acc {best:.1%}" if best is not None else self._best_text)
         base = getattr(result, "baseline", None)
         if isinstance(base, dict) and base.get("gain") is not None:
             msg += f"; from scratch {base.get('scratch_val_acc', 0):.1%} (gain {base['gain'] * 100:+.1f} points)"

@@ -91,10 +91,38 @@ class Series:
 
 
 _PHASE_PENS = {
-    "main": dict(raw=(120, 160, 220), smooth=(25, 90, 200), val=(220, 90, 30), acc=(30, 150, 70), lr=(130, 60, 170)),
-    "baseline": dict(raw=(200, 200, 200), smooth=(140, 140, 140), val=(170, 130, 110), acc=(120, 160, 130),
-                     lr=(170, 150, 190)),
+    "main": dict(raw=(120, 160, 220), smooth=(25, 90, 200), lr=(130, 60, 170)),
+    "baseline": dict(raw=(200, 200, 200), smooth=(140, 140, 140), lr=(170, 150, 190)),
 }
+# one colour per curve of a metric chart (per task suffix); the from-scratch baseline is dashed
+_METRIC_COLORS = [(220, 90, 30), (30, 150, 70), (25, 90, 200), (170, 60, 150), (200, 160, 20),
+                  (0, 150, 160), (120, 80, 40), (90, 90, 90)]
+_ACC_COLOR = (30, 150, 70)
+TITLES = {"val_acc": "Validation accuracy", "val_macro_f1": "Validation macro-F1", "val_loss": "Loss",
+          "weight": "Task weights", "val_auroc": "Validation AUROC", "val_f1": "Validation F1"}
+
+
+def split_metric(name: str) -> tuple[str, str]:
+    """("val_acc", "digit") for "val_acc/digit"; ("val_acc", "") for "val_acc"."""
+    base, _, task = name.partition("/")
+    return base, task
+
+
+def chart_of(name: str) -> str:
+    """The chart a metric is drawn in: every loss in the Loss chart, else one chart per base name."""
+    base = split_metric(name)[0]
+    return "loss" if base.endswith("loss") else base
+
+
+def chart_title(base: str) -> str:
+    return TITLES.get(base, base.replace("_", " ").replace("val ", "Validation ", 1).capitalize()
+                      if not base.startswith("val_") else "Validation " + base[4:].replace("_", " "))
+
+
+def curve_label(name: str) -> str:
+    base, task = split_metric(name)
+    text = base.replace("_", " ")
+    return f"{text} {task}" if task else text
 
 
 class _PhaseCurves:
@@ -103,11 +131,15 @@ class _PhaseCurves:
         self.loss = Series()
         self.smooth = Series()
         self.lr = Series()
-        self.val_loss = Series(64)
         self.train_loss = Series(64)
-        self.val_acc = Series(64)
+        self.metrics: dict[str, Series] = {}  # every epoch metric by its full name (val_acc/digit)
         self._ema = 0.0
         self._ema_n = 0
+
+    def series(self, name: str) -> Series | None:
+        if name in ("loss", "smooth", "lr", "train_loss"):
+            return getattr(self, name)
+        return self.metrics.get(name)
 
     def smoothed(self, loss: float, beta: float) -> float:
         # debiased EMA (as TensorBoard's smoothing): the first points are not pulled to 0
@@ -120,28 +152,28 @@ class _PhaseCurves:
 
 
 class CurvesWidget(QWidget):
-    """Three plots: loss (batch raw/smoothed, val per epoch), accuracy, learning rate."""
+    """The Loss chart (batch loss raw/smoothed and every validation loss), one chart per other
+    metric base name (``val_acc``, ``weight`` ...) with one curve per ``/task`` suffix, and the
+    learning rate. Metric charts appear when their metric first arrives (or ``add_charts``)."""
 
     def __init__(self, parent: QWidget | None = None, smoothing: float = 0.95, redraw_ms: int = 200) -> None:
         super().__init__(parent)
         self.smoothing = smoothing
         self.view = pg.GraphicsLayoutWidget()
         self.view.setBackground("w")
+        self.view.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # reachable by Tab; keys move the view
+        self.view.setAccessibleName("Training curves")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.view)
         self.loss_plot = self.view.addPlot(row=0, col=0, colspan=2, title="Loss")
-        self.acc_plot = self.view.addPlot(row=1, col=0, title="Validation accuracy")
         self.lr_plot = self.view.addPlot(row=1, col=1, title="Learning rate")
         self.view.ci.layout.setRowStretchFactor(0, 3)
         self.view.ci.layout.setRowStretchFactor(1, 2)
-        for p in (self.loss_plot, self.acc_plot, self.lr_plot):
-            p.showGrid(x=True, y=True, alpha=0.25)
-            p.setLabel("bottom", "epoch")
-            p.setClipToView(True)
-            p.setDownsampling(auto=True, mode="peak")
-            p.getAxis("left").setWidth(52)  # room for "0.0015" before the first paint
-        self.acc_plot.setLimits(yMin=-0.02, yMax=1.02)
+        self.charts: dict[str, Any] = {"loss": self.loss_plot}  # chart key -> PlotItem
+        self.legends: dict[str, Any] = {}
+        for p in (self.loss_plot, self.lr_plot):
+            self._style(p)
         # Ranges are set by us, in coarse steps, instead of pyqtgraph's auto-range: an axis whose
         # range did not change keeps its cached picture, and axis painting (Python) is what costs
         # the UI thread most while the training thread competes for the GIL.
@@ -150,40 +182,85 @@ class CurvesWidget(QWidget):
         self.epochs_hint = 0
         self._ranges: dict[Any, tuple] = {}
         self._user_ranged: set[Any] = set()
-        for p in (self.loss_plot, self.acc_plot, self.lr_plot):
-            p.disableAutoRange()
-            p.getViewBox().sigRangeChangedManually.connect(lambda *_, p=p: self._user_ranged.add(p))
         self.view.scene().sigMouseClicked.connect(self._on_click)
-        self._apply_ranges()
-        self.loss_legend = self.loss_plot.addLegend(offset=(-10, 10))
-        self.acc_legend = self.acc_plot.addLegend(offset=(-10, -10))
-        for legend in (self.loss_legend, self.acc_legend):  # readable over the curves
-            legend.setBrush(pg.mkBrush(255, 255, 255, 215))
-            legend.setPen(pg.mkPen(200, 200, 200))
-            legend.setZValue(1000)
+        self.loss_legend = self._legend("loss", self.loss_plot, (-10, 10))
         self._dirty = False
         self.redraws = 0
         self._throttled = qthrottled(self._redraw, timeout=redraw_ms, leading=False, parent=self)
+        self._apply_ranges()
+
+    @property
+    def acc_plot(self) -> Any:
+        """The validation accuracy chart (classification), made if it is not there yet."""
+        return self._chart("val_acc")
+
+    def _style(self, p: Any) -> None:
+        p.showGrid(x=True, y=True, alpha=0.25)
+        p.setLabel("bottom", "epoch")
+        p.setClipToView(True)
+        p.setDownsampling(auto=True, mode="peak")
+        p.getAxis("left").setWidth(52)  # room for "0.0015" before the first paint
+        p.disableAutoRange()
+        p.getViewBox().sigRangeChangedManually.connect(lambda *_, p=p: self._user_ranged.add(p))
+
+    def _legend(self, key: str, plot: Any, offset: tuple[int, int]) -> Any:
+        legend = plot.addLegend(offset=offset)
+        legend.setBrush(pg.mkBrush(255, 255, 255, 215))  # readable over the curves
+        legend.setPen(pg.mkPen(200, 200, 200))
+        legend.setZValue(1000)
+        self.legends[key] = legend
+        return legend
+
+    def _chart(self, key: str) -> Any:
+        """The chart of a metric base name, added after the others (2 per row under the loss)."""
+        if key in self.charts:
+            return self.charts[key]
+        n = len(self.charts) - 1  # metric charts so far; the LR chart sits at row 1, column 1
+        slot = n if n < 1 else n + 1
+        row, col = 1 + slot // 2, slot % 2
+        plot = self.view.addPlot(row=row, col=col, title=chart_title(key))
+        self._style(plot)
+        if row > 1:
+            self.view.ci.layout.setRowStretchFactor(row, 2)
+        self.charts[key] = plot
+        self._legend(key, plot, (-10, -10))
+        self._ranges.pop(plot, None)
+        return plot
+
+    def add_charts(self, names: list[str]) -> None:
+        """Show these metrics' charts now (e.g. the kind's best metric before the first epoch)."""
+        for name in names:
+            self._chart(chart_of(name))
 
     # --- data in ---------------------------------------------------------------------------
     def _phase(self, phase: str) -> _PhaseCurves:
         if phase not in self.phases:
             pens = _PHASE_PENS.get(phase, _PHASE_PENS["main"])
-            suffix = "" if phase in ("main", "distill") else f" ({phase})"
-            # dashed for the from-scratch run
             style = dict() if phase != "baseline" else dict(style=Qt.PenStyle.DashLine)
+            suffix = "" if phase in ("main", "distill") else f" ({phase})"
             self.items[phase] = {
                 "loss": self.loss_plot.plot(pen=pg.mkPen(pens["raw"], width=1), name=f"batch loss{suffix}"),
                 "smooth": self.loss_plot.plot(pen=pg.mkPen(pens["smooth"], width=2, **style),
                                               name=f"smoothed{suffix}"),
-                "val_loss": self.loss_plot.plot(pen=pg.mkPen(pens["val"], width=2, **style), symbol="o",
-                                                symbolSize=6, symbolBrush=pens["val"], name=f"val loss{suffix}"),
-                "val_acc": self.acc_plot.plot(pen=pg.mkPen(pens["acc"], width=2, **style), symbol="o",
-                                              symbolSize=6, symbolBrush=pens["acc"], name=f"val acc{suffix}"),
                 "lr": self.lr_plot.plot(pen=pg.mkPen(pens["lr"], width=2, **style)),
             }
             self.phases[phase] = _PhaseCurves(phase)  # after its items: _redraw pairs the two dicts
         return self.phases[phase]
+
+    def _metric_item(self, phase: str, name: str) -> None:
+        items = self.items[phase]
+        if name in items:
+            return
+        key = chart_of(name)
+        plot = self._chart(key)
+        n_same = sum(1 for k in items if k not in ("loss", "smooth", "lr") and chart_of(k) == key)
+        color = _ACC_COLOR if name == "val_acc" else _METRIC_COLORS[n_same % len(_METRIC_COLORS)]
+        if phase == "baseline":
+            color = tuple(int(c * 0.5 + 200 * 0.5) for c in color)
+        style = dict() if phase != "baseline" else dict(style=Qt.PenStyle.DashLine)
+        suffix = "" if phase in ("main", "distill") else f" ({phase})"
+        items[name] = plot.plot(pen=pg.mkPen(color, width=2, **style), symbol="o", symbolSize=6,
+                                symbolBrush=color, name=f"{curve_label(name)}{suffix}")
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float, lr: float, phase: str = "main") -> None:
         c = self._phase(phase)
@@ -196,21 +273,26 @@ class CurvesWidget(QWidget):
         c.lr.append(x, lr)
         self._schedule()
 
-    def add_epoch(self, epoch: int, train_loss: float, val_loss: float, val_acc: float,
-                  phase: str = "main") -> None:
+    def add_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float], phase: str = "main") -> None:
+        """One epoch's metrics dictionary (any names; ``base/task`` gives per-task curves)."""
         c = self._phase(phase)
         x = float(epoch + 1)
         c.train_loss.append(x, train_loss)
-        c.val_loss.append(x, val_loss)
-        c.val_acc.append(x, val_acc)
+        for name, value in metrics.items():
+            if value is None:
+                continue
+            self._metric_item(phase, name)
+            c.metrics.setdefault(name, Series(64)).append(x, float(value))
         self._schedule()
 
     def load_history(self, rows: list[dict[str, float]], phase: str = "main") -> None:
-        """Pre-fill the epoch curves from a run's history.csv (resuming a run from disk)."""
+        """Pre-fill the epoch curves from a run's history.csv (resuming a run from disk): every
+        column but the bookkeeping ones is a metric."""
+        skip = {"epoch", "train_loss", "lr", "seconds", "best", "trainable_params", "phase", "time"}
         for r in rows:
             if "epoch" in r:  # history.csv counts epochs from 1, events from 0
-                self.add_epoch(int(r["epoch"]) - 1, r.get("train_loss", np.nan), r.get("val_loss", np.nan),
-                               r.get("val_acc", np.nan), phase=phase)
+                metrics = {k: v for k, v in r.items() if k not in skip and isinstance(v, (int, float))}
+                self.add_epoch(int(r["epoch"]) - 1, r.get("train_loss", np.nan), metrics, phase=phase)
 
     def clear(self) -> None:
         self._ranges.clear()
@@ -218,10 +300,12 @@ class CurvesWidget(QWidget):
         self.epochs_hint = 0
         for phase in list(self.items):
             for item in self.items[phase].values():
-                for plot in (self.loss_plot, self.acc_plot, self.lr_plot):
+                for plot in self.charts.values():
                     if item in plot.listDataItems():
                         plot.removeItem(item)
-        for legend in (self.loss_legend, self.acc_legend):
+                if item in self.lr_plot.listDataItems():
+                    self.lr_plot.removeItem(item)
+        for legend in self.legends.values():
             legend.clear()
         self.phases.clear()
         self.items.clear()
@@ -251,14 +335,10 @@ class CurvesWidget(QWidget):
         self._dirty = False
         self.redraws += 1
         for phase, c in list(self.phases.items()):
-            it = self.items.get(phase)
-            if it is None:
-                continue
-            it["loss"].setData(c.loss.x, c.loss.y)
-            it["smooth"].setData(c.smooth.x, c.smooth.y)
-            it["val_loss"].setData(c.val_loss.x, c.val_loss.y)
-            it["val_acc"].setData(c.val_acc.x, c.val_acc.y)
-            it["lr"].setData(c.lr.x, c.lr.y)
+            for name, item in self.items.get(phase, {}).items():
+                ser = c.series(name)
+                if ser is not None:
+                    item.setData(ser.x, ser.y)
         self._apply_ranges()
 
     # --- ranges ------------------------------------------------------------------------------
@@ -273,12 +353,17 @@ class CurvesWidget(QWidget):
             self._ranges.clear()
             self._apply_ranges()
 
-    def _bounds(self, names: tuple[str, ...]) -> tuple[float, float, float]:
-        """(x max, y min, y max) over the named series of every phase (finite values only)."""
+    def _bounds(self, key: str) -> tuple[float, float, float]:
+        """(x max, y min, y max) over the series drawn in chart ``key`` (finite values only)."""
         xmax, ylo, yhi = 0.0, np.inf, -np.inf
         for c in self.phases.values():
-            for name in names:
-                ser: Series = getattr(c, name)
+            if key == "lr":
+                sers = [c.lr]
+            elif key == "loss":
+                sers = [c.loss, c.smooth, c.train_loss] + [s for n, s in c.metrics.items() if chart_of(n) == "loss"]
+            else:
+                sers = [s for n, s in c.metrics.items() if chart_of(n) == key]
+            for ser in sers:
                 if ser.n:
                     xmax = max(xmax, float(ser.x[-1]))
                     y = ser.y[np.isfinite(ser.y)]
@@ -287,18 +372,14 @@ class CurvesWidget(QWidget):
         return xmax, ylo, yhi
 
     def _apply_ranges(self) -> None:
-        specs = (
-            (self.loss_plot, ("loss", "smooth", "val_loss", "train_loss"), None),
-            (self.acc_plot, ("val_acc",), (0.0, 1.0)),
-            (self.lr_plot, ("lr",), None),
-        )
-        for plot, names, fixed_y in specs:
+        for key, plot in [*self.charts.items(), ("lr", self.lr_plot)]:
             if plot in self._user_ranged:
                 continue
-            xmax, ylo, yhi = self._bounds(names)
+            xmax, ylo, yhi = self._bounds(key)
             x1 = float(max(1, self.epochs_hint, int(np.ceil(xmax - 1e-9))))
-            if fixed_y is not None:
-                y0, y1 = fixed_y
+            unit = key not in ("loss", "lr") and (yhi < ylo or (ylo >= 0 and yhi <= 1))
+            if unit:  # scores and fractions: always 0..1, so curves of two runs compare at a glance
+                y0, y1 = 0.0, 1.0
             elif yhi < ylo:  # no data yet
                 y0, y1 = 0.0, 1.0
             else:
@@ -315,12 +396,18 @@ class CurvesWidget(QWidget):
 
     # --- read back (tests, screenshots) ----------------------------------------------------
     def points(self, name: str, phase: str = "main") -> int:
-        """How many points the drawn curve ``name`` holds (loss, smooth, val_loss, val_acc, lr)."""
-        if phase not in self.items:
+        """How many points the drawn curve ``name`` holds (loss, smooth, lr, or a metric name)."""
+        item = self.items.get(phase, {}).get(name)
+        if item is None:
             return 0
-        x = self.items[phase][name].xData  # the data set, before view down-sampling
+        x = item.xData  # the data set, before view down-sampling
         return 0 if x is None else len(x)
+
+    def chart_curves(self, key: str) -> list[str]:
+        """The curve names (legend texts) in chart ``key``."""
+        plot = self.charts.get(key)
+        return [] if plot is None else [i.name() for i in plot.listDataItems() if i.name()]
 
     def memory_bytes(self) -> int:
         return sum(s.nbytes for c in self.phases.values()
-                   for s in (c.loss, c.smooth, c.lr, c.val_loss, c.train_loss, c.val_acc))
+                   for s in (c.loss, c.smooth, c.lr, c.train_loss, *c.metrics.values()))
