@@ -135,12 +135,14 @@ def test_table_lists_runs_newest_first(setup):
     assert p.table.rowCount() == 3
     names = [_col(p, r, 0) for r in range(3)]
     assert names == ["run_c", "run_b", "run_a"]
-    assert _col(p, 1, 2) == "resnet10t"
-    assert _col(p, 1, 4) == "95.0%"
-    assert _col(p, 0, 3) == "stopped"
-    assert _col(p, 0, 5) == "1/1"
-    assert "-5.0" in _col(p, 1, 6) and "⚠" in _col(p, 1, 6)  # negative transfer flagged
+    assert _col(p, 1, 2) == "Classification"  # the task column
+    assert _col(p, 1, 3) == "resnet10t"
+    assert _col(p, 1, 5) == "95.0%" and "val acc 95.0%" in p.table.item(1, 5).toolTip()
+    assert _col(p, 0, 4) == "stopped"
+    assert _col(p, 0, 6) == "1/1"
+    assert "-5.0" in _col(p, 1, 7) and "⚠" in _col(p, 1, 7)  # negative transfer flagged
     assert _col(p, 1, 1)  # a date
+    assert "val acc 95.0%" in _col(p, 1, 8)  # the run's metrics dictionary
 
 
 def test_open_sets_current_run(setup, qtbot):
@@ -228,7 +230,7 @@ def test_refresh_on_runs_changed_and_damaged_run(setup):
     (bad / "run.json").write_text("{not json", encoding="utf-8")
     state.runs_changed.emit()
     assert p.table.rowCount() == 4
-    assert "unreadable" in [_col(p, r, 3) for r in range(4)]
+    assert "unreadable" in [_col(p, r, 4) for r in range(4)]
 
 
 def test_open_a_run_folder_from_elsewhere(setup, tmp_path, monkeypatch):
@@ -244,3 +246,29 @@ def test_open_a_run_folder_from_elsewhere(setup, tmp_path, monkeypatch):
     assert not p.open_dir(str(tmp_path))  # not a run folder: said so, nothing changes
     assert captured and "not a TL Studio run folder" in captured[0][1]
     assert state.current_run == str(elsewhere)
+
+
+def test_a_multi_task_run_shows_its_task_best_metric_and_per_task_curves(qtbot, tmp_path):
+    from tlstudio.core.tasks.registry import all_kinds, get
+
+    all_kinds()  # the Data step loads the registry in the background; titles come from it
+    root = tmp_path / "runs"
+    d = root / "mt"
+    d.mkdir(parents=True)
+    metrics = {"val_loss": 0.7, "val_acc/digit": 0.9, "val_acc/texture": 0.6, "weight/digit": 1.0}
+    write_run(d, RunInfo(kind="train", task="multitask", name="mt", status="finished", config={"epochs": 2},
+                         model=ModelSpec(backbone="resnet10t", num_classes=3, classes=["a", "b", "c"], image_size=32),
+                         epochs_done=2, best_epoch=1, metrics=metrics, best_metric="val_acc/digit"))
+    write_history(d, [{"epoch": e + 1, "train_loss": 1.0, **{k: v * (e + 1) / 2 for k, v in metrics.items()}}
+                      for e in range(2)])
+    state = AppState()
+    state.runs_dir = str(root)
+    p = RunsPanel(state)
+    qtbot.addWidget(p)
+    assert _col(p, 0, 2) == get("multitask").title
+    assert _col(p, 0, 5) == "90.0%" and "val acc digit 90.0%" in p.table.item(0, 5).toolTip()
+    assert "val acc texture 60.0%" in _col(p, 0, 8) and "weight digit 1.000" in _col(p, 0, 8)
+    p.overlay([str(d)])
+    (item,) = p.acc_plot.listDataItems()
+    assert [float(v) for v in item.yData] == pytest.approx([0.45, 0.9])  # the run's own best metric
+    assert p.acc_plot.titleLabel.text == "Validation accuracy"

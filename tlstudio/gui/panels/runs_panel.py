@@ -35,7 +35,21 @@ from tlstudio.gui.state import AppState
 
 log = logging.getLogger("tlstudio.gui")
 
-COLUMNS = ["Name", "Date", "Backbone", "Status", "Best val acc", "Epochs", "Transfer gain"]
+COLUMNS = ["Name", "Date", "Task", "Backbone", "Status", "Best", "Epochs", "Transfer gain", "Metrics"]
+COLUMN_TIPS = ["The run's display name", "When it started", "The kind of learning",
+               "The network it trained", "finished, stopped (can be continued), failed ...",
+               "The metric that picked the best epoch, at that epoch", "Epochs done / set",
+               "Best accuracy minus a from-scratch run's (negative: transfer hurt)",
+               "Every validation metric of the best epoch"]
+
+
+def task_title(task: str) -> str:
+    """The kind's title when the registry is loaded (the Data step loads it in the background),
+    else the kind's name; never imports the kinds on the UI thread."""
+    from tlstudio.core.tasks import registry
+
+    k = registry._REGISTRY.get(task)
+    return k.title if k is not None else task.replace("_", " ").capitalize()
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
@@ -99,6 +113,9 @@ class RunsPanel(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
+        for c, t in enumerate(COLUMN_TIPS):
+            self.table.horizontalHeaderItem(c).setToolTip(t)
+        self.table.setAccessibleName("Runs")
         self.table.verticalHeader().hide()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -168,12 +185,19 @@ class RunsPanel(QWidget):
 
         if info is None:
             self.table.setItem(r, 0, item(d.name))
-            self.table.setItem(r, 3, item("unreadable"))
-            for c in (1, 2, 4, 5, 6):
+            self.table.setItem(r, 4, item("unreadable"))
+            for c in (1, 2, 3, 5, 6, 7, 8):
                 self.table.setItem(r, c, item(""))
             return
+        from tlstudio.core.tasks.registry import task_of_info
+        from tlstudio.gui.panels.train_monitor import fmt_metric
+
         date = _dt.datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M")
-        acc = "" if info.best_val_acc is None else f"{info.best_val_acc:.1%}"
+        metrics = dict(info.metrics or {})
+        best_name = info.best_metric or "val_acc"
+        best_value = metrics.get(best_name, info.best_val_acc if best_name == "val_acc" else None)
+        shown = fmt_metric(best_name, best_value) if best_value is not None else ""
+        best = shown.rsplit(" ", 1)[-1] if shown else ""
         epochs_total = info.config.get("epochs", "")
         gain = ""
         if info.baseline and info.baseline.get("gain") is not None:
@@ -184,11 +208,18 @@ class RunsPanel(QWidget):
             name += f" ({info.kind})"
         self.table.setItem(r, 0, item(name))
         self.table.setItem(r, 1, item(date))
-        self.table.setItem(r, 2, item(info.model.backbone))
-        self.table.setItem(r, 3, item(info.status.replace("_", " ")))
-        self.table.setItem(r, 4, item(acc, right=True))
-        self.table.setItem(r, 5, item(f"{info.epochs_done}/{epochs_total}", right=True))
-        self.table.setItem(r, 6, item(gain, right=True))
+        self.table.setItem(r, 2, item(task_title(task_of_info(info))))
+        self.table.setItem(r, 3, item(info.model.backbone))
+        self.table.setItem(r, 4, item(info.status.replace("_", " ")))
+        best_item = item(best, sort=best_value, right=True)
+        best_item.setToolTip(f"{shown} (the metric that picked the best epoch)" if shown else "no epoch finished")
+        self.table.setItem(r, 5, best_item)
+        self.table.setItem(r, 6, item(f"{info.epochs_done}/{epochs_total}", right=True))
+        self.table.setItem(r, 7, item(gain, right=True))
+        text = " · ".join(fmt_metric(k, v) for k, v in metrics.items())
+        m_item = item(text)
+        m_item.setToolTip("\n".join(fmt_metric(k, v) for k, v in metrics.items()) or "no metrics yet")
+        self.table.setItem(r, 8, m_item)
 
     def selected_dirs(self) -> list[str]:
         rows = sorted({i.row() for i in self.table.selectedIndexes()})
@@ -247,6 +278,12 @@ class RunsPanel(QWidget):
         self.acc_legend.clear()
         self.overlaid = []
         names = {str(d): (i.name if i is not None and i.name else d.name) for d, i in self.runs}
+        best = {str(d): (i.best_metric if i is not None and i.best_metric else "val_acc") for d, i in self.runs}
+        wanted = {best.get(str(d), "val_acc") for d in dirs}
+        from tlstudio.gui.widgets.curves import chart_title, split_metric
+
+        self.acc_plot.setTitle(chart_title(split_metric(next(iter(wanted)))[0]) if len(wanted) == 1
+                               else "Best metric of each run")
         for n, d in enumerate(dirs):
             rows = read_history(d)
             if not rows:
@@ -254,8 +291,10 @@ class RunsPanel(QWidget):
             pen = pg.mkPen(_COLOURS[n % len(_COLOURS)], width=2)
             x = [r["epoch"] for r in rows if "epoch" in r]  # history.csv counts epochs from 1
             name = names.get(str(d), Path(d).name)
-            self.acc_plot.plot(x, [r.get("val_acc", float("nan")) for r in rows], pen=pen, symbol="o",
-                               symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)], name=name)
+            metric = best.get(str(d), "val_acc")
+            label = name if len(wanted) == 1 else f"{name}: {metric}"
+            self.acc_plot.plot(x, [r.get(metric, float("nan")) for r in rows], pen=pen, symbol="o",
+                               symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)], name=label)
             self.loss_plot.plot(x, [r.get("val_loss", float("nan")) for r in rows], pen=pen, symbol="o",
                                 symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)])
             self.overlaid.append(d)
