@@ -56,8 +56,9 @@ class ReviewQueue:
         items = []
         for path, row in zip(paths, p):
             vals, idx = row.topk(min(top_k, len(row)))
-            items.append(ReviewItem(str(path), int(idx[0]), float(vals[0]),
-                                    [(int(i), float(v)) for i, v in zip(idx, vals)]))
+            # 6 decimals: float32 0.9 is 0.89999998, which would miss an "at or above 0.9"
+            items.append(ReviewItem(str(path), int(idx[0]), round(float(vals[0]), 6),
+                                    [(int(i), round(float(v), 6)) for i, v in zip(idx, vals)]))
         return cls(classes, items)
 
     @classmethod

@@ -1,0 +1,117 @@
+"""Semi-supervised: review queue, FixMatch loss, and a whole pseudo-label run on tiny images."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tlstudio.core.data.synthetic import make_synthetic_folder
+from tlstudio.core.events import drive
+from tlstudio.core.runs import folder as runs
+from tlstudio.core.tasks import registry
+from tlstudio.core.tasks.semisupervised.fixmatch import fixmatch_loss
+from tlstudio.core.tasks.semisupervised.review import ReviewError, ReviewQueue, default_csv_path
+
+
+def _q(paths, classes=("a", "b", "c")):
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.05, 0.9, 0.05], [0.25, 0.2, 0.55], [0.97, 0.02, 0.01]])
+    return ReviewQueue.from_probs(list(classes), paths, probs)
+
+
+def test_review_queue_decisions_and_counts(tmp_path):
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    q = _q(paths)
+    assert [it.path for it in q.items] == [paths[3], paths[1], paths[0], paths[2]]  # by confidence
+    assert q.items[0].top[0] == (0, pytest.approx(0.97))
+    q.accept(0)
+    q.reject(1)
+    q.relabel(3, "a")  # proposed c, it is a
+    q.relabel(2, 0)  # proposed a, confirmed: an accept
+    c = q.counts()
+    assert (c["accepted"], c["rejected"], c["relabelled"], c["pending"]) == (2, 1, 1, 0)
+    assert c["labelled_per_class"] == {"a": 3, "b": 0, "c": 0}
+    assert sorted(q.labelled()) == sorted([(paths[3], "a"), (paths[2], "a"), (paths[0], "a")])
+    q.undo(1)
+    assert q.next_pending(0) == 1
+    with pytest.raises(ReviewError):
+        q.relabel(0, "zebra")
+    with pytest.raises(ReviewError):
+        q.relabel(0, 7)
+    q2 = ReviewQueue.from_json(q.to_json())
+    assert [(i.path, i.decision, i.label) for i in q2.items] == [(i.path, i.decision, i.label) for i in q.items]
+    q3 = _q(paths)
+    assert q3.accept_above(0.9) == 2 and q3.counts()["accepted"] == 2
+
+
+def test_review_csv_is_beside_the_images_and_read_by_the_scan(tmp_path):
+    from tlstudio.core.data.dataset import scan
+
+    shapes = ("circle", "square", "triangle")
+    lab = make_synthetic_folder(tmp_path / "p" / "labelled", per_class=2, size=32, classes=shapes)
+    unl = tmp_path / "p" / "unl"
+    unl.mkdir()
+    paths = []
+    other = make_synthetic_folder(tmp_path / "raw", per_class=2, size=32, classes=shapes, seed=9)
+    for i, p in enumerate(sorted(other.rglob("*.png"))[:4]):
+        dst = unl / f"x{i}.png"
+        dst.write_bytes(p.read_bytes())
+        paths.append(str(dst))
+    q = _q(paths, shapes)
+    q.accept(0)
+    q.relabel(1, "triangle")
+    q.reject(2)
+    csv_path = default_csv_path(lab, unl)
+    assert csv_path == (tmp_path / "p" / "tlstudio-reviewed-labels.csv").resolve()
+    existing = [(s.path, shapes[s.label]) for s in scan(lab).samples]
+    out = q.write_csv(csv_path, existing)
+    text = out.read_text()
+    assert text.startswith("path,label\n") and "unl/" in text and str(tmp_path) not in text  # relative paths
+    rep = scan(out)
+    assert len(rep.samples) == 6 + 2
+    got = {s.path: rep.classes[s.label] for s in rep.samples}
+    assert got[str(unl / "x3.png")] == "circle" and got[str(unl / "x1.png")] == "triangle"
+    with pytest.raises(ReviewError, match="not inside"):
+        q.write_csv(unl / "labels.csv", existing)  # the labelled images are outside unl/
+
+
+def test_fixmatch_loss_uses_only_confident_weak_predictions():
+    weak = torch.tensor([[10.0, 0.0], [0.1, 0.0]])  # first confident (class 0), second not
+    strong = torch.tensor([[0.5, 1.5], [3.0, -3.0]])
+    loss, kept = fixmatch_loss(weak, strong, 0.95)
+    assert kept == 0.5
+    expected = F.cross_entropy(strong[:1], torch.tensor([0])) / 2  # masked mean over both rows
+    assert float(loss) == pytest.approx(float(expected))
+    assert float(fixmatch_loss(weak, strong, 0.9999)[0]) == pytest.approx(float(expected))
+    zero, k0 = fixmatch_loss(torch.zeros(2, 2), strong, 0.95)
+    assert float(zero) == 0.0 and k0 == 0.0
+
+
+def test_semisupervised_run_with_pseudo_labels(tmp_path):
+    lab = make_synthetic_folder(tmp_path / "lab", per_class=4, size=32, seed=0, easy=True)
+    raw = make_synthetic_folder(tmp_path / "raw", per_class=6, size=32, seed=5, easy=True)
+    unl = tmp_path / "unl"
+    unl.mkdir()
+    for i, p in enumerate(sorted(raw.rglob("*.png"))):
+        (unl / f"{i:03d}.png").write_bytes(p.read_bytes())
+    cfg = registry.get("semisupervised").config_cls(
+        data_dir=str(lab), unlabeled_dir=str(unl), backbone="test_efficientnet", init="scratch", freeze="head",
+        epochs=1, batch_size=8, image_size=32, workers=1, head_epochs=2, rounds=2, pseudo_threshold=0.0,
+        out_dir=str(tmp_path / "run"))
+    info = drive(registry.get("semisupervised").run(cfg))
+    out = tmp_path / "run"
+    assert info.task == "semisupervised" and info.status == "finished"
+    rep = info.extra["semisupervised"]
+    assert rep["method"] == "pseudolabel" and rep["unlabelled_images"] == 18 and len(rep["pseudo_labels"]) == 2
+    for st in rep["pseudo_labels"]:
+        assert all(n <= cap for n, cap in zip(st["per_class"], st["caps"]))
+        assert st["selected"] == sum(st["per_class"])
+    assert rep["pseudo_labels"][0]["caps"] == [math.ceil(18 * 1 / 3)] * 3  # balanced labelled classes
+    q = ReviewQueue.load(out / "review.json")
+    assert len(q.items) == 18 and all(it.decision == "pending" for it in q.items)
+    assert (out / runs.BEST_WEIGHTS).read_bytes() == (out / "semi" / runs.BEST_WEIGHTS).read_bytes()
+    ev = registry.kind_of_run(out).evaluate(out)
+    assert set(ev["comparison"]) == {"labelled_only", "with_unlabelled"}
+    assert any("pseudo-labels" in line for line in registry.kind_of_run(out).eval_lines(ev))
