@@ -149,6 +149,19 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_kinds(args) -> int:
+    from tlstudio.core.tasks.registry import all_kinds
+
+    kinds = all_kinds()
+    if args.json:
+        _print_json([{"kind": k.kind, "title": k.title, "summary": k.summary, "trains": k.trains} for k in kinds])
+        return 0
+    width = max(len(k.kind) for k in kinds)
+    for k in kinds:
+        print(f"{k.kind:<{width}}  {k.title}: {k.summary}")
+    return 0
+
+
 def _train_config(args) -> Any:
     from tlstudio.core.config import TrainConfig
     from tlstudio.core.errors import UserError
@@ -249,7 +262,28 @@ def _finish_run(args, info) -> int:
     return 0 if info.status in ("finished", "early_stopped", "stopped") else 1
 
 
+def _run_kind(args) -> int:
+    """`tlstudio train DIR --task KIND`: any registered kind, its config built from the train flags
+    it declares (flags it has no field for are refused with one line)."""
+    from tlstudio.core.errors import UserError
+    from tlstudio.core.tasks.registry import get
+
+    kind = get(args.task)
+    values = _train_config(args).model_dump(exclude_unset=True)
+    fields = kind.config_cls.model_fields
+    ignored = sorted(k for k in values if k not in fields and k != "task")
+    explicit = {k.replace("-", "_") for k in vars(args) if getattr(args, k) not in (None, False)}
+    refused = [k for k in ignored if k in explicit]
+    if refused:
+        raise UserError(f"--{refused[0].replace('_', '-')} does not apply to {kind.title.lower()}")
+    config = kind.config_cls(**{k: v for k, v in values.items() if k in fields and k != "task"})
+    info = drive(kind.run(config, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
+    return _finish_run(args, info)
+
+
 def cmd_train(args) -> int:
+    if getattr(args, "task", None) not in (None, "classification"):
+        return _run_kind(args)
     from tlstudio.cli import multitask
 
     if multitask.wants(args):  # --tasks, or a table with several label columns / task folder trees
@@ -335,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_scan)
 
+    s = sub.add_parser("kinds", help="list the kinds of learning (for train --task)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_kinds)
+
     s = sub.add_parser("models", help="list backbones")
     s.add_argument("--filter", default="")
     s.add_argument("--pretrained", action="store_true", help="only models with pretrained weights")
@@ -345,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", nargs="?")
     s.add_argument("--sample", action="store_true", help="use the bundled sample data set")
     s.add_argument("--baseline", action="store_true", help="also train from scratch and report the gain of transfer")
+    s.add_argument("--task", metavar="KIND", help="kind of learning (default classification): "
+                   "knn, and the other kinds listed by `tlstudio kinds`")
     add_train_flags(s)
     s.set_defaults(func=cmd_train)
 

@@ -26,9 +26,24 @@ class StepSpec:
     skip_kinds: frozenset[str] = frozenset()  # kinds that hide this step even when kinds is None
 
     def shown_for(self, kind: str) -> bool:
+        """A kind that declares its steps (TaskKind.gui_steps) shows exactly those; otherwise the
+        step's own kinds / skip_kinds decide."""
+        declared = _declared_steps(kind)
+        if declared:
+            return self.id in declared
         if kind in self.skip_kinds:
             return False
         return self.kinds is None or kind in self.kinds
+
+
+def _declared_steps(kind: str) -> frozenset[str]:
+    from tlstudio.core.errors import UserError
+    from tlstudio.core.tasks.registry import get
+
+    try:
+        return frozenset(get(kind).gui_steps)
+    except UserError:  # a kind this version does not know (an old or foreign project file)
+        return frozenset()
 
 
 _P = "tlstudio.gui.panels."

@@ -90,11 +90,13 @@ def _body(config_or_info: dict[str, Any], *, from_run: Path | None = None):
     if from_run is not None:
         from tlstudio.core.models.weights import load_state_dict_file
 
-        body = create_model(config_or_info["backbone"], 0, init="scratch")
+        body = create_model(config_or_info["backbone"], 1, init="scratch")
+        body.reset_classifier(0)
         body.load_state_dict(load_state_dict_file(from_run / runs.BEST_WEIGHTS))
     else:
-        body = create_model(config_or_info["backbone"], 0, init=config_or_info["init"],
+        body = create_model(config_or_info["backbone"], 1, init=config_or_info["init"],
                             weights_file=config_or_info.get("weights_file"), init_run=config_or_info.get("init_run"))
+        body.reset_classifier(0)  # pooled features out: the bank's vectors
     return body.eval()
 
 
