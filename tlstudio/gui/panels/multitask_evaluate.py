@@ -89,7 +89,7 @@ class MultiTaskEvaluatePanel(QWidget):
         self.body.addWidget(self.verdict)
         self.body.addWidget(QLabel("<b>Confusion matrices</b> (rows: true class, columns: predicted)"))
         self.conf_tabs = QTabWidget()
-        self.conf_tabs.setMinimumHeight(300)
+        self.conf_tabs.setMinimumHeight(280)
         self.body.addWidget(self.conf_tabs)
         self.rel_title = QLabel("<b>Task relatedness</b>: cosine between the tasks' gradients on the shared layers, "
                                 "averaged over training (1 = they pull the same way, 0 = unrelated, "
@@ -97,6 +97,9 @@ class MultiTaskEvaluatePanel(QWidget):
         self.rel_title.setWordWrap(True)
         self.body.addWidget(self.rel_title)
         self.related = _table([])
+        self.related.horizontalHeader().setStretchLastSection(False)
+        self.related.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.related.horizontalHeader().setDefaultSectionSize(90)
         self.body.addWidget(self.related)
         self.body.addStretch(1)
 
@@ -158,7 +161,13 @@ class MultiTaskEvaluatePanel(QWidget):
                 cm = ConfusionMatrixWidget()
                 cm.set_matrix(d["confusion"], list(task["classes"]))
                 self.conf_tabs.addTab(cm, name)
+        kinds = {types.get(n, {}).get("type", per[n].get("type")) for n in per}
+        for c in (3, 4):  # accuracy and macro-F1: categorical and multi-label tasks
+            self.metrics.setColumnHidden(c, not kinds & {"categorical", "multilabel"})
+        for c in (5, 6):  # MAE and R^2: numeric tasks
+            self.metrics.setColumnHidden(c, "numeric" not in kinds)
         self.metrics.resizeColumnsToContents()
+        self.conf_tabs.setVisible(self.conf_tabs.count() > 0)
 
     def show_baseline(self, base: dict[str, Any] | None) -> None:
         visible = bool(base)
@@ -183,7 +192,8 @@ class MultiTaskEvaluatePanel(QWidget):
                                               "This task did worse in the shared model than alone" if neg else ""))
         self.baseline.resizeColumnsToContents()
         self.verdict.setText(f"Δm = {base['delta_m']:+.2f} %. {base['verdict']}")
-        self.verdict.setStyleSheet("color: #b00020;" if base["negative_tasks"] else "")
+        self.verdict.setStyleSheet("color: #b00020;" if base["negative_tasks"]
+                                   else "color: #9a5b00;" if base.get("unrelated_tasks") else "")
 
     def show_relatedness(self, matrix: list[list[float]] | None, names: list[str]) -> None:
         ok = bool(matrix) and len(names) > 1
@@ -204,7 +214,7 @@ class MultiTaskEvaluatePanel(QWidget):
                 it.setBackground(QColor(*base, int(30 + 150 * a)) if i != j else QColor(220, 220, 220))
                 it.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.related.setItem(i, j, it)
-        self.related.resizeColumnsToContents()
+        self.related.setFixedWidth(self.related.verticalHeader().sizeHint().width() + 90 * len(names) + 4)
 
     # --- evaluating again ---------------------------------------------------------------------
     def _choose_table(self) -> None:

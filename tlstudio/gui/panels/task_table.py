@@ -180,6 +180,8 @@ class TaskTable(QWidget):
             w.valueChanged.connect(self._weight_changed)
             self.table.setCellWidget(r, 7, w)
         self._loading = False
+        rows_h = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(self.table.horizontalHeader().height() + rows_h + 2 * self.table.frameWidth() + 2)
         n = len(report.samples)
         self.title.setText(f"<b>Tasks</b>: {len(report.tasks)} label columns over {n} images "
                            f"(an empty cell means no label for that task; the row still trains the others)")
