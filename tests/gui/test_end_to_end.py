@@ -98,5 +98,5 @@ def test_train_stop_continue_evaluate_predict(qtbot, tmp_path, monkeypatch):
 
     # --- the runs table lists it
     assert runs.table.rowCount() == 1
-    assert runs.table.item(0, 3).text() == "finished"
-    assert runs.table.item(0, 5).text() == "3/3"
+    assert runs.table.item(0, 4).text() == "finished"
+    assert runs.table.item(0, 6).text() == "3/3"

@@ -46,9 +46,10 @@ def test_empty_state(panel):
 def test_shows_eval_json_of_current_run(panel, tmp_path, images):
     run = make_fake_run(tmp_path / "runs", "r1", acc=0.87, images=images)
     panel.state.set_current_run(str(run))
-    assert panel.acc_label.text() == "87.0%"
-    assert panel.f1_label.text() == "0.850"
-    assert "top-1: 87.0%" in panel.topk_label.text() and "top-2: 98.0%" in panel.topk_label.text()
+    mv = panel.metrics_view
+    assert mv.text("accuracy") == "87.0%"
+    assert mv.text("macro_f1") == "0.850"
+    assert mv.text("top1_accuracy") == "87.0%" and mv.text("top2_accuracy") == "98.0%"
     assert panel.table.rowCount() == 3
     assert panel.table.item(1, 0).text() == "square"
     assert panel.confusion.matrix[0] == [7, 3, 0]
@@ -56,7 +57,7 @@ def test_shows_eval_json_of_current_run(panel, tmp_path, images):
     assert len(panel.gallery_paths()) == 4  # every mistake, most confident first
     assert panel.gallery_paths()[0] == images[0]
     assert panel.state.step_status["evaluate"] == "done"
-    assert not panel.baseline_box.isVisible()
+    assert not panel.baseline_view.isVisible()
 
 
 def test_click_confusion_cell_lists_its_images(panel, qtbot, tmp_path, images):
@@ -92,15 +93,15 @@ def test_baseline_gain_and_negative_transfer_warning(panel, tmp_path):
                          baseline={"transfer_val_acc": 0.9, "scratch_val_acc": 0.6, "gain": 0.3,
                                    "negative_transfer": False})
     panel.state.set_current_run(str(good))
-    assert panel.baseline_box.isVisible()
-    assert "+30.0 points" in panel.baseline_label.text()
-    assert "Negative transfer" not in panel.baseline_label.text()
+    assert panel.baseline_view.isVisible()
+    assert "+30.0 points" in panel.baseline_view.label.text()
+    assert "Negative transfer" not in panel.baseline_view.label.text()
     bad = make_fake_run(tmp_path / "runs", "bad", acc=0.5,
                         baseline={"transfer_val_acc": 0.5, "scratch_val_acc": 0.7, "gain": -0.2,
                                   "negative_transfer": True})
     panel.state.set_current_run(str(bad))
-    assert "-20.0 points" in panel.baseline_label.text()
-    assert "Negative transfer" in panel.baseline_label.text()
+    assert "-20.0 points" in panel.baseline_view.label.text()
+    assert "Negative transfer" in panel.baseline_view.label.text()
 
 
 def test_evaluate_another_folder_runs_in_background(panel, qtbot, tmp_path, monkeypatch):
@@ -121,8 +122,8 @@ def test_evaluate_another_folder_runs_in_background(panel, qtbot, tmp_path, monk
     with qtbot.waitSignal(panel.report_shown, timeout=5000):
         assert panel.evaluate(str(tmp_path / "other"))
     assert calls == [(str(run), str(tmp_path / "other"))]
-    assert panel.acc_label.text() == "50.0%"
-    assert panel.source_label.text() == str(tmp_path / "other")
+    assert panel.metrics_view.text("accuracy") == "50.0%"
+    assert panel.metrics_view.text("source") == str(tmp_path / "other")
     assert "No misclassified" in panel.gallery_label.text()
     assert panel.eval_btn.isEnabled()
 
@@ -141,7 +142,7 @@ def test_evaluation_failure_shows_dialog(panel, qtbot, tmp_path, monkeypatch):
         panel.evaluate("/tmp/x")
     assert captured and "dog" in captured[0][1]
     assert panel.eval_btn.isEnabled()
-    assert panel.acc_label.text() != "-"  # the previous report stays
+    assert panel.metrics_view.text("accuracy") not in ("", "-")  # the previous report stays
 
 
 def test_damaged_eval_json(panel, tmp_path):
@@ -151,3 +152,21 @@ def test_damaged_eval_json(panel, tmp_path):
     assert panel.table.rowCount() == 0
     assert "unreadable" in panel.gallery_label.text()
     assert panel.eval_btn.isEnabled()
+
+
+def test_metrics_view_shows_any_metrics_dictionary(qtbot):
+    """One view per task head: explicit input, names with a /task suffix, percentages for rates."""
+    from tlstudio.gui.views.metrics_view import MetricsView
+
+    v = MetricsView("Digit head")
+    qtbot.addWidget(v)
+    v.set_metrics({"accuracy/digit": 0.912, "val_loss": 0.12345, "image_auroc": 0.8, "mae": 3.25}, source="test/",
+                  n=1797)
+    assert v.box.title() == "Digit head"
+    rows = [(v.form.itemAt(r, v.form.ItemRole.LabelRole).widget().text(), v.text(k))
+            for r, k in enumerate(["source", "accuracy/digit", "val_loss", "image_auroc", "mae", "n"])]
+    assert rows == [("Evaluated on", "test/"), ("Accuracy (digit)", "91.2%"), ("Validation loss", "0.1235"),
+                    ("Image AUROC", "0.800"), ("Mean absolute error", "3.250"), ("Images", "1,797")]
+    assert "ROC" in v.labels["image_auroc"].toolTip()
+    v.set_metrics({})
+    assert v.text("accuracy/digit") == "" and v.text("n") == "-"

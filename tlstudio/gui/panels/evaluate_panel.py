@@ -33,7 +33,7 @@ from tlstudio.gui.panels.evaluate_errors import GalleryModel as _GalleryModel
 from tlstudio.gui.panels.evaluate_errors import Shot as _Shot
 from tlstudio.gui.panels.evaluate_job import EvalJobMixin
 from tlstudio.gui.panels.evaluate_job import EvalProgress as _Relay
-from tlstudio.gui.panels.evaluate_metrics import EvalMetricsMixin
+from tlstudio.gui.panels.evaluate_metrics import BaselineView, PerClassTable, report_metrics
 from tlstudio.gui.panels.evaluate_metrics import NumItem as _NumItem
 from tlstudio.gui.runner import JobRunner
 from tlstudio.gui.state import AppState
@@ -44,7 +44,7 @@ __all__ = ["GALLERY_LIMIT", "EvaluatePanel", "_GalleryModel", "_NumItem", "_Rela
 log = logging.getLogger("tlstudio.gui")
 
 
-class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
+class EvaluatePanel(EvalErrorsMixin, EvalJobMixin, QWidget):
     report_shown = Signal()
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
@@ -88,7 +88,18 @@ class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
 
         split = QSplitter(Qt.Orientation.Horizontal)
         root.addWidget(split, 1)
-        split.addWidget(self._build_metrics_side())  # metrics, baseline, per-class table
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 0, 0)
+        from tlstudio.gui.views.metrics_view import MetricsView
+
+        self.metrics_view = MetricsView("Metrics")
+        self.baseline_view = BaselineView()
+        self.table = PerClassTable()
+        lv.addWidget(self.metrics_view)
+        lv.addWidget(self.baseline_view)
+        lv.addWidget(self.table, 1)
+        split.addWidget(left)  # metrics, baseline, per-class table
         split.addWidget(self._build_errors_side())  # confusion heat map over the mistakes gallery
         split.setSizes([380, 700])
 
@@ -101,6 +112,7 @@ class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
         self.run_dir = run_dir or None
         self.info = None
         self.show_report(None)
+        self.baseline_view.set_baseline(None)
         if not run_dir:
             self.run_label.setText("No run selected: train a model or open one in Runs.")
             self._update_buttons()
@@ -113,7 +125,7 @@ class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
             return
         name = self.info.name or Path(run_dir).name
         self.run_label.setText(f"<b>{name}</b> · {self.info.model.backbone} · {self.info.status.replace('_', ' ')}")
-        self._show_baseline()
+        self.baseline_view.set_baseline(self.info.baseline, self.info.best_val_acc)
         path = Path(run_dir) / EVAL_JSON
         if path.is_file():
             try:
@@ -127,7 +139,14 @@ class EvaluatePanel(EvalMetricsMixin, EvalErrorsMixin, EvalJobMixin, QWidget):
 
     def show_report(self, report: Any) -> None:
         self.report = report
-        self._show_metrics(report)
+        if report is None:
+            self.metrics_view.set_metrics({})
+            self.table.set_rows([])
+        else:
+            fails = len(getattr(report, "failures", []) or [])
+            self.metrics_view.set_metrics(report_metrics(report), source=report.source or "validation split",
+                                          n=report.n, note=f"{fails} unreadable, skipped" if fails else "")
+            self.table.set_rows(report.per_class)
         self._show_errors(report)
         if report is None:
             return
