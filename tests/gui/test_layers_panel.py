@@ -113,6 +113,32 @@ def test_memory_estimate_with_a_real_model(qtbot, panel):
     assert b2.args[0] > head_only  # training everything needs more memory
 
 
+def test_memory_estimate_never_touches_the_shared_model(qtbot, panel, monkeypatch):
+    """Issue 12: the job registered hooks on (and ran) AppState.model from a worker thread."""
+    import torch
+
+    from tlstudio.core.models import layers
+    from tlstudio.core.models.backbones import create_model
+    from tlstudio.core.models.layers import layer_groups
+
+    model = create_model("test_resnet", 3, init="scratch")
+    shared = {id(m) for m in model.modules()}
+    hooked: list[int] = []
+    real = torch.nn.Module.register_forward_hook
+    monkeypatch.setattr(torch.nn.Module, "register_forward_hook",
+                        lambda self, *a, **k: hooked.append(id(self)) or real(self, *a, **k))
+    groups = layer_groups(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    info = ModelInfo("test_resnet", "resnet", 0, 160, False, False, False, True)
+    with qtbot.waitSignal(panel.memory_estimated, timeout=60_000) as b:
+        panel.state.set_model(info, groups, [g.is_head for g in groups], model)
+    assert b.args[0] > 0
+    assert hooked and not shared & set(hooked)  # hooks went on a private twin only
+    assert model not in layers._ACT_CACHE
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert panel.state.model is model
+
+
 def test_human_bytes():
     assert human_bytes(512) == "512 B"
     assert human_bytes(3 * 1024 * 1024) == "3.0 MB"

@@ -346,7 +346,12 @@ class LayersPanel(QWidget):
         bs = int(st.settings.get("batch_size") or 32)
         size = int(st.settings.get("image_size") or (st.model_info.input_size if st.model_info else 224))
         self.memory_label.setText("estimating…")
-        start_worker(self, _memory_job, st.model, list(st.groups), list(st.trainable), bs, size,
+        from tlstudio.gui.panels.model_jobs import memory_job
+
+        # the job estimates on a private meta-device twin of the model: the shared
+        # AppState.model is never touched from the worker thread (no hooks, no forward pass)
+        name = st.model_info.name if st.model_info is not None else ""
+        start_worker(self, memory_job, st.model, name, list(st.groups), list(st.trainable), bs, size,
                      returned=lambda n, g=gen, bs=bs, size=size: self._memory_done(g, n, bs, size),
                      errored=lambda exc, g=gen, bs=bs, size=size: self._memory_done(g, None, bs, size))
 
@@ -370,15 +375,6 @@ def _spec_text(spec: str) -> str:
     if spec.startswith("gradual:"):
         return f"unfreeze gradually, one group every {spec.split(':')[1]} epochs"
     return spec
-
-
-def _memory_job(model: Any, groups: list[Any], trainable: list[bool], bs: int, size: int) -> int:
-    from tlstudio.gui.heavy import ensure_imported
-
-    ensure_imported()
-    from tlstudio.core.models.layers import estimate_train_memory
-
-    return estimate_train_memory(model, groups, trainable, bs, size)
 
 
 if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.layers_panel [BACKBONE]

@@ -5,6 +5,7 @@ and the small helpers the panel uses around them."""
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
@@ -120,3 +121,47 @@ def download_job(name: str, n: int, bridge: DownloadProgress, cancel: threading.
     except _Cancelled:
         return "cancelled"
     return "ok"
+
+
+# private structure-only copies of models the panels show, one per shared model, for the memory
+# estimate (which registers forward hooks and runs a fake forward pass on the model it is given)
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TWIN_LOCK = threading.Lock()
+
+
+def _twin(model: Any, name: str) -> Any:
+    """A meta-device model with the same parameter names and shapes as ``model``, built anew from
+    its backbone name (no weights copied); a deep copy when the rebuild does not match."""
+    import copy
+
+    import torch
+
+    from tlstudio.core.models.backbones import create_model
+
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    head = [v for k, v in shapes.items() if len(v) == 2]
+    n_classes = head[-1][0] if head else 2
+    if name:
+        try:
+            with torch.device("meta"):
+                twin = create_model(name, n_classes, init="scratch")
+            if {n: tuple(p.shape) for n, p in twin.named_parameters()} == shapes:
+                return twin
+        except Exception:  # noqa: BLE001 - e.g. a model from a file: copy it instead
+            pass
+    return copy.deepcopy(model)
+
+
+def memory_job(model: Any, name: str, groups: list[Any], trainable: list[bool], bs: int, size: int) -> int:
+    """Worker thread: estimated bytes for one training step, computed on a private twin of
+    ``model`` (one estimate at a time; the twin and its cached activation sizes are reused)."""
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()
+    from tlstudio.core.models.layers import estimate_train_memory
+
+    with _TWIN_LOCK:
+        twin = _TWINS.get(model)
+        if twin is None:
+            twin = _TWINS[model] = _twin(model, name)
+        return estimate_train_memory(twin, groups, trainable, bs, size)
