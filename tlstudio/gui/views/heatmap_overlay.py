@@ -24,22 +24,7 @@ from PySide6.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-# "turbo"-like ramp (Google's perceptual rainbow, the usual Grad-CAM / anomaly look), as anchors
-_ANCHORS = np.array([
-    [48, 18, 59], [65, 69, 171], [70, 117, 237], [57, 162, 252], [27, 207, 212],
-    [36, 236, 166], [97, 252, 108], [164, 252, 59], [209, 232, 52], [243, 198, 58],
-    [254, 155, 45], [243, 99, 21], [217, 56, 6], [177, 26, 1], [122, 4, 3],
-], dtype=np.float32)
-
-
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """(n, 3) uint8 colour table from low (dark blue) to high (dark red)."""
-    x = np.linspace(0, len(_ANCHORS) - 1, n)
-    lo = np.floor(x).astype(int)
-    hi = np.minimum(lo + 1, len(_ANCHORS) - 1)
-    t = (x - lo)[:, None]
-    return np.round(_ANCHORS[lo] * (1 - t) + _ANCHORS[hi] * t).astype(np.uint8)
-
+from tlstudio.core.evaluation.explain import colormap_lut  # one colour ramp for PNGs and the app
 
 _LUT = colormap_lut()
 
