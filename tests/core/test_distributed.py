@@ -18,6 +18,8 @@ def _env(tmp_path):
     env = dict(os.environ)
     env["TLSTUDIO_HOME"] = str(tmp_path / "home")
     env["OMP_NUM_THREADS"] = "1"
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where a non-main rank's scratch files would go
+    (tmp_path / "tmp").mkdir(exist_ok=True)
     return env
 
 
@@ -36,3 +38,5 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert info_two.status == "finished"
     assert info_one.best_val_acc > 0.8
     assert info_two.best_val_acc >= info_one.best_val_acc - 0.1, (info_one.best_val_acc, info_two.best_val_acc)
+    # the second process left no checkpoints behind (its scratch folder is removed at the end)
+    assert not list((tmp_path / "tmp").glob("tlstudio-rank-*"))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,94 +28,12 @@ def _one_thread():
 # test only; once the real module exists it is used unchanged.
 
 
-def _standin_backbones():
-    m = types.ModuleType("tlstudio.core.models.backbones")
-
-    def create_model(name, num_classes, *, init="pretrained", **_):
-        import timm
-
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
-
-    m.create_model = create_model
-    return m
-
-
-def _standin_weights():
-    m = types.ModuleType("tlstudio.core.models.weights")
-
-    def load_state_dict_file(path):
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-
-    m.load_state_dict_file = load_state_dict_file
-    return m
-
-
-def _standin_dataset():
-    m = types.ModuleType("tlstudio.core.data.dataset")
-
-    @dataclass(frozen=True)
-    class Sample:
-        path: str
-        label: int
-
-    @dataclass
-    class Split:
-        train: list
-        val: list
-        test: list = field(default_factory=list)
-        seed: int = 0
-        val_fraction: float = 0.2
-
-        def to_json(self):
-            f = lambda ss: [[s.path, s.label] for s in ss]  # noqa: E731
-            return {"train": f(self.train), "val": f(self.val), "test": f(self.test), "seed": self.seed,
-                    "val_fraction": self.val_fraction}
-
-        @classmethod
-        def from_json(cls, d):
-            f = lambda ss: [Sample(p, int(lab)) for p, lab in ss]  # noqa: E731
-            return cls(f(d["train"]), f(d["val"]), f(d["test"]), d["seed"], d["val_fraction"])
-
-    @dataclass
-    class ScanReport:
-        root: str
-        classes: list
-        samples: list
-        presplit: dict | None = None
-
-    def scan(path, **_):
-        root = Path(path)
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        samples = [Sample(str(f), i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())]
-        return ScanReport(str(root), classes, samples)
-
-    def match_classes(report, classes):
-        idx = {c: i for i, c in enumerate(classes)}
-        for c in report.classes:
-            if c not in idx:
-                raise ValueError(f"{report.root}: class {c!r} is not one of the run's classes")
-        samples = [Sample(s.path, idx[report.classes[s.label]]) for s in report.samples]
-        return ScanReport(report.root, list(classes), samples)
-
-    m.Sample, m.Split, m.scan, m.match_classes = Sample, Split, scan, match_classes
-    return m
-
-
 @pytest.fixture
-def core_modules(monkeypatch):
-    """Real engine modules when they exist, contract stand-ins otherwise."""
-    import importlib
+def core_modules():
+    """The data module (scan, Sample, match_classes) the evaluation tests build samples with."""
+    from tlstudio.core.data import dataset
 
-    for name, make in (("backbones", _standin_backbones), ("weights", _standin_weights),
-                       ("dataset", _standin_dataset)):
-        full = f"tlstudio.core.{name}"
-        try:
-            importlib.import_module(full)
-        except ImportError:
-            monkeypatch.setitem(sys.modules, full, make())
-    return sys.modules["tlstudio.core.data.dataset"]
+    return dataset
 
 
 # --------------------------------------------------------------------------- a real run folder

@@ -13,9 +13,6 @@ import numpy as np
 import pytest
 
 from tests.core.test_evaluate import (  # noqa: F401 - core_modules is a fixture used here
-    _standin_backbones,
-    _standin_dataset,
-    _standin_weights,
     core_modules,
     make_run,
 )
@@ -85,20 +82,12 @@ def run_clean(tmp: Path, code: str, *args: str, blocked=("tlstudio",), cwd: Path
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One tiny trained run exported to every format (shared: exporting costs a few seconds)."""
-    import importlib
-
     from tlstudio.core.export.formats import export_run
     from tlstudio.core.data.synthetic import make_synthetic_folder
 
     tmp = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLSTUDIO_HOME", str(tmp / "home"))
-        for name, make in (("backbones", _standin_backbones), ("weights", _standin_weights),
-                           ("dataset", _standin_dataset)):
-            try:
-                importlib.import_module(f"tlstudio.core.{name}")
-            except ImportError:
-                mp.setitem(sys.modules, f"tlstudio.core.{name}", make())
         data = make_synthetic_folder(tmp / "data", per_class=12, size=48, easy=True)
         run = tmp / "run"
         model, spec, split = make_run(run, data)

@@ -62,20 +62,6 @@ def no_temp_files(run_dir: Path) -> list[str]:
     return [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
-def between_epochs_on_disk(run: Path, epochs: int) -> int:
-    """The epoch whose end-of-epoch writes (last.pt, history.csv, run.json) are all on disk while the
-    run goes on (1..epochs-1), else 0. Read from the run folder, not from the progress text: bar
-    formats change (plain lines when stderr is not a terminal) and a loaded machine skips redraws."""
-    try:
-        info = runs.read_run(run)
-        rows = len(runs.read_history(run))
-    except Exception:  # not written yet
-        return 0
-    done = info.epochs_done
-    ok = info.status == "running" and 1 <= done < epochs and rows == done and (run / runs.LAST_CKPT).is_file()
-    return done if ok else 0
-
-
 # ---- SIGKILL ---------------------------------------------------------------------------------
 @pytest.mark.slow  # a real `tlstudio train` process, then `resume`: ~100 s on the loaded 2-core machine
 @pytest.mark.timeout(900)
@@ -91,38 +77,38 @@ def test_sigkill_mid_epoch_leaves_resumable_checkpoint(tmp_path):
            "--image-size", "48", "--workers", "0", "--precision", "fp32", "--epochs", "4", "--batch-size", "2",
            "--freeze", "none", "--augment", "none", "--cache", "off", "--lr", "0.003", "--warmup-epochs", "0",
            "--early-stop-patience", "50", "--seed", "0", "--out", str(run)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: err_chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")),
                               daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 540  # a generous bound: the start alone takes a minute when loaded
-        killed_at = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            # an epoch's writes are all on disk and the run goes on: the next epoch is in flight
-            done = between_epochs_on_disk(run, 4)
-            if done:
+        # watch the run folder, not the progress bar: once epoch 1 is in history.csv, epoch 2 is
+        # training; kill at once (a busy machine may land anywhere in it, or in a checkpoint write)
+        killed = False
+        while proc.poll() is None:
+            if len(runs.read_history(run)) >= 1:
                 os.kill(proc.pid, signal.SIGKILL)
-                killed_at = f"after the writes of epoch {done}"
+                killed = True
                 break
             time.sleep(0.02)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     reader.join(timeout=5)
-    assert killed_at is not None, "the run ended or stalled before it could be killed mid-epoch:\n" + \
-        b"".join(err_chunks).decode("utf-8", "replace")[-2000:]
+    assert killed, "the run ended before it could be killed:\n" + b"".join(err_chunks).decode("utf-8", "replace")[-2000:]
     assert proc.returncode == -signal.SIGKILL
 
     ckpt = load_ckpt(run)  # weights_only=True: the atomic write left a complete, safe file
     done = ckpt["epoch"]  # epochs completed when killed (1 unless the machine raced ahead)
-    assert 1 <= done < 4 and ckpt["batch"] == 0, (done, ckpt["batch"], killed_at)
-    info = runs.read_run(run)  # run.json parses, and agrees with the checkpoint
-    assert info.status == "running" and info.epochs_done == done
-    assert len(runs.read_history(run)) == done
+    assert 1 <= done < 4 and ckpt["batch"] == 0, (done, ckpt["batch"])
+    # run.json and history.csv are written after last.pt (it is the source of truth): a kill
+    # between the writes leaves them at most one epoch behind, never ahead
+    info = runs.read_run(run)
+    assert info.status == "running" and done - 1 <= info.epochs_done <= done
+    assert done - 1 <= len(runs.read_history(run)) <= done
 
     # what a kill inside a checkpoint write leaves behind: cleaned up by the resume
     (run / ".last.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")

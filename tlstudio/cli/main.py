@@ -410,13 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     from importlib import import_module
 
     for name in _PLUGINS:
-        try:
-            mod = import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        mod.register(sub)
+        import_module(name).register(sub)
     return p
 
 

@@ -141,19 +141,7 @@ def report_from_probs(
 
 
 def _load_rgb(path: str):
-    try:
-        from tlstudio.core.data.images import load_rgb
-    except ImportError:  # images.py not there yet: the same normalisation, minimal
-        from PIL import Image, ImageOps
-
-        def load_rgb(p):
-            try:
-                with Image.open(p) as im:
-                    im.seek(0)
-                    im = ImageOps.exif_transpose(im)
-                    return im.convert("RGB")
-            except Exception as exc:
-                raise EvalError(f"{p}: cannot read image: {exc}") from exc
+    from tlstudio.core.data.images import load_rgb
 
     return load_rgb(path)
 
@@ -370,12 +358,9 @@ def evaluate(
 
 
 def _image_extensions() -> frozenset[str]:
-    try:
-        from tlstudio.core.data.images import IMAGE_EXTENSIONS
+    from tlstudio.core.data.images import IMAGE_EXTENSIONS
 
-        return frozenset(IMAGE_EXTENSIONS)
-    except ImportError:
-        return frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+    return frozenset(IMAGE_EXTENSIONS)
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[str]:

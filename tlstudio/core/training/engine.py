@@ -56,6 +56,15 @@ def _mark_failed(run_dir: Path) -> None:
         pass
 
 
+def _remove_failed_start(run_dir: Path) -> None:
+    """A run folder this call created, for a run that failed before training began (bad data,
+    weights unavailable, stopped during the download), holds only its start files: remove it, so
+    failed starts do not pile up as empty runs. The error itself reaches the caller."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 class _Logger:
     """Appends Log/Warn events to the run's log.txt (never fails the run)."""
 
@@ -85,17 +94,20 @@ def fit(
     """Train per ``config``; yield events; return the run's RunInfo."""
     import tempfile
 
+    from tlstudio.core.runs.guard import claim_out_dir
+
     stop = stop or threading.Event()
     pause = pause or threading.Event()
     run_dir = _resume_from or _new_run_dir(config)
-    scratch_dir = None
+    scratch_dir = lock = None
+    created = False
     if run_dir is None:  # a non-main DDP process: its files go to a temp folder removed at the end
         scratch_dir = tempfile.TemporaryDirectory(prefix="tlstudio-rank-")
         run_dir = Path(scratch_dir.name)
+    else:  # refuses a file, someone's folder of other things, a folder another job is writing
+        created = not run_dir.exists()
+        lock = claim_out_dir(run_dir, resume=_resume_from is not None)
     if _resume_from is None:
-        if runs.is_run_dir(run_dir):
-            raise UserError(f"{run_dir} already holds a run: resume it, or choose another output folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
         config = config.model_copy(update={"out_dir": str(run_dir)})
         config.to_json_file(run_dir / runs.CONFIG_JSON)
     logger = _Logger(run_dir)
@@ -108,9 +120,11 @@ def fit(
     gen = _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, _resume_from is not None,
                writer)
     alloc = training_allocator().__enter__()  # heap reuse for the step's big buffers (allocator.py)
+    started = False
     try:
         while True:
             ev = next(gen)
+            started = started or isinstance(ev, RunStarted)
             logger(ev)
             tb.write(ev)
             yield ev
@@ -118,14 +132,20 @@ def fit(
         info = done.value
     except Exception as exc:  # disk full, out of memory at batch size 1, a bug: not left "running"
         writer.close()  # queued writes land before run.json says "failed"
-        if isinstance(exc, UserError):
-            logger(Warn(str(exc)))
-        _mark_failed(run_dir)
+        tb.close()
+        if created and not started:
+            _remove_failed_start(run_dir)  # failed before training began: no empty run folder left
+        else:
+            if isinstance(exc, UserError):
+                logger(Warn(str(exc)))
+            _mark_failed(run_dir)
         raise
     finally:
         writer.close()
         tb.close()
         alloc.__exit__(None, None, None)
+        if lock is not None:
+            lock.release()
         if scratch_dir is not None:
             scratch_dir.cleanup()
     if config.baseline and run_kind == "train" and phase == "main" and objective is None \
@@ -197,4 +217,11 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
     )
     if resuming:
         yield Log(f"Resumed at epoch {st.start_epoch + 1}, batch {st.start_batch + 1}")
-    return (yield from run_epochs(ctx, st, info, config.early_stop_patience))
+    from tlstudio.core.runs.guard import early_stop_patience
+
+    patience = early_stop_patience(len(split.train), config.early_stop_patience,
+                                   explicit="early_stop_patience" in config.model_fields_set)
+    if patience != config.early_stop_patience:
+        yield Log(f"Early stopping waits {patience} epochs without improvement ({len(split.train)} training "
+                  "images give noisy validation scores)")
+    return (yield from run_epochs(ctx, st, info, patience))

@@ -172,8 +172,9 @@ def run_epochs(ctx: RunContext, st: LoopState, info: runs.RunInfo,
             yield Checkpointed(path=str(ctx.run_dir / runs.BEST_WEIGHTS), epoch=epoch, kind="best")
         yield Checkpointed(path=str(ctx.run_dir / runs.LAST_CKPT), epoch=epoch, kind="last")
         if patience and tr.bad_epochs >= patience and st.epoch < config.epochs:
-            yield Log(f"Early stopping after epoch {st.epoch}: {metric} has not improved for {tr.bad_epochs} "
-                      f"epochs (patience {patience}); the best epoch was {tr.best_epoch + 1}")
+            from tlstudio.core.runs.guard import early_stop_message
+
+            yield Log(early_stop_message(epoch, patience, tr.best_epoch, metric, tr.best_value, len(ctx.split.train)))
             return (yield from finish(ctx, st, info, "early_stopped"))
     return (yield from finish(ctx, st, info, "finished"))
 

@@ -129,6 +129,12 @@ def load_data(config, run_dir: Path, stop, resuming: bool, extra_train) -> Gener
     from tlstudio.core.runtime import precision
     from tlstudio.core.runtime.parallel import init_distributed
 
+    split = None
+    if resuming and (run_dir / runs.SPLIT_JSON).is_file():
+        from tlstudio.core.runs.guard import check_resumable
+
+        split = runs.read_split(run_dir)
+        check_resumable(run_dir, split)  # its images moved: one line, not a run on zero images
     yield Log(f"Scanning {config.data_dir}")
     scan_workers = max(1, precision.available_cores() - 1) if config.leave_one_core else None  # GUI: a core for the UI
     report = yield from in_thread(scan, "scan", stop, path=config.data_dir, stop=stop, workers=scan_workers)
@@ -146,9 +152,7 @@ def load_data(config, run_dir: Path, stop, resuming: bool, extra_train) -> Gener
             raise UserError(f"{config.data_dir}: the classes changed since this run started "
                             f"({', '.join(old_classes)} -> {', '.join(classes)}); resuming needs the same "
                             "class folders. Restore them, or start a new run from this one (chained transfer).")
-    if resuming and (run_dir / runs.SPLIT_JSON).is_file():
-        split = runs.read_split(run_dir)
-    else:
+    if split is None:
         split = make_split(report, val_fraction=config.val_fraction, seed=config.effective_split_seed)
         runs.write_split(run_dir, split)
     if not split.val:
