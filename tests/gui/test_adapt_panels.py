@@ -42,9 +42,10 @@ def test_unlabelled_zone_sets_the_task_kind_and_settings(qtbot, folders, tmp_pat
     assert zone.folder == str(unl) and "6 images" in zone.drop.label.text()
     assert state.task_kind == "semisupervised"
     assert state.task_settings == {"tasks": ["x"], "unlabeled_dir": str(unl)}
+    state.set_task_settings({"pseudo_threshold": 0.7})  # the Adapt step's semi-supervised setting
     zone.other.setChecked(True)
     assert state.task_kind == "adaptation"
-    assert state.task_settings == {"tasks": ["x"], "target_dir": str(unl)}
+    assert state.task_settings == {"tasks": ["x"], "target_dir": str(unl)}  # no SemiConfig key left
     assert zone.check_box.isVisibleTo(zone)
     zone.set_check_dir(str(lab))
     assert state.task_settings["check_dir"] == str(lab)
@@ -138,13 +139,17 @@ def test_adapt_panel_settings_curves_and_result(qtbot, tmp_path):
 
     state = AppState()
     state.set_task_kind("adaptation")
-    state.set_task_settings({"target_dir": "/t"})
+    state.set_task_settings({"target_dir": "/t", "tasks": ["x"]})
     panel = AdaptPanel(state)
     qtbot.addWidget(panel)
     assert panel.adapt_box.isVisibleTo(panel) and not panel.semi_box.isVisibleTo(panel)
     panel.method.setCurrentIndex(panel.method.findData("dann"))
     assert state.task_settings["adapt"] == "dann" and state.task_settings["target_dir"] == "/t"
-    assert "dann_weight" in state.task_settings
+    assert "dann_weight" in state.task_settings and state.task_settings["tasks"] == ["x"]
+    from tlstudio.core.tasks.adaptation.config import AdaptConfig
+
+    cfg = AdaptConfig(data_dir="/d", **{k: v for k, v in state.task_settings.items() if k != "tasks"})
+    assert cfg.adapt == "dann" and cfg.target_dir == "/t"  # what the panel wrote is a valid config
     for e in range(3):
         panel.on_event(EpochEnd(epoch=e, epochs=3, train_loss=1.0, metrics={"val_acc": 0.5 + 0.1 * e},
                                 lr=1e-3, seconds=1.0, best=False, trainable_params=10,

@@ -181,7 +181,10 @@ class AdaptPanel(QWidget):
                 "cap_factor": self.cap.value(), "rounds": self.semi_rounds.value()}
 
     def _write_settings(self) -> None:
-        keep = {k: v for k, v in self.state.task_settings.items() if k in ("target_dir", "check_dir", "unlabeled_dir")}
+        from tlstudio.gui.panels.unlabelled_zone import ADAPT, SEMI, kind_keys
+
+        own = (kind_keys(ADAPT) | kind_keys(SEMI)) - {"target_dir", "check_dir", "unlabeled_dir"}
+        keep = {k: v for k, v in self.state.task_settings.items() if k not in own}  # folders, other widgets' keys
         self.state.set_task_settings({**keep, **self.settings()}, replace=True)
         self._refresh_help()
 

@@ -31,6 +31,17 @@ from PySide6.QtWidgets import (
 
 ADAPT, SEMI = "adaptation", "semisupervised"
 _MY_KEYS = ("target_dir", "check_dir", "unlabeled_dir")
+
+
+def kind_keys(kind: str) -> set[str]:
+    """The config fields only ``kind`` has (settings of the other kind are dropped on a switch:
+    its config refuses unknown keys)."""
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.tasks.adaptation.config import AdaptConfig
+    from tlstudio.core.tasks.semisupervised.config import SemiConfig
+
+    cls = AdaptConfig if kind == ADAPT else SemiConfig
+    return set(cls.model_fields) - set(TrainConfig.model_fields)
 GAP_IMAGES = 120  # per side: enough for a stable score, a few seconds on a CPU
 
 
@@ -192,7 +203,8 @@ class UnlabelledZone(QGroupBox):
 
     def _apply(self) -> None:
         kind = self.kind()
-        settings = {k: v for k, v in self.state.task_settings.items() if k not in _MY_KEYS}
+        other = kind_keys(SEMI if kind == ADAPT else ADAPT) if kind else kind_keys(ADAPT) | kind_keys(SEMI)
+        settings = {k: v for k, v in self.state.task_settings.items() if k not in _MY_KEYS and k not in other}
         if kind == ADAPT:
             settings["target_dir"] = self.folder
             if self.check_dir:
