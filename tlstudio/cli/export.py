@@ -31,16 +31,23 @@ def _progress(message: str, step: int, steps: int) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Exports through the run's kind (run.json "task"): each kind knows its formats and checks."""
     from tlstudio.core.errors import UserError
-    from tlstudio.core.export.formats import export_run
+    from tlstudio.core.tasks.registry import kind_of_run
 
     formats = args.formats or ["all"]
     try:
-        report = export_run(args.run_dir, args.out, formats=formats, progress=None if args.json else _progress,
-                            model_card=not args.no_card)
+        kind = kind_of_run(args.run_dir)
+        if kind.export is None:
+            raise UserError(f"{args.run_dir}: {kind.title.lower()} runs have nothing to export")
+        extra = {"model_card": False} if args.no_card else {}
+        report = kind.export(args.run_dir, formats, args.out, None if args.json else _progress, **extra)
     except UserError as exc:
         print(f"tlstudio export: {exc}", file=sys.stderr)
         return 2
+    if not hasattr(report, "formats"):  # a kind's own report: a JSON-able dict
+        print(json.dumps(report, indent=2, default=str))
+        return 1 if report.get("errors") else 0
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=str))
     else:

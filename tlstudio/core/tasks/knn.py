@@ -102,19 +102,23 @@ def _body(config_or_info: dict[str, Any], *, from_run: Path | None = None):
 
 def run(config: KnnConfig, stop: threading.Event | None = None, pause: threading.Event | None = None):
     """Scan, split, extract features of the training images into the bank, score the validation split."""
-    from tlstudio.core.atomic import atomic_save_safetensors
-    from tlstudio.core.data.dataset import make_split, scan
-    from tlstudio.core.models.backbones import model_spec
     from tlstudio.core.paths import default_runs_dir
+    from tlstudio.core.runs.guard import claim_out_dir
 
     t0 = time.time()
     run_dir = Path(config.out_dir or default_runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-knn-{config.backbone}")
-    if runs.is_run_dir(run_dir):
-        from tlstudio.core.errors import UserError
+    lock = claim_out_dir(run_dir)  # a file, someone's folder or a run another job writes: one line
+    try:
+        return (yield from _fit(config.model_copy(update={"out_dir": str(run_dir)}), run_dir, stop, t0))
+    finally:
+        lock.release()
 
-        raise UserError(f"{run_dir} already holds a run: choose another output folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = config.model_copy(update={"out_dir": str(run_dir)})
+
+def _fit(config: KnnConfig, run_dir: Path, stop, t0: float):
+    from tlstudio.core.atomic import atomic_save_safetensors
+    from tlstudio.core.data.dataset import make_split, scan
+    from tlstudio.core.models.backbones import model_spec
+
     config.to_json_file(run_dir / runs.CONFIG_JSON)
     yield Log(f"Scanning {config.data_dir}")
     report = scan(config.data_dir, stop=stop)
