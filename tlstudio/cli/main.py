@@ -17,7 +17,7 @@ from tlstudio.core.events import drive
 
 # Modules that add subcommands: each defines register(subparsers) and sets a `func` default.
 _PLUGINS = ("tlstudio.cli.distill", "tlstudio.cli.export", "tlstudio.cli.runs_cmd",
-            "tlstudio.cli.anomaly")
+            "tlstudio.cli.anomaly", "tlstudio.cli.rank", "tlstudio.cli.explain")
 
 EXIT_USER_ERROR = 2
 

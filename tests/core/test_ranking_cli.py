@@ -1,0 +1,73 @@
+"""`tlstudio rank` and `tlstudio explain` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tlstudio.cli.main import main
+from tlstudio.core.events import drive
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.data.synthetic import make_synthetic_folder
+    from tlstudio.core.training.engine import fit
+
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_synthetic_folder(tmp / "data", per_class=6, size=40, easy=True)
+    run = tmp / "run"
+    drive(fit(TrainConfig(data_dir=str(data), out_dir=str(run), backbone="test_resnet", init="scratch",
+                          epochs=1, batch_size=8, image_size=32, freeze="none", augment="none")))
+    return data, run
+
+
+def test_rank_json_lists_best_first_and_unusable_with_reason(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    code = main(["rank", str(data), "--candidates", f"random:test_resnet,run:{run},nope_net", "--image-size", "32",
+                 "--out", str(tmp_path / "r"), "--json", "--no-latency"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    specs = [r["candidate"]["spec"] for r in out["rows"]]
+    assert set(specs) == {"random:test_resnet", f"run:{run}", "nope_net"}
+    ranked = [r for r in out["rows"] if r["rank"] is not None]
+    assert [r["rank"] for r in ranked] == [1, 2]
+    assert ranked[0]["logme"] >= ranked[1]["logme"]
+    assert out["rows"][-1]["candidate"]["spec"] == "nope_net" and "unknown backbone" in out["rows"][-1]["error"]
+    assert (tmp_path / "r" / "rank.json").is_file()
+
+
+def test_rank_table(tiny_run, tmp_path, capsys):
+    data, _ = tiny_run
+    assert main(["rank", str(data), "--candidates", "random:test_resnet,random:test_efficientnet",
+                 "--image-size", "32", "--out", str(tmp_path / "r")]) == 0
+    text = capsys.readouterr().out
+    assert "LogME" in text and "1. " in text and "2. " in text and "rank.json" in text
+
+
+def test_explain_writes_overlays(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    data, run = tiny_run
+    imgs = sorted(p for p in data.rglob("*.png"))[:2]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    code = main(["explain", str(run), *map(str, imgs), str(bad), "--out", str(tmp_path / "o"), "--class", "circle",
+                 "--json"])
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len(recs) == 3
+    good = [r for r in recs if r["error"] is None]
+    assert len(good) == 2 and all(r["explained_class"] == "circle" for r in good)
+    for r, src in zip(good, imgs):
+        assert Image.open(r["overlay"]).size == Image.open(src).size
+    assert [r for r in recs if r["error"]][0]["path"] == str(bad)
+
+
+def test_explain_unknown_class_is_one_line(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    img = next(data.rglob("*.png"))
+    assert main(["explain", str(run), str(img), "--out", str(tmp_path / "o"), "--class", "zebra"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown class 'zebra'" in err and "Traceback" not in err
