@@ -26,11 +26,12 @@ class StepSpec:
     skip_kinds: frozenset[str] = frozenset()  # kinds that hide this step even when kinds is None
 
     def shown_for(self, kind: str) -> bool:
-        """A kind that declares its steps (TaskKind.gui_steps) shows exactly those; otherwise the
-        step's own kinds / skip_kinds decide."""
+        """A kind that declares its steps (TaskKind.gui_steps) shows those and the steps made for it
+        (``kinds`` naming it); a kind that declares none (classification, the default) shows every
+        step whose kinds / skip_kinds allow it."""
         declared = _declared_steps(kind)
         if declared:
-            return self.id in declared
+            return self.id in declared or (self.kinds is not None and kind in self.kinds)
         if kind in self.skip_kinds:
             return False
         return self.kinds is None or kind in self.kinds

@@ -73,6 +73,6 @@ KIND = register(TaskKind(
     summary="one label per image, from a folder per class or a CSV: fine-tune a pretrained backbone",
     config_cls=TrainConfig, run=run, resume=resume, evaluate=evaluate, predict=predict, export=export,
     best_metric=("val_acc", "max"),
-    gui_steps=("data", "rank", "model", "layers", "train", "distill", "evaluate", "predict", "export", "runs"),
+    gui_steps=(),  # the default kind: every step not made for another kind
     eval_lines=eval_lines, predict_line=predict_line,
 ))
