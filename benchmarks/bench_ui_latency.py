@@ -10,7 +10,14 @@ include event handling and throttled curve redraws.
 Prints p50/p90/p99/max of the delay while idle (control: nothing running, window shown), during
 start-up (imports, data scan, model creation in the worker) and during training (from RunStarted
 to the end), and the load average: on a shared machine the control shows how much of the delay
-is other processes. Target: p99 < 50 ms while training.
+is other processes. Target: p99 < 50 ms while training on a quiet machine.
+
+Issue 18: `--compete N` starts N busy-loop processes (bounded in time, as bench_contention.py)
+for the whole measurement, the idle control included: target p99 < 100 ms while training with
+the CPU shared. `--priority lower|normal`: whether the training thread lowers its priority
+(contention.lower_priority_for_current_thread) before it starts, as the window's runner does.
+
+    python benchmarks/bench_ui_latency.py --compete 2 --backbone resnet18 --size 32 --batch-size 32
 """
 
 from __future__ import annotations
@@ -44,7 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval-ms", type=int, default=10)
     ap.add_argument("--hidden", action="store_true", help="do not show the panel (no painting): isolates paint cost")
     ap.add_argument("--idle-s", type=float, default=3.0, help="control measurement with nothing running")
+    ap.add_argument("--compete", type=int, default=0, help="busy-loop processes competing for the CPU (issue 18)")
+    ap.add_argument("--priority", choices=("lower", "normal"), default="lower",
+                    help="lower: the training thread lowers its priority first (the window's runner does)")
+    ap.add_argument("--max-s", type=float, default=1800, help="the competing processes stop after this at most")
     args = ap.parse_args(argv)
+    if args.compete:
+        from bench_contention import competition
+
+        with competition(args.compete, args.max_s):
+            return _measure(args)
+    return _measure(args)
+
+
+def _measure(args) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="tlstudio-bench-"))
     os.environ.setdefault("TLSTUDIO_HOME", str(tmp / "home"))
@@ -67,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     state.update_settings({"backbone": args.backbone, "init": "scratch", "image_size": args.size,
                            "freeze": "none", "epochs": args.epochs, "batch_size": args.batch_size})
     runner = JobRunner()
+    from tlstudio.core.runtime import contention
+
+    import tlstudio.gui.runner as runner_mod
+
+    if args.priority == "lower" and not getattr(runner_mod, "LOWERS_PRIORITY", False):
+        # the runner does not lower the job thread's priority itself (yet): do it as it would,
+        # first thing in the job thread (the runner sets LOWERS_PRIORITY = True once it does)
+        start = runner.start
+
+        def start_lowered(factory, *a, **k):
+            def lowered(stop, pause):
+                contention.lower_priority_for_current_thread()
+                return factory(stop, pause)
+            return start(lowered, *a, **k)
+
+        runner.start = start_lowered
     panel = TrainPanel(state, runner)
     panel.resize(1280, 800)
     if not args.hidden:
@@ -79,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = {"batches": 0, "epochs": 0}
     expected = [0.0]
 
+    logs: list[str] = []
+
     def on_event(e):
+        if isinstance(e, ev.Log) and ("thread" in e.message or " px" in e.message):
+            logs.append(e.message)
         if isinstance(e, ev.RunStarted):
             phase[0] = "training"
         elif isinstance(e, ev.BatchEnd):
@@ -121,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"backbone {args.backbone}, {args.size} px, {args.epochs} epochs, batch {args.batch_size}, "
           f"{counts['batches']} batches, status {result.get('status')}, {wall:.1f} s wall, "
-          f"{os.cpu_count()} CPUs, timer every {args.interval_ms} ms")
+          f"{os.cpu_count()} CPUs, timer every {args.interval_ms} ms, {args.compete} competing busy loops, "
+          f"training thread priority {args.priority}")
+    for line in logs:
+        print("log:", line)
     if hasattr(os, "getloadavg"):
         print("load average (1, 5, 15 min): %.1f %.1f %.1f" % os.getloadavg())
     print(f"curve redraws: {panel.curves.redraws}, loss points: {panel.curves.points('loss')}")
-    ok = True
+    ok, target = True, 100 if args.compete else 50
     for name, d in delays.items():
         if not d:
             continue
@@ -133,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:9s} ticks {len(d):6d}  delay p50 {p50:6.1f} ms  p90 {p90:6.1f} ms  p99 {p99:6.1f} ms  "
               f"max {max(d):7.1f} ms")
         if name == "training":
-            ok = p99 < 50
-    print("target p99 < 50 ms during training:", "MET" if ok else "NOT MET")
+            target = 100 if args.compete else 50
+            ok = p99 < target
+    print(f"target p99 < {target} ms during training:", "MET" if ok else "NOT MET")
     return 0 if ok else 1
 
 

@@ -77,15 +77,111 @@ def test_autocast_and_fallback():
     assert P.PrecisionPlan(torch.device("cpu"), torch.float16, "fp16", False, True).grad_scaler() is not None
 
 
-def test_set_threads():
+def test_set_threads(monkeypatch):
+    from tlstudio.core.runtime import contention
+
     old = torch.get_num_threads()
+    monkeypatch.setattr(contention, "RECHECK_S", 3600)
+    quiet = contention.CpuLoad(cores=P.available_cores(), other_busy=0.0, other_runnable=0.0)
+    monkeypatch.setattr(contention, "sample_load", lambda **kw: quiet)
     try:
         n_all = P.set_threads(False)
         assert n_all == P.available_cores() == torch.get_num_threads()
+        assert P.thread_choice().threads == n_all and not P.thread_choice().passive
         n = P.set_threads(True)
         assert n == max(1, n_all - 1) == torch.get_num_threads()
+        assert P.set_threads(False, requested=1) == 1 == torch.get_num_threads()
+        assert "set in the settings" in P.thread_choice().reason
     finally:
+        contention.stop_monitor()
         torch.set_num_threads(old)
+    assert P.thread_choice() is None
+
+
+def test_pick_mode_from_measurements():
+    # small images: fp32 contiguous is fastest -> fp32
+    name, cl, why = P.pick_mode({("fp32", False): 41.0, ("fp32", True): 30.0, ("bf16", True): 23.0})
+    assert (name, cl) == ("fp32", False) and why.startswith("measured img/s: fp32 41.0")
+    # large images: bf16 + channels_last clearly faster -> it wins
+    assert P.pick_mode({("fp32", False): 12.0, ("fp32", True): 13.0, ("bf16", True): 33.0})[:2] == ("bf16", True)
+    # a gain under MIN_GAIN is not worth reduced precision or a layout change: fp32 contiguous
+    assert P.pick_mode({("fp32", False): 20.0, ("fp32", True): 21.0, ("bf16", True): 21.5})[:2] == ("fp32", False)
+    # fp32 channels_last clearly faster and bf16 not: fp32 + channels_last
+    assert P.pick_mode({("fp32", False): 10.0, ("fp32", True): 13.0, ("bf16", True): 11.0})[:2] == ("fp32", True)
+    with pytest.raises(ValueError):
+        P.pick_mode({})
+
+
+def test_candidate_modes():
+    assert P.candidate_modes(conv=True, fast_bf16=False) == [("fp32", False), ("fp32", True)]
+    assert P.candidate_modes(conv=True, fast_bf16=True) == [("fp32", False), ("fp32", True), ("bf16", True)]
+    assert P.candidate_modes(conv=False, fast_bf16=True) == [("fp32", False), ("bf16", False)]
+    assert P.candidate_modes(conv=False, fast_bf16=False) == [("fp32", False)]
+    assert P.candidate_modes(conv=True, fast_bf16=True, layout=False) == [("fp32", False), ("bf16", False)]
+
+
+def test_measure_modes_leaves_the_model_alone():
+    model = _Conv()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    speeds = P.measure_modes(model, 4, 16, [("fp32", False), ("fp32", True)], rounds=1)
+    assert set(speeds) == {("fp32", False), ("fp32", True)} and all(v > 0 for v in speeds.values())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats too
+    assert all(p.grad is None for p in model.parameters())
+    assert next(model.parameters()).is_contiguous()
+    # a budget already spent: only the first mode's warm-up... nothing timed
+    assert P.measure_modes(model, 2, 16, [("fp32", False), ("fp32", True)], rounds=1, budget_s=-1) == {}
+
+
+def test_choose_precision_measured_per_size(monkeypatch):
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
+    P._measured.clear()
+    table = {32: {("fp32", False): 40.0, ("fp32", True): 30.0, ("bf16", True): 20.0},
+             224: {("fp32", False): 12.0, ("fp32", True): 13.0, ("bf16", True): 33.0}}
+    calls = []
+
+    def fake(model, batch, size, modes, **kw):
+        calls.append((batch, size, tuple(modes)))
+        return {m: table[size][m] for m in modes}
+
+    monkeypatch.setattr(P, "measure_modes", fake)
+    small = P.choose_precision("cpu", _Conv(), measure=(32, 32))
+    assert (small.name, small.channels_last, small.dtype) == ("fp32", False, None)
+    assert "measured" in small.reason and "at 32 px" in small.reason
+    big = P.choose_precision("cpu", _Conv(), measure=(32, 224))
+    assert (big.name, big.channels_last, big.dtype) == ("bf16", True, torch.bfloat16)
+    assert calls[0] == (P.MEASURE_BATCH, 32, (("fp32", False), ("fp32", True), ("bf16", True)))
+    P.choose_precision("cpu", _Conv(), measure=(32, 32))
+    assert len(calls) == 2  # the same model, batch, size and threads: measured once
+    # explicit choices are never overridden; a fixed layout is kept while precision is measured
+    assert P.choose_precision("cpu", _Conv(), "bf16", measure=(32, 32)).name == "bf16"
+    fixed = P.choose_precision("cpu", _Conv(), channels_last=True, measure=(32, 32))
+    assert fixed.channels_last and calls[-1][2] == (("fp32", True), ("bf16", True))
+    # cut short by the budget (fewer results than modes): the rule's plan stays
+    monkeypatch.setattr(P, "measure_modes", lambda model, batch, size, modes, **kw: {modes[0]: 1.0})
+    P._measured.clear()
+    rule = P.choose_precision("cpu", _Conv(), measure=(32, 112))
+    assert rule.name == "bf16" and rule.channels_last and "too slow to compare" in rule.reason
+    P._measured.clear()
+
+
+def test_describe_choice(monkeypatch):
+    from tlstudio.core.runtime import contention
+
+    monkeypatch.setattr(contention, "RECHECK_S", 3600)
+    monkeypatch.setattr(contention, "passive_waits_available", lambda: True)
+    busy = contention.CpuLoad(cores=2, other_busy=2.0, other_runnable=4.0)
+    old = torch.get_num_threads()
+    try:
+        contention.start_monitor(False, load=busy)
+        plan = P.PrecisionPlan(torch.device("cpu"), None, "fp32", False, False, reason="")
+        assert P.describe_choice(plan, 32) == ("2 of 2 cores busy with other programs: training with 2 threads "
+                                              "that sleep while they wait; fp32 at 32 px")
+    finally:
+        contention.stop_monitor()
+        torch.set_num_threads(old)
+    plan = P.PrecisionPlan(torch.device("cpu"), torch.bfloat16, "bf16", True, False, reason="measured img/s: x at 224 px")
+    assert P.describe_choice(plan, 224) == "bf16, channels_last (measured img/s: x at 224 px)"
 
 
 def _train(dtype, seed=0, steps=60):

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
+from tlstudio.core.runtime import contention
 from tlstudio.core.runtime.allocator import bounded_memory
 from tlstudio.core.pipeline.augment import PRESETS, augment_one, normalise, sample_rng, scale_size
 from tlstudio.core.pipeline.decoded_cache import DecodedCache, _image_errors, decode_resized
@@ -252,6 +253,7 @@ def _prefetch(make: Callable[[int], Any], count: int, threads: int, depth: int =
             if isinstance(item, tuple) and len(item) == 2 and item[0] == "__error__":
                 raise item[1]
             if item is not None:
+                contention.apply_thread_changes()  # a re-check of the CPU load changed the thread count
                 yield item if finish is None else finish(item)
                 item = None  # drop the reference before the next one is built
     finally:

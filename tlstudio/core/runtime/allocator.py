@@ -13,6 +13,8 @@ extra library and no environment variable set before start-up.
 The settings apply to the whole process, so they are switched on while a run trains and
 switched back when the last run ends, then the freed memory is handed back to the OS
 (malloc_trim), so the GUI does not keep a training step's peak after a run. No-op off glibc.
+The end of the last run also stops the CPU-load monitor (runtime/contention.py) that the run's
+`precision.set_threads` started.
 
 Outside training the opposite matters: data pipelines allocate a batch-sized buffer per batch
 from several threads, and glibc's dynamic mmap threshold then moves such blocks into the
@@ -94,6 +96,11 @@ class training_allocator:
         libc = _libc()
         with _lock:
             _users -= 1
-            if _users == 0 and libc is not None:
+            last = _users == 0
+            if last and libc is not None:
                 _set_bounded(libc)
                 libc.malloc_trim(0)
+        if last:  # the CPU-load monitor a run's set_threads started ends with the last run
+            from tlstudio.core.runtime import contention
+
+            contention.stop_monitor()
