@@ -263,3 +263,18 @@ def scan_test(path: str | os.PathLike, *, progress=None, stop=None) -> tuple[lis
         return _labelled_test(p, gt, progress, stop)
     paths, skipped = _scan(p, progress, stop)
     return [TestImage(x, -1, "") for x in paths], skipped
+
+
+def count_normal(path: str | os.PathLike) -> int:
+    """Normal training images in a folder, by listing only (the Fit step's estimate before a scan)."""
+    p = Path(path).expanduser()
+    layout = layout_of(p)
+    if layout is None:
+        return 0
+    dirs = _dirs(p)
+    if layout == "mvtec":
+        tdirs = _dirs(dirs["train"])
+        return _count_images(tdirs[_normal_dir(tdirs)])
+    if layout == "good_defects":
+        return _count_images(dirs[_normal_dir(dirs)])
+    return _count_images(p)

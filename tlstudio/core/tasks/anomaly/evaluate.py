@@ -47,7 +47,7 @@ def evaluate_images(model, spec, meta: dict, test: Sequence[TestImage], *, progr
                     keep_maps: bool = False, map_size: int | None = None) -> dict[str, Any]:
     """The evaluation report (JSON-able unless ``keep_maps``: then per_image rows carry "map",
     a float16 array of normalised map values)."""
-    from tlstudio.core.tasks.anomaly.model import normalise_np
+    from tlstudio.core.tasks.anomaly.threshold import normalise_np
     from tlstudio.core.tasks.anomaly.scoring import score_paths
 
     thr, scale = float(meta["threshold"]), float(meta["scale"])
@@ -162,7 +162,7 @@ def predict(run_dir, paths: Sequence[str], *, maps_dir=None, threshold: float | 
     """Registry ``predict``: one row per image {path, score (0.5 = threshold), raw_score,
     verdict "anomaly"/"normal", map_path (with maps_dir), error}. ``threshold`` (raw) overrides."""
     from tlstudio.core.evaluation.evaluate import expand_paths
-    from tlstudio.core.tasks.anomaly.model import normalise_np
+    from tlstudio.core.tasks.anomaly.threshold import normalise_np
     from tlstudio.core.tasks.anomaly.scoring import score_paths
     from tlstudio.core.tasks.anomaly.store import load_model
 

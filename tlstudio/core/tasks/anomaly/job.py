@@ -337,7 +337,6 @@ def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[
             if config.threshold_mode == "f1":
                 meta["threshold"] = report["f1_optimal_threshold"]
                 meta["threshold_mode"] = "f1"
-                meta["scale"] = normal_scale(hs, meta["threshold"])
                 model.set_normalisation(meta["threshold"], meta["scale"])
                 report = evaluate_images(model, spec, meta, test, holdout_is_test=data.layout != "mvtec")
                 metrics = {k: v for k, v in report["metrics"].items() if isinstance(v, (int, float))}

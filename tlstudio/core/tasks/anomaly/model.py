@@ -8,16 +8,14 @@ monotone in the raw distance, 0..1 (a logistic of (raw - threshold) / scale).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from tlstudio.core.models.features import feature_maps
+from tlstudio.core.tasks.anomaly.threshold import NORM_SLOPE, normalise_np, raw_from_normalised  # noqa: F401
 
 BANK_CHUNK = 4096  # bank rows per kNN block: bounds the query x bank distance matrix
-NORM_SLOPE = 3.0  # logistic slope: the median good image scores ~0.05, threshold + scale ~0.95
 
 
 def patch_features(body: nn.Module, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
@@ -133,15 +131,3 @@ class AnomalyModel(nn.Module):
         score, m = self.raw(x)
         return self.normalise(score), self.normalise(m)
 
-
-def normalise_np(raw, threshold: float, scale: float):
-    """The model's normalisation in numpy (threshold slider, histograms)."""
-    import numpy as np
-
-    z = NORM_SLOPE * (np.asarray(raw, dtype=np.float64) - threshold) / max(scale, 1e-12)
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
-
-
-def raw_from_normalised(p: float, threshold: float, scale: float) -> float:
-    p = min(max(p, 1e-9), 1 - 1e-9)
-    return threshold + scale * math.log(p / (1 - p)) / NORM_SLOPE

@@ -98,7 +98,8 @@ def set_threshold(run_dir: str | Path, *, false_alarm_rate: float | None = None,
         meta["false_alarm_threshold"] = false_alarm_threshold(held, rate)
         meta["threshold"], meta["threshold_mode"], meta["false_alarm_rate"] = (
             meta["false_alarm_threshold"], "false_alarm", rate)
-    meta["scale"] = normal_scale(held, meta["threshold"])
+    # the spread of good scores stays as fitted: a lower threshold raises every score
+    meta["scale"] = float(meta.get("scale") or normal_scale(held, meta["threshold"]))
     info.extra["anomaly"] = meta
     write_run(run_dir, info)
     return meta

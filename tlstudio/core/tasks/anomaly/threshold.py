@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+NORM_SLOPE = 3.0  # logistic slope: the median good image scores ~0.05, threshold + scale ~0.95
+
 
 def false_alarm_threshold(normal_scores, rate: float) -> float:
     """The smallest threshold at which at most ``rate`` of these normal scores lie above it.
@@ -99,3 +101,21 @@ def histogram(scores, labels, bins: int = 30, lo: float = 0.0, hi: float = 1.0) 
             "good": np.histogram(s[y == 0], edges)[0].tolist(),
             "defect": np.histogram(s[y == 1], edges)[0].tolist(),
             "unknown": np.histogram(s[y == -1], edges)[0].tolist()}
+
+
+def normalise_np(raw, threshold: float, scale: float):
+    """The model's normalisation in numpy: 0.5 at the threshold, monotone, 0..1."""
+    z = NORM_SLOPE * (np.asarray(raw, dtype=np.float64) - threshold) / max(scale, 1e-12)
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+def raw_from_normalised(p, threshold: float, scale: float):
+    """Inverse of ``normalise_np`` (arrays too; ends clipped)."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    out = threshold + scale * np.log(q / (1 - q)) / NORM_SLOPE
+    return float(out) if out.ndim == 0 else out
+
+
+def renormalise(norm, old: tuple[float, float], new: tuple[float, float]):
+    """A map normalised at (threshold, scale) ``old`` re-expressed at ``new`` (a moved threshold)."""
+    return normalise_np(raw_from_normalised(norm, *old), *new)

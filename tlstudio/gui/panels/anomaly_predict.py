@@ -1,0 +1,287 @@
+"""Anomaly step "Predict": drop images (or folders), get a score, a verdict and a heat map per
+image. The false-alarm slider moves the threshold on the run's held-out good scores and the
+verdicts update live (no re-scoring: raw scores are kept); "Save threshold" writes it to the
+run so exports and the CLI use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QIcon
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, FalseAlarmSlider, overlay_pixmap
+from tlstudio.gui.state import AppState
+from tlstudio.gui.views.heatmap_overlay import HeatmapOverlay
+from tlstudio.gui.workers import start_worker
+
+THUMB_PX = 96
+
+
+def _name(path: str) -> str:
+    """folder/file: test sets reuse file names across defect folders."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _predict(run_dir: str, paths: list[str]) -> list[dict]:  # worker thread
+    from tlstudio.core.tasks.registry import kind_of_run
+
+    return kind_of_run(run_dir).predict(run_dir, paths, keep_maps=True)
+
+
+class AnomalyPredictPanel(QWidget):
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.setAcceptDrops(True)
+        self.meta: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.threshold: float | None = None  # raw
+        self.scale = 1.0
+
+        self.run_label = QLabel()
+        self.add_btn = QPushButton("Add images…")
+        self.clear_btn = QPushButton("Clear")
+        self.drop_hint = QLabel("Drop images or folders here")
+        self.drop_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.drop_hint.setStyleSheet("QLabel { border: 2px dashed #90a4ae; border-radius: 8px; padding: 14px; color: #546e7a; }")
+        self.slider = FalseAlarmSlider()
+        self.f1_btn = QPushButton("Use F1-optimal")
+        self.f1_btn.setToolTip("The threshold that gave the best F1 on the run's labelled defects")
+        self.save_btn = QPushButton("Save threshold to run")
+        self.threshold_label = QLabel()
+        self.counts = QLabel()
+        self.counts.setTextFormat(Qt.TextFormat.RichText)
+        self.status = QLabel()
+        self.list = QListWidget()
+        self.list.setIconSize(QSize(THUMB_PX, THUMB_PX))
+        self.list.setSpacing(2)
+        self.overlay = HeatmapOverlay(low_label="normal", high_label="anomalous", title="Anomaly map")
+        self.detail = QLabel()
+        self.detail.setWordWrap(True)
+        self.detail.setTextFormat(Qt.TextFormat.RichText)
+
+        top = QHBoxLayout()
+        top.addWidget(self.run_label, 1)
+        top.addWidget(self.add_btn)
+        top.addWidget(self.clear_btn)
+        thr = QHBoxLayout()
+        thr.addWidget(QLabel("Threshold:"))
+        thr.addWidget(self.slider, 1)
+        thr.addWidget(self.f1_btn)
+        thr.addWidget(self.save_btn)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(self.drop_hint)
+        ll.addWidget(self.counts)
+        ll.addWidget(self.list, 1)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.overlay, 1)
+        rl.addWidget(self.detail)
+        split = QSplitter()
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("<h2>Check new images</h2>"))
+        lay.addLayout(top)
+        lay.addLayout(thr)
+        lay.addWidget(self.threshold_label)
+        lay.addWidget(self.status)
+        lay.addWidget(split, 1)
+
+        self.add_btn.clicked.connect(self._choose)
+        self.clear_btn.clicked.connect(self.clear)
+        self.slider.rate_changed.connect(self.set_false_alarm_rate)
+        self.f1_btn.clicked.connect(self.use_f1)
+        self.save_btn.clicked.connect(self.save_threshold)
+        self.list.currentItemChanged.connect(self._show_item)
+        state.current_run_changed.connect(self._run_changed)
+        self._run_changed()
+
+    # --- run and threshold ---------------------------------------------------------------
+    def _run_changed(self, *_a) -> None:
+        run = self.state.current_run
+        self.meta = {}
+        if run:
+            try:
+                from tlstudio.core.runs.folder import read_run
+
+                self.meta = dict((read_run(run).extra or {}).get("anomaly") or {})
+            except Exception as exc:  # noqa: BLE001 - unreadable run: say so
+                self.status.setText(f"Cannot read the run: {exc}")
+        ok = bool(self.meta)
+        self.run_label.setText(f"<b>Run:</b> {Path(run).name}" if ok else "No anomaly run: fit one first.")
+        for w in (self.add_btn, self.slider, self.save_btn):
+            w.setEnabled(ok)
+        self.f1_btn.setEnabled(ok and self.meta.get("f1_threshold") is not None)
+        if ok:
+            self.threshold, self.scale = float(self.meta["threshold"]), float(self.meta["scale"])
+            self.slider.blockSignals(True)
+            self.slider.set_rate(float(self.meta.get("false_alarm_rate") or 0.01))
+            self.slider.blockSignals(False)
+            self._refresh()
+
+    def set_false_alarm_rate(self, rate: float) -> None:
+        from tlstudio.core.tasks.anomaly.threshold import false_alarm_threshold, normal_scale
+
+        held = self.meta.get("holdout_scores") or []
+        if not held:
+            return
+        self.threshold = false_alarm_threshold(held, rate)
+        self.mode = "false_alarm"
+        self._refresh()
+
+    def use_f1(self) -> None:
+        if self.meta.get("f1_threshold") is None:
+            return
+        self.threshold = float(self.meta["f1_threshold"])
+        self.mode = "f1"
+        self._refresh()
+
+    def save_threshold(self) -> None:
+        from tlstudio.core.tasks.anomaly.store import set_threshold
+
+        run = self.state.current_run
+        if not run or self.threshold is None:
+            return
+        if getattr(self, "mode", "false_alarm") == "f1":
+            self.meta = set_threshold(run, mode="f1")
+        else:
+            self.meta = set_threshold(run, false_alarm_rate=self.slider.rate())
+        self.threshold, self.scale = float(self.meta["threshold"]), float(self.meta["scale"])
+        self.status.setText(f"Threshold saved to the run ({self.meta['threshold']:.4g}); export again to ship it.")
+
+    def score_of(self, raw: float) -> float:
+        from tlstudio.core.tasks.anomaly.threshold import normalise_np
+
+        return float(normalise_np(raw, self.threshold, self.scale))
+
+    def _refresh(self) -> None:
+        if self.threshold is None:
+            return
+        held = np.asarray(self.meta.get("holdout_scores") or [], dtype=float)
+        far = float((held > self.threshold).mean()) if held.size else float("nan")
+        self.threshold_label.setText(f"raw threshold {self.threshold:.4g}; on the {held.size} held-out good "
+                                     f"images {far:.1%} would be flagged")
+        flagged = 0
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            r = item.data(Qt.ItemDataRole.UserRole)
+            if r.get("raw_score") is None:
+                continue
+            bad = r["raw_score"] > self.threshold
+            flagged += bad
+            item.setText(f"{_name(r['path'])}\n{'ANOMALY' if bad else 'normal'}  score {self.score_of(r['raw_score']):.2f}")
+            item.setForeground(Qt.GlobalColor.red if bad else Qt.GlobalColor.darkGreen)
+        scored = sum(1 for r in self.rows if r.get("raw_score") is not None)
+        if scored:
+            self.counts.setText(f"<b>{flagged}</b> of {scored} images flagged as anomalous")
+        self._show_item(self.list.currentItem())
+
+    # --- images ----------------------------------------------------------------------------
+    def _choose(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Images to check", "",
+                                                "Images (*.png *.jpg *.jpeg *.bmp *.tif *.tiff *.webp)")
+        if files:
+            self.add_paths(files)
+
+    def dragEnterEvent(self, e: QDragEnterEvent) -> None:  # noqa: N802
+        if e.mimeData().hasUrls() and self.meta:
+            e.acceptProposedAction()
+
+    def dropEvent(self, e: QDropEvent) -> None:  # noqa: N802
+        paths = [u.toLocalFile() for u in e.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            self.add_paths(paths)
+            e.acceptProposedAction()
+
+    def add_paths(self, paths: list[str]) -> None:
+        run = self.state.current_run
+        if not run or not self.meta:
+            return
+        self.status.setText(f"Scoring {len(paths)} item(s)…")
+        start_worker(self, _predict, run, list(paths), returned=self.add_rows,
+                     errored=lambda exc: self.status.setText(f"Cannot score: {exc}"))
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        self.rows += rows
+        for r in rows:
+            item = QListWidgetItem()
+            if r.get("error"):
+                item.setText(f"{_name(r['path'])}\ncannot score: {r['error']}")
+                item.setForeground(Qt.GlobalColor.gray)
+            else:
+                item.setIcon(QIcon(overlay_pixmap(r["path"], r.get("map"), THUMB_PX, opacity=0.4)))
+            item.setData(Qt.ItemDataRole.UserRole, r)
+            self.list.addItem(item)
+        self.status.setText(f"{len(self.rows)} images")
+        if self.list.currentRow() < 0 and self.list.count():
+            self.list.setCurrentRow(0)
+        self._refresh()
+
+    def clear(self) -> None:
+        self.rows = []
+        self.list.clear()
+        self.overlay.clear()
+        self.detail.clear()
+        self.counts.clear()
+
+    def _show_item(self, item: QListWidgetItem | None, _prev=None) -> None:
+        if item is None:
+            return
+        r = item.data(Qt.ItemDataRole.UserRole)
+        self.overlay.set_image(r["path"])
+        if r.get("error"):
+            self.overlay.set_heatmap(None)
+            self.detail.setText(f"<b>{Path(r['path']).name}</b>: {r['error']}")
+            return
+        # the map is kept normalised at the fit's threshold: re-normalise at the current one
+        m = r.get("map")
+        if m is not None and self.threshold is not None:
+            from tlstudio.core.tasks.anomaly.threshold import renormalise
+
+            old = (float(self.meta["threshold"]), float(self.meta["scale"]))
+            m = renormalise(m.astype(np.float64), old, (self.threshold, self.scale)).astype(np.float32)
+        self.overlay.set_heatmap(m)
+        bad = r["raw_score"] > self.threshold
+        colour = ANOMALY_RED if bad else NORMAL_GREEN
+        self.detail.setText(f"<b>{_name(r['path'])}</b>: score <b>{self.score_of(r['raw_score']):.3f}</b> "
+                            f"(0.5 = threshold) → <span style='color:{colour}'><b>{'anomaly' if bad else 'normal'}"
+                            f"</b></span>")
+
+
+if __name__ == "__main__":  # preview: python -m tlstudio.gui.panels.anomaly_predict RUN [IMAGES...]
+    import sys
+
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication(sys.argv)
+    st = AppState()
+    w = AnomalyPredictPanel(st)
+    if len(sys.argv) > 1:
+        st.set_current_run(sys.argv[1])
+        if len(sys.argv) > 2:
+            w.add_paths(sys.argv[2:])
+    w.resize(1100, 760)
+    w.show()
+    sys.exit(app.exec())

@@ -1,0 +1,162 @@
+"""Small widgets shared by the anomaly Fit, Evaluate and Predict steps: the false-alarm slider
+("flag at most 1 in N good parts"), heat-map thumbnails and the good-vs-defect score histogram.
+No torch here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPixmap
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+
+from tlstudio.gui.views.heatmap_overlay import heatmap_to_qimage
+
+ONE_IN = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+ANOMALY_RED = "#c62828"
+NORMAL_GREEN = "#2e7d32"
+
+
+class FalseAlarmSlider(QWidget):
+    """How many good parts may be flagged: 1 in N. Emits the rate (1/N)."""
+
+    rate_changed = Signal(float)
+
+    def __init__(self, rate: float = 0.01, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, len(ONE_IN) - 1)
+        self.slider.setPageStep(1)
+        self.slider.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.slider.setAccessibleName("False-alarm rate")
+        self.slider.setToolTip("Lower = fewer good parts flagged by mistake, but small defects may pass. "
+                               "Set on good images held out from fitting.")
+        self.label = QLabel()
+        self.label.setMinimumWidth(230)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.slider, 1)
+        lay.addWidget(self.label)
+        self.slider.valueChanged.connect(self._changed)
+        self.set_rate(rate)
+
+    @property
+    def one_in(self) -> int:
+        return ONE_IN[self.slider.value()]
+
+    def rate(self) -> float:
+        return 1.0 / self.one_in
+
+    def set_rate(self, rate: float) -> None:
+        n = 1.0 / max(rate, 1e-9)
+        i = int(np.argmin([abs(np.log(v / n)) for v in ONE_IN]))
+        if i == self.slider.value():
+            self._update_label()
+        self.slider.setValue(i)
+
+    def _update_label(self) -> None:
+        self.label.setText(f"flag at most 1 in {self.one_in:,} good parts ({100 / self.one_in:.2g} %)")
+
+    def _changed(self, _v: int) -> None:
+        self._update_label()
+        self.rate_changed.emit(self.rate())
+
+
+def load_qimage(path: str, size: int) -> QImage:
+    """The picture scaled to fit size x size (decoded at that size when the format allows)."""
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)
+    full = reader.size()
+    if full.isValid() and (full.width() > size or full.height() > size):
+        reader.setScaledSize(full.scaled(QSize(size, size), Qt.AspectRatioMode.KeepAspectRatio))
+    img = reader.read()
+    if img.isNull():
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                data = im.tobytes()
+                img = QImage(data, im.width, im.height, 3 * im.width, QImage.Format.Format_RGB888).copy()
+        except (OSError, ValueError):
+            return QImage()
+    return img
+
+
+def overlay_pixmap(image: QImage | str, heat: np.ndarray | None, size: int, opacity: float = 0.45,
+                   border: str | None = None) -> QPixmap:
+    """A size x size thumbnail: the picture squashed to a square (as the model sees it), the
+    heat map blended over it, and an optional coloured border (the verdict)."""
+    img = load_qimage(image, size) if isinstance(image, (str, Path)) else image
+    pm = QPixmap(size, size)
+    pm.fill(QColor("#202020"))
+    p = QPainter(pm)
+    if img is not None and not img.isNull():
+        p.drawImage(pm.rect(), img)
+    if heat is not None:
+        p.setOpacity(opacity)
+        p.drawImage(pm.rect(), heatmap_to_qimage(np.asarray(heat, dtype=np.float32)))
+        p.setOpacity(1.0)
+    if border:
+        pen = p.pen()
+        pen.setColor(QColor(border))
+        pen.setWidth(4)
+        p.setPen(pen)
+        p.drawRect(pm.rect().adjusted(2, 2, -2, -2))
+    p.end()
+    return pm
+
+
+class ScoreHistogram(QWidget):
+    """Normalised scores of good (green) and defect (red) images, with the threshold line."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        import pyqtgraph as pg
+
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setMinimumHeight(180)
+        self.plot.setLabel("bottom", "anomaly score (0.5 = threshold)")
+        self.plot.setLabel("left", "images")
+        self.plot.addLegend(offset=(10, 5))
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.hideButtons()
+        self._items: list = []
+        self.line = pg.InfiniteLine(0.5, angle=90, pen=pg.mkPen("#444", width=2, style=Qt.PenStyle.DashLine),
+                                    label="threshold", labelOpts={"position": 0.92, "color": "#444"})
+        self.plot.addItem(self.line)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.plot)
+        self.counts: dict[str, list[int]] = {}
+
+    def set_histogram(self, hist: dict, threshold: float = 0.5) -> None:
+        import pyqtgraph as pg
+
+        for it in self._items:
+            self.plot.removeItem(it)
+        self._items = []
+        legend = self.plot.plotItem.legend
+        if legend is not None:  # bars with a name add themselves to the legend
+            legend.clear()
+        edges = np.asarray(hist.get("edges", []), dtype=float)
+        if edges.size < 2:
+            return
+        width = (edges[1] - edges[0]) * 0.9
+        centres = (edges[:-1] + edges[1:]) / 2
+        self.counts = {}
+        for key, colour, name in (("good", NORMAL_GREEN, "good"), ("defect", ANOMALY_RED, "defect"),
+                                  ("unknown", "#1565c0", "unlabelled")):
+            counts = np.asarray(hist.get(key, []), dtype=float)
+            if counts.size != centres.size or counts.sum() == 0:
+                continue
+            self.counts[key] = counts.astype(int).tolist()
+            c = QColor(colour)
+            c.setAlpha(150)
+            bar = pg.BarGraphItem(x=centres, height=counts, width=width, brush=c, pen=pg.mkPen(colour), name=name)
+            self.plot.addItem(bar)
+            self._items.append(bar)
+        self.line.setValue(threshold)
+        self.plot.setXRange(float(edges[0]), float(edges[-1]), padding=0.02)
