@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QTableWidget,
@@ -139,6 +138,10 @@ class TaskTable(QWidget):
         if report is None:
             self.table.setRowCount(0)
             self.setVisible(False)
+            if self.state.task_kind == "multitask":  # new data without several label columns
+                from tlstudio.gui.state import DEFAULT_KIND
+
+                self.state.set_task_kind(DEFAULT_KIND)
             self.scanned.emit(None)
             return
         self.setVisible(True)

@@ -37,7 +37,7 @@ def predict(run_dir, paths, **opts) -> list:
 
 
 def export(run_dir, formats=("safetensors", "onnx", "torchscript"), out_dir=None, progress=None, **kw):
-    from tlstudio.core.tasks.multitask.artifacts import export as _export
+    from tlstudio.core.tasks.multitask.export import export as _export
 
     return _export(run_dir, formats, out_dir, progress, **kw)
 
