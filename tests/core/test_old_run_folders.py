@@ -71,3 +71,24 @@ def test_old_run_evaluates_predicts_and_lists(old_run, tmp_path, capsys):
     assert main(["runs", "show", str(old_run), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert "classification" in json.dumps(shown)
+
+
+def test_weights_for_another_class_count_give_one_line_on_predict_and_eval(old_run, tmp_path, capsys):
+    """run.json says 2 classes, model.safetensors has a 3-class head (files from different runs)."""
+    import timm
+
+    from tlstudio.cli.main import main
+    from tlstudio.core.atomic import atomic_save_safetensors
+
+    raw = json.loads((old_run / runs.RUN_JSON).read_text(encoding="utf-8"))
+    other = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    atomic_save_safetensors(old_run / runs.BEST_WEIGHTS, other.state_dict(),
+                            metadata={"tlstudio_model": json.dumps(raw["model"])})
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(img)
+    for argv in (["predict", str(old_run), str(img)], ["eval", str(old_run), str(tmp_path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "3 outputs" in err[0] and "2 classes" in err[0], err

@@ -13,7 +13,11 @@ def load_run_model(run_dir: str | Path, which: Literal["best", "last"] = "best")
     from tlstudio.core.models.backbones import create_model
     from tlstudio.core.models.weights import load_state_dict_file
 
+    from tlstudio.core.runs.guard import check_weights_match
+
     info = read_run(run_dir)
+    if which == "best":
+        check_weights_match(run_dir)  # weights and run.json from different runs: one line, not a shape error
     model = create_model(info.model.backbone, info.model.num_classes, init="scratch")
     if which == "last":
         ckpt_path = Path(run_dir) / LAST_CKPT
@@ -29,7 +33,12 @@ def load_run_model(run_dir: str | Path, which: Literal["best", "last"] = "best")
         if not path.is_file():
             raise RunError(f"{run_dir}: the run has no trained weights yet ({BEST_WEIGHTS} missing)")
         state = load_state_dict_file(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes differ (a head for another number of classes ...)
+        first = str(exc).strip().splitlines()
+        raise RunError(f"{run_dir}: weights do not fit {info.model.backbone} as run.json describes it: "
+                       f"{(first[1] if len(first) > 1 else first[0]).strip()[:200]}") from None
     if missing or unexpected:
         raise RunError(
             f"{run_dir}: weights do not fit {info.model.backbone}: "

@@ -221,7 +221,7 @@ def _fit(config, run_dir, stop, pause, objective, extra_train, run_kind, phase, 
 
     patience = early_stop_patience(len(split.train), config.early_stop_patience,
                                    explicit="early_stop_patience" in config.model_fields_set)
-    if patience != config.early_stop_patience:
+    if patience != config.early_stop_patience and patience is not None and patience < config.epochs:
         yield Log(f"Early stopping waits {patience} epochs without improvement ({len(split.train)} training "
                   "images give noisy validation scores)")
     return (yield from run_epochs(ctx, st, info, patience))
