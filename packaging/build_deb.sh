@@ -10,7 +10,8 @@
 # No maintainer scripts: Debian's shared-mime-info, desktop-file-utils and hicolor-icon-theme
 # packages refresh their caches through dpkg triggers on install and on removal, so `dpkg -r`
 # leaves nothing behind. Needs dpkg-deb (Debian/Ubuntu); fakeroot is used when not root.
-# Knobs: DEB_VERSION (default: pyproject's version), DEB_MAINTAINER.
+# Knobs: DEB_VERSION (default: pyproject's version), DEB_MAINTAINER, DEB_COMPRESS (xz, the smallest
+# and the default; gzip or zstd build faster).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$(cd "${1:-$ROOT/dist/tlstudio}" && pwd)"
@@ -19,6 +20,7 @@ PKG=tlstudio
 VERSION="${DEB_VERSION:-$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$ROOT/pyproject.toml" | head -1)}"
 ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 MAINT="${DEB_MAINTAINER:-TL Studio developers <tlstudio@example.org>}"
+COMP="${DEB_COMPRESS:-xz}"
 
 command -v dpkg-deb >/dev/null || { echo "!! dpkg-deb not found (a Debian/Ubuntu tool): no .deb built"; exit 1; }
 [ -x "$BUNDLE/tlstudio" ] || { echo "!! $BUNDLE/tlstudio not found: run packaging/build.sh first"; exit 1; }
@@ -64,10 +66,10 @@ EOF
 
 DEB="$OUT/${PKG}_${VERSION}_${ARCH}.deb"
 if [ "$(id -u)" = 0 ]; then
-  dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$DEB" >/dev/null
+  dpkg-deb --root-owner-group -Z"$COMP" --build "$STAGE" "$DEB" >/dev/null
 elif command -v fakeroot >/dev/null; then
-  fakeroot dpkg-deb -Zxz --build "$STAGE" "$DEB" >/dev/null
+  fakeroot dpkg-deb -Z"$COMP" --build "$STAGE" "$DEB" >/dev/null
 else
-  dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$DEB" >/dev/null
+  dpkg-deb --root-owner-group -Z"$COMP" --build "$STAGE" "$DEB" >/dev/null
 fi
 echo "== $DEB ($(du -h "$DEB" | cut -f1) compressed, $((SIZE_KB / 1024)) MB installed)"
