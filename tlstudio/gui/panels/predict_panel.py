@@ -1,7 +1,11 @@
 """Step 6, Predict: drop images (or folders), see the top-k classes with probability bars.
 
-Prediction runs ``evaluate.predict`` with the current run's best weights in a background job;
-unreadable files get a row with their reason instead of breaking the batch.
+A model picker lists the trained runs of the project (any run with weights: trained,
+distilled ...); opening another run clears the old predictions. Prediction runs in a background
+job, in chunks with a progress bar and Cancel for big folders (the model is loaded once);
+unreadable files get a row with their reason instead of breaking the batch. Selecting a result
+shows the picture with its Grad-CAM map (toggle, opacity, any class of the top-k), computed in
+the background.
 """
 
 from __future__ import annotations
@@ -14,26 +18,78 @@ from typing import Any
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QPixmap
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QProgressBar,
     QPushButton,
     QSpinBox,
+    QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
 from tlstudio.gui.runner import JobRunner
 from tlstudio.gui.state import AppState
+from tlstudio.gui.views.heatmap_overlay import ExplainPane
 from tlstudio.gui.widgets.prob_bars import ProbBars
 from tlstudio.gui.widgets.thumbnails import THUMB, ThumbnailLoader
 
 log = logging.getLogger("tlstudio.gui")
 
 SHOW_LIMIT = 100  # result rows drawn at most (each is a few widgets); all are saved to CSV
+CHUNK = 32  # images per prediction step: progress and Cancel between steps
+
+
+def predict_job(run_dir: str, paths: list[str], top_k: int, stop: Any = None):
+    """(worker) Generator: Progress events, returns the predictions. A short list is one call of
+    ``evaluate.predict``; a long one loads the model once and predicts chunk by chunk, stopping
+    between chunks when ``stop`` is set (the predictions so far are returned)."""
+    from tlstudio.core import events as ev
+    from tlstudio.core.evaluation import evaluate
+
+    files = evaluate.expand_paths(paths)
+    if len(files) <= CHUNK:
+        return evaluate.predict(run_dir, list(paths), top_k=top_k)
+    from tlstudio.core.models.run_model import load_run_model
+
+    yield ev.Progress(task="predict", done=0, total=len(files), message="Loading the model")
+    model, info = load_run_model(run_dir)
+    forward = evaluate.torch_forward(model)
+    out: list[Any] = []
+    for start in range(0, len(files), CHUNK):
+        if stop is not None and stop.is_set():
+            break
+        out += evaluate.predict_with(forward, info.model, files[start:start + CHUNK], top_k=top_k)
+        yield ev.Progress(task="predict", done=len(out), total=len(files), message="Classifying")
+    return out
+
+
+def trained_runs(runs_dir: str | None, current: str | None) -> list[tuple[str, str]]:
+    """(label, run folder) of runs with trained weights, newest first; the current run always."""
+    from tlstudio.core.runs.folder import BEST_WEIGHTS, RunError, list_runs, read_run
+
+    dirs = [str(d) for d in list_runs(runs_dir)] if runs_dir else []
+    if current and current not in dirs:
+        dirs.insert(0, current)
+    out = []
+    for d in dirs:
+        if not (Path(d) / BEST_WEIGHTS).is_file():
+            continue
+        try:
+            info = read_run(d)
+        except (RunError, OSError):
+            continue
+        acc = info.metrics.get("val_acc", info.best_val_acc)
+        what = {"distillation": "distilled", "classification": ""}.get(info.task, info.task)
+        label = f"{Path(d).name} · {info.model.backbone}" + (f" · {what}" if what else "") + (
+            f" · {acc:.0%}" if isinstance(acc, (int, float)) else "")
+        out.append((label, d))
+    return out
 
 
 class _ResultRow(QWidget):
@@ -78,14 +134,34 @@ class PredictPanel(QWidget):
         self.loader.loaded.connect(self._on_thumb)
         self.setAcceptDrops(True)
         self._build()
+        self._pred_run: str | None = None  # the run that made the predictions shown
+        self._asked = 0
         self.job.finished.connect(self._on_done)
         self.job.failed.connect(self._on_failed)
+        self.job.event.connect(self._on_event)
         self.job.running_changed.connect(lambda _: self._update())
-        state.current_run_changed.connect(lambda _: self._update())
-        self._update()
+        state.current_run_changed.connect(self._on_run_changed)
+        # a model appears when a training or distillation ends, not when its run folder is set
+        state.training_changed.connect(lambda _r: self.refresh_models())
+        state.runs_changed.connect(self.refresh_models)
+        state.run_event.connect(self._on_engine_event)
+        self.refresh_models()
 
     def _build(self) -> None:
         root = QVBoxLayout(self)
+        pick = QHBoxLayout()
+        pick.addWidget(QLabel("Model"))
+        self.model_box = QComboBox()
+        self.model_box.setAccessibleName("Model to predict with")
+        self.model_box.setToolTip("Every run of this project with trained weights (trained, distilled ...)")
+        self.model_box.setMinimumContentsLength(30)
+        self.model_box.activated.connect(self._pick_model)
+        pick.addWidget(self.model_box, 1)
+        self.open_btn = QPushButton("Open run…")
+        self.open_btn.setToolTip("Use the model of a run folder elsewhere on disk")
+        self.open_btn.clicked.connect(self._open_run)
+        pick.addWidget(self.open_btn)
+        root.addLayout(pick)
         top = QHBoxLayout()
         self.run_label = QLabel()
         self.run_label.setWordWrap(True)
@@ -119,6 +195,16 @@ class PredictPanel(QWidget):
         self.drop_hint.setStyleSheet("QLabel { border: 2px dashed #90a4ae; border-radius: 8px; color: #546e7a; "
                                      "font-size: 14px; }")
         root.addWidget(self.drop_hint)
+        prow = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip("Stop after the current images (the ones done are kept)")
+        self.cancel_btn.setVisible(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        prow.addWidget(self.progress, 1)
+        prow.addWidget(self.cancel_btn)
+        root.addLayout(prow)
         self.summary = QLabel("")
         root.addWidget(self.summary)
         self.results = QListWidget()
@@ -127,7 +213,14 @@ class PredictPanel(QWidget):
         self.results.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
         self.results.verticalScrollBar().valueChanged.connect(lambda _: self._request_visible())
         self._requested: set[str] = set()
-        root.addWidget(self.results, 1)
+        self.results.currentItemChanged.connect(lambda cur, _prev: self._explain_item(cur))
+        self.explain = ExplainPane()
+        self.explain.setMinimumWidth(280)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.results)
+        split.addWidget(self.explain)
+        split.setSizes([520, 420])
+        root.addWidget(split, 1)
 
     # ------------------------------------------------------------------ input
     # URLs are accepted even without a model, so the drop can say what is missing
@@ -174,17 +267,36 @@ class PredictPanel(QWidget):
         run_dir, k = self.state.current_run, self.top_k.value()
 
         def factory(stop, pause):
-            from tlstudio.core.evaluation.evaluate import predict
+            return predict_job(run_dir, list(paths), k, stop)
 
-            return predict(run_dir, list(paths), top_k=k)
-            yield  # noqa: unreachable - makes this a generator for the runner
-
+        self._job_run = run_dir
         self.summary.setText(f"Classifying {len(paths)} item(s)…")
+        self.progress.setRange(0, 0)  # busy until the first count arrives
         self.job.start(factory)
         return True
 
+    def cancel(self) -> None:
+        if self.job.running:
+            self.job.stop()
+            self.summary.setText("Cancelling after the current images…")
+
+    def _on_event(self, e: Any) -> None:
+        from tlstudio.core import events as ev
+
+        if isinstance(e, ev.Progress) and e.total:
+            self.progress.setRange(0, e.total)
+            self.progress.setValue(e.done)
+            self.progress.setFormat(f"{e.done} / {e.total} images")
+            self._asked = e.total
+
     def _on_done(self, preds: list[Any]) -> None:
-        self.show_predictions(preds)
+        if getattr(self, "_job_run", None) != self.state.current_run:
+            self._update()  # another model was opened meanwhile: these belong to the old one
+            return
+        asked, self._asked = self._asked, 0
+        self.show_predictions(preds, run_dir=self._job_run)
+        if asked and len(preds) < asked:
+            self.summary.setText(f"Cancelled: {len(preds)} of {asked} images classified")
 
     def _on_failed(self, message: str, tb: str) -> None:
         from tlstudio.gui.widgets.error_dialog import show_error
@@ -192,9 +304,11 @@ class PredictPanel(QWidget):
         self.summary.setText(f"Prediction failed: {message}")
         show_error(self, "Prediction failed", message, tb, modal=False)
 
-    def show_predictions(self, preds: list[Any]) -> None:
+    def show_predictions(self, preds: list[Any], run_dir: str | None = None) -> None:
         self.clear()
         self.predictions = list(preds)
+        self._pred_run = run_dir or self.state.current_run
+        self.explain.set_run(self._pred_run)
         for p in self.predictions[:SHOW_LIMIT]:
             row = _ResultRow(p)
             item = QListWidgetItem()
@@ -212,7 +326,17 @@ class PredictPanel(QWidget):
             self.state.set_step_status("predict", "done")
         self._requested: set[str] = set()
         QTimer.singleShot(0, self._request_visible)
+        if self.results.count():
+            self.results.setCurrentRow(0)
         self.predictions_shown.emit(len(self.predictions))
+
+    def _explain_item(self, item: Any) -> None:
+        row = self.results.itemWidget(item) if item is not None else None
+        if row is None or row.pred.error:
+            self.explain.clear()
+            return
+        classes = [c for c, _ in row.pred.top]
+        self.explain.show_image(row.pred.path, classes, classes[0] if classes else None)
 
     def _request_visible(self) -> None:
         """Decode thumbnails only for the rows on screen (more as the list scrolls)."""
@@ -240,6 +364,9 @@ class PredictPanel(QWidget):
         self.results.clear()
         self._rows.clear()
         self.predictions = []
+        self._pred_run = None
+        if hasattr(self, "explain"):
+            self.explain.clear()
         self.summary.setText("")
         self._update()
 
@@ -264,6 +391,52 @@ class PredictPanel(QWidget):
             return
         self.state.status_message.emit(f"Saved {len(self.predictions)} predictions to {path}")
 
+    # ------------------------------------------------------------------ model
+    def refresh_models(self) -> None:
+        runs = trained_runs(self.state.runs_dir, self.state.current_run)
+        self.model_box.blockSignals(True)
+        self.model_box.clear()
+        for label, d in runs:
+            self.model_box.addItem(label, d)
+            self.model_box.setItemData(self.model_box.count() - 1, d, Qt.ItemDataRole.ToolTipRole)
+        if not runs:
+            self.model_box.addItem("No trained model yet")
+        cur = self.state.current_run
+        idx = self.model_box.findData(cur) if cur else -1
+        self.model_box.setCurrentIndex(idx if idx >= 0 else 0)
+        self.model_box.blockSignals(False)
+        self.model_box.setEnabled(bool(runs))
+        self._update()
+
+    def _pick_model(self, index: int) -> None:
+        d = self.model_box.itemData(index)
+        if d and d != self.state.current_run:
+            self.state.set_current_run(d)
+
+    def _open_run(self) -> None:
+        from tlstudio.core.runs.folder import is_run_dir
+
+        d = QFileDialog.getExistingDirectory(self, "Run folder (contains run.json)")
+        if d and is_run_dir(d):
+            self.state.set_current_run(d)
+        elif d:
+            self.summary.setText(f"{d} is not a TL Studio run folder (no run.json).")
+
+    def _on_run_changed(self, run: str) -> None:
+        if self.predictions and self._pred_run != (run or None):
+            self.clear()  # predictions belong to the model that made them
+        self.refresh_models()
+
+    def _on_engine_event(self, e: Any) -> None:
+        from tlstudio.core import events as ev
+
+        if isinstance(e, (ev.Finished, ev.Checkpointed)):
+            self.refresh_models()
+
+    def showEvent(self, e: Any) -> None:  # noqa: N802 - the weights may have appeared meanwhile
+        super().showEvent(e)
+        self.refresh_models()
+
     def _update(self) -> None:
         from tlstudio.core.runs.folder import RunError, read_run
 
@@ -282,3 +455,8 @@ class PredictPanel(QWidget):
         self.folder_btn.setEnabled(ok)
         self.save_btn.setEnabled(bool(self.predictions))
         self.drop_hint.setEnabled(ok)
+        busy = self.job.running
+        self.progress.setVisible(busy)
+        self.cancel_btn.setVisible(busy)
+        self.cancel_btn.setEnabled(busy and not self.job.stopping)
+        self.model_box.setEnabled(not busy and self.model_box.count() > 0 and bool(self.model_box.itemData(0)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QLinearGradient, QPainter, QPaintEvent, QPixmap
+from PySide6.QtGui import QColor, QImage, QImageReader, QLinearGradient, QPainter, QPaintEvent, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -176,13 +176,16 @@ class HeatmapOverlay(QWidget):
         elif isinstance(image, QImage):
             self._image = image.convertToFormat(QImage.Format.Format_RGB32)
         else:
-            img = QImage(str(image))
+            reader = QImageReader(str(image))
+            reader.setAutoTransform(True)  # EXIF orientation, as the engine reads images
+            img = reader.read()
             if img.isNull():
                 self._image = None
                 self._message = f"Cannot read {Path(image).name}"
                 self.canvas.update()
                 return False
             self._image = img.convertToFormat(QImage.Format.Format_RGB32)
+        self._sync_controls()
         self.canvas.update()
         return True
 
@@ -278,6 +281,164 @@ class HeatmapOverlay(QWidget):
 
     def _sync_controls(self) -> None:
         has = self._heatmap is not None
-        self.toggle.setEnabled(has)
+        # with a picture the toggle also asks for a map (owners compute it on overlay_toggled)
+        self.toggle.setEnabled(has or self._image is not None)
         self.slider.setEnabled(has and self._visible)
         self.colour_bar.setEnabled(has)
+
+
+# ---------------------------------------------------------------- Grad-CAM pane (Evaluate, Predict)
+
+_EXPLAINERS: dict[tuple[str, str], object] = {}  # (run, method) -> Explainer, loaded once per run
+_EXPLAIN_LOCK = None
+
+
+def _explain_one(run_dir: str, path: str, class_name: str | None, method: str):
+    """(worker thread) one Explanation with a cached model; one explanation at a time."""
+    import threading
+
+    global _EXPLAIN_LOCK
+    if _EXPLAIN_LOCK is None:
+        _EXPLAIN_LOCK = threading.Lock()
+    from tlstudio.core.evaluation.explain import Explainer
+
+    with _EXPLAIN_LOCK:
+        key = (run_dir, method)
+        ex = _EXPLAINERS.get(key)
+        if ex is None:
+            if len(_EXPLAINERS) >= 2:  # keep memory bounded: the last run or two
+                _EXPLAINERS.clear()
+            ex = _EXPLAINERS[key] = Explainer.from_run(run_dir, method=method)
+        return ex.explain([path], class_name or None, top_k=10)[0]
+
+
+def forget_explainers(run_dir: str | None = None) -> None:
+    """Drop cached models (a run was retrained or deleted)."""
+    for k in [k for k in _EXPLAINERS if run_dir is None or k[0] == run_dir]:
+        _EXPLAINERS.pop(k, None)
+
+
+class ExplainPane(QWidget):
+    """One picture with its Grad-CAM map, for a run: pick the class to explain (the predicted one
+    first, then the other top classes); computed in the background when the map is shown."""
+
+    explained = Signal(object)  # Explanation (also with .error)
+
+    def __init__(self, parent: QWidget | None = None, *, method: str = "gradcam") -> None:
+        super().__init__(parent)
+        from PySide6.QtWidgets import QComboBox
+
+        self.run_dir: str | None = None
+        self.path: str | None = None
+        self.method = method
+        self.last: object | None = None
+        self._pending: tuple | None = None
+        self._busy = False
+        self.caption = QLabel("Select an image to see what the model looks at.")
+        self.caption.setWordWrap(True)
+        self.class_box = QComboBox()
+        self.class_box.setAccessibleName("Class to explain")
+        self.class_box.setToolTip("The class whose evidence is shown: red = regions that raised its score most")
+        self.class_box.setMinimumContentsLength(10)
+        self.class_box.activated.connect(lambda _i: self.request())
+        self.overlay = HeatmapOverlay(title="Grad-CAM", low_label="no evidence", high_label="strong evidence")
+        self.overlay.overlay_toggled.connect(lambda on: self.request() if on else None)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Explain class"))
+        row.addWidget(self.class_box, 1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.caption)
+        lay.addLayout(row)
+        lay.addWidget(self.overlay, 1)
+        self._set_classes([])
+
+    def set_run(self, run_dir: str | None) -> None:
+        if run_dir != self.run_dir:
+            self.run_dir = run_dir
+            self.clear()
+
+    def clear(self) -> None:
+        self.path = None
+        self.last = None
+        self.overlay.clear()
+        self._set_classes([])
+        self.caption.setText("Select an image to see what the model looks at.")
+
+    def _set_classes(self, classes: list[str], current: str | None = None) -> None:
+        self.class_box.blockSignals(True)
+        self.class_box.clear()
+        self.class_box.addItems(classes)
+        if current and current in classes:
+            self.class_box.setCurrentIndex(classes.index(current))
+        self.class_box.blockSignals(False)
+        self.class_box.setEnabled(bool(classes))
+
+    def show_image(self, path: str, classes: list[str] | None = None, current: str | None = None) -> None:
+        """Show ``path``; ``classes`` = the choices (predicted first); the map follows if shown."""
+        self.path = path
+        self.last = None
+        self.overlay.set_heatmap(None)
+        ok = self.overlay.set_image(path)
+        self._set_classes(list(classes or []), current)
+        self.caption.setText(Path(path).name)
+        if ok:
+            self.request()
+
+    def current_class(self) -> str | None:
+        return self.class_box.currentText() or None
+
+    def request(self) -> None:
+        """Compute the map for (image, class) in the background (latest request wins)."""
+        if not self.path or not self.run_dir or not self.overlay.overlay_visible():
+            return
+        req = (self.run_dir, self.path, self.current_class(), self.method)
+        if self._busy:
+            self._pending = req
+            return
+        self._start(req)
+
+    def _start(self, req: tuple) -> None:
+        from tlstudio.gui.workers import start_worker
+
+        self._busy = True
+        self.overlay.set_message("Computing the heat map...")
+        start_worker(self, _explain_one, *req, returned=lambda e, r=req: self._done(r, e),
+                     errored=lambda exc, r=req: self._failed(r, exc))
+
+    def _next(self) -> None:
+        self._busy = False
+        req, self._pending = self._pending, None
+        if req is not None:
+            self._start(req)
+
+    def _done(self, req: tuple, e) -> None:
+        current = (self.run_dir, self.path, self.current_class(), self.method)
+        stale = req[:2] != current[:2] or (req[2] is not None and req[2] != current[2])
+        if not stale:
+            self.last = e
+            self.overlay.set_message("")
+            if e.error:
+                self.overlay.set_message(f"Cannot explain: {e.error}")
+            else:
+                self.overlay.set_heatmap(e.heatmap)
+                names = [c for c, _ in e.top]
+                if self.class_box.count() == 0 or req[2] is None:
+                    extra = [self.class_box.itemText(i) for i in range(self.class_box.count())]
+                    self._set_classes(list(dict.fromkeys(extra + names)) if extra else names, e.class_name)
+                elif e.class_name not in [self.class_box.itemText(i) for i in range(self.class_box.count())]:
+                    self._set_classes([self.class_box.itemText(i) for i in range(self.class_box.count())]
+                                      + [e.class_name], e.class_name)
+                probs = dict(e.top)
+                self.caption.setText(
+                    f"<b>{Path(e.path).name}</b>: evidence for <b>{e.class_name}</b> ({e.prob:.0%}); "
+                    f"the model predicts <b>{e.predicted}</b> ({probs.get(e.predicted, 0):.0%}). "
+                    f"<span style='color:gray'>{e.method}, {e.layer}</span>")
+            self.explained.emit(e)
+        self._next()
+
+    def _failed(self, req: tuple, exc: BaseException) -> None:
+        if req[1] == self.path:
+            self.overlay.set_message(f"Cannot explain: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        self._next()
