@@ -60,8 +60,8 @@ def test_fit_panel_runs_and_stops(qtbot, fitted, tmp_path, monkeypatch):
     qtbot.waitUntil(lambda: p.last_plan is not None and p.last_plan["feature_dim"] > 0, timeout=60_000)
     # 12 normal - 2 held out = 10 images x 8x8 patches, 10% -> 64
     assert p.last_plan["bank_size"] == 64 and "memory bank of 64" in p.expected.text()
-    orig = p.config
-    monkeypatch.setattr(p, "config", lambda: orig().model_copy(update={"init": "scratch"}))
+    p.set_init("scratch")
+    assert st.task_settings["init"] == "scratch"
     with qtbot.waitSignal(p.runner.finished, timeout=180_000):
         p.start()
         assert p.stop_btn.isEnabled()

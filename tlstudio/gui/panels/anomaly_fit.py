@@ -41,6 +41,10 @@ def _plan(values: dict[str, Any], data_dir: str) -> dict[str, Any]:  # worker th
     from tlstudio.core.tasks.anomaly.data import count_normal
     from tlstudio.core.tasks.anomaly.job import plan, plan_text
 
+    if values.get("init") == "run" and values.get("init_run"):  # the run's backbone is the extractor
+        from tlstudio.core.runs.folder import read_run
+
+        values = {**values, "backbone": read_run(values["init_run"]).model.backbone}
     cfg = AnomalyConfig(data_dir=data_dir or ".", **values)
     n = count_normal(data_dir) if data_dir else 0
     n_fit = max(0, n - min(max(1, round(cfg.holdout_fraction * n)), max(0, n - 2)))
@@ -67,6 +71,14 @@ class AnomalyFitPanel(QWidget):
         self.backbone = QLineEdit()
         self.backbone.setPlaceholderText(DEFAULTS["backbone"])
         self.backbone.setToolTip("Feature extractor (timm name). The default has offline ImageNet weights.")
+        self.init = QComboBox()
+        self.init.addItem("ImageNet weights (offline for the default)", "pretrained")
+        self.init.addItem("An earlier TL Studio run…", "run")
+        self.init.addItem("A weights file…", "file")
+        self.init.addItem("Random weights (no transfer: a baseline)", "scratch")
+        self.init.setToolTip("Where the feature extractor's knowledge comes from. An earlier run fine-tuned "
+                             "on similar images is chained transfer for anomalies.")
+        self.init_path = ""
         self.image_size = QSpinBox()
         self.image_size.setRange(64, 1024)
         self.image_size.setSingleStep(32)
@@ -85,6 +97,7 @@ class AnomalyFitPanel(QWidget):
         form = QFormLayout()
         form.addRow("Method", self.method)
         form.addRow("Feature extractor", self.backbone)
+        form.addRow("Its weights", self.init)
         form.addRow("Image size", self.image_size)
         form.addRow("Coreset share", self.coreset)
         form.addRow("Bank cap (patches)", self.max_bank)
@@ -133,6 +146,7 @@ class AnomalyFitPanel(QWidget):
         self._plan_timer.setInterval(250)
         self._plan_timer.timeout.connect(self.refresh_plan)
         self._load_settings()
+        self.init.activated.connect(self._init_chosen)
         for sig in (self.method.currentIndexChanged, self.image_size.valueChanged, self.coreset.valueChanged,
                     self.max_bank.valueChanged, self.backbone.editingFinished, self.false_alarm.rate_changed):
             sig.connect(self._settings_changed)
@@ -156,10 +170,36 @@ class AnomalyFitPanel(QWidget):
         self.max_bank.setValue(int(s["max_bank"]))
         self.false_alarm.set_rate(float(s["false_alarm_rate"]))
 
+    def _init_chosen(self, _i: int) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        kind = self.init.currentData()
+        path = ""
+        if kind == "run":
+            path = QFileDialog.getExistingDirectory(self, "An earlier TL Studio run folder")
+        elif kind == "file":
+            path, _ = QFileDialog.getOpenFileName(self, "Weights file", "", "Weights (*.safetensors *.pth *.pt *.bin)")
+        if kind in ("run", "file") and not path:
+            self.init.setCurrentIndex(0)
+        self.set_init(self.init.currentData(), path)
+
+    def set_init(self, kind: str, path: str = "") -> None:
+        self.init.setCurrentIndex(max(0, self.init.findData(kind)))
+        self.init_path = path if kind in ("run", "file") else ""
+        if self.init_path:
+            self.init.setToolTip(f"{kind}: {self.init_path}")
+        self._settings_changed()
+
     def values(self) -> dict[str, Any]:
-        return {"method": self.method.currentData(), "backbone": self.backbone.text().strip() or DEFAULTS["backbone"],
-                "image_size": self.image_size.value(), "coreset_ratio": round(self.coreset.value(), 4),
-                "max_bank": self.max_bank.value(), "false_alarm_rate": self.false_alarm.rate()}
+        init = self.init.currentData()
+        out = {"method": self.method.currentData(), "backbone": self.backbone.text().strip() or DEFAULTS["backbone"],
+               "init": init, "image_size": self.image_size.value(), "coreset_ratio": round(self.coreset.value(), 4),
+               "max_bank": self.max_bank.value(), "false_alarm_rate": self.false_alarm.rate()}
+        if init == "run":
+            out["init_run"] = self.init_path
+        elif init == "file":
+            out["weights_file"] = self.init_path
+        return out
 
     def _settings_changed(self, *_a) -> None:
         padim = self.method.currentData() == "padim"

@@ -64,7 +64,7 @@ def _register() -> None:
         summary="learn from normal images only; flag whatever deviates, with a heat map of where",
         config_cls=AnomalyConfig, run=run, resume=None, evaluate=evaluate, predict=predict, export=export,
         best_metric=("image_auroc", "max"),
-        gui_steps=("data", "model", "anomaly_fit", "anomaly_evaluate", "anomaly_predict", "export", "runs"),
+        gui_steps=("data", "anomaly_fit", "anomaly_evaluate", "anomaly_predict", "export", "runs"),
         trains=False, detect=detect, **extra,
     ))
 

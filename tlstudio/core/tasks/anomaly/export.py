@@ -159,8 +159,11 @@ def _check_images(run_dir: Path, n: int = 6) -> list[str]:
     return out[:n]
 
 
-def export(run_dir, formats=None, out_dir=None, progress: Callable | None = None, *, check_process: bool = True) -> dict:
-    """Registry ``export``. ``formats``: "onnx", "torchscript", "all" (default: both)."""
+def export(run_dir, formats=None, out_dir=None, progress: Callable | None = None, *, check_process: bool = True,
+           model_card: bool = True) -> dict:
+    """Registry ``export``. ``formats``: "onnx", "torchscript", "all" (default: both); the
+    sidecar JSON is always written (it carries the threshold), the card unless ``model_card``
+    is False."""
     import torch
 
     from tlstudio.core.atomic import atomic_write_json, atomic_write_text
@@ -208,9 +211,11 @@ def export(run_dir, formats=None, out_dir=None, progress: Callable | None = None
         atomic_write_text(out / SCRIPT, _SCRIPT)
         if check_process and paths:
             report["formats"]["onnx"]["fresh_process"] = fresh_process_check(out, paths, want_s[: len(paths)])
-    atomic_write_text(out / CARD, _card(info, side, report))
     report["sidecar"] = str(out / SIDECAR)
-    report["model_card"] = str(out / CARD)
+    report["model_card"] = None
+    if model_card:
+        atomic_write_text(out / CARD, _card(info, side, report))
+        report["model_card"] = str(out / CARD)
     step(len(steps), "done")
     return report
 

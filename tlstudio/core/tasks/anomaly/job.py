@@ -143,10 +143,10 @@ def fit(config: AnomalyConfig, stop: threading.Event | None = None,
     from tlstudio.core.runs import folder as runs
 
     stop = stop or threading.Event()
+    from tlstudio.core.runs.guard import claim_out_dir
+
     run_dir = _new_run_dir(config)
-    if runs.is_run_dir(run_dir):
-        raise UserError(f"{run_dir} already holds a run: choose another output folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_out_dir(run_dir)  # new or empty folder only; locked while this fit writes it
     config = config.model_copy(update={"out_dir": str(run_dir)})
     from tlstudio.core.atomic import atomic_write_text
 
@@ -165,6 +165,8 @@ def fit(config: AnomalyConfig, stop: threading.Event | None = None,
             except OSError:
                 pass
         raise
+    finally:
+        lock.release()
     return state["info"]
 
 
