@@ -184,3 +184,30 @@ def test_pcgrad_in_the_objective_gives_shared_layers_the_projected_gradient():
     assert not torch.allclose(want, gs[0] + gs[1], atol=1e-4)
     assert torch.allclose(got, want, atol=1e-5)
     assert obj.relatedness.n == 1  # the cosine was sampled on this step
+
+
+def test_distillation_mixes_label_loss_and_teacher_soft_targets_per_task():
+    from types import SimpleNamespace
+
+    from tlstudio.core.data.dataset import Sample
+    from tlstudio.core.tasks.multitask.objective import MTContext, MultiTaskObjective
+
+    tasks = [{"name": "kind", "type": "categorical", "classes": ["a", "b"]},
+             {"name": "age", "type": "numeric", "classes": [], "mean": 0.0, "std": 1.0}]
+    cfg = SimpleNamespace(weighting="equal", task_weights=None, seed=0, label_smoothing=0.0, huber_delta=1.0,
+                          relatedness_every=1, pcgrad=False, soft_penalty=0.0, kd_alpha=0.5, kd_temperature=2.0)
+    obj = MultiTaskObjective({"tasks": tasks}, cfg)
+    samples = [Sample("0", 0, {"kind": 0, "age": 0.0}), Sample("1", -1, {})]  # row 1: no labels at all
+    obj.setup(MTContext(model=None, device="cpu", classes=[], precision=None, config=cfg, train_samples=samples,
+                        val_samples=samples))
+    obj.set_teacher_outputs({"kind": torch.tensor([[0.0, 0.0], [2.0, 0.0]]), "age": torch.tensor([[1.0], [NAN]])})
+    outs = {"kind": torch.tensor([[0.0, 0.0], [0.0, 0.0]]), "age": torch.tensor([[0.0], [5.0]])}
+    idx = torch.tensor([0, 1])
+    losses, counts = obj.task_losses(outs, obj._train.batch(idx, "cpu"), idx)
+    # kind: label CE on row 0 = ln 2; KD over both rows at T=2: row 0 KL 0, row 1 KL(p_t || uniform) * T^2
+    pt = torch.softmax(torch.tensor([1.0, 0.0]), 0)  # teacher logits / T
+    kl1 = float((pt * (pt / 0.5).log()).sum())
+    assert float(losses["kind"]) == pytest.approx(0.5 * math.log(2) + 0.5 * (kl1 / 2) * 4, abs=1e-5)
+    assert counts["kind"] == 2  # the unlabelled row learns from the teacher
+    # age: Huber on row 0 = 0; teacher MSE on row 0 only (row 1's teacher output is missing) = 1
+    assert float(losses["age"]) == pytest.approx(0.5 * 0.0 + 0.5 * 1.0)

@@ -151,3 +151,19 @@ def test_cli_train_eval_predict(mtl_run, tmp_path, capsys):
     cap = capsys.readouterr()
     line = cap.out.strip()
     assert rc == 0, cap.err and "object=" in line and "colour=" in line and "noise=" in line
+
+
+def test_multi_head_teacher_teaches_a_multi_head_student(mtl_run, tmp_path):
+    from tlstudio.core.events import Log
+
+    cfg = head_only(mtl_run["data"], tmp_path / "student", epochs=2, teacher_run=str(mtl_run["run"]),
+                    kd_alpha=0.5, relatedness_every=5)
+    logs = []
+    info = drive(run(cfg), lambda e: logs.append(e.message) if isinstance(e, Log) else None)
+    assert info.status == "finished"
+    assert any(m.startswith("Teacher run") and "T = 4, alpha = 0.5" in m for m in logs)
+    assert set(info.extra["multitask"]["per_task"]) == {"object", "colour", "noise"}
+    bad = head_only(mtl_run["data"], tmp_path / "bad", epochs=1, teacher_run=str(mtl_run["run"]),
+                    tasks=["colour"], task_types={"colour": "multilabel"})
+    with pytest.raises(Exception, match="a teacher must know every task"):
+        drive(run(bad), lambda e: None)

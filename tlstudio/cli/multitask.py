@@ -25,6 +25,11 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pcgrad", action="store_true", default=None,
                    help="project conflicting task gradients (PCGrad; about one extra backward pass per task)")
     g.add_argument("--sharing", choices=["hard", "soft"], help="one shared body (hard, default) or one per task (soft)")
+    if "--teacher" not in p._option_string_actions:  # `tlstudio distill` has its own --teacher
+        g.add_argument("--teacher", metavar="RUN", help="multi-head distillation: a trained multi-task run teaches "
+                                                        "every task (its soft targets also cover empty cells)")
+        g.add_argument("--kd-temperature", type=float, help="distillation temperature T (default 4)")
+        g.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (default 0.7)")
 
 
 def _split(s: str | None) -> list[str] | None:
@@ -33,7 +38,7 @@ def _split(s: str | None) -> list[str] | None:
 
 def wants(args: Any) -> bool:
     """Is this a multi-task training? --tasks given, or the data has several label columns."""
-    if getattr(args, "tasks", None):
+    if getattr(args, "tasks", None) or isinstance(getattr(args, "teacher", None), str):
         return True
     data = getattr(args, "dir", None)
     if not data or getattr(args, "sample", False):
@@ -64,7 +69,9 @@ def build_config(args: Any):
         except ValueError:
             raise UserError(f"--task-weights must be numbers, e.g. 1,2 (got {args.task_weights})") from None
         extra.setdefault("weighting", "manual")
-    for name in ("weighting", "pcgrad", "sharing"):
+    if isinstance(getattr(args, "teacher", None), str):
+        extra["teacher_run"] = args.teacher
+    for name in ("weighting", "pcgrad", "sharing", "kd_temperature", "kd_alpha"):
         v = getattr(args, name, None)
         if v is not None:
             extra[name] = v

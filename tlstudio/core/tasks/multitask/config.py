@@ -27,6 +27,10 @@ class MultiTaskConfig(TrainConfig):
     soft_penalty: float = Field(1e-3, ge=0.0)  # soft sharing: L2 pull between the bodies
     relatedness_every: int = Field(10, ge=1)  # gradient cosine between tasks every N steps
     huber_delta: float = Field(1.0, gt=0.0)  # numeric tasks (z-scored targets)
+    # multi-head distillation: a trained multi-task run teaches this one, task by task
+    teacher_run: str | None = None
+    kd_temperature: float = Field(4.0, gt=0.0)
+    kd_alpha: float = Field(0.7, ge=0.0, le=1.0)  # weight of the teacher's soft targets
 
     @field_validator("task_weights")
     @classmethod

@@ -190,6 +190,40 @@ class MultiTaskObjective(Objective):
         self._w_sum: dict[str, float] = {}
         self._w_n = 0
         self.last_val: dict[str, dict[str, Any]] = {}
+        self.teacher: dict[str, torch.Tensor] | None = None  # task -> teacher outputs per train sample
+
+    def set_teacher_outputs(self, outs: dict[str, torch.Tensor]) -> None:
+        """Teacher outputs in this run's model space (logits; numeric z-scored), one row per
+        training sample (NaN rows: the teacher could not read the image)."""
+        self.teacher = outs
+
+    def task_losses(self, outs, tg, idx):
+        """Masked per-task losses; with a teacher, each task mixes its label loss with the
+        teacher's soft targets: alpha * T^2 * KL (categorical), BCE to the teacher's probabilities
+        (multi-label), MSE to its value (numeric). Rows without a label still learn from it."""
+        cfg = self.config
+        losses, counts = masked_losses(outs, tg, self.tasks, cfg.label_smoothing, cfg.huber_delta)
+        if self.teacher is None:
+            return losses, counts
+        i = idx.detach().cpu().long()
+        a, T = float(cfg.kd_alpha), float(cfg.kd_temperature)
+        for task in self.tasks:
+            name = task["name"]
+            tch = self.teacher[name][i].to(outs[name].device)
+            ok = ~torch.isnan(tch).any(1)
+            if not bool(ok.any()):
+                continue
+            o = outs[name].float()[ok]
+            t = tch[ok]
+            if task["type"] == "categorical":
+                kd = F.kl_div(F.log_softmax(o / T, 1), F.softmax(t / T, 1), reduction="batchmean") * T * T
+            elif task["type"] == "multilabel":
+                kd = F.binary_cross_entropy_with_logits(o, torch.sigmoid(t))
+            else:
+                kd = F.mse_loss(o, t)
+            losses[name] = (1 - a) * losses[name] + a * kd if counts[name] else a * kd
+            counts[name] = max(counts[name], int(ok.sum()))
+        return losses, counts
 
     # --- engine hooks -------------------------------------------------------------------------
     def build_model(self, create_body, classes=None) -> MultiTaskModel:
@@ -241,7 +275,7 @@ class MultiTaskObjective(Objective):
         z = x.detach().float().requires_grad_(torch.is_grad_enabled()) if body is None else body.features(x)
         cfg = self.config
         outs = heads(z)
-        losses, counts = masked_losses(outs, tg, self.tasks, cfg.label_smoothing, cfg.huber_delta)
+        losses, counts = self.task_losses(outs, tg, idx)
         present = {t: counts[t] > 0 for t in self.names}
         total = self.weighting.combine(losses, present)
         shared = body.shared_parameters() if body is not None else []
@@ -268,7 +302,7 @@ class MultiTaskObjective(Objective):
                     # the shared layers get the projected gradient, the heads (and learned
                     # weights) their own: same loss value, PCGrad's gradient
                     zd = [f.detach() for f in z] if isinstance(z, list) else z.detach()
-                    ld, _ = masked_losses(heads(zd), tg, self.tasks, cfg.label_smoothing, cfg.huber_delta)
+                    ld, _ = self.task_losses(heads(zd), tg, idx)
                     surrogate = sum((p * g).sum() for p, g in zip(shared, unflat(G, shared)))
                     total = self.weighting.combine(ld, present) + surrogate - surrogate.detach()
         norms = None

@@ -183,6 +183,8 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
                     train_samples=list(split.train), features_mode=features_mode, run_dir=run_dir,
                     val_samples=list(split.val))
     objective.setup(ctx)
+    if config.teacher_run:
+        yield from _teacher_outputs(config, objective, schema, list(split.train), stop)
     for m in objective.extra_modules():
         m.to(device)
     if config.pcgrad and (features_mode or model.soft):
@@ -344,3 +346,35 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
             yield Log(f"Early stopping: no improvement of the mean task score for {best['bad']} epochs")
             return (yield from finish("early_stopped"))
     return (yield from finish("finished"))
+
+
+def _teacher_outputs(config: MultiTaskConfig, objective, schema: dict[str, Any], train: list, stop):
+    """Run the teacher (a trained multi-task run) once over the training images (eval transform)
+    and hand its outputs, in this run's model space, to the objective."""
+    import torch
+
+    from tlstudio.core.tasks.multitask.artifacts import _run_batches, load_model
+
+    teacher, tinfo, _ = load_model(config.teacher_run)
+    tasks = {t["name"]: t for t in (tinfo.label_schema or {}).get("tasks", [])}
+    for t in schema["tasks"]:
+        tt = tasks.get(t["name"])
+        if tt is None or tt["type"] != t["type"] or tt["classes"] != t["classes"]:
+            raise UserError(f"teacher {config.teacher_run}: has no task '{t['name']}' of type {t['type']} with the "
+                            f"classes {', '.join(t['classes']) or '(numeric)'}; a teacher must know every task")
+    yield Log(f"Teacher {Path(config.teacher_run).name} ({tinfo.model.backbone}): computing its outputs for "
+              f"{len(train)} training images (T = {config.kd_temperature:g}, alpha = {config.kd_alpha:g})")
+    outs = yield from _engine().in_thread(lambda progress: _run_batches(teacher, [s.path for s in train], tinfo.model,
+                                                                     progress), "teacher", stop)
+    raw, ok, _ = outs
+    result: dict[str, torch.Tensor] = {}
+    for t in schema["tasks"]:
+        name = t["name"]
+        width = 1 if t["type"] == "numeric" else len(t["classes"])
+        full = torch.full((len(train), width), float("nan"))
+        vals = torch.from_numpy(raw[name]).float().reshape(len(ok), width)
+        if t["type"] == "numeric":  # teacher outputs are in the column's units: into this run's z-space
+            vals = (vals - float(t.get("mean") or 0.0)) / float(t.get("std") or 1.0)
+        full[torch.as_tensor(ok, dtype=torch.long)] = vals
+        result[name] = full
+    objective.set_teacher_outputs(result)
