@@ -153,3 +153,32 @@ def test_bundled_sample_has_no_false_near_duplicates_and_finds_real_copies(tmp_p
     assert [(Path(p.a).name, Path(p.b).name, p.kind) for p in r2.duplicates] == \
         [(src.name, "copy_small.jpg", "near")] or \
         [(Path(p.b).name, Path(p.a).name, p.kind) for p in r2.duplicates] == [(src.name, "copy_small.jpg", "near")]
+
+
+def test_a_crowd_of_near_identical_frames_is_one_group_with_few_pairs():
+    """Video frames of a still scene: thousands of near-identical looks. One group, at most one
+    pair fewer than images (not millions), found without comparing every pair."""
+    import numpy as np
+
+    from tlstudio.core.data.duplicates import find_duplicates
+    from tlstudio.core.data.images import LOOK_BYTES
+
+    rng = np.random.default_rng(0)
+    frames = {f"f{i:04d}.png": np.clip(120 + rng.integers(-2, 3, LOOK_BYTES), 0, 255).astype(np.uint8).tobytes()
+              for i in range(1500)}
+    other = np.clip(np.linspace(0, 255, LOOK_BYTES) + rng.integers(-2, 3, LOOK_BYTES), 0, 255).astype(np.uint8)
+    frames["other.png"] = other.tobytes()  # a different picture: stays out
+    d = find_duplicates([(p, 100) for p in frames], {}, frames)
+    assert len(d.groups) == 1 and len(d.groups[0]) == 1500 and "other.png" not in d.groups[0]
+    assert len(d.pairs) == 1499 and {p.kind for p in d.pairs} == {"near"}
+
+
+def test_big_sets_say_only_exact_duplicates_were_looked_for(tmp_path, monkeypatch):
+    from tlstudio.core.data import dataset
+
+    root = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
+    _resized_jpeg_copy(root / "a" / "a_001.png", root / "a" / "copy.jpg")
+    monkeypatch.setattr(dataset, "NEAR_DUP_MAX_IMAGES", 5)
+    r = scan(root)
+    assert r.duplicates == [] and any("Only exact duplicates" in w and "--near-duplicates" in w for w in r.warnings)
+    assert [p.kind for p in scan(root, near_duplicates=True).duplicates] == ["near"]

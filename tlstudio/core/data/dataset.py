@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Literal
 
 from tlstudio.core.data.csv_labels import _LABEL_HEADERS, _PATH_HEADERS, csv_has_label_header, read_csv  # noqa: F401
-from tlstudio.core.data.duplicates import NEAR_DUP_MAX_IMAGES, DuplicatePair, ambiguous, describe, find_duplicates
+from tlstudio.core.data.duplicates import (
+    NEAR_DUP_MAX_BYTES,
+    NEAR_DUP_MAX_IMAGES,
+    DuplicatePair,
+    ambiguous,
+    describe,
+    find_duplicates,
+)
 from tlstudio.core.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -47,7 +54,7 @@ from tlstudio.core.data.layout import (  # noqa: F401 - SPLIT_NAMES is part of t
     visible_files,
     walk_tree,
 )
-from tlstudio.core.data.probing import probe_all
+from tlstudio.core.data.probing import look_all, look_cost, probe_all
 from tlstudio.core.data.records import DatasetError, Sample, ScanCancelled, ScanReport, SkippedFile
 from tlstudio.core.data.split import SPLIT_SCHEMA_VERSION, Split, make_split  # noqa: F401
 
@@ -184,7 +191,8 @@ def scan(
     every image instead of checking headers (slower, finds corruption inside pixel data).
     `follow_links`: also use symbolic links that lead outside the data set (links back into it
     are never followed). `near_duplicates`: look for resized/re-encoded copies (a small decode
-    per image); None = when there are at most NEAR_DUP_MAX_IMAGES candidates.
+    per image); None = when the data set is small enough for that to be quick (at most
+    NEAR_DUP_MAX_IMAGES images and NEAR_DUP_MAX_BYTES to decode), with a warning otherwise.
     """
     root, csv_file = _resolve_input(path, csv_path)
     warns: list[str] = []
@@ -221,24 +229,46 @@ def scan(
         layout = "split" if splits else "folders"
         cands = _folder_candidates(root, splits, follow_links, progress, stop, skipped, warns, class_dirs)
 
-    looks = near_duplicates if near_duplicates is not None else len(cands) <= NEAR_DUP_MAX_IMAGES
+    # near duplicates need a small decode of each image ("looks"): decided before probing, so the
+    # progress bar covers both passes (probe: first half, looks: second half) and never goes back
+    cost = look_cost([f for f, _, _ in cands])
+    want_looks = bool(near_duplicates) or (near_duplicates is None and len(cands) <= NEAR_DUP_MAX_IMAGES
+                                           and cost <= NEAR_DUP_MAX_BYTES)
+    n = len(cands)
+    half = n // 2 if want_looks else n
+
+    def probe_progress(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress(done * half // max(1, total) if total else done, n if total is not None else None)
+
     probed = probe_all([f for f, _, _ in cands], max_pixels=max_pixels, full=full_check, workers=workers,
-                       progress=progress, stop=stop, looks=looks)
+                       progress=probe_progress if progress is not None else None, stop=stop)
     if probed is None:
         raise ScanCancelled(f"Scan of {csv_file or root} stopped.")
-    reasons, hashes, seen_looks = probed
+    reasons, hashes = probed
     usable: list[tuple[File, str, str]] = []
     for (f, cls, split), r in zip(cands, reasons):
         if r is None:
             usable.append((f, cls, split))
         else:
-            skipped.append(SkippedFile(display_path(f.path), r))
-    if near_duplicates is None and not looks:
-        warns.append(f"{len(cands):,} images: only exact duplicates were looked for (near duplicates are "
-                     f"checked up to {NEAR_DUP_MAX_IMAGES:,} images).")
+            skipped.append(SkippedFile(f.path, r))
 
-    # duplicates: the same picture under two classes has no true label; out of training
-    dups = find_duplicates([(f.path, f.size) for f, _, _ in usable], hashes, seen_looks if looks else None)
+    # duplicates: exact copies from the probe's hashes; near ones from small decoded "looks"
+    looks = None
+    files = [f for f, _, _ in usable]
+    if want_looks:
+        def look_progress(done: int, total: int | None) -> None:
+            if progress is not None:
+                progress(half + (done * (n - half) // total if total else n - half), n)
+
+        looks = look_all(files, workers=workers, progress=look_progress, stop=stop)
+        if looks is None:
+            raise ScanCancelled(f"Scan of {csv_file or root} stopped.")
+    elif near_duplicates is None and len(files) > 1:
+        warns.append(f"Only exact duplicates were looked for: {len(files):,} images ({cost / 1e6:,.0f} MB to decode) "
+                     "would make the scan slow; `tlstudio scan --near-duplicates` also finds resized or "
+                     "re-encoded copies.")
+    dups = find_duplicates([(f.path, f.size) for f in files], hashes, looks)
     cls_of = {f.path: cls for f, cls, _ in usable}
     excluded, cross = ambiguous(dups, cls_of)
     if excluded:

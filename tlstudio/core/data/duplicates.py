@@ -7,9 +7,10 @@ has no true label. The scan groups duplicates so `split.stratified` keeps each g
 excludes exact copies that sit in different classes, and reports every pair it found.
 
 Exact: the content hash the probe computes for files whose size collides (big files confirmed
-on all bytes). Near: every image's 16x16 grey `images.look_of`; a pair is a near duplicate when
-the thumbnails differ by at most NEAR_MAX_DIFF grey levels on average and correlate at least
-NEAR_MIN_CORR (see `near_pairs` for how candidates are found without comparing every pair).
+on all bytes). Near: every image's `images.look_of` (16x16 grey + 4x4 colour); a pair is a near
+duplicate when the grey thumbnails differ by at most NEAR_MAX_DIFF levels on average, correlate
+at least NEAR_MIN_CORR and the colour ones differ by at most NEAR_MAX_COLOR_DIFF (see
+`near_pairs` for how candidates are found without comparing every pair).
 """
 
 from __future__ import annotations
@@ -21,14 +22,23 @@ from typing import Literal
 
 import numpy as np
 
-from tlstudio.core.data.images import LOOK_SIDE, QUICK_HASH_SPAN, full_hash
+from tlstudio.core.data.images import LOOK_BYTES, LOOK_SIDE, QUICK_HASH_SPAN, full_hash
 
-NEAR_MAX_DIFF = 6.0  # mean absolute difference of the 16x16 grey thumbnails (0..255) ...
-NEAR_MIN_CORR = 0.95  # ... and their correlation: measured on the bundled sample set (96 px shapes
-# on noise), copies resized to 0.3-1.5x and re-encoded at JPEG quality 50-90 correlate >= 0.967,
-# the closest different images (mean difference 3.4-5.5) at most 0.79
-NEAR_DUP_MAX_IMAGES = 50_000  # beyond this, only exact duplicates are looked for (the scan says so)
-_MAX_BUCKET = 1000  # a grid cell this crowded (plain backgrounds) is compared in windows only
+NEAR_MAX_DIFF = 4.0  # mean absolute difference of the 16x16 grey thumbnails (0..255) ...
+NEAR_MIN_CORR = 0.95  # ... their correlation ...
+NEAR_MAX_COLOR_DIFF = 4.5  # ... and the mean difference of the 4x4 colour thumbnails.
+# Measured (benchmarks of the thresholds in tests/core/test_new_user_findings_data.py): copies
+# resized to 0.5-1.5x and re-encoded at JPEG quality 60-90 of the bundled sample and of synthetic
+# shapes stay within all three; different images with the same big shape in the same place
+# (grey difference 2.8-5.5, correlation up to 0.99) differ in colour by 4.4 and more.
+# beyond these, the scan looks for exact duplicates only (and says so): decoding looks costs about
+# 20 ms per 4-megapixel JPEG (1/8 scale) and 0.5 s per 4-megapixel PNG on a busy 2-core laptop
+NEAR_DUP_MAX_IMAGES = 10_000
+NEAR_DUP_MAX_BYTES = 400e6  # JPEG-equivalent bytes to decode (probing.look_cost)
+_MAX_BUCKET = 64  # a grid cell more crowded than this (plain backgrounds) is compared ...
+_NEIGHBOURS = 8  # ... image by image with this many neighbours along each of _DIRECTIONS
+_BEST_EDGES = 3  # near pairs kept per image (its closest), enough to connect a group
+_DIRECTIONS = np.random.default_rng(17).standard_normal((3, 16)).astype(np.float32)  # of 4x4 block means
 
 
 @dataclass(frozen=True)
@@ -84,68 +94,101 @@ def _blocks(thumbs: np.ndarray, side: int) -> np.ndarray:
     return thumbs.reshape(n, side, k, side, k).mean(axis=(2, 4)).reshape(n, side * side)
 
 
-def _correlation(a: np.ndarray, b: np.ndarray, diff: float) -> float:
-    """Pearson correlation of two thumbnails; two plain (flat) ones count as alike when their
-    grey levels nearly match."""
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    if den < (2.0 * 2.0) * a.size:  # both (nearly) flat: no pattern to correlate
-        return 1.0 if diff <= 2.0 else 0.0
-    return float((a * b).sum() / den)
+def _dedupe(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique's hashing is far slower on millions of int64 here)."""
+    x = np.sort(x)
+    return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
 
 
-def _close_pairs(members: np.ndarray, coarse: np.ndarray, flat: np.ndarray, max_diff: float,
-                 found: dict[tuple[int, int], float]) -> None:
-    """Pairs of `members` whose thumbnails differ by <= max_diff on average. The 4x4 block means
-    filter first: their mean difference never exceeds the pixels' (triangle inequality)."""
-    for lo in range(0, len(members), 32):
-        rows = members[lo:lo + 32]
-        rest = members[lo + 1:]
-        if not len(rest):
+def _bucket_pairs(order: np.ndarray, keys: np.ndarray, coarse: np.ndarray, crowded: bool = True) -> np.ndarray:
+    """(i, j) index pairs of images sharing a grid cell: all pairs in cells up to _MAX_BUCKET
+    images; in a more crowded cell (plain backgrounds), each image and its _NEIGHBOURS next along
+    three fixed random directions of the 4x4 block means (near copies are close along every
+    direction; enough to chain a group of copies together)."""
+    bounds = np.flatnonzero(np.diff(keys[order])) + 1
+    starts = np.concatenate([[0], bounds])
+    sizes = np.diff(np.concatenate([starts, [len(order)]]))
+    out: list[np.ndarray] = []
+    tri: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for size in np.unique(sizes[(sizes >= 2) & (sizes <= _MAX_BUCKET)]).tolist():
+        a, b = tri.setdefault(size, np.triu_indices(size, 1))
+        first = starts[sizes == size]  # every cell of this size at once
+        members = order[first[:, None] + np.arange(size)[None, :]]
+        out.append(np.stack([members[:, a].ravel(), members[:, b].ravel()], axis=1))
+    for st, size in zip(starts[sizes > _MAX_BUCKET].tolist(), sizes[sizes > _MAX_BUCKET].tolist()):
+        if not crowded:
             break
-        d16 = np.abs(coarse[rows][:, None, :] - coarse[rest][None, :, :]).mean(axis=2)
-        for r, c in zip(*np.nonzero(d16 <= max_diff)):
-            i, j = int(rows[r]), int(rest[c])
-            if j <= i or (min(i, j), max(i, j)) in found:
-                continue
-            d = float(np.abs(flat[i] - flat[j]).mean())
-            if d <= max_diff and _correlation(flat[i], flat[j], d) >= NEAR_MIN_CORR:
-                found[(min(i, j), max(i, j))] = d
+        cell = order[st:st + size]
+        for direction in _DIRECTIONS:  # near copies are neighbours along every direction
+            members = cell[np.argsort(coarse[cell] @ direction, kind="stable")]
+            for o in range(1, _NEIGHBOURS + 1):
+                out.append(np.stack([members[:-o], members[o:]], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
 def near_pairs(looks: dict[str, bytes], *, max_diff: float = NEAR_MAX_DIFF) -> list[tuple[str, str, float]]:
-    """(a, b, difference) for every pair of near-identical thumbnails, a < b.
+    """(a, b, difference) for every pair of near-identical looks, a < b.
 
     Candidates share a cell of a grid over the four quadrant means (cells 16 grey levels wide,
     16 grids shifted by half a cell in each combination of axes: any two images whose quadrant
-    means differ by less than 8 levels share a cell in one of them). A crowded cell (plain
-    backgrounds) is compared in windows of similar brightness only."""
-    paths = sorted(p for p, v in looks.items() if v is not None and len(v) == LOOK_SIDE * LOOK_SIDE)
+    means differ by less than 8 levels share a cell in one of them). Candidates are then
+    filtered on the 4x4 block means (whose mean difference never exceeds the pixels': triangle
+    inequality), then checked on the whole thumbnails, all vectorised."""
+    paths = sorted(p for p, v in looks.items() if v is not None and len(v) == LOOK_BYTES)
     if len(paths) < 2:
         return []
-    thumbs = np.frombuffer(b"".join(looks[p] for p in paths), np.uint8).reshape(-1, LOOK_SIDE, LOOK_SIDE)
-    thumbs = thumbs.astype(np.float32)
+    raw = np.frombuffer(b"".join(looks[p] for p in paths), np.uint8).reshape(len(paths), LOOK_BYTES)
+    grey = LOOK_SIDE * LOOK_SIDE
+    thumbs = raw[:, :grey].reshape(-1, LOOK_SIDE, LOOK_SIDE).astype(np.float32)
+    color = raw[:, grey:].astype(np.float32)
     flat = thumbs.reshape(len(paths), -1)
     coarse = _blocks(thumbs, 4)
     quads = _blocks(thumbs, 2)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.sqrt((centred * centred).sum(axis=1))
     width = 16.0
-    found: dict[tuple[int, int], float] = {}
+    n = np.int64(len(paths))
+    codes_all: list[np.ndarray] = []
+    diffs_all: list[np.ndarray] = []
     for shift in range(16):
         offsets = np.array([(width / 2) * ((shift >> b) & 1) for b in range(4)], np.float32)
         cells = np.floor((quads + offsets) / width).astype(np.int64)
         keys = cells[:, 0] * 4096 + cells[:, 1] * 256 + cells[:, 2] * 16 + cells[:, 3]
-        order = np.argsort(keys, kind="stable")
-        bounds = np.flatnonzero(np.diff(keys[order])) + 1
-        for members in np.split(order, bounds):
-            if len(members) < 2:
-                continue
-            if len(members) <= _MAX_BUCKET:
-                _close_pairs(members, coarse, flat, max_diff, found)
-            else:  # sort by brightness; overlapping windows
-                members = members[np.argsort(flat[members].mean(axis=1), kind="stable")]
-                for lo in range(0, len(members), _MAX_BUCKET // 2):
-                    _close_pairs(members[lo:lo + _MAX_BUCKET], coarse, flat, max_diff, found)
-    return [(paths[i], paths[j], d) for (i, j), d in sorted(found.items())]
+        # crowded cells (near-plain images, video frames) hold the same images in every grid:
+        # their neighbour pairs are taken from the unshifted and the fully shifted grid only
+        pairs = _bucket_pairs(np.argsort(keys, kind="stable"), keys, coarse, crowded=shift in (0, 15))
+        for lo in range(0, len(pairs), 1 << 15):  # bounded memory
+            c = pairs[lo:lo + (1 << 15)]
+            c = c[np.abs(coarse[c[:, 0]] - coarse[c[:, 1]]).mean(axis=1) <= max_diff]
+            i, j = np.minimum(c[:, 0], c[:, 1]), np.maximum(c[:, 0], c[:, 1])
+            diff = np.abs(flat[i] - flat[j]).mean(axis=1)
+            den = norms[i] * norms[j]
+            plain = den < (2.0 * 2.0) * grey  # both (nearly) plain: no pattern to correlate
+            corr = np.where(plain, np.where(diff <= 2.0, 1.0, 0.0),
+                            (centred[i] * centred[j]).sum(axis=1) / np.maximum(den, 1e-9))
+            cdiff = np.abs(color[i] - color[j]).mean(axis=1)
+            ok = (diff <= max_diff) & (corr >= NEAR_MIN_CORR) & (cdiff <= NEAR_MAX_COLOR_DIFF)
+            codes_all.append(i[ok] * n + j[ok])
+            diffs_all.append(diff[ok])
+    if not codes_all:
+        return []
+    codes, diffs = np.concatenate(codes_all), np.concatenate(diffs_all)
+    order = np.argsort(codes, kind="stable")
+    codes, diffs = codes[order], diffs[order]
+    first = np.concatenate([[True], codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, bool)
+    codes, diffs = codes[first], diffs[first]
+    i, j = codes // n, codes % n
+    # each image keeps its _BEST_EDGES closest partners: a pair of copies is its own best, and a
+    # crowd of near-identical frames stays connected without millions of pairs
+    node = np.concatenate([i, j])
+    edge = np.concatenate([np.arange(len(i)), np.arange(len(i))])
+    by = np.lexsort((np.concatenate([diffs, diffs]), node))
+    node, edge = node[by], edge[by]
+    start = np.concatenate([[0], np.flatnonzero(node[1:] != node[:-1]) + 1])
+    rank = np.arange(len(node)) - np.repeat(start, np.diff(np.concatenate([start, [len(node)]])))
+    keep = np.unique(edge[rank < _BEST_EDGES])
+    return sorted((paths[a], paths[b], float(d)) for a, b, d in zip(i[keep].tolist(), j[keep].tolist(),
+                                                                    diffs[keep].tolist()))
 
 
 def group(paths: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[list[str]]:
@@ -171,14 +214,30 @@ def group(paths: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[list[s
 
 def find_duplicates(items: Sequence[tuple[str, int]], hashes: dict[str, str],
                     looks: dict[str, bytes] | None) -> Duplicates:
-    """Exact pairs (each group as a chain to its first member), then near pairs between images
-    not already in the same exact group, and the groups they form together."""
+    """Exact pairs (each group as a star around its first member), then the near pairs that join
+    images not yet known to be copies, closest first: at most one pair fewer than images per
+    group (3,000 copies of one blank frame are 2,999 pairs, not 4.5 million), and the groups."""
     exact = exact_groups(items, hashes)
     pairs = [DuplicatePair(g[0], other, "exact") for g in exact for other in g[1:]]
-    same = {p: g[0] for g in exact for p in g}
+    parent = {p: g[0] for g in exact for p in g}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
     if looks:
-        for a, b, d in near_pairs(looks):
-            if same.get(a, a) != same.get(b, b):
+        same_look: dict[bytes, list[str]] = defaultdict(list)  # identical looks: compared once
+        for p in sorted(looks):
+            if looks[p] is not None:
+                same_look[looks[p]].append(p)
+        near = near_pairs({ps[0]: v for v, ps in same_look.items()})
+        near += [(ps[0], q, 0.0) for ps in same_look.values() for q in ps[1:]]
+        for a, b, d in sorted(near, key=lambda t: (t[2], t[0], t[1])):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
                 pairs.append(DuplicatePair(a, b, "near", d))
     groups = group([p for p, _ in items], [(x.a, x.b) for x in pairs])
     return Duplicates(pairs=pairs, groups=groups)

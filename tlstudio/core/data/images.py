@@ -267,17 +267,21 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, f
     return probe_file(path, max_pixels, full)[0]
 
 
-LOOK_SIDE = 16  # a look is a LOOK_SIDE x LOOK_SIDE grey thumbnail: 256 bytes per image
+LOOK_SIDE = 16  # a look: a LOOK_SIDE x LOOK_SIDE grey thumbnail (256 bytes) ...
+LOOK_COLOR_SIDE = 4  # ... then a 4 x 4 RGB one (48 bytes): grey alone mistakes a red circle on green for a blue one on olive
+LOOK_BYTES = LOOK_SIDE * LOOK_SIDE + 3 * LOOK_COLOR_SIDE * LOOK_COLOR_SIDE
 
 
 def look_of(im: Image.Image, path: str = "") -> bytes:
-    """What the image looks like at 16x16 grey: equal for a resized or re-encoded copy (the
-    near-duplicate check). JPEGs are decoded at 1/8 scale (draft), so this costs little."""
+    """What the image looks like at 16x16 grey and 4x4 colour: nearly equal for a resized or
+    re-encoded copy (the near-duplicate check). JPEGs decode at 1/8 scale (draft): cheap."""
     if im.format == "JPEG" and min(im.size) >= 8 * LOOK_SIDE:
-        im.draft("L", (4 * LOOK_SIDE, 4 * LOOK_SIDE))
+        im.draft("RGB", (4 * LOOK_SIDE, 4 * LOOK_SIDE))
     _decode_first_frame(im, path)
-    grey = to_rgb(im).convert("L") if im.mode not in ("L", "RGB") else im.convert("L")
-    return grey.resize((LOOK_SIDE, LOOK_SIDE), Image.Resampling.BOX).tobytes()
+    rgb = to_rgb(im) if im.mode != "RGB" else im
+    small = rgb.resize((LOOK_SIDE, LOOK_SIDE), Image.Resampling.BOX)
+    color = small.resize((LOOK_COLOR_SIDE, LOOK_COLOR_SIDE), Image.Resampling.BOX)
+    return small.convert("L").tobytes() + color.tobytes()
 
 
 def probe_file(
@@ -287,19 +291,16 @@ def probe_file(
     *,
     want_hash: bool = False,
     stat_checked: bool = False,
-    want_look: bool = False,
-) -> tuple[str | None, str | None] | tuple[str | None, str | None, bytes | None]:
+) -> tuple[str | None, str | None]:
     """`probe_image` plus, for usable files and `want_hash`, a content hash read through the same
     open file (the scan's duplicate check). `stat_checked`: the caller already knows the path is
-    a non-empty regular file. `want_look`: also decode the image (small) for its `look_of`, and
-    return (reason, hash, look)."""
+    a non-empty regular file."""
     p = os.fspath(path)
     if not stat_checked:
         reason = _stat_reason(p)
         if reason:
-            return (reason, None, None) if want_look else (reason, None)
+            return reason, None
     digest = None
-    look = None
     try:
         with open(p, "rb") as f:
             if want_hash:  # before PIL, which closes the file when done
@@ -308,7 +309,7 @@ def probe_file(
             try:
                 im = _open_checked(f, p, max_pixels)
             except ImageError as e:
-                return (e.reason, None, None) if want_look else (e.reason, None)
+                return e.reason, None
             fmt = im.format
             try:
                 if full:
@@ -320,22 +321,27 @@ def probe_file(
                 elif fmt == "PNG":
                     im.verify()
                 elif _raw_tiles_truncated(im, os.fstat(f.fileno()).st_size):
-                    raise ImageError(p, "truncated image (the file ends before the image data does)")
-                if want_look and full:
-                    look = look_of(im, p)
-                elif want_look:  # verify() leaves the image (and maybe the file) unusable: open again
-                    with open(p, "rb") as f2, _open_checked(f2, p, max_pixels) as im2:
-                        look = look_of(im2, p)
+                    return "truncated image (the file ends before the image data does)", None
             except ImageError as e:
-                return (e.reason, None, None) if want_look else (e.reason, None)
+                return e.reason, None
             except Exception as e:  # verify() raises many types on corrupt data
-                reason = f"corrupt image data ({type(e).__name__}: {e})"
-                return (reason, None, None) if want_look else (reason, None)
+                return f"corrupt image data ({type(e).__name__}: {e})", None
             finally:
                 im.close()
     except OSError as e:
-        return (_os_reason(e), None, None) if want_look else (_os_reason(e), None)
-    return (None, digest, look) if want_look else (None, digest)
+        return _os_reason(e), None
+    return None, digest
+
+
+def look_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
+    """`look_of` the image at `path`, or None when it cannot be decoded (the scan's probe has
+    the say on whether the file is usable; a look is only for finding near duplicates)."""
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f, _open_checked(f, p, max_pixels) as im:
+            return look_of(im, p)
+    except (ImageError, OSError, ValueError):
+        return None
 
 
 def _decode_first_frame(im: Image.Image, path: str) -> Image.Image:

@@ -52,26 +52,22 @@ def spawn_is_safe() -> bool:
     return "__name__" in src and "__main__" in src
 
 
-# Usable files found by this process's probes, keyed by (path, size, mtime_ns, max_pixels, full),
-# valued (reason, content hash or None, look or None):
+# Usable files found by this process's probes, keyed by (path, size, mtime_ns, max_pixels, full):
 # the GUI's Data step, training and distillation scan the same folder one after another; a file
 # that changed has a new size or mtime and is probed again, and so is every file with a problem.
 _PROBE_MEMO_MAX = 500_000  # ~100 MB at worst; cleared when full
-_probe_memo: dict[tuple, tuple[str | None, str | None, bytes | None]] = {}
+_probe_memo: dict[tuple, tuple[str | None, str | None]] = {}
 
 
-def _remember_probe(key: tuple, result: tuple[str | None, str | None, bytes | None]) -> None:
+def _remember_probe(key: tuple, result: tuple[str | None, str | None]) -> None:
     if len(_probe_memo) >= _PROBE_MEMO_MAX:
         _probe_memo.clear()
     _probe_memo[key] = result  # one dict assignment: atomic under the GIL
 
 
-def probe_chunk(paths: list[str], want_hash: list[bool], max_pixels: int, full: bool,
-                looks: bool = False) -> list[tuple]:
-    """Probe a slice of files (runs in a worker process for big header scans): (reason, hash, look)."""
-    return [probe_file(p, max_pixels, full, want_hash=w, stat_checked=True, want_look=True) if looks
-            else (*probe_file(p, max_pixels, full, want_hash=w, stat_checked=True), None)
-            for p, w in zip(paths, want_hash)]
+def probe_chunk(paths: list[str], want_hash: list[bool], max_pixels: int, full: bool) -> list[tuple]:
+    """Probe a slice of files (runs in a worker process for big header scans)."""
+    return [probe_file(p, max_pixels, full, want_hash=w, stat_checked=True) for p, w in zip(paths, want_hash)]
 
 
 def probe_all(
@@ -82,17 +78,14 @@ def probe_all(
     workers: int | None,
     progress: Progress | None,
     stop: threading.Event | None,
-    looks: bool = False,
-) -> tuple[list[str | None], dict[str, str], dict[str, bytes]] | None:
-    """Probe every file (parallel). Returns reasons aligned with `files`, content hashes of
-    the usable files whose size collides with another file (only those can be exact duplicates)
-    and, with `looks`, every usable file's `images.look_of` (near duplicates); None when `stop`
-    was set."""
+) -> tuple[list[str | None], dict[str, str]] | None:
+    """Probe every file (parallel). Returns reasons aligned with `files` and content hashes of
+    the usable files whose size collides with another file (only those can be duplicates);
+    None when `stop` was set."""
     n = len(files)
     sizes = Counter(f.size for f in files)
     reasons: list[str | None] = [None] * n
     hashes: dict[str, str] = {}
-    seen_looks: dict[str, bytes] = {}
     workers = workers or default_workers(full)
     use_processes = not full and workers > 1 and n >= PROCESS_SCAN_MIN and spawn_is_safe()
     chunk = max(1, min(1024 if use_processes else 256, n // (workers * 8) or 1))
@@ -102,13 +95,11 @@ def probe_all(
             reasons[i] = "empty file (0 bytes)"
             continue
         hit = _probe_memo.get((f.path, f.size, f.mtime_ns, max_pixels, full))
-        if hit is None or (hit[1] is None and sizes[f.size] > 1) or (looks and hit[2] is None):
+        if hit is None or (hit[1] is None and sizes[f.size] > 1):
             todo.append(i)  # not probed yet (or probed before its size collided: no hash then)
             continue
         if hit[1] is not None and sizes[f.size] > 1:
             hashes[f.path] = hit[1]
-        if looks:
-            seen_looks[f.path] = hit[2]
 
     def job(lo: int) -> tuple:
         idx = todo[lo:lo + chunk]
@@ -118,7 +109,7 @@ def probe_all(
         idx, paths, want = job(lo)
         if stop is not None and stop.is_set():
             return idx, None
-        return idx, probe_chunk(paths, want, max_pixels, full, looks)
+        return idx, probe_chunk(paths, want, max_pixels, full)
 
     done = n - len(todo)
     last = 0.0
@@ -137,7 +128,7 @@ def probe_all(
         futures = []
         for lo in starts:
             idx, paths, want = job(lo)
-            futures.append((idx, lo, pool.submit(probe_chunk, paths, want, max_pixels, full, looks)))
+            futures.append((idx, lo, pool.submit(probe_chunk, paths, want, max_pixels, full)))
 
         def gather():
             for idx, lo, fut in futures:
@@ -154,15 +145,13 @@ def probe_all(
         for idx, res in results:
             if stop is not None and stop.is_set():
                 return None
-            for i, (r, h, look) in zip(idx, res or ()):
+            for i, (r, h) in zip(idx, res or ()):
                 reasons[i] = r
                 if h is not None:
                     hashes[files[i].path] = h
-                if look is not None:
-                    seen_looks[files[i].path] = look
                 if r is None:  # problems are probed again: a permission fixed leaves mtime as it was
                     f = files[i]
-                    _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h, look))
+                    _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
             done += len(idx)
             now = time.monotonic()
             if progress is not None and (now - last > 0.1 or done == n):
@@ -173,4 +162,66 @@ def probe_all(
             pool.shutdown(wait=True, cancel_futures=True)  # running chunks end within ~0.1 s
     if stop is not None and stop.is_set():
         return None
-    return reasons, hashes, seen_looks
+    return reasons, hashes
+
+
+# ---- looks (near duplicates) --------------------------------------------------------------------
+# Looks decode pixels (JPEGs at 1/8 scale): threads, since decoders release the GIL. Remembered
+# per (path, size, mtime_ns) like probes, for the scan right after the Data step's.
+_look_memo: dict[tuple, bytes] = {}
+
+
+def look_cost(files: Sequence[Any]) -> float:
+    """Bytes to decode for the looks of `files`, JPEG-equivalent: JPEGs decode at 1/8 scale;
+    PNG, TIFF, BMP... at full size, measured about 2.5x slower per byte."""
+    jpeg = (".jpg", ".jpeg", ".jpe", ".jfif")
+    return sum(f.size if f.path.lower().endswith(jpeg) else 2.5 * f.size for f in files)
+
+
+def look_all(
+    files: Sequence[Any],  # objects with .path, .size, .mtime_ns
+    *,
+    workers: int | None,
+    progress: Progress | None,
+    stop: threading.Event | None,
+) -> dict[str, bytes] | None:
+    """`images.look_of` of every file that can be decoded (path -> look); None when stopped."""
+    from tlstudio.core.data.images import look_file
+
+    out: dict[str, bytes] = {}
+    todo = []
+    for f in files:
+        hit = _look_memo.get((f.path, f.size, f.mtime_ns))
+        if hit is None:
+            todo.append(f)
+        else:
+            out[f.path] = hit
+    n, done, last = len(files), len(files) - len(todo), 0.0
+    if progress is not None:
+        progress(done, n)
+
+    def one(f) -> tuple[Any, bytes | None]:
+        if stop is not None and stop.is_set():
+            return f, None
+        return f, look_file(f.path)
+
+    workers = workers or default_workers(True)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlstudio-look") if workers > 1 else None
+    try:
+        for f, look in (pool.map(one, todo) if pool is not None else map(one, todo)):
+            if stop is not None and stop.is_set():
+                return None
+            done += 1
+            if look is not None:
+                out[f.path] = look
+                if len(_look_memo) >= _PROBE_MEMO_MAX:
+                    _look_memo.clear()
+                _look_memo[(f.path, f.size, f.mtime_ns)] = look
+            now = time.monotonic()
+            if progress is not None and (now - last > 0.1 or done == n):
+                last = now
+                progress(done, n)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return out
