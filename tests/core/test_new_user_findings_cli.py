@@ -89,3 +89,18 @@ def test_torch_floor_closes_the_weights_only_bypasses():
     for name, bad, good in (("torch", "2.9.1", "2.10.0"), ("torchvision", "0.24.1", "0.25.0")):
         spec = reqs[name].specifier
         assert not spec.contains(Version(bad)) and spec.contains(Version(good)), (name, str(spec))
+
+
+def test_scan_command_follows_outside_links_only_when_asked(tmp_path, capsys):
+    from tlstudio.cli.main import main
+    from tlstudio.core.data.synthetic import make_synthetic_folder
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=24)
+    extra = make_synthetic_folder(tmp_path / "e", per_class=2, size=24, seed=7)
+    os.symlink(extra / "circle", data / "circle" / "more")
+    assert main(["scan", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "outside the data set" in out and "--follow-links" in out
+    assert main(["scan", str(data), "--follow-links", "--near-duplicates"]) == 0
+    out = capsys.readouterr().out
+    assert "outside the data set" not in out

@@ -117,7 +117,8 @@ def _print_json(obj: Any) -> None:
 def cmd_scan(args) -> int:
     from tlstudio.core.data.dataset import scan
 
-    report = scan(args.dir, csv_path=args.csv)
+    report = scan(args.dir, csv_path=args.csv, follow_links=args.follow_links,
+                  near_duplicates=True if args.near_duplicates else None)
     if args.json:
         _print_json(report.to_json())
         return 0
@@ -366,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scan", help="check a data folder: classes, counts, skipped files, warnings")
     s.add_argument("dir")
     s.add_argument("--csv", help="a CSV of path,label (paths relative to the CSV)")
+    s.add_argument("--follow-links", action="store_true",
+                   help="also use symbolic links that lead outside the folder (links back into it never count)")
+    s.add_argument("--near-duplicates", action="store_true",
+                   help="look for resized or re-encoded copies even in a big data set (slower)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_scan)
 
