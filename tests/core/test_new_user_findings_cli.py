@@ -104,3 +104,25 @@ def test_scan_command_follows_outside_links_only_when_asked(tmp_path, capsys):
     assert main(["scan", str(data), "--follow-links", "--near-duplicates"]) == 0
     out = capsys.readouterr().out
     assert "outside the data set" not in out
+
+
+def test_export_progress_in_a_log_is_deduplicated_and_throttled(monkeypatch):
+    import time as _time
+
+    from tlstudio.cli.export import _Progress
+
+    clock = [100.0]
+    monkeypatch.setattr(_time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    p = _Progress(log)
+    p("exporting onnx", 0, 3)
+    p("exporting onnx", 0, 3)  # the same message again: not repeated
+    for i in range(64):  # calibration images, two a second
+        clock[0] += 0.5
+        p(f"int8: candidate 1/5 (minmax): calibration image {i + 1}/64", 1, 3)
+    p("int8: candidate 2/5 (entropy): calibrating on 64 images", 1, 3)
+    p("done", 3, 3)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "[1/3] exporting onnx..." and lines[-1].startswith("[2/3] int8: candidate 2/5")
+    image_lines = [ln for ln in lines if "calibration image" in ln]
+    assert 2 <= len(image_lines) <= 5 and "\r" not in log.getvalue()

@@ -25,9 +25,54 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_export)
 
 
-def _progress(message: str, step: int, steps: int) -> None:
-    if step < steps:
-        print(f"[{step + 1}/{steps}] {message}...", file=sys.stderr, flush=True)
+class _Progress:
+    """"[k/n] message..." on stderr. Messages that only count (calibration image 12/64) are
+    redrawn in place on a terminal, and printed at most every PLAIN_EVERY_S in a redirected log."""
+
+    def __init__(self, stream=None) -> None:
+        from tlstudio.cli.progress import PLAIN_EVERY_S, _is_tty
+
+        self.stream = stream or sys.stderr
+        self.tty = _is_tty(self.stream)
+        self.every = PLAIN_EVERY_S
+        self.last_text = ""
+        self.last_time = -1e9
+        self.live = False  # a counting line is on screen (terminal)
+
+    def __call__(self, message: str, step: int, steps: int) -> None:
+        import time
+
+        if step >= steps:
+            self._end_live()
+            return
+        text = f"[{step + 1}/{steps}] {message}..."
+        if text == self.last_text:
+            return
+        counting = "image " in message and "/" in message.rsplit("image ", 1)[-1]
+        now = time.monotonic()
+        if counting and not self.tty and now - self.last_time < self.every:
+            return
+        self.last_text, self.last_time = text, now
+        try:
+            if counting and self.tty:
+                self.stream.write(f"\r\x1b[K{text}")
+                self.stream.flush()
+                self.live = True
+            else:
+                self._end_live()
+                print(text, file=self.stream, flush=True)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def _end_live(self) -> None:
+        if self.live:
+            self.live = False
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _progress(message: str, step: int, steps: int) -> None:  # the old name: one message, unthrottled
+    _Progress()(message, step, steps)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -41,7 +86,7 @@ def run_export(args: argparse.Namespace) -> int:
         if kind.export is None:
             raise UserError(f"{args.run_dir}: {kind.title.lower()} runs have nothing to export")
         extra = {"model_card": False} if args.no_card else {}
-        report = kind.export(args.run_dir, formats, args.out, None if args.json else _progress, **extra)
+        report = kind.export(args.run_dir, formats, args.out, None if args.json else _Progress(), **extra)
     except UserError as exc:
         print(f"tlstudio export: {exc}", file=sys.stderr)
         return 2
