@@ -1,5 +1,7 @@
 """The Evaluate step's mistakes (right side): the confusion heat map and the gallery of
-misclassified images, most confident first. Clicking a confusion cell lists that cell's images."""
+misclassified images, most confident first. Clicking a confusion cell lists that cell's images.
+Selecting an image shows it with its Grad-CAM map (for the predicted class, the true class or
+any of the top classes; toggle and opacity), computed in the background."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from tlstudio.gui.views.heatmap_overlay import ExplainPane
 from tlstudio.gui.widgets.confusion import ConfusionMatrixWidget
 from tlstudio.gui.widgets.thumbnails import THUMB, ThumbnailModel, ThumbnailView
 
@@ -90,10 +93,32 @@ class EvalErrorsMixin:
         self.gallery.setToolTip("Wrong predictions, most confident first (often label mistakes). "
                                 "Double-click to open the image.")
         self.gallery.doubleClicked.connect(self._open_image)
-        gl.addWidget(self.gallery, 1)
+        self.gallery.clicked.connect(self.explain_index)
+        self.gallery.selectionModel().currentChanged.connect(lambda cur, _prev: self.explain_index(cur))
+        self.explain = ExplainPane()
+        self.explain.setMinimumWidth(240)
+        self.explain.caption.setText("Click a mistake to see what the model looked at.")
+        pics = QSplitter(Qt.Orientation.Horizontal)
+        pics.addWidget(self.gallery)
+        pics.addWidget(self.explain)
+        pics.setSizes([360, 300])
+        gl.addWidget(pics, 1)
         right.addWidget(gal)
         right.setSizes([380, 300])
         return right
+
+    def explain_index(self, index: QModelIndex) -> None:
+        """Grad-CAM of one gallery image: the predicted class first, then the true one."""
+        if not index.isValid():
+            return
+        m = self.gallery_model
+        row = m._rows[index.row()] if index.row() < len(m._rows) else None
+        if row is None:
+            return
+        shot = m._samples[row]
+        self.explain.set_run(getattr(self, "run_dir", None))
+        if shot.path != self.explain.path:
+            self.explain.show_image(shot.path, [shot.pred, shot.true], shot.pred)
 
     def _show_errors(self, report: Any) -> None:
         """The heat map and every mistake of ``report`` (both emptied for None)."""
@@ -106,6 +131,9 @@ class EvalErrorsMixin:
         self.show_all_mistakes()
 
     def _set_gallery(self, items: list[dict[str, Any]], title: str) -> None:
+        if hasattr(self, "explain"):
+            self.explain.set_run(getattr(self, "run_dir", None))
+            self.explain.clear()
         classes = list(self.report.classes) if self.report is not None else []
         index = {c: i for i, c in enumerate(classes)}
         shots = [Shot(m["path"], index.get(m["true"], -1), m["true"], m["pred"], float(m["confidence"]))
