@@ -152,8 +152,6 @@ def test_export_of_weights_that_disagree_with_run_json_is_one_line(mismatched, t
     assert not (tmp_path / "e" / "config.json").exists()  # nothing inconsistent written
 
 
-@pytest.mark.xfail(strict=True, reason="integration: models.run_model.load_run_model must call "
-                   "runs.guard.check_weights_match(run_dir) first (lead, engine side)")
 def test_predict_with_weights_that_disagree_with_run_json_is_one_line(mismatched, run, capsys):
     from tlstudio.core.runs.folder import read_run
 
