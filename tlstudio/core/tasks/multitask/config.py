@@ -25,7 +25,9 @@ class MultiTaskConfig(TrainConfig):
     pcgrad: bool = False
     sharing: Literal["hard", "soft"] = "hard"
     soft_penalty: float = Field(1e-3, ge=0.0)  # soft sharing: L2 pull between the bodies
-    relatedness_every: int = Field(10, ge=1)  # gradient cosine between tasks every N steps
+    # gradient cosine between tasks on the shared layers every N steps (K extra backward passes
+    # through the body each time: 50 keeps the average cost to a few %); every step on cached features
+    relatedness_every: int = Field(50, ge=1)
     huber_delta: float = Field(1.0, gt=0.0)  # numeric tasks (z-scored targets)
     # multi-head distillation: a trained multi-task run teaches this one, task by task
     teacher_run: str | None = None

@@ -280,7 +280,9 @@ class MultiTaskObjective(Objective):
         total = self.weighting.combine(losses, present)
         shared = body.shared_parameters() if body is not None else []
         self.step += 1
-        sample_rel = self.step % cfg.relatedness_every == 1 or cfg.relatedness_every == 1
+        # on cached features the per-task gradients only go through the heads: sample every step;
+        # through the body they cost one backward pass per task: every N steps
+        sample_rel = body is None or self.step % cfg.relatedness_every == 1 or cfg.relatedness_every == 1
         live = [t for t in self.names if present[t]]
         if torch.is_grad_enabled() and len(live) >= 2 and (sample_rel or (cfg.pcgrad and shared)):
             wrt = shared if shared else [z] if isinstance(z, torch.Tensor) else []
