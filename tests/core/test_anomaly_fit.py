@@ -105,3 +105,30 @@ def test_stop_and_padim(tmp_path):
     good = [r["score"] for r in rows if "/good/" in r["path"]]
     bad = [r["score"] for r in rows if "/good/" not in r["path"]]
     assert np.mean(bad) > np.mean(good)
+
+
+def test_cli_fit_eval_predict_export(tmp_path, capsys):
+    from tlstudio.cli.main import main
+
+    data = make_mvtec(tmp_path / "d", n_train=10, n_good=2, n_defect=2, size=48)
+    run = tmp_path / "cli_run"
+    rc = main(["anomaly", "fit", str(data), "--backbone", "test_resnet", "--init", "scratch", "--image-size", "48",
+               "--max-bank", "200", "--out", str(run), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["status"] == "finished" and out["bank_size"] <= 200
+    assert json.loads((run / "config.json").read_text())["max_bank"] == 200
+    assert main(["eval", str(run), str(data), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert {"image_auroc", "pixel_auroc", "f1", "threshold"} <= set(ev) and ev["n"] == 6
+    assert main(["predict", str(run), str(data / "test" / "blob"), "--json", "--maps", str(tmp_path / "maps")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and all(r["verdict"] in ("anomaly", "normal") and r["map_path"] for r in rows)
+    assert main(["anomaly", "threshold", str(run), "--false-alarm", "0.2", "--json"]) == 0
+    thr = json.loads(capsys.readouterr().out)
+    assert thr["false_alarm_rate"] == 0.2
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "exp")]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["formats"]["onnx"]["fresh_process"]["ok"]
+    side = json.loads((tmp_path / "exp" / "anomaly.json").read_text())
+    assert side["threshold"]["raw"] == pytest.approx(thr["threshold"])  # the moved threshold is shipped
+    assert main(["anomaly", "fit", str(tmp_path / "nothing")]) == 2

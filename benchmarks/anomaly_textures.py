@@ -1,0 +1,119 @@
+"""Offline anomaly data sets from real photographs of textures (scikit-image sample images):
+many random crops of one texture are the normal parts; test crops get painted defects
+(scratches, blobs, colour spots) with ground-truth masks. MVTec layout. Used by
+bench_anomaly.py and to tune the anomaly defaults on real pretrained features.
+
+    python benchmarks/anomaly_textures.py OUT_DIR [--textures brick,grass] [--train 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+TEXTURES = ("brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
+DEFECTS = ("scratch", "blob", "spot")
+
+
+def texture_image(name: str) -> Image.Image:
+    import skimage.data as d
+
+    a = getattr(d, name)()
+    if a.ndim == 2:
+        a = np.stack([a] * 3, -1)
+    return Image.fromarray(a[..., :3].astype(np.uint8))
+
+
+def crop(src: Image.Image, rng, size: int, out: int) -> Image.Image:
+    w, h = src.size
+    x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+    return src.crop((x, y, x + size, y + size)).resize((out, out), Image.BICUBIC)
+
+
+def _colour(rng, img: np.ndarray, box) -> tuple[int, int, int]:
+    """A defect colour that differs from the local texture, but not always garishly."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    local = img[max(0, y0):y1, max(0, x0):x1].reshape(-1, 3).mean(0) if x1 > x0 and y1 > y0 else img.mean((0, 1))
+    shift = rng.choice([-1, 1]) * rng.uniform(60, 110)
+    tint = rng.uniform(-40, 40, 3)
+    return tuple(int(v) for v in np.clip(local + shift + tint, 0, 255))
+
+
+def paint(img: Image.Image, rng, kind: str) -> tuple[Image.Image, Image.Image]:
+    s = img.size[0]
+    arr = np.asarray(img)
+    layer = img.copy()
+    mask = Image.new("L", img.size, 0)
+    d, dm = ImageDraw.Draw(layer), ImageDraw.Draw(mask)
+    cx, cy = (int(v) for v in rng.integers(int(s * 0.15), int(s * 0.85), 2))
+    if kind == "scratch":
+        length = rng.uniform(0.15, 0.35) * s
+        ang = rng.uniform(0, np.pi)
+        pts = [(cx + np.cos(ang) * t * length / 2, cy + np.sin(ang) * t * length / 2 + 3 * np.sin(t * 3))
+               for t in np.linspace(-1, 1, 12)]
+        width = int(rng.integers(2, 5))
+        col = _colour(rng, arr, (cx - 10, cy - 10, cx + 10, cy + 10))
+        d.line(pts, fill=col, width=width, joint="curve")
+        dm.line(pts, fill=255, width=width + 2)
+    elif kind == "blob":
+        rx, ry = rng.uniform(0.04, 0.09, 2) * s
+        box = (cx - rx, cy - ry, cx + rx, cy + ry)
+        d.ellipse(box, fill=_colour(rng, arr, box))
+        dm.ellipse(box, fill=255)
+    else:  # a few small colour spots
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        for _ in range(int(rng.integers(1, 4))):
+            r = rng.uniform(0.012, 0.025) * s
+            x, y = cx + rng.normal(0, s * 0.04), cy + rng.normal(0, s * 0.04)
+            d.ellipse((x - r, y - r, x + r, y + r), fill=col)
+            dm.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), fill=255)
+    # soften the edges so the defect sits in the picture
+    soft = mask.filter(ImageFilter.GaussianBlur(1.2))
+    out = Image.composite(layer.filter(ImageFilter.GaussianBlur(0.6)), img, soft)
+    return out, mask
+
+
+def make_texture_set(root, texture: str, *, n_train: int = 100, n_good: int = 30, n_defect: int = 20,
+                     crop_px: int = 160, size: int = 224, seed: int = 0, masks: bool = True) -> Path:
+    """MVTec layout under root/texture: train/good, test/good, test/<defect>, ground_truth."""
+    import zlib
+
+    rng = np.random.default_rng([seed, zlib.crc32(texture.encode())])
+    src = texture_image(texture)
+    root = Path(root) / texture
+    (root / "train" / "good").mkdir(parents=True, exist_ok=True)
+    (root / "test" / "good").mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        crop(src, rng, crop_px, size).save(root / "train" / "good" / f"{i:04d}.png")
+    for i in range(n_good):
+        crop(src, rng, crop_px, size).save(root / "test" / "good" / f"{i:04d}.png")
+    for kind in DEFECTS:
+        (root / "test" / kind).mkdir(parents=True, exist_ok=True)
+        if masks:
+            (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n_defect):
+            img, m = paint(crop(src, rng, crop_px, size), rng, kind)
+            img.save(root / "test" / kind / f"{i:04d}.png")
+            if masks:
+                m.save(root / "ground_truth" / kind / f"{i:04d}_mask.png")
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--textures", default=",".join(TEXTURES))
+    ap.add_argument("--train", type=int, default=100)
+    ap.add_argument("--good", type=int, default=30)
+    ap.add_argument("--defect", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    for t in a.textures.split(","):
+        print(make_texture_set(a.out, t, n_train=a.train, n_good=a.good, n_defect=a.defect, seed=a.seed))
+
+
+if __name__ == "__main__":
+    main()
