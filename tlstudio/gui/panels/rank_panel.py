@@ -202,9 +202,10 @@ class RankPanel(QWidget):
             top.setFont(0, f)
             top.setFlags(Qt.ItemFlag.ItemIsEnabled)
             self.tree.addTopLevelItem(top)
-            for c in cands:
-                self._add_item(top, c, default=(key in ("offline", "runs") and c.available) if checked is None
-                               else c.spec in checked)
+            for n, c in enumerate(cands):
+                # ticked at first: the offline ImageNet backbones and the 3 newest runs (each costs a pass)
+                first = c.available and (key == "offline" or (key == "runs" and n < 3))
+                self._add_item(top, c, default=first if checked is None else c.spec in checked)
             top.setExpanded(True)
         self.tree.blockSignals(False)
         self.status.setText("")
