@@ -161,7 +161,7 @@ def test_a_crowd_of_near_identical_frames_is_one_group_with_few_pairs():
     import numpy as np
 
     from tlstudio.core.data.duplicates import find_duplicates
-    from tlstudio.core.data.images import LOOK_BYTES
+    from tlstudio.core.data.looks import LOOK_BYTES
 
     rng = np.random.default_rng(0)
     frames = {f"f{i:04d}.png": np.clip(120 + rng.integers(-2, 3, LOOK_BYTES), 0, 255).astype(np.uint8).tobytes()

@@ -17,7 +17,6 @@ layouts), csv_labels, duplicates, split (make_split), probing (parallel header c
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import stat
@@ -55,7 +54,15 @@ from tlstudio.core.data.layout import (  # noqa: F401 - SPLIT_NAMES is part of t
     walk_tree,
 )
 from tlstudio.core.data.probing import look_all, look_cost, probe_all
-from tlstudio.core.data.records import DatasetError, Sample, ScanCancelled, ScanReport, SkippedFile
+from tlstudio.core.data.records import (  # noqa: F401 - match_classes is part of this module's API
+    DatasetError,
+    Sample,
+    ScanCancelled,
+    ScanReport,
+    SkippedFile,
+    class_warnings,
+    match_classes,
+)
 from tlstudio.core.data.split import SPLIT_SCHEMA_VERSION, Split, make_split  # noqa: F401
 
 __all__ = [
@@ -67,8 +74,6 @@ _File = File  # older name, still imported by data.multitask
 
 Progress = Callable[[int, "int | None"], None]
 
-MIN_PER_CLASS = 5
-MAX_IMBALANCE = 10.0
 _MAX_EXAMPLES = 5  # file pairs named in one warning
 
 
@@ -312,7 +317,7 @@ def scan(
         n_sk = sum(1 for s in skipped if f"{os.sep}{cls}{os.sep}" in s.path)
         extra = f" ({n_sk} files skipped)" if n_sk else ""
         warns.append(f"Folder '{cls}' has no usable images{extra}: it is not used as a class.")
-    warns += _class_warnings(classes, counts, split_counts)
+    warns += class_warnings(classes, counts, split_counts)
     split_of = {f.path: split for f, _, split in usable}
     warns += describe(dups.pairs, lambda p: cls_of[p], lambda p: split_of.get(p, ""),
                       lambda p: display_path(_rel(p, root)), _examples)
@@ -326,35 +331,6 @@ def scan(
         skipped=skipped, warnings=warns, fingerprint=fp, split_counts=split_counts, empty_classes=empty,
         csv_path=csv_file, duplicates=dups.pairs, duplicate_groups=dups.groups,
     )
-
-
-def _class_warnings(classes: list[str], counts: dict[str, int], split_counts: dict[str, dict[str, int]] | None) -> list[str]:
-    warns: list[str] = []
-    if len(classes) == 1:
-        warns.append(f"Only one class ('{classes[0]}'): need at least two classes to train.")
-    for c in classes:
-        if 0 < counts[c] < MIN_PER_CLASS:
-            warns.append(f"Class '{c}' has only {counts[c]} image{'s' if counts[c] > 1 else ''} (at least {MIN_PER_CLASS} needed for a meaningful validation; 20+ is better).")
-    nonzero = {c: n for c, n in counts.items() if n > 0}
-    if len(nonzero) >= 2:
-        big = max(nonzero, key=lambda c: nonzero[c])
-        small = min(nonzero, key=lambda c: nonzero[c])
-        ratio = nonzero[big] / nonzero[small]
-        if ratio > MAX_IMBALANCE:
-            warns.append(
-                f"Classes are imbalanced {ratio:.0f}:1 ('{big}' has {nonzero[big]} images, '{small}' has {nonzero[small]}): "
-                "consider class-weighted loss or more images of the small classes."
-            )
-    if split_counts:
-        train = split_counts.get("train", {})
-        for c in classes:
-            if train and train.get(c, 0) == 0:
-                warns.append(f"Class '{c}' has no images in train: the model cannot learn it.")
-        val = split_counts.get("val")
-        if val is not None and sum(val.values()) == 0:
-            warns.append("The val folder has no usable images: a validation split is made from train.")
-    return warns
-
 
 
 def scan_unlabelled(
@@ -392,31 +368,3 @@ def scan_unlabelled(
     skipped = w.skipped + [SkippedFile(f.path, r) for f, r in zip(files, reasons) if r is not None]
     skipped = [SkippedFile(display_path(s.path), s.reason) for s in skipped]
     return sorted(samples, key=lambda s: s.path), sorted(skipped, key=lambda s: s.path)
-
-
-def match_classes(report: ScanReport, classes: list[str]) -> ScanReport:
-    """Relabel `report` to a trained model's class order. Unknown classes raise DatasetError."""
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in report.classes if c not in index and report.counts.get(c, 0) > 0]
-    if unknown:
-        raise DatasetError(
-            f"{report.csv_path or report.root}: class(es) {', '.join(repr(c) for c in unknown)} are not classes of this model "
-            f"(it knows {', '.join(repr(c) for c in classes)})."
-        )
-    remap = {i: index[c] for i, c in enumerate(report.classes) if c in index}
-
-    def re(samples: list[Sample]) -> list[Sample]:
-        return [Sample(s.path, remap[s.label]) for s in samples]
-
-    counts = {c: report.counts.get(c, 0) for c in classes}
-    split_counts = None
-    if report.split_counts is not None:
-        split_counts = {k: {c: v.get(c, 0) for c in classes} for k, v in report.split_counts.items()}
-    return dataclasses.replace(
-        report,
-        classes=list(classes),
-        samples=re(report.samples),
-        presplit=None if report.presplit is None else {k: re(v) for k, v in report.presplit.items()},
-        counts=counts,
-        split_counts=split_counts,
-    )

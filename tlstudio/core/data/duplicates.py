@@ -7,7 +7,7 @@ has no true label. The scan groups duplicates so `split.stratified` keeps each g
 excludes exact copies that sit in different classes, and reports every pair it found.
 
 Exact: the content hash the probe computes for files whose size collides (big files confirmed
-on all bytes). Near: every image's `images.look_of` (16x16 grey + 4x4 colour); a pair is a near
+on all bytes). Near: every image's `looks.look_of` (16x16 grey + 4x4 colour); a pair is a near
 duplicate when the grey thumbnails differ by at most NEAR_MAX_DIFF levels on average, correlate
 at least NEAR_MIN_CORR and the colour ones differ by at most NEAR_MAX_COLOR_DIFF (see
 `near_pairs` for how candidates are found without comparing every pair).
@@ -22,7 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from tlstudio.core.data.images import LOOK_BYTES, LOOK_SIDE, QUICK_HASH_SPAN, full_hash
+from tlstudio.core.data.images import QUICK_HASH_SPAN, full_hash
+from tlstudio.core.data.looks import LOOK_BYTES, LOOK_SIDE
 
 NEAR_MAX_DIFF = 4.0  # mean absolute difference of the 16x16 grey thumbnails (0..255) ...
 NEAR_MIN_CORR = 0.95  # ... their correlation ...

@@ -18,38 +18,16 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tlstudio.core.errors import UserError
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+from tlstudio.core.data.filenames import (  # noqa: F401 - part of this module's API
+    IMAGE_EXTENSIONS,
+    SYSTEM_NAMES,
+    UNSUPPORTED_IMAGE_EXTENSIONS,
+    bad_name_reason,
+    display_path,
+    is_hidden_name,
+    is_image_name,
 )
-
-
-def _avif_supported() -> bool:
-    try:
-        from PIL import features
-
-        return bool(features.check("avif"))
-    except Exception:  # older Pillow: no AVIF plugin at all
-        return False
-
-
-if _avif_supported():
-    IMAGE_EXTENSIONS = IMAGE_EXTENSIONS | {".avif"}
-
-# Formats users commonly have that PIL cannot read here: say so instead of "not an image".
-UNSUPPORTED_IMAGE_EXTENSIONS: dict[str, str] = {
-    ".heic": "HEIC photo (not supported: convert to JPEG)",
-    ".heif": "HEIF photo (not supported: convert to JPEG)",
-    ".svg": "vector SVG (not supported: export to PNG)",
-    ".cr2": "camera RAW (not supported: convert to JPEG)",
-    ".nef": "camera RAW (not supported: convert to JPEG)",
-    ".arw": "camera RAW (not supported: convert to JPEG)",
-    ".dng": "camera RAW (not supported: convert to JPEG)",
-    ".raw": "camera RAW (not supported: convert to JPEG)",
-}
-if ".avif" not in IMAGE_EXTENSIONS:
-    UNSUPPORTED_IMAGE_EXTENSIONS[".avif"] = "AVIF image (not supported by this Pillow: convert to JPEG or PNG)"
+from tlstudio.core.errors import UserError
 
 # PIL's own default (about 89 megapixels, e.g. 9459x9459). Anything larger is refused as a
 # possible decompression bomb. Kept <= Image.MAX_IMAGE_PIXELS so PIL's warning range is covered
@@ -60,21 +38,6 @@ DEFAULT_MAX_PIXELS: int = 89_478_485
 # would become 224 x 89,600,000 pixels (tens of GB). Panoramas are ~4:1, line scans and
 # spectrograms rarely beyond 20:1; anything longer than this is refused with its shape.
 MAX_ASPECT_RATIO: float = 50.0
-
-# Files and folders that operating systems and tools scatter around: ignored silently.
-SYSTEM_NAMES: frozenset[str] = frozenset(
-    {
-        "thumbs.db",
-        "ehthumbs.db",
-        "desktop.ini",
-        "__macosx",
-        "$recycle.bin",
-        "system volume information",
-        "icon\r",
-        "__pycache__",
-    }
-)
-
 
 
 def _bomb_warnings_are_errors() -> None:
@@ -102,40 +65,6 @@ class ImageError(UserError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
-
-
-def is_hidden_name(name: str) -> bool:
-    """Dot-files, macOS/Windows clutter and notebook checkpoints: never data, never reported."""
-    return name.startswith(".") or name.startswith("~$") or name.lower() in SYSTEM_NAMES
-
-
-def bad_name_reason(name: str) -> str | None:
-    """File names that are not valid UTF-8 break JSON, logs and the GUI: skip them with a reason."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "name is not valid UTF-8 (rename it)"
-    return None
-
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def display_path(path: str) -> str:
-    """`path` made printable for messages: undecodable bytes replaced, control characters (a
-    newline, a tab, an escape in a file name) written as \\n, \\t, \\x1b so that every
-    problem stays on one line of a report or log."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if _CONTROL_CHARS.search(path):
-        path = _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], path)
-    return path
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _os_reason(e: OSError) -> str:
@@ -267,23 +196,6 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, f
     return probe_file(path, max_pixels, full)[0]
 
 
-LOOK_SIDE = 16  # a look: a LOOK_SIDE x LOOK_SIDE grey thumbnail (256 bytes) ...
-LOOK_COLOR_SIDE = 4  # ... then a 4 x 4 RGB one (48 bytes): grey alone mistakes a red circle on green for a blue one on olive
-LOOK_BYTES = LOOK_SIDE * LOOK_SIDE + 3 * LOOK_COLOR_SIDE * LOOK_COLOR_SIDE
-
-
-def look_of(im: Image.Image, path: str = "") -> bytes:
-    """What the image looks like at 16x16 grey and 4x4 colour: nearly equal for a resized or
-    re-encoded copy (the near-duplicate check). JPEGs decode at 1/8 scale (draft): cheap."""
-    if im.format == "JPEG" and min(im.size) >= 8 * LOOK_SIDE:
-        im.draft("RGB", (4 * LOOK_SIDE, 4 * LOOK_SIDE))
-    _decode_first_frame(im, path)
-    rgb = to_rgb(im) if im.mode != "RGB" else im
-    small = rgb.resize((LOOK_SIDE, LOOK_SIDE), Image.Resampling.BOX)
-    color = small.resize((LOOK_COLOR_SIDE, LOOK_COLOR_SIDE), Image.Resampling.BOX)
-    return small.convert("L").tobytes() + color.tobytes()
-
-
 def probe_file(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -331,17 +243,6 @@ def probe_file(
     except OSError as e:
         return _os_reason(e), None
     return None, digest
-
-
-def look_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
-    """`look_of` the image at `path`, or None when it cannot be decoded (the scan's probe has
-    the say on whether the file is usable; a look is only for finding near duplicates)."""
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as f, _open_checked(f, p, max_pixels) as im:
-            return look_of(im, p)
-    except (ImageError, OSError, ValueError):
-        return None
 
 
 def _decode_first_frame(im: Image.Image, path: str) -> Image.Image:

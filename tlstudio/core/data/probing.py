@@ -185,8 +185,8 @@ def look_all(
     progress: Progress | None,
     stop: threading.Event | None,
 ) -> dict[str, bytes] | None:
-    """`images.look_of` of every file that can be decoded (path -> look); None when stopped."""
-    from tlstudio.core.data.images import look_file
+    """`looks.look_of` of every file that can be decoded (path -> look); None when stopped."""
+    from tlstudio.core.data.looks import look_file
 
     out: dict[str, bytes] = {}
     todo = []

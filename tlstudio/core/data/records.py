@@ -1,9 +1,11 @@
 """The records a scan produces: one usable image (`Sample`), one file not used (`SkippedFile`),
-the whole result (`ScanReport`), and the errors a data set can raise. Kept apart from the scan so
+the whole result (`ScanReport`: with its class-balance warnings and `match_classes`, its labels
+in a trained model's class order), and the errors a data set can raise. Kept apart from the scan so
 every module that only passes them around (archive, loaders, splits, runs) imports no scan code."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,3 +138,62 @@ class ScanReport:
             duplicate_groups=[list(g) for g in d.get("duplicate_groups", [])],
         )
 
+
+MIN_PER_CLASS = 5
+MAX_IMBALANCE = 10.0
+
+
+def class_warnings(classes: list[str], counts: dict[str, int], split_counts: dict[str, dict[str, int]] | None) -> list[str]:
+    warns: list[str] = []
+    if len(classes) == 1:
+        warns.append(f"Only one class ('{classes[0]}'): need at least two classes to train.")
+    for c in classes:
+        if 0 < counts[c] < MIN_PER_CLASS:
+            warns.append(f"Class '{c}' has only {counts[c]} image{'s' if counts[c] > 1 else ''} (at least {MIN_PER_CLASS} needed for a meaningful validation; 20+ is better).")
+    nonzero = {c: n for c, n in counts.items() if n > 0}
+    if len(nonzero) >= 2:
+        big = max(nonzero, key=lambda c: nonzero[c])
+        small = min(nonzero, key=lambda c: nonzero[c])
+        ratio = nonzero[big] / nonzero[small]
+        if ratio > MAX_IMBALANCE:
+            warns.append(
+                f"Classes are imbalanced {ratio:.0f}:1 ('{big}' has {nonzero[big]} images, '{small}' has {nonzero[small]}): "
+                "consider class-weighted loss or more images of the small classes."
+            )
+    if split_counts:
+        train = split_counts.get("train", {})
+        for c in classes:
+            if train and train.get(c, 0) == 0:
+                warns.append(f"Class '{c}' has no images in train: the model cannot learn it.")
+        val = split_counts.get("val")
+        if val is not None and sum(val.values()) == 0:
+            warns.append("The val folder has no usable images: a validation split is made from train.")
+    return warns
+
+
+def match_classes(report: ScanReport, classes: list[str]) -> ScanReport:
+    """Relabel `report` to a trained model's class order. Unknown classes raise DatasetError."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in report.classes if c not in index and report.counts.get(c, 0) > 0]
+    if unknown:
+        raise DatasetError(
+            f"{report.csv_path or report.root}: class(es) {', '.join(repr(c) for c in unknown)} are not classes of this model "
+            f"(it knows {', '.join(repr(c) for c in classes)})."
+        )
+    remap = {i: index[c] for i, c in enumerate(report.classes) if c in index}
+
+    def re(samples: list[Sample]) -> list[Sample]:
+        return [Sample(s.path, remap[s.label]) for s in samples]
+
+    counts = {c: report.counts.get(c, 0) for c in classes}
+    split_counts = None
+    if report.split_counts is not None:
+        split_counts = {k: {c: v.get(c, 0) for c in classes} for k, v in report.split_counts.items()}
+    return dataclasses.replace(
+        report,
+        classes=list(classes),
+        samples=re(report.samples),
+        presplit=None if report.presplit is None else {k: re(v) for k, v in report.presplit.items()},
+        counts=counts,
+        split_counts=split_counts,
+    )
