@@ -54,8 +54,11 @@ def test_progress_in_a_redirected_log_is_plain_lines(monkeypatch):
         clock[0] += 1.0  # one second per batch
         kw = dict(epoch=0, batch=i, batches=100, loss=0.5, images_per_s=32.0)
         printer(E.BatchEnd(**{k: v for k, v in {**kw, "step": i, "lr": 1e-3}.items() if k in fields}))
-    for done in (0, 50, 100):
-        clock[0] += 1.0
+    for done in (0, 3, 6):  # a quick task: no lines at all
+        clock[0] += 0.1
+        printer(E.Progress(task="eval", done=done, total=6))
+    for done in (0, 50, 100):  # a long one (12 s): its end is in the log
+        clock[0] += 6.0
         printer(E.Progress(task="int8 calibration", done=done, total=100))
     text = log.getvalue()
     assert "\r" not in text and "\x1b" not in text
@@ -63,7 +66,7 @@ def test_progress_in_a_redirected_log_is_plain_lines(monkeypatch):
     batch_lines = [ln for ln in lines if ln.startswith("epoch 1:")]
     assert 8 <= len(batch_lines) <= 11  # about one per 10 s over 100 s, not one per batch
     assert "loss 0.5000" in batch_lines[0] and "/100" in batch_lines[0]
-    assert lines[-1] == "int8 calibration: 100/100 (100%)"
+    assert lines[-1] == "int8 calibration: 100/100 (100%)" and not any(ln.startswith("eval") for ln in lines)
 
 
 def test_progress_on_a_terminal_uses_a_live_bar():

@@ -51,8 +51,8 @@ class EventPrinter:
         if isinstance(ev, E.Progress):
             if ev.total is not None and ev.done >= ev.total:
                 self.bars.finish(ev.task, ev.done, ev.total, ev.task)
-            else:
-                self.bars.update(ev.task, ev.done, ev.total, ev.task)
+            else:  # quick tasks (a 6-image evaluation) leave no lines in a log
+                self.bars.update(ev.task, ev.done, ev.total, ev.task, quiet_start=True)
             return
         self._close_bar()
         if isinstance(ev, E.RunStarted):

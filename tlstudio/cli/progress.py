@@ -19,8 +19,9 @@ def _is_tty(stream: TextIO) -> bool:
 
 class Bars:
     """`update(key, done, total, desc, postfix)` draws or prints the progress of one task;
-    `close(key)` ends it. Plain mode prints a task's first line after PLAIN_EVERY_S, then at most
-    one per PLAIN_EVERY_S, and a last line when a task that printed (or is not a batch bar) ends."""
+    `finish(...)`/`close(key)` end it. Plain mode prints a task's first line when it starts (or,
+    `quiet_start`, only after PLAIN_EVERY_S), then at most one per PLAIN_EVERY_S, and a last line
+    when a task that printed or lasted PLAIN_EVERY_S ends."""
 
     def __init__(self, stream: TextIO | None = None, tty: bool | None = None, every: float = PLAIN_EVERY_S):
         self.stream = stream or sys.stderr
@@ -60,9 +61,10 @@ class Bars:
             self._line(desc, done, total, postfix)
 
     def finish(self, key: str, done: int, total: int | None, desc: str, postfix: str = "") -> None:
-        """The task ended: a last plain line (when it printed before), the bar closed."""
+        """The task ended: in plain mode a last line when it printed before or took at least
+        `every` seconds (a quick task leaves no lines: the summary says what it did)."""
         state = self.plain.get(key)
-        if not self.tty and state is not None and state[2]:
+        if not self.tty and state is not None and (state[2] or time.monotonic() - state[0] >= self.every):
             self._line(desc, done, total, postfix)
         self.close(key)
 
