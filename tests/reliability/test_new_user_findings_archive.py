@@ -60,12 +60,20 @@ def test_extracted_archives_are_pruned_newest_kept(tmp_path, monkeypatch):
         dest = extract_to_cache(_tiny_zip(tmp_path / f"set{i}.zip", i))
         cache = dest.parent
         made.append(dest)
-        old = time.time() - (6 - i) * 3600
-        os.utime(dest, (old, old))  # extracted an hour apart, oldest first
+        old = time.time() - (6 - i) * 86400 - 3600
+        os.utime(dest, (old, old))  # used a day apart, oldest first
     extract_to_cache(_tiny_zip(tmp_path / "new.zip", 99))
     left = sorted(p.name for p in cache.iterdir())
     assert len(left) == 3 and any(n.startswith("new-") for n in left)
     assert any(n.startswith("set5-") for n in left) and not any(n.startswith("set0-") for n in left)
+    # one used within the day stays even beyond the newest few (a training may be reading it)
+    recent = extract_to_cache(_tiny_zip(tmp_path / "busy.zip", 50))
+    for i, p in enumerate(sorted(cache.iterdir())):
+        if p != recent:
+            os.utime(p, (time.time() - 60 - i, time.time() - 60 - i))  # all used a minute ago
+    extract_to_cache(_tiny_zip(tmp_path / "another.zip", 51))
+    names = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    assert names == ["another", "busy", "new", "set5"]  # 4 > KEEP_ARCHIVES, none removed
     # an archive used again is fresh again: extract_to_cache touches it
     again = extract_to_cache(tmp_path / "set5.zip")
     assert again.is_dir() and time.time() - again.stat().st_mtime < 60

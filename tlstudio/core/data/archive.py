@@ -193,9 +193,10 @@ def extract_to_cache(zip_path: str | os.PathLike) -> Path:
 
 
 def prune_archive_cache(folder: Path, keep: Path | None = None) -> list[Path]:
-    """Remove extracted archives beyond the KEEP_ARCHIVES most recently used, those unused for
-    MAX_ARCHIVE_AGE_DAYS, and partial extractions left by a crash (older than a day). `keep` is
-    never removed. Returns what was removed; a folder in use elsewhere is skipped quietly."""
+    """Remove extracted archives beyond the KEEP_ARCHIVES most recently used (when unused for a
+    day: a training may be reading one), those unused for MAX_ARCHIVE_AGE_DAYS, and partial
+    extractions left by a crash (older than a day). `keep` is never removed. Returns what was
+    removed; a folder that cannot be removed is left quietly."""
     import time
 
     now = time.time()
@@ -207,8 +208,9 @@ def prune_archive_cache(folder: Path, keep: Path | None = None) -> list[Path]:
     done = [(p, t) for p, t in entries if not p.name.startswith(".")]
     partial = [(p, t) for p, t in entries if p.name.startswith(".") and ".partial-" in p.name]
     done.sort(key=lambda e: e[1], reverse=True)
+    # beyond the newest few, only what nobody used for a day: a training may still be reading it
     doomed = [p for i, (p, t) in enumerate(done)
-              if i >= KEEP_ARCHIVES or now - t > MAX_ARCHIVE_AGE_DAYS * 86400]
+              if (i >= KEEP_ARCHIVES and now - t > 86400) or now - t > MAX_ARCHIVE_AGE_DAYS * 86400]
     doomed += [p for p, t in partial if now - t > 86400]
     for p in doomed:
         if keep is not None and p.resolve() == keep.resolve():
