@@ -208,6 +208,17 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
         self.settings.setValue("last_data_dir", self.state.data_dir or "")
         self.settings.sync()
 
+    def reopen_last_folder(self) -> bool:
+        """Open the data folder (or labels CSV) of the last session, if it is still there."""
+        import os
+
+        last = str(self.settings.value("last_data_dir", "") or "")
+        if last and os.path.exists(last):
+            self.open_folder(last)
+            self.show_message(f"Reopened the last data set: {last}")
+            return True
+        return False
+
     def confirm_close_while_training(self) -> bool:
         """Tests replace this. True: stop the run (with a checkpoint) and close."""
         r = QMessageBox.question(

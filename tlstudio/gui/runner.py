@@ -42,6 +42,14 @@ def wait_all(timeout_ms: int = 30_000) -> bool:
     return ok
 
 
+def stop_all() -> None:
+    """Set the stop flag of every running job (the app is quitting): each saves what it must
+    and returns after its current batch."""
+    for t in list(_LIVE):
+        t._stop.set()
+        t._pause.clear()
+
+
 def _hook_quit() -> None:
     global _QUIT_HOOKED
     if _QUIT_HOOKED:
@@ -50,7 +58,8 @@ def _hook_quit() -> None:
 
     app = QCoreApplication.instance()
     if app is not None:
-        app.aboutToQuit.connect(wait_all)  # e.g. an evaluation still running when the window closes
+        # e.g. an evaluation still running when the window closes: stop it, wait a little
+        app.aboutToQuit.connect(lambda: (stop_all(), wait_all(5_000)))
         _QUIT_HOOKED = True
 
 

@@ -367,6 +367,10 @@ class ExportPanel(RunElsewhereMixin, QWidget):
         return QDesktopServices.openUrl(QUrl.fromLocalFile(self.report.out_dir))
 
     def open_model_card(self) -> bool:
+        """The desktop's Markdown viewer, or (none installed) the card in an in-app dialog."""
         if self.report is None or not self.report.model_card:
             return False
-        return QDesktopServices.openUrl(QUrl.fromLocalFile(self.report.model_card))
+        from tlstudio.gui.widgets.text_dialog import open_document
+
+        self.card_dialog = open_document(self.report.model_card, self)
+        return True
