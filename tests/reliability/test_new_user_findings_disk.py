@@ -99,3 +99,27 @@ def test_engine_sees_the_full_disk_as_oserror_enospc(tiny_fs):
     with pytest.raises(OSError) as err:
         atomic_save_safetensors(tiny_fs / "m.safetensors", {"w": torch.zeros(1_000_000)})
     assert err.value.errno == errno.ENOSPC
+
+
+def test_training_onto_a_full_disk_ends_in_one_line_and_a_failed_run(tmp_path, capsys):
+    """The whole path: `tlstudio train --out` on a 3 MB disk; config, split and log fit, the
+    weights (20 MB) do not: one line naming the file, run.json says failed, not running."""
+    from tlstudio.cli.main import main
+    from tlstudio.core.data.synthetic import make_synthetic_folder
+    from tlstudio.core.runs.folder import read_run
+
+    mnt = tmp_path / "small"
+    if os.geteuid() != 0 or not _mount(mnt, "3M"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        data = make_synthetic_folder(tmp_path / "data", per_class=6, size=32, easy=True)
+        rc = main(["train", str(data), "--backbone", "resnet10t", "--scratch", "--epochs", "1", "--image-size", "32",
+                   "--batch-size", "8", "--out", str(mnt / "run")])
+        err = capsys.readouterr().err
+        assert rc != 0 and "Traceback" not in err
+        lines = [ln for ln in err.splitlines() if ln.startswith("tlstudio: error:")]
+        assert len(lines) == 1 and str(mnt / "run") in lines[0] and "disk" in lines[0].lower(), err
+        assert read_run(mnt / "run").status == "failed"
+        assert not [p for p in (mnt / "run").iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
