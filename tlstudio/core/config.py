@@ -62,6 +62,7 @@ class TrainConfig(BaseModel):
     channels_last: bool | None = None  # None: auto
     compile: bool = False
     workers: int | None = None  # None: auto
+    threads: int | None = Field(None, ge=1)  # torch threads; None: from the CPU load (runtime/contention.py)
     cache: Literal["auto", "off"] = "auto"  # decoded-image and feature caches
     cache_budget_mb: int = Field(2048, ge=0)  # RAM for the data pipeline: batches in flight + decoded cache
     leave_one_core: bool = False  # set by the GUI so the UI stays responsive
