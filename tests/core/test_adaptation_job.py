@@ -106,3 +106,22 @@ def test_adabn_on_a_backbone_without_batchnorm_says_not_applicable(domains, tmp_
     assert (tmp_path / "vit" / runs.BEST_WEIGHTS).read_bytes() == \
         (tmp_path / "vit" / "source_only" / runs.BEST_WEIGHTS).read_bytes()
     assert json.loads((tmp_path / "vit" / runs.CONFIG_JSON).read_text())["task"] == "adaptation"
+
+
+def test_dann_trains_the_last_layers_with_a_checkpointed_discriminator(domains, tmp_path):
+    import torch
+
+    from tlstudio.core.events import BatchEnd
+
+    src, target, _ = domains
+    events = []
+    info = drive(registry.get("adaptation").run(_config(src, target, tmp_path / "dann", adapt="dann")), events.append)
+    assert info.status == "finished" and info.extra["adaptation"]["method"] == "dann"
+    parts = [e.parts for e in events if isinstance(e, BatchEnd) and e.phase == "adapt"]
+    assert parts and {"source_loss", "domain_loss", "domain_acc", "grl"} <= set(parts[0])
+    assert parts[0]["grl"] == 0.0 and parts[-1]["grl"] > 0.0  # the reversal warms up
+    ckpt = torch.load(tmp_path / "dann" / "adapted" / runs.LAST_CKPT, weights_only=True)
+    disc = ckpt["extra_modules"][0]
+    assert disc["0.weight"].shape == (256, 256)  # features (test_efficientnet: 256) -> 256 hidden
+    # the body was frozen in the config: DANN opened the last layers
+    assert json.loads((tmp_path / "dann" / "adapted" / runs.CONFIG_JSON).read_text())["freeze"] == "last:2"

@@ -157,6 +157,17 @@ def test_adapt_panel_settings_curves_and_result(qtbot, tmp_path):
     xs, ys = panel.curves["source_loss"].getData()
     assert list(xs) == [1, 2, 3] and list(ys) == pytest.approx([1.0, 0.9, 0.8])
     assert list(panel.curves["val_acc"].getData()[1]) == pytest.approx([0.5, 0.6, 0.7])
+    # a trainable body (DANN in the engine): per-batch losses, the domain loss is the target side
+    from tlstudio.core.events import BatchEnd, Finished
+
+    panel.clear_curves()
+    panel.on_event(BatchEnd(epoch=0, batch=1, batches=4, step=2, loss=1.2, lr=1e-3, images_per_s=10.0,
+                            parts={"source_loss": 0.9, "domain_loss": 0.69, "grl": 0.1}, phase="adapt"))
+    assert list(panel.curves["target_loss"].getData()[0]) == [0.5]
+    assert list(panel.curves["target_loss"].getData()[1]) == pytest.approx([0.69])
+    panel.on_event(BatchEnd(epoch=0, batch=1, batches=4, step=2, loss=1.2, lr=1e-3, images_per_s=10.0,
+                            parts={"x": 1.0}, phase="source_only"))  # the baseline's batches are not plotted
+    assert len(panel.curves["source_loss"].getData()[0]) == 1
     run = tmp_path / "r"
     run.mkdir()
     rep = {"method": "mcc", "domain_gap": {"score": 0.95, "sentence": "These images look different."},
@@ -166,7 +177,13 @@ def test_adapt_panel_settings_curves_and_result(qtbot, tmp_path):
     write_run(run, RunInfo(task="adaptation", config={}, model=ModelSpec(backbone="b", num_classes=2,
                                                                          classes=["a", "b"], image_size=32),
                            extra={"adaptation": rep}))
-    state.set_current_run(str(run))
+    sub = tmp_path / "sub"  # the source-only sub-run finishing does not become the current run
+    sub.mkdir()
+    write_run(sub, RunInfo(config={}, model=ModelSpec(backbone="b", num_classes=2, classes=["a", "b"], image_size=32)))
+    panel.on_event(Finished(run_dir=str(sub), status="finished", best_epoch=0, best_val_acc=1.0))
+    assert state.current_run != str(sub)
+    panel.on_event(Finished(run_dir=str(run), status="finished", best_epoch=0, best_val_acc=1.0))
+    assert state.current_run == str(run)
     assert panel.table.rowCount() == 2 and panel.table.item(1, 3).text() == "75.0% of 20"
     assert "Kept: the adapted model" in panel.result_text.text()
     state.set_task_kind("semisupervised")

@@ -257,18 +257,37 @@ class AdaptPanel(QWidget):
         from tlstudio.core import events as E
 
         if isinstance(ev, E.EpochEnd) and ev.phase in ("adapt", "semi"):
-            x = ev.epoch + 1
-            values = {**ev.metrics, **ev.parts}
-            for key, curve in self.curves.items():
-                if key in values:
-                    self._points.setdefault(key, []).append((x, float(values[key])))
-                    pts = self._points[key]
-                    curve.setData([p[0] for p in pts], [p[1] for p in pts])
+            self._add(ev.epoch + 1, {**ev.metrics, **ev.parts}, per_batch=False)
+        elif isinstance(ev, E.BatchEnd) and ev.phase in ("adapt", "semi") and ev.parts:
+            # trainable bodies (engine): losses per batch; DANN's domain loss and FixMatch's
+            # unlabelled loss are the target-side losses
+            p = ev.parts
+            values = {"source_loss": p.get("source_loss", p.get("labelled_loss")),
+                      "target_loss": p.get("target_loss", p.get("domain_loss", p.get("unlabelled_loss")))}
+            self._add(ev.epoch + (ev.batch + 1) / max(1, ev.batches), values, per_batch=True)
         elif isinstance(ev, (E.Log, E.Warn)) and (self.runner is None or self.runner.owner is self):
             self.status.setText(ev.message[:300])
-        elif isinstance(ev, E.Finished) and ev.run_dir:
-            self.state.set_current_run(ev.run_dir)
+        elif isinstance(ev, E.Finished) and ev.run_dir and self._is_main_run(ev.run_dir):
+            self.state.set_current_run(ev.run_dir)  # not the source-only / labelled-only sub-run
             self.show_run(ev.run_dir)
+
+    @staticmethod
+    def _is_main_run(run_dir: str) -> bool:
+        from tlstudio.core.runs.folder import RunError, read_run
+
+        try:
+            return read_run(run_dir).task in ("adaptation", "semisupervised")
+        except (RunError, OSError):
+            return False
+
+    def _add(self, x: float, values: dict[str, Any], per_batch: bool) -> None:
+        for key, curve in self.curves.items():
+            v = values.get(key)
+            if v is None or (per_batch and key in ("val_acc", "target_info_max")):
+                continue
+            pts = self._points.setdefault(key, [])
+            pts.append((x, float(v)))
+            curve.setData([q[0] for q in pts], [q[1] for q in pts])
 
     # ------------------------------------------------------------------ results
     def show_run(self, run_dir: str | None) -> None:

@@ -223,7 +223,10 @@ def _engine_semi(config, run_dir, semi_dir, split, unl, counts, method, frozen, 
     update = {"freeze": "last:2", "frozen_groups": None} if frozen else {}
     stats: list[dict] = []
     if method == "fixmatch":
-        obj = FixMatchObjective(unl, threshold=config.pseudo_threshold, weight=config.unlabeled_weight,
+        # FixMatch's own 0.95 (Sohn et al.) unless the user set a threshold: the 0.5 default was tuned
+        # for pseudo-labels from a head trained on a few labels, not for weak-view predictions
+        thr = config.pseudo_threshold if "pseudo_threshold" in config.model_fields_set else 0.95
+        obj = FixMatchObjective(unl, threshold=thr, weight=config.unlabeled_weight,
                                 label_smoothing=config.label_smoothing)
         info = yield from sub_run(base_config(config, semi_dir, **update), stop, pause, "semi", objective=obj)
     else:  # pseudo-labels with the body training: rounds of fine-tuning
