@@ -72,6 +72,9 @@ def test_same_image_under_two_classes_is_left_out_of_training(tmp_path):
     assert "'dog'" in _reason(r, root / "cat" / "cat_002.png")
     split = make_split(r, 0.25, seed=1)
     assert not {Path(s.path).name for s in split.train + split.val} & {"cat_002.png", "who_am_i.png"}
+    # the Data step still shows the pair (and the split has no group for images it does not use)
+    assert [(Path(p.a).name, Path(p.b).name, p.kind) for p in r.duplicates] == [("cat_002.png", "who_am_i.png", "exact")]
+    assert r.duplicate_groups == []
 
 
 # ---- item 3: duplicates stay on one side of the split; near duplicates found ---------------

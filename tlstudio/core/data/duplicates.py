@@ -254,6 +254,8 @@ def describe(pairs: Sequence[DuplicatePair], label_of: Callable[[str], str], spl
     for p in pairs:
         text = f"{rel(p.a)} {'=' if p.kind == 'exact' else '~'} {rel(p.b)}"
         ca, cb = label_of(p.a), label_of(p.b)
+        if ca != cb and p.kind == "exact":
+            continue  # left out of training: the scan says so in its own warning
         if ca != cb:
             cross[tuple(sorted((ca, cb)))].append(text)  # type: ignore[index]
         else:
@@ -279,8 +281,8 @@ def describe(pairs: Sequence[DuplicatePair], label_of: Callable[[str], str], spl
 
 def ambiguous(dups: Duplicates, label_of: dict[str, str]) -> tuple[dict[str, list[str]], list[DuplicatePair]]:
     """Exact copies that sit in different classes: ({path: the other classes it is also in},
-    their pairs). They are removed from `dups` (pairs and groups): the scan leaves them out of
-    training, since no one can say which label is true."""
+    their pairs). The scan leaves them out of training (no one can say which label is true), so
+    they leave the split's groups; their pairs stay in `dups.pairs` for the report."""
     exact: dict[str, set[str]] = defaultdict(set)  # first member of an exact group -> members
     for p in dups.pairs:
         if p.kind == "exact":
@@ -292,7 +294,6 @@ def ambiguous(dups: Duplicates, label_of: dict[str, str]) -> tuple[dict[str, lis
             for m in members:
                 out[m] = sorted(classes - {label_of[m]})
     removed = [p for p in dups.pairs if p.a in out or p.b in out]
-    if out:
-        dups.pairs = [p for p in dups.pairs if p.a not in out and p.b not in out]
+    if out:  # their pairs stay in the report (the Data step shows them), not in the split's groups
         dups.groups = [g2 for g in dups.groups if len(g2 := [p for p in g if p not in out]) >= 2]
     return out, removed
