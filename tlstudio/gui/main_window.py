@@ -103,6 +103,9 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
             self._adopt_shortcuts(panel)
         self.panels[step] = panel
         self._pages[step].layout().addWidget(panel)
+        from tlstudio.gui.widgets.a11y import name_controls
+
+        QTimer.singleShot(0, lambda p=panel: name_controls(p))  # after the panel filled itself
         return panel
 
     def _adopt_shortcuts(self, panel: QWidget) -> None:
@@ -138,9 +141,19 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
         if not (0 <= index < len(self.steps)) or self.sidebar.isRowHidden(index):
             return
         self._make_panel(self.steps[index])
+        self._size_to_current(index)
         self.stack.setCurrentIndex(index)
         if self.sidebar.currentRow() != index:
             self.sidebar.setCurrentRow(index)
+
+    def _size_to_current(self, index: int) -> None:
+        """Only the shown page counts for the window's minimum size: a wide page of another step
+        (or another kind) must not force every page wider than a 1024 px screen."""
+        from PySide6.QtWidgets import QSizePolicy
+
+        for i, page in enumerate(self._pages.values()):
+            p = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
+            page.setSizePolicy(p, p)
 
     def step_by_offset(self, delta: int) -> None:
         """Next (+1) or previous (-1) shown step."""

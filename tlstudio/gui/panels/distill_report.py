@@ -36,9 +36,11 @@ class DistillReportMixin:
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground("w")
         self.plots.setToolTip(TIPS["curves"])
+        self.plots.setAccessibleName("Distillation charts")
         self.loss_plot = self.plots.addPlot(row=0, col=0, title="Loss components")
         self.acc_plot = self.plots.addPlot(row=0, col=1, title="Validation accuracy")
-        self.scatter_plot = self.plots.addPlot(row=0, col=2, title="Accuracy vs latency")
+        # two per row: three plots side by side were cut off at 1024 px (issue 17 item 19)
+        self.scatter_plot = self.plots.addPlot(row=1, col=0, colspan=2, title="Accuracy vs latency")
         for p in (self.loss_plot, self.acc_plot):
             p.showGrid(x=True, y=True, alpha=0.25)
             p.setLabel("bottom", "epoch")
@@ -65,7 +67,7 @@ class DistillReportMixin:
         self._scatter_labels: list[pg.TextItem] = []
         self.scatter_points: list[dict] = []
         self._redraw_throttled = qthrottled(self._redraw, timeout=100, leading=False, parent=self)
-        self.plots.setMinimumHeight(230)
+        self.plots.setMinimumHeight(330)
         rl.addWidget(self.plots, 3)
 
         self.summary_label = QLabel("The trade-off report appears here when a distillation finishes.")
@@ -75,6 +77,7 @@ class DistillReportMixin:
         from tlstudio.core.tasks.tradeoff import TABLE_COLUMNS
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setAccessibleName("Trade-off report")
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)

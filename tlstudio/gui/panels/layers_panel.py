@@ -68,8 +68,11 @@ class LayersPanel(QWidget):
         scroll.setMinimumWidth(320)
         scroll.setToolTip(tip("layer_group"))
         self.title = QLabel("")
+        self.title.setWordWrap(True)  # a long backbone name wraps instead of being cut at 1024 px
         legend = QLabel("<span style='color:#e8710a'>■</span> trainable &nbsp; "
-                        "<span style='color:#6f8fb3'>■</span> frozen &nbsp; · click a block to toggle it")
+                        "<span style='color:#6f8fb3'>■</span> frozen &nbsp; · click a block "
+                        "(or Space on it) to toggle it")
+        legend.setWordWrap(True)
         legend.setToolTip(tip("frozen") + " " + tip("trainable"))
         left = QVBoxLayout()
         left.addWidget(self.title)
@@ -177,7 +180,7 @@ class LayersPanel(QWidget):
         groups = st.groups
         name = st.model_info.name if st.model_info is not None else ""
         self.title.setText(f"<b>{name}</b>: {len(groups)} layer groups, input at the top, "
-                           "output (head) at the bottom" if groups else "No model yet: choose one in step 2.")
+                           "output (head) at the bottom" if groups else "No model yet: choose one in the Model step.")
         self.last_spin.blockSignals(True)  # a clamped value is not a user choice
         self.last_spin.setMaximum(max(1, len(groups) - 1))
         self.last_spin.blockSignals(False)

@@ -91,8 +91,9 @@ def resume_job(run_dir: str) -> Callable[[Any, Any], Any]:
     return factory
 
 
-def make_log_view(max_height: int | None = None) -> QPlainTextEdit:
+def make_log_view(max_height: int | None = None, name: str = "Log") -> QPlainTextEdit:
     view = QPlainTextEdit()
+    view.setAccessibleName(name)
     view.setReadOnly(True)
     view.setMaximumBlockCount(LOG_LINES)
     if max_height is not None:

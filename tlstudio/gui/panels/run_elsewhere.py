@@ -78,7 +78,7 @@ class RunElsewhereMixin:
         self.command_text = QPlainTextEdit()
         self.command_text.setReadOnly(True)
         self.command_text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        self.command_text.setMinimumHeight(110)
+        self.command_text.setMinimumHeight(80)  # the page fits a 700 px high window
         self.command_text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.command_text.setToolTip("The exact commands; copy them into a terminal or a cluster job script.")
         rl.addWidget(self.command_text, 1)

@@ -80,10 +80,11 @@ class RunsPanel(QWidget):
 
     def _build(self) -> None:
         root = QVBoxLayout(self)
-        top = QHBoxLayout()
         self.root_label = QLabel()
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        top.addWidget(self.root_label, 1)
+        self.root_label.setWordWrap(True)  # a long runs path never widens the window
+        root.addWidget(self.root_label)
+        top = QHBoxLayout()
         self.refresh_btn = QPushButton("Refresh")
         self.refresh_btn.setToolTip("Read the runs folder again.")
         self.open_btn = QPushButton("Open run")
@@ -101,6 +102,7 @@ class RunsPanel(QWidget):
         for b in (self.refresh_btn, self.browse_btn, self.open_btn, self.overlay_btn, self.rename_btn, self.delete_btn,
                   self.folder_btn):
             top.addWidget(b)
+        top.addStretch(1)
         root.addLayout(top)
         self.refresh_btn.clicked.connect(self.refresh)
         self.open_btn.clicked.connect(self.open_selected)
@@ -137,6 +139,8 @@ class RunsPanel(QWidget):
             p.setLabel("bottom", "epoch")
         self.acc_legend = self.acc_plot.addLegend(offset=(-10, -10))
         self.plots = plots
+        plots.setAccessibleName("Compared curves")
+        plots.setToolTip("Validation curves of the runs chosen with Compare curves.")
         split.addWidget(plots)
         split.setSizes([300, 300])
         root.addWidget(split, 1)

@@ -33,8 +33,11 @@ class ConfusionMatrixWidget(QWidget):
         self.setMouseTracking(True)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(220, 200)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # arrows move a cell, Enter opens it
+        self.setAccessibleName("Confusion matrix")
         self.setToolTip("Rows: the true class. Columns: what the model predicted. "
-                        "The diagonal is correct; click a cell to see its images.")
+                        "The diagonal is correct; click a cell (or use the arrow keys and Enter) "
+                        "to see its images.")
 
     def set_matrix(self, matrix: list[list[int]], classes: list[str]) -> None:
         n = len(classes)
@@ -82,6 +85,29 @@ class ConfusionMatrixWidget(QWidget):
         return QRect(int(left + c * cell), int(top + r * cell), max(1, int(cell)), max(1, int(cell)))
 
     # --- events ----------------------------------------------------------------------------
+    def cell_text(self, r: int, c: int) -> str:
+        row_total = sum(self.matrix[r]) or 1
+        return (f"true {self.classes[r]}, predicted {self.classes[c]}: {self.matrix[r][c]} images "
+                f"({100 * self.matrix[r][c] / row_total:.1f}% of {self.classes[r]})")
+
+    def keyPressEvent(self, ev) -> None:  # noqa: ANN001
+        n = len(self.classes)
+        moves = {Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0), Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1)}
+        if n and ev.key() in moves:
+            r, c = self.selected or (0, 0)
+            if self.selected is not None:
+                dr, dc = moves[ev.key()]
+                r, c = max(0, min(n - 1, r + dr)), max(0, min(n - 1, c + dc))
+            self.selected = (r, c)
+            self.setAccessibleDescription(self.cell_text(r, c))
+            self.update()
+        elif n and ev.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space) and self.selected:
+            self.cell_clicked.emit(*self.selected)
+        else:
+            super().keyPressEvent(ev)
+            return
+        ev.accept()
+
     def mousePressEvent(self, ev: QMouseEvent) -> None:
         hit = self.cell_at(ev.position().toPoint())
         if hit is not None:
@@ -141,7 +167,7 @@ class ConfusionMatrixWidget(QWidget):
         p.setPen(QPen(QColor(200, 200, 200), 1))
         p.drawRect(QRect(int(left), int(top), int(cell * n), int(cell * n)))
         if self.selected is not None:
-            p.setPen(QPen(QColor(0, 0, 0), 2))
+            p.setPen(QPen(QColor("#1a73e8") if self.hasFocus() else QColor(0, 0, 0), 2))
             p.drawRect(self.cell_rect(*self.selected).adjusted(1, 1, -1, -1))
         if show_labels:
             p.setPen(text_col)

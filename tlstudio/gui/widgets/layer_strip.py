@@ -3,6 +3,8 @@
 One painted block per group: name, parameter count, and a bar whose length shows the group's
 share of the weights. Frozen groups are blue-grey, trainable ones orange; the head is always
 trainable (drawn with a lock). Clicking a block emits ``toggled(index)``; the owner decides.
+From the keyboard: Tab focuses the strip, Up/Down/Home/End move between blocks, Space or Enter
+toggles the focused block (screen readers hear the block's name, size and state).
 Painted in one widget (not one widget per group) so a 40-group ViT is as cheap as a ResNet.
 """
 
@@ -42,17 +44,69 @@ class LayerStrip(QWidget):
         self.groups: list[Any] = []
         self.trainable: list[bool] = []
         self._hover = -1
+        self.focus_index = 0  # the block Space toggles
         self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setAccessibleName("Layer groups")
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setMinimumWidth(260)
 
     def set_groups(self, groups: list[Any], trainable: list[bool]) -> None:
         self.groups, self.trainable = list(groups), list(trainable)
+        self.focus_index = min(self.focus_index, max(0, len(self.groups) - 1))
         self.setFixedHeight(self.sizeHint().height())
+        self._describe()
         self.update()
 
     def set_trainable(self, trainable: list[bool]) -> None:
         self.trainable = list(trainable)
+        self._describe()
+        self.update()
+
+    def describe_block(self, i: int) -> str:
+        g = self.groups[i]
+        on = self.trainable[i] if i < len(self.trainable) else True
+        extra = "the output layer, always trained" if g.is_head else "Space toggles it"
+        return f"Group {i + 1} of {len(self.groups)}: {g.name}, {human_count(g.n_params)} weights, " \
+               f"{'trainable' if on else 'frozen'}; {extra}"
+
+    def _describe(self) -> None:
+        self.setAccessibleDescription(self.describe_block(self.focus_index) if self.groups else "No model yet")
+
+    def keyPressEvent(self, ev) -> None:  # noqa: ANN001
+        n = len(self.groups)
+        key = ev.key()
+        moves = {Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1, Qt.Key.Key_PageUp: -5, Qt.Key.Key_PageDown: 5}
+        if n and key in moves:
+            self.move_focus(self.focus_index + moves[key])
+        elif n and key in (Qt.Key.Key_Home, Qt.Key.Key_End):
+            self.move_focus(0 if key == Qt.Key.Key_Home else n - 1)
+        elif n and key in (Qt.Key.Key_Space, Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.toggled.emit(self.focus_index)
+        else:
+            super().keyPressEvent(ev)
+            return
+        ev.accept()
+
+    def move_focus(self, i: int) -> None:
+        self.focus_index = max(0, min(len(self.groups) - 1, i))
+        self._describe()
+        r = self.block_rect(self.focus_index).toRect()
+        from PySide6.QtWidgets import QScrollArea
+
+        parent = self.parent()
+        while parent is not None and not isinstance(parent, QScrollArea):
+            parent = parent.parent()
+        if parent is not None:  # keep the focused block on screen
+            parent.ensureVisible(r.center().x(), r.center().y(), 10, BLOCK_H)
+        self.update()
+
+    def focusInEvent(self, ev) -> None:  # noqa: ANN001
+        super().focusInEvent(ev)
+        self.update()
+
+    def focusOutEvent(self, ev) -> None:  # noqa: ANN001
+        super().focusOutEvent(ev)
         self.update()
 
     def sizeHint(self) -> QSize:
@@ -72,6 +126,8 @@ class LayerStrip(QWidget):
     def mousePressEvent(self, ev: QMouseEvent) -> None:
         i = self.index_at(ev.position())
         if i >= 0 and ev.button() == Qt.MouseButton.LeftButton:
+            self.focus_index = i
+            self._describe()
             self.toggled.emit(i)
         super().mousePressEvent(ev)
 
@@ -112,6 +168,10 @@ class LayerStrip(QWidget):
             p.setPen(QPen(fg.darker(115) if i == self._hover else fg, 2 if i == self._hover else 1.2))
             p.setBrush(bg)
             p.drawRoundedRect(r, 6, 6)
+            if i == self.focus_index and self.hasFocus():  # keyboard focus ring
+                p.setPen(QPen(QColor("#1a73e8"), 2, Qt.PenStyle.DashLine))
+                p.setBrush(Qt.BrushStyle.NoBrush)
+                p.drawRoundedRect(r.adjusted(-3, -3, 3, 3), 8, 8)
             # share-of-weights bar along the bottom edge of the block
             frac = g.n_params / biggest
             bar = QRectF(r.left() + 6, r.bottom() - 7, max(2.0, (r.width() - 12) * frac), 3)
