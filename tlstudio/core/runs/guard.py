@@ -288,19 +288,23 @@ def check_weights_match(run_dir: str | Path, weights: str | Path | None = None) 
 
 
 def _classifier_rows(backbone: str, header: dict[str, Any]) -> tuple[str, int] | None:
-    """(tensor name, number of outputs) of the classifier in a safetensors header, if known."""
-    names: list[str] = []
+    """(tensor name, number of outputs) of the classifier in a safetensors header, if known: the
+    usual timm names first, then the model's own `pretrained_cfg["classifier"]` (imports timm)."""
+
+    def rows(names: list[str]) -> tuple[str, int] | None:
+        for n in names:
+            t = header.get(n)
+            if isinstance(t, dict) and t.get("shape"):
+                return n, int(t["shape"][0])
+        return None
+
+    found = rows(["fc.weight", "head.fc.weight", "classifier.weight", "head.weight", "last_linear.weight"])
+    if found is not None:
+        return found
     try:
         from timm.models import get_pretrained_cfg_value
 
         cls = get_pretrained_cfg_value(backbone, "classifier")
-        if cls:
-            names += [f"{c}.weight" for c in ([cls] if isinstance(cls, str) else list(cls))]
-    except Exception:  # noqa: BLE001 - unknown name or timm without the helper: the usual names
-        pass
-    names += ["fc.weight", "head.fc.weight", "head.weight", "classifier.weight", "last_linear.weight"]
-    for n in names:
-        t = header.get(n)
-        if isinstance(t, dict) and t.get("shape"):
-            return n, int(t["shape"][0])
-    return None
+    except Exception:  # noqa: BLE001 - unknown name or timm without the helper
+        return None
+    return rows([f"{c}.weight" for c in ([cls] if isinstance(cls, str) else list(cls or []))])
