@@ -184,7 +184,7 @@ def _train_config(args) -> Any:
     }
     for name in ("backbone", "epochs", "batch_size", "lr", "image_size", "val_fraction", "optimizer",
                  "label_smoothing", "weight_decay", "warmup_epochs", "precision", "workers", "cache",
-                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile"):
+                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile", "follow_links"):
         values[name] = getattr(args, name, None)
     values = {k: v for k, v in values.items() if v is not None}
     if args.config:  # a saved config.json; flags given on the command line override it
@@ -226,6 +226,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
     p.add_argument("--early-stop-patience", type=int)
     p.add_argument("--val-fraction", type=float)
+    p.add_argument("--follow-links", action="store_true", default=None,
+                   help="follow symbolic links that lead outside the data folder (never ones back into it)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cache", choices=["auto", "off"])
     p.add_argument("--workers", type=int, help="image decode threads (default: auto)")

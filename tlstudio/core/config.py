@@ -29,6 +29,7 @@ class TrainConfig(BaseModel):
     # data
     data_dir: str
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    follow_links: bool = False  # follow symbolic links that lead outside the data folder
     split_seed: int | None = None  # None: same as seed
 
     # model and where its starting weights come from

@@ -161,10 +161,12 @@ def resume(run_dir: str | Path, stop: threading.Event | None = None, pause: thre
     """Continue a stopped run from its last checkpoint."""
     from tlstudio.core.config import TrainConfig
 
+    from tlstudio.core.runs.guard import check_resumable
+
     run_dir = Path(run_dir)
     info = runs.read_run(run_dir)
     if not (run_dir / runs.LAST_CKPT).is_file():
-        raise UserError(f"{run_dir}: no checkpoint to resume from ({runs.LAST_CKPT} missing)")
+        check_resumable(run_dir, None)  # one line that says how to start it again into the same folder
     if info.status in ("finished", "early_stopped"):
         raise UserError(f"{run_dir}: this run already {info.status.replace('_', ' ')}; nothing to resume")
     if info.kind != "train" and objective is None:

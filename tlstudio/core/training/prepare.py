@@ -137,7 +137,8 @@ def load_data(config, run_dir: Path, stop, resuming: bool, extra_train) -> Gener
         check_resumable(run_dir, split)  # its images moved: one line, not a run on zero images
     yield Log(f"Scanning {config.data_dir}")
     scan_workers = max(1, precision.available_cores() - 1) if config.leave_one_core else None  # GUI: a core for the UI
-    report = yield from in_thread(scan, "scan", stop, path=config.data_dir, stop=stop, workers=scan_workers)
+    report = yield from in_thread(scan, "scan", stop, path=config.data_dir, stop=stop, workers=scan_workers,
+                                  follow_links=config.follow_links)
     report.require_trainable()
     for w in report.warnings:
         yield Warn(w)
