@@ -393,7 +393,12 @@ class PredictPanel(QWidget):
 
     # ------------------------------------------------------------------ model
     def refresh_models(self) -> None:
-        runs = trained_runs(self.state.runs_dir, self.state.current_run)
+        root = self.state.runs_dir
+        if not root:  # no project open: the default runs folder, as the Runs step
+            from tlstudio.core.paths import default_runs_dir
+
+            root = str(default_runs_dir())
+        runs = trained_runs(root, self.state.current_run)
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for label, d in runs:

