@@ -461,7 +461,23 @@ def test_teacher_labels_unlabelled_images_and_beats_the_few_labels_alone(world, 
     assert len({r["n_val"] for r in rep["rows"]}) == 1
     assert all(r["latency_ms_b1"] > 0 and r["latency_ms_b32"] > 0 and r["params"] > 0 for r in rep["rows"])
     student = rep["rows"][1]
-    assert student["retained_pct"] == pytest.approx(100 * student["accuracy"] / rep["rows"][0]["accuracy"])
+    # recounted by another path: top-1 class names from predict() on the run's validation files
+    from tlstudio.core.evaluation.evaluate import predict
+    from tlstudio.core.runs.folder import read_split
+
+    kd_classes = read_run(tmp_path / "kd").model.classes
+    truth = {str(s.path): kd_classes[s.label] for s in read_split(tmp_path / "kd").val if s.label >= 0}
+    assert len(truth) == rep["n_val"] == student["n_val"] and len(truth) >= 6
+
+    def recount(run_dir):
+        preds = predict(run_dir, list(truth), top_k=1)
+        assert [p.error for p in preds] == [None] * len(truth)
+        return sum(p.top[0][0] == truth[p.path] for p in preds) / len(truth)
+
+    teacher_val, student_val = recount(world["teacher"]), recount(tmp_path / "kd")
+    assert rep["rows"][0]["accuracy"] == pytest.approx(teacher_val)
+    assert student["accuracy"] == pytest.approx(student_val)
+    assert student["retained_pct"] == pytest.approx(100 * student_val / teacher_val)
     assert "Acc. retained" in (tmp_path / "kd" / "tradeoff.md").read_text()
     assert read_run(tmp_path / "kd").extra["tradeoff"]["rows"][1]["accuracy"] == student["accuracy"]
     assert "keeps" in rep["summary"] and "self-distillation" in rep["summary"]
