@@ -44,18 +44,18 @@ class _FixedTarget:
         return self.x
 
 
-def _step_time(model, loss_fn, params, repeats: int) -> float:
+def _stepper(loss_fn, params):
     opt = torch.optim.AdamW(params, lr=1e-4)
-    times = []
-    for i in range(repeats + 1):
+
+    def step() -> float:
         t0 = time.perf_counter()
         loss = loss_fn()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if i:  # the first step warms up the allocator
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time.perf_counter() - t0
+
+    return step
 
 
 def cost(args) -> None:
@@ -67,15 +67,24 @@ def cost(args) -> None:
     bs, size = args.batch, args.size
     xs, xt = torch.randn(bs, 3, size, size), torch.randn(bs, 3, size, size)
     y = torch.randint(0, 10, (bs,))
-    plain = _step_time(model, lambda: F.cross_entropy(model(xs), y), model.parameters(), args.repeats)
     mcc = MCCObjective([])
     mcc.target = _FixedTarget(xt)
-    t_mcc = _step_time(model, lambda: mcc.loss(model, xs, y, None)[0], model.parameters(), args.repeats)
     dann = DANNObjective([])
     dann.discriminator = make_discriminator(model.num_features, 256)
     dann.target = _FixedTarget(xt)
-    t_dann = _step_time(model, lambda: dann.loss(model, xs, y, None)[0],
-                        list(model.parameters()) + list(dann.discriminator.parameters()), args.repeats)
+    steps = {
+        "plain": _stepper(lambda: F.cross_entropy(model(xs), y), model.parameters()),
+        "mcc": _stepper(lambda: mcc.loss(model, xs, y, None)[0], model.parameters()),
+        "dann": _stepper(lambda: dann.loss(model, xs, y, None)[0],
+                         list(model.parameters()) + list(dann.discriminator.parameters())),
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(args.repeats + 1):  # interleaved, so a busy moment of the machine hits all three
+        for k, step in steps.items():
+            t = step()
+            if r:  # the first round warms up the allocator
+                times[k].append(t)
+    plain, t_mcc, t_dann = (statistics.median(times[k]) for k in ("plain", "mcc", "dann"))
     print(f"{args.backbone} {size}px batch {bs} (+{bs} target images for MCC/DANN), full fine-tuning, CPU:")
     print(f"  plain fine-tuning  {plain * 1000:7.0f} ms/step  1.00x")
     print(f"  MCC                {t_mcc * 1000:7.0f} ms/step  {t_mcc / plain:.2f}x")

@@ -118,6 +118,7 @@ class AdaptPanel(QWidget):
         self.plot.addLegend(offset=(-10, 10))
         self.plot.setLabel("bottom", "epoch of the adaptation")
         self.plot.setLabel("left", "loss")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.5, not "500 (x0.001)"
         self.curves = {
             "source_loss": self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=2), name="source (labelled) loss"),
             "target_loss": self.plot.plot([], [], pen=pg.mkPen("#d62728", width=2), name="target (unlabelled) loss"),

@@ -59,6 +59,9 @@ def count_images(folder: str, limit: int = 100_000) -> int:
 
 def gap_job(source_paths: list[str], target_dir: str, backbone: str | None) -> dict[str, Any]:
     """Background: the domain-gap report between the labelled images and a folder (no Qt)."""
+    from tlstudio.gui.heavy import ensure_imported
+
+    ensure_imported()  # torch/timm imported by one thread at a time (a concurrent first import breaks)
     from tlstudio.core.data.dataset import scan_unlabelled
     from tlstudio.core.tasks.adaptation.domain_gap import measure_domain_gap
 
