@@ -71,7 +71,10 @@ def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEG
         verdict = (f"Multi-task matches the separate models (no task lost more than one validation image "
                    f"or {100 * margin:.1f} points; delta-m {delta_m:+.2f} %), with one backbone instead of {len(rows)}.")
     unrelated = unrelated_tasks(list(single), relatedness)
-    if unrelated:
+    if len(unrelated) >= 2 and len(unrelated) == len(rows):
+        verdict += (f" The tasks look unrelated to each other (their gradients on the shared layers are not "
+                    "aligned): sharing gives them nothing but a smaller model.")
+    elif unrelated:
         verdict += (f" {', '.join(unrelated)} looks unrelated to the other tasks (its gradients on the shared "
                     "layers are not aligned with theirs): it gains nothing from sharing and may hurt the others.")
     return {"rows": rows, "delta_m": delta_m, "negative_tasks": worse, "unrelated_tasks": unrelated,

@@ -203,6 +203,13 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
     steps_per_epoch, lr_factor = eng.schedule(config, loaders.batches_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
+    # with the whole body frozen the heads never interact (each sees the same features and only its
+    # task's loss reaches it), so like a separate model each task keeps its head from its own best
+    # epoch: one model, and a fair comparison with the single-task baselines
+    heads_independent = head_only
+    if heads_independent and len(schema["tasks"]) > 1:
+        yield Log("Head-only: each task keeps its head from its own best validation epoch (the frozen body "
+                  "makes the heads independent)")
     history: list[dict[str, float]] = []
     best = {"epoch": None, "score": -math.inf, "loss": math.inf, "metrics": {}, "bad": 0, "per_task": {}}
     start_epoch, start_batch, step = 0, 0, 0
@@ -253,7 +260,7 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
             "per_task": best["per_task"], "relatedness": objective.relatedness.matrix(),
             "relatedness_samples": objective.relatedness.n, "weights": objective.weighting.weights(),
             "weighting": config.weighting, "pcgrad": config.pcgrad, "sharing": config.sharing,
-            "tasks": [t.summary() for t in report.tasks],
+            "tasks": [t.summary() for t in report.tasks], "task_epochs": best.get("task_epochs"),
         }
         from tlstudio.core.tasks.multitask.baseline import unrelated_tasks
 
@@ -268,7 +275,10 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
         if best["epoch"] is not None:
             parts = [f"{t}: " + (f"accuracy {d['accuracy']:.1%}" if "accuracy" in d else f"MAE {d.get('mae', 0):.3g}")
                      for t, d in best["per_task"].items()]
-            yield Log(f"Best epoch {best['epoch'] + 1}: " + "; ".join(parts))
+            per_epoch = best.get("task_epochs")
+            when = (", ".join(f"{t} epoch {e + 1}" for t, e in per_epoch.items()) if per_epoch
+                    else f"epoch {best['epoch'] + 1}")
+            yield Log(f"Best ({when}): " + "; ".join(parts))
         yield Finished(run_dir=str(run_dir), status=status, best_epoch=best["epoch"], best_val_acc=info.best_val_acc,
                        message=message, metrics=dict(info.metrics))
         return info
@@ -322,14 +332,21 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
         metrics = objective.validate(train_module if features_mode else model, loaders.val, ctx)
         objective.on_epoch_end(epoch, metrics, ctx)
         train_loss = loss_sum / max(1, count)
-        improved = metrics["val_score"] > best["score"] + 1e-9 or (
-            abs(metrics["val_score"] - best["score"]) <= 1e-9 and metrics["val_loss"] < best["loss"])
+        if heads_independent:
+            improved = _select_heads(best, model, objective.last_val, epoch)
+        else:
+            improved = metrics["val_score"] > best["score"] + 1e-9 or (
+                abs(metrics["val_score"] - best["score"]) <= 1e-9 and metrics["val_loss"] < best["loss"])
+            if improved:
+                best.update(epoch=epoch, score=metrics["val_score"], loss=metrics["val_loss"], metrics=dict(metrics),
+                            per_task=objective.last_val)
         if improved:
-            best.update(epoch=epoch, score=metrics["val_score"], loss=metrics["val_loss"], metrics=dict(metrics),
-                        bad=0, per_task=objective.last_val)
-            atomic_save_safetensors(run_dir / runs.BEST_WEIGHTS,
-                      {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                      metadata={"tlstudio_model": spec.model_dump_json(), "tlstudio_task": "multitask"})
+            best["bad"] = 0
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            for key, head in (best.get("heads") or {}).items():  # each task's head of its own best epoch
+                state.update({f"heads.{key}.{n}": t for n, t in head.items()})
+            atomic_save_safetensors(run_dir / runs.BEST_WEIGHTS, state,
+                                    metadata={"tlstudio_model": spec.model_dump_json(), "tlstudio_task": "multitask"})
         else:
             best["bad"] += 1
         n_tr, _ = layers.count_params(model)
@@ -378,3 +395,28 @@ def _teacher_outputs(config: MultiTaskConfig, objective, schema: dict[str, Any],
         full[torch.as_tensor(ok, dtype=torch.long)] = vals
         result[name] = full
     objective.set_teacher_outputs(result)
+
+
+def _select_heads(best: dict[str, Any], model, per_task: dict[str, dict[str, Any]], epoch: int) -> bool:
+    """Per-task selection (frozen body): a task whose score improved (ties: lower loss) keeps this
+    epoch's head. Updates best's per_task, metrics (as if one model: val_score = mean), heads."""
+    from tlstudio.core.tasks.multitask.objective import flat_metrics
+
+    best.setdefault("per_task", {})
+    best.setdefault("heads", {})
+    best.setdefault("task_epochs", {})
+    changed = False
+    for name, key in zip(model.task_names, model.keys):
+        d = per_task[name]
+        old = best["per_task"].get(name)
+        if old is None or d["score"] > old["score"] + 1e-9 or (abs(d["score"] - old["score"]) <= 1e-9
+                                                               and d["loss"] < old["loss"]):
+            best["per_task"][name] = d
+            best["heads"][key] = {n: t.detach().cpu().clone() for n, t in model.heads[key].state_dict().items()}
+            best["task_epochs"][name] = epoch
+            changed = True
+    if changed:
+        m = flat_metrics(best["per_task"])
+        m["val_loss"] = sum(d["loss"] for d in best["per_task"].values())
+        best.update(epoch=epoch, score=m["val_score"], loss=m["val_loss"], metrics=m)
+    return changed
