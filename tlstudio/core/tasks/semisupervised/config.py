@@ -10,7 +10,7 @@ from tlstudio.core.config import TrainConfig
 
 # tuned on real ImageNet features (benchmarks/RESULTS.md, "Unlabelled images"; bench_adapt.py --semi):
 # heads trained with label smoothing 0.1 on a few labels are rarely 95% sure, so 0.95 selected no
-# image at all; 0.5 with the class cap gave +3.8 points (0.3: +2.9, 0.7: +0.9, 0.9: -0.4)
+# image at all; 0.5 with the class cap gave +3.8 points (0.3: +2.9, 0.7: +0.7, 0.9: -1.0)
 DEFAULT_THRESHOLD = 0.5
 
 
