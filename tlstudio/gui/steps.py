@@ -53,7 +53,7 @@ STEPS: list[StepSpec] = [
     StepSpec("data", "Data", _P + "data_panel", "DataPanel",
              tip="Open or drop your images and choose what to learn"),
     StepSpec("rank", "Rank", _P + "rank_panel", "RankPanel", needs_runner=True,
-             kinds=frozenset({"classification"}),
+             kinds=frozenset({"classification", "ranking"}),
              tip="Score backbones and your earlier runs on your images before training"),
     StepSpec("model", "Model", _P + "model_panel", "ModelPanel",
              tip="Pick a pre-trained backbone and its starting weights"),
