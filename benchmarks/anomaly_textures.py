@@ -42,8 +42,11 @@ def _colour(rng, img: np.ndarray, box) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.clip(local + shift + tint, 0, 255))
 
 
-def paint(img: Image.Image, rng, kind: str) -> tuple[Image.Image, Image.Image]:
+def paint(img: Image.Image, rng, kind: str, hard: bool = False) -> tuple[Image.Image, Image.Image]:
+    """Paint one defect; ``hard``: thinner scratches and smaller spots (2-4 px lines, 3-6 px dots
+    at 224 px, often below the stride-8 patch), else MVTec-like sizes (3-6 px lines, 5-9 px dots)."""
     s = img.size[0]
+    k = 1.0 if hard else 1.6
     arr = np.asarray(img)
     layer = img.copy()
     mask = Image.new("L", img.size, 0)
@@ -54,7 +57,7 @@ def paint(img: Image.Image, rng, kind: str) -> tuple[Image.Image, Image.Image]:
         ang = rng.uniform(0, np.pi)
         pts = [(cx + np.cos(ang) * t * length / 2, cy + np.sin(ang) * t * length / 2 + 3 * np.sin(t * 3))
                for t in np.linspace(-1, 1, 12)]
-        width = int(rng.integers(2, 5))
+        width = int(rng.integers(2, 5)) if hard else int(rng.integers(3, 7))
         col = _colour(rng, arr, (cx - 10, cy - 10, cx + 10, cy + 10))
         d.line(pts, fill=col, width=width, joint="curve")
         dm.line(pts, fill=255, width=width + 2)
@@ -66,7 +69,7 @@ def paint(img: Image.Image, rng, kind: str) -> tuple[Image.Image, Image.Image]:
     else:  # a few small colour spots
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         for _ in range(int(rng.integers(1, 4))):
-            r = rng.uniform(0.012, 0.025) * s
+            r = rng.uniform(0.012, 0.025) * s * k
             x, y = cx + rng.normal(0, s * 0.04), cy + rng.normal(0, s * 0.04)
             d.ellipse((x - r, y - r, x + r, y + r), fill=col)
             dm.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), fill=255)
@@ -77,13 +80,14 @@ def paint(img: Image.Image, rng, kind: str) -> tuple[Image.Image, Image.Image]:
 
 
 def make_texture_set(root, texture: str, *, n_train: int = 100, n_good: int = 30, n_defect: int = 20,
-                     crop_px: int = 160, size: int = 224, seed: int = 0, masks: bool = True) -> Path:
+                     crop_px: int = 160, size: int = 224, seed: int = 0, masks: bool = True,
+                     hard: bool = False) -> Path:
     """MVTec layout under root/texture: train/good, test/good, test/<defect>, ground_truth."""
     import zlib
 
     rng = np.random.default_rng([seed, zlib.crc32(texture.encode())])
     src = texture_image(texture)
-    root = Path(root) / texture
+    root = Path(root) / (texture + ("-hard" if hard else ""))
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     (root / "test" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
@@ -95,7 +99,7 @@ def make_texture_set(root, texture: str, *, n_train: int = 100, n_good: int = 30
         if masks:
             (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
         for i in range(n_defect):
-            img, m = paint(crop(src, rng, crop_px, size), rng, kind)
+            img, m = paint(crop(src, rng, crop_px, size), rng, kind, hard)
             img.save(root / "test" / kind / f"{i:04d}.png")
             if masks:
                 m.save(root / "ground_truth" / kind / f"{i:04d}_mask.png")
@@ -110,9 +114,11 @@ def main() -> None:
     ap.add_argument("--good", type=int, default=30)
     ap.add_argument("--defect", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hard", action="store_true", help="thinner scratches, smaller spots")
     a = ap.parse_args()
     for t in a.textures.split(","):
-        print(make_texture_set(a.out, t, n_train=a.train, n_good=a.good, n_defect=a.defect, seed=a.seed))
+        print(make_texture_set(a.out, t, n_train=a.train, n_good=a.good, n_defect=a.defect, seed=a.seed,
+                               hard=a.hard))
 
 
 if __name__ == "__main__":

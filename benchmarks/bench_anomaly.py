@@ -82,11 +82,14 @@ def child_fit(n: int, out: str) -> None:
     cfg = AnomalyConfig(data_dir=str(folder), out_dir=out)
     peak = PeakRSS()
     t0 = time.perf_counter()
+    c0 = os.times()
     info = drive(run(cfg))
+    c1 = os.times()
     wall = time.perf_counter() - t0
     growth = peak.stop()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
     meta = info.extra["anomaly"]
-    print(json.dumps({"n": n, "fit_s": wall, "features_s": info.timings.get("features_s"),
+    print(json.dumps({"n": n, "fit_s": wall, "cpu_s": cpu, "features_s": info.timings.get("features_s"),
                       "peak_growth_mb": growth / 1e6, "bank": meta["bank_size"],
                       "bank_mb": meta["bank_size"] * meta["feature_dim"] * 4 / 1e6, "status": info.status}))
 
@@ -104,11 +107,13 @@ def inference(run_dir: str, repeats: int = 20) -> dict:
     with torch.inference_mode():
         for _ in range(3):
             model(x)
-        ts = []
+        ts, cs = [], []
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), os.times()
             model(x)
+            c2 = os.times()
             ts.append(time.perf_counter() - t)
+            cs.append((c2.user - c.user) + (c2.system - c.system))
     rep = export(run_dir, ["onnx"], str(Path(run_dir) / "export"), check_process=False)
     import onnxruntime as ort
 
@@ -121,7 +126,7 @@ def inference(run_dir: str, repeats: int = 20) -> dict:
         t = time.perf_counter()
         sess.run(None, {"input": xn})
         to.append(time.perf_counter() - t)
-    return {"torch_ms": 1000 * float(np.median(ts)), "onnx_ms": 1000 * float(np.median(to)),
+    return {"torch_ms": 1000 * float(np.median(ts)), "torch_cpu_ms": 1000 * float(np.median(cs)), "onnx_ms": 1000 * float(np.median(to)),
             "onnx_mb": rep["formats"]["onnx"]["bytes"] / 1e6, "onnx_diff": rep["formats"]["onnx"]["max_abs_diff"]}
 
 
@@ -169,18 +174,22 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         fits.append(r)
-        print(f"fit {n:5d} images: {r['fit_s']:6.1f} s (features+bank {r['features_s']:.1f} s), bank {r['bank']:,} "
+        print(f"fit {n:5d} images: {r['fit_s']:6.1f} s wall, {r['cpu_s']:.1f} CPU s (= {r['cpu_s'] / 2:.1f} s on 2 free "
+              f"cores), features+bank {r['features_s']:.1f} s, bank {r['bank']:,} "
               f"patches = {r['bank_mb']:.1f} MB, peak RSS growth {r['peak_growth_mb']:.0f} MB   "
               f"load {os.getloadavg()[0]:.1f}", flush=True)
     if fits:
         inf = inference(str(out_root / f"fit-{fits[-1]['n']}"))
-        print(f"inference (score + map, 1 image at 224 px, bank {fits[-1]['bank']:,}): PyTorch {inf['torch_ms']:.1f} ms, "
+        print(f"inference (score + map, 1 image at 224 px, bank {fits[-1]['bank']:,}): PyTorch {inf['torch_ms']:.1f} ms "
+              f"({inf['torch_cpu_ms']:.0f} CPU ms), "
               f"exported ONNX {inf['onnx_ms']:.1f} ms ({inf['onnx_mb']:.1f} MB, max diff {inf['onnx_diff']:.1e})")
         by_n = {r["n"]: r for r in fits}
         if 200 in by_n:
-            ok = by_n[200]["fit_s"] < GOAL_FIT_200_S
-            print(f"RESULT fit 200 images: {by_n[200]['fit_s']:.1f} s vs goal {GOAL_FIT_200_S:.0f} s -> "
-                  f"{'PASS' if ok else 'MISS'} (ratio {by_n[200]['fit_s'] / GOAL_FIT_200_S:.2f})")
+            r2 = by_n[200]
+            ok = r2["fit_s"] < GOAL_FIT_200_S
+            print(f"RESULT fit 200 images: {r2['fit_s']:.1f} s wall vs goal {GOAL_FIT_200_S:.0f} s -> "
+                  f"{'PASS' if ok else 'MISS'} (ratio {r2['fit_s'] / GOAL_FIT_200_S:.2f}); CPU time {r2['cpu_s']:.1f} s, "
+                  f"i.e. {r2['cpu_s'] / 2:.1f} s if both cores were ours (ratio {r2['cpu_s'] / 2 / GOAL_FIT_200_S:.2f})")
         ok = inf["torch_ms"] < GOAL_INFER_MS
         print(f"RESULT inference {inf['torch_ms']:.1f} ms/image vs goal {GOAL_INFER_MS:.0f} ms -> "
               f"{'PASS' if ok else 'MISS'} (ratio {inf['torch_ms'] / GOAL_INFER_MS:.2f}); ONNX {inf['onnx_ms']:.1f} ms")

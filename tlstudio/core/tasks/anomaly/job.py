@@ -270,7 +270,7 @@ def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[
                     if pending_rows >= CHUNK_PATCHES:
                         chunk = torch.cat(pending)
                         pending, pending_rows = [], 0
-                        yield from _threaded(lambda cb, c=chunk: bank.add(c), "coreset", "reducing patches")
+                        bank.add(chunk)  # a few seconds at most: in this thread (one malloc arena)
                 else:
                     acc.add(feats)
             done += len(ok) + len(fails)
@@ -282,7 +282,7 @@ def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[
             if pending:
                 chunk = torch.cat(pending)
                 pending = []
-                yield from _threaded(lambda cb: bank.add(chunk), "coreset", "reducing patches")
+                bank.add(chunk)
             t_core = time.perf_counter()
             bank_t = yield from _threaded(bank.finish, "coreset", "coreset")
             info.timings["coreset_s"] = round(time.perf_counter() - t_core, 3)
@@ -300,7 +300,7 @@ def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[
     model = AnomalyModel(body, idx, head).eval()
 
     # threshold on held-out normal images
-    hold_scores, _maps, hold_fail = score_paths(model, holdout, spec, batch_size=config.batch_size, stop=stop)
+    hold_scores, _maps, hold_fail = score_paths(model, holdout, spec, batch_size=4, stop=stop)
     if stop.is_set():
         yield finish_stopped("stopped while scoring held-out images")
         return
@@ -344,7 +344,7 @@ def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[
                 metrics = {k: v for k, v in report["metrics"].items() if isinstance(v, (int, float))}
         from tlstudio.core.atomic import atomic_write_json
 
-        atomic_write_json(run_dir / runs.EVAL_JSON, report)
+        atomic_write_json(run_dir / store.EVAL_FILE, report)
         yield Log("Test: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in
                                         ("image_auroc", "pixel_auroc", "f1", "precision", "recall")))
     from tlstudio.core.atomic import atomic_save_safetensors

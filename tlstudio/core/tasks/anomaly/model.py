@@ -67,15 +67,15 @@ class PatchCoreHead(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         b, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, d)
-        q_sq = (q * q).sum(1, keepdim=True)
         best = None
         m = self.bank.shape[0]
+        # |q - b|^2 = |q|^2 + (|b|^2 - 2 q.b): one fused GEMM per bank block, |q|^2 added after the min
         for s in range(0, m, BANK_CHUNK):  # unrolled when traced: the bank size is fixed
-            bank = self.bank[s:s + BANK_CHUNK]
-            d2 = q_sq - 2.0 * (q @ bank.t()) + self.bank_sq[s:s + BANK_CHUNK].unsqueeze(0)
-            part = d2.min(1).values
+            part = torch.addmm(self.bank_sq[s:s + BANK_CHUNK].unsqueeze(0), q, self.bank[s:s + BANK_CHUNK].t(),
+                               alpha=-2.0).min(1).values
             best = part if best is None else torch.minimum(best, part)
-        return best.clamp(min=0.0).sqrt().reshape(b, h, w)
+        d2 = best + (q * q).sum(1)
+        return d2.clamp(min=0.0).sqrt().reshape(b, h, w)
 
 
 class PadimHead(nn.Module):

@@ -3,7 +3,8 @@
 RUN_DIR/ (besides run.json, config.json, split.json, log.txt)
   model.safetensors   the feature extractor (whole timm model; its head is unused)
   anomaly.safetensors the method's tensors: PatchCore bank, or PaDiM channels/means/inverse covariances
-  eval.json           the evaluation on the run's labelled test images, when it had some
+  anomaly_eval.json   the evaluation on the run's labelled test images, when it had some (not
+                      eval.json: that name holds a classification report)
 run.json ``extra["anomaly"]`` holds the method, stages, threshold, normalisation and the
 held-out normal scores (so the false-alarm slider can move the threshold without refitting).
 """
@@ -16,6 +17,7 @@ from typing import Any
 from tlstudio.core.runs.folder import BEST_WEIGHTS, RunError, read_run
 
 HEAD_FILE = "anomaly.safetensors"
+EVAL_FILE = "anomaly_eval.json"
 
 
 def anomaly_meta(info) -> dict[str, Any]:
