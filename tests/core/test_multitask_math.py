@@ -211,3 +211,21 @@ def test_distillation_mixes_label_loss_and_teacher_soft_targets_per_task():
     assert counts["kind"] == 2  # the unlabelled row learns from the teacher
     # age: Huber on row 0 = 0; teacher MSE on row 0 only (row 1's teacher output is missing) = 1
     assert float(losses["age"]) == pytest.approx(0.5 * 0.0 + 0.5 * 1.0)
+
+
+def test_baseline_comparison_calls_differences_only_beyond_the_noise():
+    from tlstudio.core.tasks.multitask.baseline import compare, noise_tolerance
+
+    # one standard error of a difference of two proportions: sqrt(2 p (1-p) / n), p = 0.9475, n = 200
+    assert noise_tolerance(0.955, 0.94, 200) == pytest.approx(math.sqrt(2 * 0.9475 * 0.0525 / 200))
+    assert noise_tolerance(1.0, 1.0, 7) == pytest.approx(1 / 7)  # never less than one image
+    r = compare({"source": 0.955, "rotation": 0.365}, {"source": 0.945, "rotation": 0.355},
+                n_val={"source": 200, "rotation": 200}, heads_only=True)
+    assert r["negative_tasks"] == [] and not any(row["better"] for row in r["rows"])
+    assert r["verdict"].startswith("Multi-task matches") and "shared no trainable layer" in r["verdict"]
+    # delta-m = 100/T * sum (M_mtl - M_single) / M_single
+    assert r["delta_m"] == pytest.approx(50 * (0.01 / 0.945 + 0.01 / 0.355))
+    r = compare({"a": 0.80, "b": 0.95}, {"a": 0.90, "b": 0.80}, n_val={"a": 400, "b": 400})
+    assert r["negative_tasks"] == ["a"] and [row["better"] for row in r["rows"]] == [False, True]
+    assert r["verdict"].startswith("Negative transfer between tasks: a did worse")
+    assert r["rows"][0]["delta_points"] == pytest.approx(-10.0)

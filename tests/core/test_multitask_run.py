@@ -77,6 +77,7 @@ def test_mtl_matches_separate_models_and_flags_the_noise_task(mtl_run):
     assert "noise" in base["unrelated_tasks"] and "object" not in base["unrelated_tasks"]
     assert "noise looks unrelated" in base["verdict"]
     assert base["verdict"].startswith(("Multi-task matches", "Multi-task learning helps"))
+    assert "shared no trainable layer" in base["verdict"]  # head-only: said plainly
     for r in base["rows"]:
         assert r["delta_points"] == pytest.approx(100 * (r["mtl"] - r["single"]))
         single = runs.read_run(base["run_dirs"][r["task"]])

@@ -11,6 +11,7 @@ with the per-task score (accuracy, macro-F1, clipped R^2), higher is better.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -43,33 +44,52 @@ def unrelated_tasks(names: list[str], matrix: list[list[float]] | None,
     return out
 
 
+def noise_tolerance(m: float, s: float, n: int | None, margin: float = NEGATIVE_MARGIN) -> float:
+    """How far apart two scores on ``n`` validation images can be by chance: one standard error of
+    the difference of two proportions, sqrt(2 p (1 - p) / n) with p their mean, and never less
+    than one image (1/n) or ``margin``."""
+    if not n:
+        return margin
+    p = min(1.0, max(0.0, (m + s) / 2))
+    return max(margin, 1.0 / n, math.sqrt(2 * p * (1 - p) / n))
+
+
 def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEGATIVE_MARGIN,
-            relatedness: list[list[float]] | None = None, n_val: dict[str, int] | None = None) -> dict[str, Any]:
+            relatedness: list[list[float]] | None = None, n_val: dict[str, int] | None = None,
+            heads_only: bool = False) -> dict[str, Any]:
     """Per-task scores (0..1, higher is better) -> rows, delta-m % and a one-line verdict.
-    ``relatedness`` (gradient cosines, task order of ``single``) adds the unrelated tasks;
-    ``n_val`` (labelled validation images per task): a task is only called worse when it lost
-    more than one image's worth (1/n), so 7 images cannot cry negative transfer over one image."""
+    A task is better or worse only beyond the noise of its ``n_val`` validation images
+    (noise_tolerance); ``relatedness`` (gradient cosines, task order of ``single``) adds the
+    unrelated tasks; ``heads_only``: the body was frozen, so nothing learnable was shared."""
     rows = []
     rel = []
     for t, s in single.items():
         m = mtl.get(t, 0.0)
         d = m - s
-        tol = max(margin, 1.0 / n_val[t] if n_val and n_val.get(t) else 0.0)
-        rows.append({"task": t, "mtl": m, "single": s, "delta_points": 100.0 * d, "negative": d < -tol - 1e-9})
+        tol = noise_tolerance(m, s, (n_val or {}).get(t), margin)
+        rows.append({"task": t, "mtl": m, "single": s, "delta_points": 100.0 * d, "noise_points": 100.0 * tol,
+                     "negative": d < -tol - 1e-9, "better": d > tol + 1e-9})
         rel.append(d / s if s > 0 else 0.0)
     delta_m = 100.0 * sum(rel) / len(rel) if rel else 0.0
     worse = [r["task"] for r in rows if r["negative"]]
-    better = [r["task"] for r in rows if r["delta_points"] > 100 * margin]
+    better = [r["task"] for r in rows if r["better"]]
+    noise = ", ".join(f"{r['task']} +-{r['noise_points']:.1f}" for r in rows)
     if worse:
-        verdict = (f"Negative transfer between tasks: {', '.join(worse)} did worse in the shared model than alone "
-                   f"(delta-m {delta_m:+.2f} %). Train {'it' if len(worse) == 1 else 'them'} separately, "
-                   "or try another weighting / soft sharing.")
+        verdict = (f"Negative transfer between tasks: {', '.join(worse)} did worse in the shared model than alone, "
+                   f"beyond the noise of the validation set (delta-m {delta_m:+.2f} %). Train "
+                   f"{'it' if len(worse) == 1 else 'them'} separately, or try another weighting / soft sharing.")
     elif better:
-        verdict = (f"Multi-task learning helps: {', '.join(better)} improved and no task got worse "
-                   f"(delta-m {delta_m:+.2f} %), with one backbone instead of {len(rows)}.")
+        verdict = (f"Multi-task learning helps: {', '.join(better)} did better than alone beyond the noise of the "
+                   f"validation set and no task got worse (delta-m {delta_m:+.2f} %), with one backbone instead "
+                   f"of {len(rows)}.")
     else:
-        verdict = (f"Multi-task matches the separate models (no task lost more than one validation image "
-                   f"or {100 * margin:.1f} points; delta-m {delta_m:+.2f} %), with one backbone instead of {len(rows)}.")
+        verdict = (f"Multi-task matches the separate models: every difference is within the noise of the "
+                   f"validation set ({noise} points; delta-m {delta_m:+.2f} %), with one backbone instead of "
+                   f"{len(rows)}.")
+    if heads_only:
+        verdict += (" The body was frozen, so the tasks shared no trainable layer: the differences come from "
+                    "chance (initialisation, dropout), not from sharing. Fine-tune some layers to let the tasks "
+                    "help (or hurt) each other.")
     unrelated = unrelated_tasks(list(single), relatedness)
     if len(unrelated) >= 2 and len(unrelated) == len(rows):
         verdict += (f" The tasks look unrelated to each other (their gradients on the shared layers are not "
@@ -112,7 +132,9 @@ def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, 
         single[t] = float(((sub.extra.get("multitask") or {}).get("per_task") or {}).get(t, {}).get("score", 0.0))
         dirs[t] = str(out)
     n_val = {t: int(per.get(t, {}).get("n", 0)) for t in names}
-    result = compare(mtl, single, relatedness=(info.extra.get("multitask") or {}).get("relatedness"), n_val=n_val)
+    head_only = bool((info.extra.get("multitask") or {}).get("heads_independent"))
+    result = compare(mtl, single, relatedness=(info.extra.get("multitask") or {}).get("relatedness"), n_val=n_val,
+                     heads_only=head_only)
     result["run_dirs"] = dirs
     result["metric"] = "per-task score: accuracy (categorical), macro-F1 (multi-label), R^2 clipped to 0..1 (numeric)"
     info.extra.setdefault("multitask", {})["baseline"] = result

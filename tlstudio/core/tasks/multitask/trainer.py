@@ -261,6 +261,7 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
             "relatedness_samples": objective.relatedness.n, "weights": objective.weighting.weights(),
             "weighting": config.weighting, "pcgrad": config.pcgrad, "sharing": config.sharing,
             "tasks": [t.summary() for t in report.tasks], "task_epochs": best.get("task_epochs"),
+            "heads_independent": heads_independent,
         }
         from tlstudio.core.tasks.multitask.baseline import unrelated_tasks
 
