@@ -61,11 +61,13 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         self._tray: QSystemTrayIcon | None = None
 
         self._build()
+        self.curves.add_charts(["val_acc"])  # classification's best metric, before any run
         self._load_settings()
         state.settings_changed.connect(self._on_settings_changed)
         state.current_run_changed.connect(self._on_current_run)
         state.dataset_changed.connect(self._update_buttons)
         state.settings_changed.connect(self._update_buttons)  # e.g. the idle epoch bar follows Epochs
+        state.task_kind_changed.connect(self._kind_changed)
         runner.event.connect(self._on_event)
         runner.finished.connect(self._on_finished)
         runner.failed.connect(self._on_failed)
@@ -221,6 +223,11 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         self.toast.hide()  # the last run's "finished" note
         self.state.status_message.emit(message)
         self.state.set_step_status("train", "busy")
+
+    def _kind_changed(self, _kind: str) -> None:
+        """Idle: the empty charts of the newly chosen kind (its best metric's chart)."""
+        if not self.runner.running and not self._last_run_dir:
+            self.curves.reset_charts([self._best_metric()])
 
     def _best_metric(self) -> str:
         """The metric that picks the best epoch of the chosen kind (its chart is shown first)."""

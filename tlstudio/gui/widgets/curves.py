@@ -116,6 +116,14 @@ class CurvesWidget(QWidget):
         for name in names:
             self._chart(chart_of(name))
 
+    def reset_charts(self, names: list[str]) -> None:
+        """No data, and only the Loss, learning-rate and ``names``' charts (another kind chosen)."""
+        self.clear()
+        for key in [k for k in self.charts if k != "loss"]:
+            self.view.removeItem(self.charts.pop(key))
+            self.legends.pop(key, None)
+        self.add_charts(names)
+
     # --- data in ---------------------------------------------------------------------------
     def _phase(self, phase: str) -> _PhaseCurves:
         if phase not in self.phases:
