@@ -60,8 +60,13 @@ def plan(config: AnomalyConfig, n_images: int, model=None) -> dict[str, Any]:
                            "images": n_images, "patches": ppi * n_images}
     if config.method == "patchcore":
         bank = expected_bank(ppi, n_images, config.coreset_ratio, config.max_bank)
+        from tlstudio.core.tasks.anomaly.model import BANK_CHUNK
+
+        # bank while merging (2 caps) + a chunk of patches + one batch's features, plus the
+        # query x bank-block distance matrix of scoring (4 images at a time); not the model itself
+        knn = 4 * ppi * min(BANK_CHUNK, bank) * 4
         out.update(bank_size=bank, bank_bytes=bank * dim * 4, capped=bank >= config.max_bank,
-                   peak_bytes=(2 * config.max_bank + CHUNK_PATCHES + config.batch_size * ppi) * dim * 4)
+                   peak_bytes=(2 * config.max_bank + CHUNK_PATCHES + config.batch_size * ppi) * dim * 4 + knn)
     else:
         from tlstudio.core.tasks.anomaly.padim import PadimAccumulator
 
@@ -76,7 +81,7 @@ def plan_text(p: dict[str, Any], method: str) -> str:
         cap = " (capped)" if p.get("capped") else ""
         return (f"{p['images']} images x {p['patches_per_image']} patches = {p['patches']:,} patches -> "
                 f"memory bank of {p['bank_size']:,}{cap} x {p['feature_dim']} features = {_fmt_mb(p['bank_bytes'])}, "
-                f"peak working memory about {_fmt_mb(p['peak_bytes'])}")
+                f"peak working memory about {_fmt_mb(p['peak_bytes'])} besides the model")
     return (f"{p['images']} images, {p['patches_per_image']} positions x {p['feature_dim']} features -> "
             f"Gaussian statistics {_fmt_mb(p['bank_bytes'])}, peak about {_fmt_mb(p['peak_bytes'])}")
 
