@@ -119,7 +119,8 @@ def test_evaluate_panel_shows_tasks_confusions_baseline_and_relatedness(qtbot, t
     assert panel.conf_tabs.widget(0).matrix == [[9, 1, 0], [0, 10, 0], [1, 1, 8]]
     b = panel.baseline
     assert b.rowCount() == 3 and b.item(1, 3).text() == "-8.0"
-    assert b.item(1, 4).text() == "negative transfer between tasks" and b.item(0, 4).text() == ""
+    assert b.item(1, 5).text() == "negative transfer between tasks"
+    assert b.item(0, 5).text() == "same within the noise"  # the fake row has no "better" flag
     assert "texture did worse" in panel.verdict.text() and "-1.50 %" in panel.verdict.text()
     assert panel.related.rowCount() == 3 and panel.related.item(0, 2).text() == "-0.20"
     assert "uncertainty + PCGrad" in panel.status.text()

@@ -82,7 +82,7 @@ class MultiTaskEvaluatePanel(QWidget):
         self.body.addWidget(self.metrics)
         self.base_title = QLabel("<b>Multi-task vs separate models</b>")
         self.body.addWidget(self.base_title)
-        self.baseline = _table(["Task", "Multi-task", "Separate model", "Δ (points)", ""])
+        self.baseline = _table(["Task", "Multi-task", "Separate model", "Δ (points)", "Noise (± points)", ""])
         self.body.addWidget(self.baseline)
         self.verdict = QLabel()
         self.verdict.setWordWrap(True)
@@ -134,6 +134,8 @@ class MultiTaskEvaluatePanel(QWidget):
                 self.title.setText(f"<h3>Multi-task evaluation: {Path(run_dir).name}</h3>")
                 w = mt.get("weighting", "equal") + (" + PCGrad" if mt.get("pcgrad") else "")
                 best = f"best epoch {info.best_epoch + 1}, " if info.best_epoch is not None else ""
+                if mt.get("task_epochs") and len(mt["task_epochs"]) > 1:  # head-only: a head per task's best epoch
+                    best = "best epochs " + ", ".join(f"{t} {e + 1}" for t, e in mt["task_epochs"].items()) + "; "
                 score = info.metrics.get("val_score")
                 self.status.setText(f"{info.model.backbone}, {mt.get('sharing', 'hard')} sharing, weighting {w}; "
                                     f"{best}mean task score {score:.3f}" if score is not None else "")
@@ -182,14 +184,19 @@ class MultiTaskEvaluatePanel(QWidget):
         rows = base["rows"]
         self.baseline.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            neg = row["negative"]
-            color = "#b00020" if neg else ("#1b7f3b" if row["delta_points"] > 0.5 else None)
+            neg, better = row["negative"], row.get("better", False)
+            color = "#b00020" if neg else ("#1b7f3b" if better else None)
+            note = ("negative transfer between tasks" if neg else "better with sharing" if better
+                    else "same within the noise")
             self.baseline.setItem(r, 0, _item(row["task"]))
             self.baseline.setItem(r, 1, _item(f"{row['mtl']:.1%}"))
             self.baseline.setItem(r, 2, _item(f"{row['single']:.1%}"))
             self.baseline.setItem(r, 3, _item(f"{row['delta_points']:+.1f}", color))
-            self.baseline.setItem(r, 4, _item("negative transfer between tasks" if neg else "", color,
-                                              "This task did worse in the shared model than alone" if neg else ""))
+            noise = row.get("noise_points")
+            self.baseline.setItem(r, 4, _item(f"±{noise:.1f}" if noise is not None else "",
+                                              tip="One standard error of the difference on these validation images"))
+            self.baseline.setItem(r, 5, _item(note, color, "This task did worse in the shared model than alone, "
+                                              "beyond the noise" if neg else ""))
         self.baseline.resizeColumnsToContents()
         self.verdict.setText(f"Δm = {base['delta_m']:+.2f} %. {base['verdict']}")
         self.verdict.setStyleSheet("color: #b00020;" if base["negative_tasks"]
