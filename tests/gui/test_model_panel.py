@@ -222,7 +222,7 @@ def test_model_list_needs_no_torch_and_marks_offline_weights(qtbot, monkeypatch)
         p.show()
     assert p.table_model.rowCount() > 1000 and calls == []
     r = p.table_model.row_of("tf_efficientnet_lite0")
-    assert p.table_model.index(r, 6).data() == "✓ offline"
+    assert p.table_model.index(r, 5).data() == "✓ offline"
     r = p.table_model.row_of("mobilenetv3_large_100")
-    assert p.table_model.index(r, 6).data() == "download"
+    assert p.table_model.index(r, 5).data() == "download"
     QThreadPool.globalInstance().waitForDone(30_000)

@@ -22,8 +22,10 @@ SIZES = {"all": (0, 10**13), "small": (0, 10_000_000), "medium": (10_000_000, 50
 
 
 class BackboneTableModel(QAbstractTableModel):
-    COLUMNS = ("", "Name", "Family", "Params", "Input", "Pretrained", "Offline")
-    TIPS = ("recommended", "backbone", "family", "params", "input_size", "pretrained", "offline")
+    # "Weights": ✓ offline (on this computer) / download (pretrained, needs the internet) / none;
+    # one column, so the names keep their room at 1024 px
+    COLUMNS = ("", "Name", "Family", "Params", "Input", "Weights")
+    TIPS = ("recommended", "backbone", "family", "params", "input_size", "offline")
     SortRole = Qt.ItemDataRole.UserRole + 1
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -61,23 +63,23 @@ class BackboneTableModel(QAbstractTableModel):
         m, c = self.infos[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return ("★" if m.recommended else "", m.name, m.family, human_count(m.params) if m.params else "?",
-                    f"{m.input_size} px", "yes" if m.pretrained else "no",
-                    "✓ offline" if m.offline else "download" if m.pretrained else "")[c]
+                    f"{m.input_size}", "✓ offline" if m.offline else "download" if m.pretrained else "none")[c]
         if role == self.SortRole:
-            return (0 if m.recommended else 1, m.name, m.family, m.params, m.input_size, int(m.pretrained),
-                    int(m.offline))[c]
+            return (0 if m.recommended else 1, m.name, m.family, m.params, m.input_size,
+                    -(2 * int(m.offline) + int(m.pretrained)))[c]
         if role == Qt.ItemDataRole.ToolTipRole:
             extra = " Recommended starting point." if m.recommended else ""
             off = (" Weights are on this computer: works offline." if m.offline else
                    " Pretrained weights must be downloaded first (needs the internet)." if m.pretrained else "")
-            return f"{m.name} ({m.family}): {m.params:,} weights, {m.input_size} px input.{extra}{off}"
+            return f"{m.name} ({m.family}): {m.params:,} weights, {m.input_size} px input.{extra}{off}" \
+                + ("" if m.pretrained or m.offline else " No pretrained weights: from scratch only.")
         if role == Qt.ItemDataRole.FontRole and m.recommended:
             f = QFont()
             f.setBold(True)
             return f
         if role == Qt.ItemDataRole.ForegroundRole and c == 0:
             return QColor("#e8a10a")
-        if role == Qt.ItemDataRole.ForegroundRole and c == 6:
+        if role == Qt.ItemDataRole.ForegroundRole and c == 5:
             return QColor("#2e7d32") if m.offline else QColor("#777777")
         if role == Qt.ItemDataRole.TextAlignmentRole and c in (3, 4):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

@@ -100,7 +100,7 @@ class ModelPanel(WeightSourceMixin, QWidget):
         h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         h.setSectionResizeMode(2, QHeaderView.ResizeMode.Interactive)
-        h.resizeSection(2, 110)
+        h.resizeSection(2, 96)
         self.search.setAccessibleName("Search backbones")
         self.size_combo.setAccessibleName("Backbone size")
         self.table.setAccessibleName("Backbones")
