@@ -108,6 +108,7 @@ def test_adabn_on_a_backbone_without_batchnorm_says_not_applicable(domains, tmp_
     assert json.loads((tmp_path / "vit" / runs.CONFIG_JSON).read_text())["task"] == "adaptation"
 
 
+@pytest.mark.slow
 def test_dann_trains_the_last_layers_with_a_checkpointed_discriminator(domains, tmp_path):
     import torch
 
@@ -125,3 +126,24 @@ def test_dann_trains_the_last_layers_with_a_checkpointed_discriminator(domains, 
     assert disc["0.weight"].shape == (256, 256)  # features (test_efficientnet: 256) -> 256 hidden
     # the body was frozen in the config: DANN opened the last layers
     assert json.loads((tmp_path / "dann" / "adapted" / runs.CONFIG_JSON).read_text())["freeze"] == "last:2"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_its_baseline_resumes_to_the_end(domains, tmp_path):
+    import threading
+
+    src, target, _ = domains
+    out = tmp_path / "stopme"
+    stop = threading.Event()
+    cfg = _config(src, target, out, adapt="adabn").model_copy(update={"epochs": 2})
+
+    def watch(ev):
+        if isinstance(ev, EpochEnd) and ev.phase == "source_only":
+            stop.set()  # stop after the baseline's first epoch
+
+    info = drive(registry.get("adaptation").run(cfg, stop), watch)
+    assert info.status == "stopped" and runs.read_run(out).status == "stopped"
+    assert registry.kind_of_run(out).kind == "adaptation"  # the CLI's resume finds the kind
+    info = drive(registry.kind_of_run(out).resume(out))
+    assert info.status == "finished" and runs.read_run(out / "source_only").epochs_done == 2
+    assert info.extra["adaptation"]["method"] == "adabn" and (out / runs.BEST_WEIGHTS).is_file()

@@ -293,6 +293,7 @@ def _run(config: AdaptConfig, run_dir: Path, stop, pause) -> Generator[Event, No
 
     # 1. the source-only baseline: a normal classification run
     base_dir = run_dir / SOURCE_DIR
+    write_placeholder(run_dir, config, "adaptation", "adapt")
     yield Log("Phase 1 of 2: the source-only model (the baseline every adaptation is compared with)")
     base = yield from sub_run(base_config(config, base_dir), stop, pause, "source_only")
     if base.status == "stopped":
@@ -537,6 +538,20 @@ def _selftrain_rounds(config, run_dir, adapted_dir, target, stop, pause, data_cf
             return info, {"pseudo_labels": stats}
         prev = out
     return info, {"pseudo_labels": stats}
+
+
+def write_placeholder(run_dir: Path, config, task: str, kind: str) -> None:
+    """run.json from the start (status running), so a run stopped during its baseline is listed
+    and `tlstudio resume RUN` finds its kind; the model spec is completed when the baseline ends."""
+    if runs.is_run_dir(run_dir):
+        return
+    from tlstudio.core.data.dataset import scan
+
+    classes = list(scan(config.data_dir).classes) or ["?"]
+    spec = runs.ModelSpec(backbone=config.backbone, num_classes=len(classes), classes=classes,
+                          image_size=config.image_size or 224)
+    runs.write_run(run_dir, runs.RunInfo(kind=kind, task=task, name=run_dir.name, status="running",
+                                         config=config.model_dump(mode="json"), model=spec, seed=config.seed))
 
 
 def _write_main(run_dir: Path, config: AdaptConfig, spec, split, target, status: str, metrics: dict,

@@ -35,6 +35,7 @@ from tlstudio.core.tasks.adaptation.job import (
     score,
     set_head,
     sub_run,
+    write_placeholder,
 )
 from tlstudio.core.tasks.semisupervised.config import SemiConfig
 
@@ -104,6 +105,7 @@ def _run(config: SemiConfig, run_dir: Path, stop, pause) -> Generator[Event, Non
 
     t_start = time.time()
     base_dir = run_dir / BASE_DIR
+    write_placeholder(run_dir, config, "semisupervised", "semi")
     yield Log("Phase 1 of 2: a model from the labelled images alone (the baseline)")
     base = yield from sub_run(base_config(config, base_dir), stop, pause, "labelled_only")
     if base.status == "stopped":
