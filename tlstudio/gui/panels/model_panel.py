@@ -30,11 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from tlstudio.gui.panels.backbone_table import SIZES, BackboneFilter, BackboneTableModel
-from tlstudio.gui.panels.model_jobs import (
-    DownloadProgress,
-    default_backbone,
-    initial_trainable,
-)
+from tlstudio.gui.panels.model_jobs import default_backbone, initial_trainable
 from tlstudio.gui.panels.model_jobs import build_job as _build_job
 from tlstudio.gui.panels.model_jobs import download_job as _download_job
 from tlstudio.gui.panels.model_jobs import list_models_job as _list_models_job
@@ -351,66 +347,6 @@ class ModelPanel(WeightSourceMixin, QWidget):
             from tlstudio.gui.widgets.error_dialog import show_exception
 
             show_exception(self, "Could not build the model", exc)
-
-    # --- download -----------------------------------------------------------------------
-    def download_weights(self) -> None:
-        info = self.selected_info()
-        if info is None or self._dl_cancel is not None:
-            return
-        self._dl_gen += 1
-        gen = self._dl_gen
-        cancel = threading.Event()
-        self._dl_cancel = cancel
-        bridge = DownloadProgress(self)
-        bridge.changed.connect(self._dl_progress)
-        self.dl_progress.setRange(0, 0)
-        self.dl_progress.setFormat("Downloading… %p%")
-        self.dl_progress.show()
-        self.dl_cancel_btn.show()
-        self.download_btn.setEnabled(False)
-        self.message.setText("")
-        self.state.status_message.emit(f"Downloading the weights of {info.name} …")
-        self._start(_download_job, info.name, self._num_classes(), bridge, cancel,
-                    returned=lambda res, g=gen: self._dl_done(g, res),
-                    errored=lambda exc, g=gen: self._dl_error(g, exc))
-
-    def cancel_download(self) -> None:
-        if self._dl_cancel is not None:
-            self._dl_cancel.set()
-            self._dl_gen += 1
-            self._dl_ended()
-            self.state.status_message.emit("Download cancelled.")
-
-    def _dl_progress(self, done: int, total: int) -> None:
-        if total > 0:
-            self.dl_progress.setRange(0, total)
-            self.dl_progress.setValue(done)
-            self.dl_progress.setFormat(f"{done / 1e6:.1f} / {total / 1e6:.1f} MB")
-
-    def _dl_ended(self) -> None:
-        self._dl_cancel = None
-        self.dl_progress.hide()
-        self.dl_cancel_btn.hide()
-        self._update_download_button()
-
-    def _dl_done(self, gen: int, res: str) -> None:
-        if gen != self._dl_gen:
-            return
-        self._dl_ended()
-        if res == "cancelled":
-            return
-        self.state.status_message.emit("Weights downloaded.")
-        self.download_btn.setEnabled(False)
-        self.download_btn.setText("Weights downloaded")
-
-    def _dl_error(self, gen: int, exc: BaseException) -> None:
-        if gen != self._dl_gen:
-            return
-        self._dl_ended()
-        # the status bar said "Downloading…": it must not go on saying so
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        self.state.status_message.emit(f"Download failed: {first}")
-        self._fail(str(exc), exc=exc)
 
 
 if __name__ == "__main__":  # preview on its own: python -m tlstudio.gui.panels.model_panel
