@@ -114,8 +114,8 @@ def test_crop_box_and_placement():
     assert (left, top, right, bottom) == pytest.approx((144, 16, 368, 240), abs=1.5)
     canvas = place_on_picture(np.ones((7, 7), np.float32), 512, 256, spec)
     assert canvas.shape == (192, 384)  # longest side scaled to 384, aspect kept
-    assert canvas[:, :105].max() == 0 and canvas[:, 280:].max() == 0 and canvas[:10].max() == 0
-    assert canvas[15:178, 110:274].min() > 0.99
+    assert np.isnan(canvas[:, :105]).all() and np.isnan(canvas[:, 280:]).all() and np.isnan(canvas[:10]).all()
+    assert canvas[15:178, 110:274].min() > 0.99  # the model saw this: a value
 
 
 def test_write_overlay(tmp_path):
@@ -130,3 +130,6 @@ def test_write_overlay(tmp_path):
     assert img.shape == (20, 40, 3)
     assert img[10, 35, 0] > 100 and img[10, 35, 2] < 40  # hot side: dark red
     assert img[10, 3, 2] > 50 and img[10, 3, 0] < 80  # cold side: dark blue
+    heat[:, :5] = np.nan  # no value: the picture shows through
+    img = np.asarray(Image.open(write_overlay(src, heat, tmp_path / "b.png", opacity=1.0)))
+    assert tuple(img[10, 2]) == (128, 128, 128)

@@ -67,6 +67,17 @@ def test_toggle_and_opacity_zero_show_the_plain_picture(overlay, qtbot):
     assert abs(overlay.slider.value() - 0.8) < 1e-6
 
 
+def test_nan_is_transparent(overlay):
+    overlay.set_image(_grey(20, 20))
+    heat = np.full((2, 2), np.nan, np.float32)
+    heat[1, 1] = 1.0  # only the bottom-right quarter has a value (e.g. inside a model's crop)
+    overlay.set_heatmap(heat)
+    overlay.set_opacity(1.0)
+    out = overlay.composited()
+    assert out.pixelColor(2, 2) == QColor(128, 128, 128)
+    assert out.pixelColor(18, 18) != QColor(128, 128, 128)
+
+
 def test_widget_draws_aspect_correct(overlay, qtbot):
     overlay.set_image(_grey(200, 100))
     qtbot.wait(10)
@@ -80,7 +91,7 @@ def test_heatmap_validation_and_clear(overlay, tmp_path):
         overlay.set_heatmap(np.zeros((2, 3, 4)))
     overlay.set_heatmap(np.array([[np.nan, 2.0], [-1.0, 0.5]]))
     h = overlay.heatmap()
-    assert h.min() >= 0 and h.max() <= 1 and h[0, 0] == 0 and h[0, 1] == 1
+    assert np.nanmin(h) >= 0 and np.nanmax(h) <= 1 and np.isnan(h[0, 0]) and h[0, 1] == 1
     overlay.set_heatmap(None)
     assert not overlay.toggle.isEnabled()
     assert overlay.set_image(tmp_path / "missing.png") is False

@@ -11,8 +11,8 @@ for transformers). Works for any timm model whose body ends in a spatial map or 
 
 The image goes through the run's own eval transform (the one Predict uses: short side resize,
 centre crop), so the map explains the very prediction the user sees; the map is then placed
-back on the crop's box in the full picture (pixels the model never saw stay 0). Maps are
-float32 in [0, 1]. ``write_overlay`` blends one over the picture into a PNG.
+back on the crop's box in the full picture (pixels the model never saw are NaN: drawn
+transparent). Maps are float32 in [0, 1]. ``write_overlay`` blends one over the picture into a PNG.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def colormap_lut(n: int = 256) -> np.ndarray:
 @dataclass
 class Explanation:
     path: str
-    heatmap: np.ndarray | None  # HxW float32 in [0, 1], the picture's aspect ratio; None on error
+    heatmap: np.ndarray | None  # HxW float32 in [0, 1] (NaN: outside the crop), the picture's aspect; None on error
     class_index: int = -1
     class_name: str = ""
     prob: float = 0.0  # the model's probability for that class
@@ -188,7 +188,8 @@ def crop_box(width: int, height: int, spec: Any) -> tuple[float, float, float, f
 
 
 def place_on_picture(cam: np.ndarray, width: int, height: int, spec: Any, max_side: int = MAP_MAX_SIDE) -> np.ndarray:
-    """A map at the crop's resolution placed on a (downscaled) canvas of the whole picture."""
+    """A map at the crop's resolution placed on a (downscaled) canvas of the whole picture;
+    NaN where the model saw nothing (outside the centre crop)."""
     from PIL import Image
 
     s = min(1.0, max_side / max(width, height))
@@ -196,11 +197,11 @@ def place_on_picture(cam: np.ndarray, width: int, height: int, spec: Any, max_si
     l, t, r, b = (v * s for v in crop_box(width, height, spec))
     bw, bh = max(1, round(r - l)), max(1, round(b - t))
     up = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((bw, bh), Image.BILINEAR))
-    canvas = np.zeros((ch, cw), np.float32)
+    canvas = np.full((ch, cw), np.nan, np.float32)
     x0, y0 = int(round(l)), int(round(t))
     hh, ww = min(bh, ch - y0), min(bw, cw - x0)
-    canvas[y0:y0 + hh, x0:x0 + ww] = up[:hh, :ww]
-    return np.clip(canvas, 0.0, 1.0)
+    canvas[y0:y0 + hh, x0:x0 + ww] = np.clip(up[:hh, :ww], 0.0, 1.0)
+    return canvas
 
 
 # ---------------------------------------------------------------- runs and files
@@ -299,9 +300,12 @@ def overlay_image(image_path: str | Path, heatmap: np.ndarray, opacity: float = 
     from tlstudio.core.evaluation.evaluate import _load_rgb
 
     img = _load_rgb(str(image_path))
-    idx = np.clip(np.round(np.asarray(heatmap, np.float32) * 255), 0, 255).astype(np.uint8)
+    h = np.asarray(heatmap, np.float32)
+    seen = np.isfinite(h)
+    idx = np.clip(np.round(np.nan_to_num(h) * 255), 0, 255).astype(np.uint8)
     colour = Image.fromarray(colormap_lut()[idx], "RGB").resize(img.size, Image.BILINEAR)
-    return Image.blend(img, colour, float(np.clip(opacity, 0.0, 1.0)))
+    alpha = Image.fromarray((seen * 255 * float(np.clip(opacity, 0.0, 1.0))).astype(np.uint8), "L")
+    return Image.composite(colour, img, alpha.resize(img.size, Image.NEAREST))  # NaN: the picture only
 
 
 def write_overlay(image_path: str | Path, heatmap: np.ndarray, out_path: str | Path, opacity: float = 0.5) -> Path:

@@ -30,11 +30,15 @@ _LUT = colormap_lut()
 
 
 def heatmap_to_qimage(heatmap: np.ndarray) -> QImage:
-    """Colour an HxW map in [0, 1] into an RGB QImage (own copy of the pixels)."""
-    idx = np.clip(np.round(heatmap * 255), 0, 255).astype(np.uint8)
-    rgb = np.ascontiguousarray(_LUT[idx])
+    """Colour an HxW map in [0, 1] into an RGBA QImage (own copy); NaN = transparent."""
+    seen = np.isfinite(heatmap)
+    idx = np.clip(np.round(np.nan_to_num(heatmap) * 255), 0, 255).astype(np.uint8)
+    rgba = np.empty(idx.shape + (4,), np.uint8)
+    rgba[..., :3] = _LUT[idx]
+    rgba[..., 3] = np.where(seen, 255, 0)
+    rgba = np.ascontiguousarray(rgba)
     h, w = idx.shape
-    img = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    img = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888)
     return img.copy()  # detach from the numpy buffer
 
 
@@ -190,7 +194,8 @@ class HeatmapOverlay(QWidget):
         return True
 
     def set_heatmap(self, heatmap: np.ndarray | None) -> None:
-        """An HxW map in [0, 1] (any resolution: stretched over the picture), or None."""
+        """An HxW map in [0, 1] (any resolution: stretched over the picture), or None.
+        NaN marks pixels without a value (drawn transparent: e.g. outside a model's crop)."""
         if heatmap is None:
             self._heatmap = self._heat_img = None
         else:
@@ -199,7 +204,7 @@ class HeatmapOverlay(QWidget):
                 arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
             if arr.ndim != 2 or arr.size == 0:
                 raise ValueError(f"heat map must be a 2-D array, got shape {arr.shape}")
-            arr = np.clip(np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+            arr = np.clip(np.nan_to_num(arr, nan=np.nan, posinf=1.0, neginf=0.0), 0.0, 1.0)  # NaN kept
             self._heatmap = arr
             self._heat_img = heatmap_to_qimage(arr)
         self._sync_controls()
