@@ -44,6 +44,8 @@ def test_train_task_knn_then_eval_and_predict_through_the_cli(tmp_path, capsys):
     info = runs.read_run(run)
     assert info.task == "knn" and kind_of_run(run).kind == "knn" and info.best_val_acc == out["metrics"]["val_acc"]
     assert (run / knn.BANK).is_file() and not (run / runs.LAST_CKPT).exists()  # nothing was trained
+    saved = json.loads((run / runs.EVAL_JSON).read_text(encoding="utf-8"))
+    assert saved["accuracy"] == pytest.approx(info.best_val_acc) and saved["n"] == len(runs.read_split(run).val)
 
     assert main(["eval", str(run), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)

@@ -143,6 +143,9 @@ def _fit(config: KnnConfig, run_dir: Path, stop, t0: float):
                             metadata={"tlstudio_model": spec.model_dump_json()})
     atomic_save_safetensors(run_dir / BANK, {"features": torch.from_numpy(bank), "labels": torch.from_numpy(labels)})
     result = evaluate(run_dir, progress=None)
+    from tlstudio.core.atomic import atomic_write_json
+
+    atomic_write_json(run_dir / runs.EVAL_JSON, result)  # the Evaluate step shows it, as for a trained run
     info.status, info.epochs_done, info.best_epoch = "finished", 1, 0
     info.metrics = {"val_acc": result["metrics"]["accuracy"], "val_macro_f1": result["metrics"]["macro_f1"]}
     info.best_val_acc, info.best_val_macro_f1 = info.metrics["val_acc"], info.metrics["val_macro_f1"]
