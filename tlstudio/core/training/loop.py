@@ -15,6 +15,7 @@ from typing import Any
 from tlstudio.core.atomic import atomic_save_safetensors, atomic_torch_save
 from tlstudio.core.events import BatchEnd, Checkpointed, EpochEnd, Event, Finished, Log, Unfrozen, Warn
 from tlstudio.core.runs import folder as runs
+from tlstudio.core.runtime import contention
 from tlstudio.core.runtime.background_writer import snapshot
 from tlstudio.core.runtime.parallel import unwrap, wrap_ddp
 from tlstudio.core.training import checkpoint
@@ -196,6 +197,8 @@ def _step(ctx: RunContext, st: LoopState, info, epoch: int, batch_i: int, x, y, 
     if ctx.stop.is_set():
         raise RunStopped()
     yield from _report_failures(ctx, "training")
+    for line in contention.take_log_lines():  # the CPU load changed the thread choice (issue 18)
+        yield Log(line)
     if x.shape[0] == 0:
         return None
     t0 = time.perf_counter()

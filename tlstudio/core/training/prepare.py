@@ -260,8 +260,12 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     device = precision.resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    threads = precision.set_threads(config.leave_one_core)
-    plan = precision.choose_precision(device, model, config.precision, config.channels_last)
+    threads = precision.set_threads(config.leave_one_core, getattr(config, "threads", None))
+    # precision and layout from a quick timing at this size when the body trains (issue 18)
+    body_trains = not layers.frozen_prefix_is_whole_body(trainable)
+    plan = precision.choose_precision(device, model, config.precision, config.channels_last,
+                                      measure=(config.batch_size, config.image_size) if body_trains else None)
+    yield Log(precision.describe_choice(plan, config.image_size))
     plan.prepare_model(model)  # device, memory format, CPU bf16 attention: one implementation
     features_mode = (
         config.cache != "off" and gradual_every is None and layers.frozen_prefix_is_whole_body(trainable)
