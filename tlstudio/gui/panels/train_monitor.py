@@ -219,7 +219,8 @@ class TrainMonitorMixin:
             self.eta_label.setText(f"ETA {_fmt_eta(left_total)}")
             self.speed_label.setText(f"{e.images_per_s:.0f} img/s · epoch ETA {_fmt_eta(left_epoch)}")
         else:
-            self.eta_label.setText("ETA estimating…")
+            self.eta_label.setText("ETA …")  # not known yet (a few batches and a second first)
+            self.eta_label.setToolTip("Estimating the time left from the first batches.")
             self.speed_label.setText(f"{e.images_per_s:.0f} img/s")
 
     def _on_epoch(self, e: ev.EpochEnd) -> None:
@@ -237,6 +238,7 @@ class TrainMonitorMixin:
 
     def _on_finished_event(self, e: ev.Finished) -> None:
         self.curves.flush()
+        self.eta_label.setText("")  # nothing left to estimate
         acc = ""
         if e.best_epoch is not None and (e.best_val_acc is not None or e.metrics):
             name = "val_acc" if e.best_val_acc is not None else next(iter(e.metrics))

@@ -71,6 +71,7 @@ class CurvesWidget(QWidget):
         self._dirty = False
         self.redraws = 0
         self._throttled = qthrottled(self._redraw, timeout=redraw_ms, leading=False, parent=self)
+        self._arrange()
         self._apply_ranges()
 
     @property
@@ -99,17 +100,27 @@ class CurvesWidget(QWidget):
         """The chart of a metric base name, added after the others (2 per row under the loss)."""
         if key in self.charts:
             return self.charts[key]
-        n = len(self.charts) - 1  # metric charts so far; the LR chart sits at row 1, column 1
-        slot = n if n < 1 else n + 1
-        row, col = 1 + slot // 2, slot % 2
-        plot = self.view.addPlot(row=row, col=col, title=chart_title(key))
+        plot = pg.PlotItem(title=chart_title(key))
         self._style(plot)
-        if row > 1:
-            self.view.ci.layout.setRowStretchFactor(row, 2)
         self.charts[key] = plot
         self._legend(key, plot, (-10, -10))
         self._ranges.pop(plot, None)
+        self._arrange()
         return plot
+
+    def _arrange(self) -> None:
+        """Loss across the top; below it the metric charts, then the learning rate, two per row
+        (the last one spans both columns when it is alone in its row)."""
+        ci = self.view.ci
+        below = [p for k, p in self.charts.items() if k != "loss"] + [self.lr_plot]
+        for p in below:
+            if p in ci.items:
+                ci.removeItem(p)
+        for i, p in enumerate(below):
+            row, col = 1 + i // 2, i % 2
+            span = 2 if (i == len(below) - 1 and col == 0) else 1
+            ci.addItem(p, row=row, col=col, colspan=span)
+            ci.layout.setRowStretchFactor(row, 2)
 
     def add_charts(self, names: list[str]) -> None:
         """Show these metrics' charts now (e.g. the kind's best metric before the first epoch)."""
@@ -153,6 +164,8 @@ class CurvesWidget(QWidget):
         suffix = "" if phase in ("main", "distill") else f" ({phase})"
         items[name] = plot.plot(pen=pg.mkPen(color, width=2, **style), symbol="o", symbolSize=6,
                                 symbolBrush=color, name=f"{curve_label(name)}{suffix}")
+        if key != "loss":  # one curve needs no legend: the chart's title names it
+            self.legends[key].setVisible(len([i for i in plot.listDataItems() if i.name()]) > 1)
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float, lr: float, phase: str = "main") -> None:
         c = self._phase(phase)
