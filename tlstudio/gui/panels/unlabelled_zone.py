@@ -227,7 +227,7 @@ class UnlabelledZone(QGroupBox):
             w.setVisible(has)
         self.check_box.setVisible(has and self.other.isChecked())
         self.check_label.setText(
-            (f"Check set: {self.check_dir}" if self.check_dir else
+            (f"Check set: {self.check_dir}." if self.check_dir else
              "Check set (optional): 10-20 of the new images that you labelled, a folder per class.")
             + " Only used to compare the adapted and unadapted models, never to train.")
         self.gap_bar.setVisible(has and self.gap is not None and self.gap.get("score") is not None)
