@@ -67,6 +67,10 @@ def test_kind_chooser_lists_the_registry_and_suggests_detected_kinds(qtbot, pane
     # a kind set elsewhere (the task table, the unlabelled zone) is shown by the chooser
     panel.state.set_task_kind("classification")
     assert chooser.combo.currentData() == "classification"
+    panel.state.set_training(True)  # no switching under a running job
+    assert not chooser.combo.isEnabled()
+    panel.state.set_training(False)
+    assert chooser.combo.isEnabled()
 
 
 def test_duplicates_tab_lists_the_pairs(qtbot, panel, tmp_path):

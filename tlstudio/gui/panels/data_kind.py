@@ -89,6 +89,8 @@ class KindChooser(QWidget):
         lay.addWidget(self.why)
         state.dataset_changed.connect(self.detect)
         state.task_kind_changed.connect(self._show_kind)
+        # a running job belongs to the kind it started with: no switching under it
+        state.training_changed.connect(lambda running: self.combo.setEnabled(not running))
         self.loading = start_worker(self, load_kinds, returned=self._kinds_loaded,
                                     errored=lambda exc: self.why.setText(f"Kinds of learning not available: {exc}"))
 

@@ -101,7 +101,9 @@ class EvaluatePanel(EvalErrorsMixin, EvalJobMixin, QWidget):
         lv.addWidget(self.table, 1)
         split.addWidget(left)  # metrics, baseline, per-class table
         split.addWidget(self._build_errors_side())  # confusion heat map over the mistakes gallery
-        split.setSizes([380, 700])
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        split.setSizes([430, 650])  # the per-class names keep their room at 1024 px
 
     # ------------------------------------------------------------------ loading
     def load_run(self, run_dir: str) -> None:
