@@ -85,6 +85,7 @@ class TaskTable(QWidget):
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: palette(mid);")
         lay.addWidget(self.note)
+        lay.addStretch(1)  # in a tall tab: everything at the top, the space below
         for w in (self.weighting, self.sharing):
             w.currentIndexChanged.connect(self._emit)
         for w in (self.pcgrad, self.baseline):

@@ -73,6 +73,12 @@ def run(config: MultiTaskConfig, stop: threading.Event | None = None, pause: thr
         from tlstudio.core.tasks.multitask.baseline import run_baselines
 
         info = yield from run_baselines(config, run_dir, info, stop, pause)
+        base = (info.extra.get("multitask") or {}).get("baseline")
+        ev = Finished(run_dir=str(run_dir), status=info.status, best_epoch=info.best_epoch,
+                      best_val_acc=info.best_val_acc, message=base["verdict"] if base else "",
+                      metrics=dict(info.metrics))
+        logger(ev)
+        yield ev  # the run's own result comes last, after the baselines' Finished events
     return info
 
 
