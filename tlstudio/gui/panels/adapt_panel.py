@@ -125,7 +125,7 @@ class AdaptPanel(QWidget):
         }
         self.acc_plot = pg.PlotWidget(background="w")
         self.acc_plot.setMinimumHeight(120)
-        self.acc_plot.addLegend(offset=(-10, 10))
+        self.acc_plot.addLegend(offset=(-10, -10))  # bottom right: accuracy curves run along the top
         self.acc_plot.setYRange(0, 1)
         self.acc_plot.setLabel("left", "score")
         self.curves["val_acc"] = self.acc_plot.plot([], [], pen=pg.mkPen("#2ca02c", width=2),
