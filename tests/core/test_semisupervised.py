@@ -115,3 +115,33 @@ def test_semisupervised_run_with_pseudo_labels(tmp_path):
     ev = registry.kind_of_run(out).evaluate(out)
     assert set(ev["comparison"]) == {"labelled_only", "with_unlabelled"}
     assert any("pseudo-labels" in line for line in registry.kind_of_run(out).eval_lines(ev))
+
+
+def test_pseudo_label_rounds_warn_when_nothing_reaches_the_threshold(tmp_path):
+    import threading
+
+    from tlstudio.core.events import EpochEnd, Warn
+    from tlstudio.core.tasks.adaptation.job import _Feats
+    from tlstudio.core.tasks.semisupervised.config import SemiConfig
+    from tlstudio.core.tasks.semisupervised.job import pseudo_label_rounds
+
+    g = torch.Generator().manual_seed(0)
+    f = _Feats()
+    f.fs, f.ys = torch.randn(12, 8, generator=g), torch.arange(12) % 3
+    f.fv, f.yv = torch.randn(6, 8, generator=g), torch.arange(6) % 3
+    f.ft, f.fc, f.yc = torch.randn(30, 8, generator=g), torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)
+    head0 = torch.nn.Linear(8, 3)
+    torch.nn.init.zeros_(head0.weight)  # a head that is sure of nothing: every probability 1/3
+    cfg = SemiConfig(data_dir=str(tmp_path), unlabeled_dir=str(tmp_path), pseudo_threshold=0.9, rounds=2,
+                     head_epochs=2)
+    events = []
+    gen = pseudo_label_rounds(cfg, head0, f, [4, 4, 4], threading.Event())
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            head, history, stats = done.value
+            break
+    assert stats[0]["selected"] == 0
+    assert any(isinstance(e, Warn) and "no unlabelled image reached 90%" in e.message for e in events)
+    assert len([e for e in events if isinstance(e, EpochEnd)]) == 4 and len(history) == 4

@@ -204,6 +204,13 @@ def pseudo_label_rounds(config: SemiConfig, head0, feats, counts: list[int], sto
     for r in range(1, config.rounds + 1):
         pl = select_pseudo_labels(probs_of(current, feats.ft), config.pseudo_threshold, caps=caps)
         stats.append({"round": r, **pl.to_json()})
+        if not pl.index:
+            from tlstudio.core.events import Warn
+
+            top = float(probs_of(current, feats.ft).max(1).values.max()) if len(feats.ft) else 0.0
+            yield Warn(f"Round {r}: no unlabelled image reached {config.pseudo_threshold:.0%} confidence (the most "
+                       f"confident is {top:.0%}), so no pseudo-labels; lower the threshold (0.5 did best in our "
+                       "measurements)")
         yield Log(f"Round {r}/{config.rounds}: {len(pl.index)} of {len(feats.ft)} unlabelled images above "
                   f"{config.pseudo_threshold:.0%} confidence within the class caps (per class {pl.per_class})")
         fresh = copy.deepcopy(head0)
