@@ -173,7 +173,7 @@ def test_export_step_in_main_window_and_screenshot(qtbot, run_folder, tmp_path):
     assert STEPS[-1] == "export" and win.stack.count() == len(STEPS)
     win.show_step(STEPS.index("export"))
     p = win.panel("export")
-    assert isinstance(p, ExportPanel) and win.stack.widget(8).isAncestorOf(p)
+    assert isinstance(p, ExportPanel) and win.stack.widget(STEPS.index("export")).isAncestorOf(p)
     state.set_current_run(str(run))
     assert p.run_dir == str(run)
     p.out_edit.setText(str(tmp_path / "ex"))
