@@ -64,8 +64,8 @@ def test_domain_gap_is_measured_in_the_background(qtbot, folders, monkeypatch):
     lab, unl = folders
     calls = []
 
-    def fake_job(src, folder, backbone):
-        calls.append((len(src), folder))
+    def fake_job(src, folder, backbone, stop=None):
+        calls.append((len(src), folder, stop))
         return {"score": 0.2, "sentence": "These images look like your training images."}
 
     monkeypatch.setattr(uz, "gap_job", fake_job)
@@ -78,9 +78,13 @@ def test_domain_gap_is_measured_in_the_background(qtbot, folders, monkeypatch):
     zone.other.setChecked(True)
     with qtbot.waitSignal(zone.gap_ready, timeout=10_000):
         zone.set_folder(str(unl))
-    assert calls == [(9, str(unl))]
+    assert [c[:2] for c in calls] == [(9, str(unl))]
+    stop = calls[0][2]
+    assert stop is not None and not stop.is_set()
     assert zone.gap_bar.value() == 20 and zone.same.isChecked()  # small gap: suggests "same kind"
     assert state.task_kind == "semisupervised"
+    zone.clear()  # a measurement still running would be told to stop
+    assert stop.is_set()
 
 
 def _queue(unl: Path):

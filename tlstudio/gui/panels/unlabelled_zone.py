@@ -57,16 +57,20 @@ def count_images(folder: str, limit: int = 100_000) -> int:
     return n
 
 
-def gap_job(source_paths: list[str], target_dir: str, backbone: str | None) -> dict[str, Any]:
-    """Background: the domain-gap report between the labelled images and a folder (no Qt)."""
+def gap_job(source_paths: list[str], target_dir: str, backbone: str | None, stop: Any = None) -> dict[str, Any]:
+    """Background: the domain-gap report between the labelled images and a folder (no Qt).
+    ``stop`` (threading.Event) ends it early: another folder was chosen or the window closed."""
     from tlstudio.gui.heavy import ensure_imported
 
     ensure_imported()  # torch/timm imported by one thread at a time (a concurrent first import breaks)
     from tlstudio.core.data.dataset import scan_unlabelled
     from tlstudio.core.tasks.adaptation.domain_gap import measure_domain_gap
 
-    target, _ = scan_unlabelled(target_dir)
-    return measure_domain_gap(source_paths, target, backbone=backbone, max_images=GAP_IMAGES)
+    target, _ = scan_unlabelled(target_dir, stop=stop)
+    rep = measure_domain_gap(source_paths, target, backbone=backbone, max_images=GAP_IMAGES, stop=stop)
+    if stop is not None and stop.is_set():
+        return {"stopped": True}
+    return rep
 
 
 class _DropFrame(QFrame):
@@ -110,6 +114,9 @@ class UnlabelledZone(QGroupBox):
         self.gap: dict[str, Any] | None = None
         self._gap_for: str | None = None
         self._worker = None
+        import threading
+
+        self._gap_stop = threading.Event()
         lay = QVBoxLayout(self)
         intro = QLabel("More images without labels can make the model better. Drop a folder of them here.")
         intro.setWordWrap(True)
@@ -192,6 +199,7 @@ class UnlabelledZone(QGroupBox):
         (self.other if kind == ADAPT else self.same).setChecked(True)
 
     def clear(self) -> None:
+        self._gap_stop.set()
         self.folder = self.check_dir = None
         self.gap = None
         self._gap_for = None
@@ -248,16 +256,21 @@ class UnlabelledZone(QGroupBox):
             return
         from tlstudio.gui.workers import start_worker
 
+        import threading
+
+        self._gap_stop.set()  # an earlier measurement for another folder is not wanted any more
+        self._gap_stop = stop = threading.Event()
+        self.destroyed.connect(lambda *_: stop.set())  # the window closed: end the job early
         self._gap_for = self.folder
         self.gap_text.setText("Measuring how different these images look from your labelled images...")
         backbone = (self.state.settings or {}).get("backbone")
         folder = self.folder
-        self._worker = start_worker(self, gap_job, src, folder, backbone,
+        self._worker = start_worker(self, gap_job, src, folder, backbone, stop,
                                     returned=lambda rep: self.gap_ready.emit({**rep, "folder": folder}),
                                     errored=lambda exc: self.gap_text.setText(f"Could not measure the gap: {exc}"))
 
     def _show_gap(self, rep: dict) -> None:
-        if rep.get("folder") != self.folder:
+        if rep.get("stopped") or rep.get("folder") != self.folder:
             return  # a late answer for a folder the user has replaced
         self.gap = rep
         score = rep.get("score")
