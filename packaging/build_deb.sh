@@ -28,6 +28,7 @@ command -v dpkg-deb >/dev/null || { echo "!! dpkg-deb not found (a Debian/Ubuntu
 mkdir -p "$OUT"
 STAGE="$(mktemp -d "${TMPDIR:-/tmp}/tlstudio-deb.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT
+chmod 0755 "$STAGE"  # mktemp makes it 0700: the package's "./" entry must not say that about /
 echo "== staging $BUNDLE into a .deb ($PKG $VERSION $ARCH)"
 
 mkdir -p "$STAGE/opt" "$STAGE/usr/bin" "$STAGE/usr/share/applications" "$STAGE/usr/share/mime/packages" \

@@ -85,6 +85,7 @@ def test_deb_installs_launches_and_uninstalls_cleanly(tmp_path):
                           text=True).stdout
     assert "Package: tlstudio" in info and "Version: 0.0.1" in info and "libc6" in info
     contents = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True).stdout
+    assert contents.splitlines()[0].startswith("drwxr-xr-x root/root") and contents.split()[5] == "./"
     assert "./opt/tlstudio/_internal/resources/catalog.json" in contents
     assert "install-desktop.sh" not in contents  # the per-user installer stays out of the system package
     results, facts = smoke_test.deb_checks(deb, [("installed --version", ["--version"], "TL Studio 0.0.1")])
