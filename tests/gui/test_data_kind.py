@@ -134,3 +134,13 @@ def test_open_labels_csv_button(qtbot, panel, tmp_path, monkeypatch):
         qtbot.mouseClick(panel.csv_btn, Qt.MouseButton.LeftButton)
     assert panel.state.scan_report.layout == "csv"
     assert panel.path_label.text() == str(csv.resolve())
+
+
+def test_the_two_classes_rule_is_for_classifying_kinds_only(qtbot, panel, tmp_path):
+    _images(tmp_path / "normal" / "good", 12, (90, 120, 200))
+    _scan(qtbot, panel, tmp_path / "normal")
+    assert "at least two classes" in panel.summary.text() and panel.state.step_status["data"] == "attention"
+    panel.state.set_task_kind("anomaly")  # one folder of normal images is what it needs
+    assert "at least two classes" not in panel.summary.text() and panel.state.step_status["data"] == "done"
+    panel.state.set_task_kind("classification")
+    assert panel.state.step_status["data"] == "attention"

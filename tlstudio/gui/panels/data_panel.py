@@ -66,6 +66,7 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         self._split_timer.timeout.connect(self._remake_split)
         state.dataset_changed.connect(self._show_report)
         state.split_changed.connect(self._show_split)
+        state.task_kind_changed.connect(self._kind_changed_summary)
 
     # --- layout -------------------------------------------------------------------------
     def _build(self) -> None:

@@ -136,13 +136,8 @@ class DataViewsMixin:
         self.right.setCurrentWidget(self.tabs)
         self.path_label.setText(self.state.data_dir or report.root)
         self.rescan_btn.setEnabled(True)
-        problem = trainable_problem(report)
         n = len(report.samples)
-        text = (f"<b>{len(report.classes)}</b> classes · <b>{n:,}</b> images · "
-                f"<b>{len(report.skipped):,}</b> skipped · layout: {report.layout}")
-        if problem:
-            text += f"<br><b style='color:#c5221f'>{problem}</b>"
-        self.summary.setText(text)
+        problem = self._show_summary()
         self.chart.set_counts(report.classes, report.counts)
         self.class_filter.blockSignals(True)
         self.class_filter.clear()
@@ -170,8 +165,27 @@ class DataViewsMixin:
             "The folder already has train/ and val/ sub-folders: that split is used as it is."
             if presplit else tip("val_fraction"))
         self._show_split()
-        status = "attention" if problem else "done"
-        self.state.set_step_status("data", status)
+        self.state.set_step_status("data", "attention" if problem else "done")
+
+    def _show_summary(self) -> str:
+        """The summary line; the ">= 2 classes" problem only for kinds that classify (an anomaly
+        detector learns from one folder of normal images). Returns the problem shown ("" if none)."""
+        report = self.state.scan_report
+        if report is None:
+            return ""
+        classifies = self.state.task_kind in ("classification", "distillation")
+        problem = trainable_problem(report) if classifies else ""
+        text = (f"<b>{len(report.classes)}</b> classes · <b>{len(report.samples):,}</b> images · "
+                f"<b>{len(report.skipped):,}</b> skipped · layout: {report.layout}")
+        if problem:
+            text += f"<br><b style='color:#c5221f'>{problem}</b>"
+        self.summary.setText(text)
+        return problem
+
+    def _kind_changed_summary(self, _kind: str) -> None:
+        if self.state.scan_report is not None and not self.scanning:
+            problem = self._show_summary()
+            self.state.set_step_status("data", "attention" if problem else "done")
 
     def _show_skipped(self, skipped: list[Any]) -> None:
         rows = skipped[:MAX_SKIPPED_ROWS]
