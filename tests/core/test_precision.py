@@ -129,8 +129,14 @@ def test_measure_modes_leaves_the_model_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats too
     assert all(p.grad is None for p in model.parameters())
     assert next(model.parameters()).is_contiguous()
-    # a budget already spent: only the first mode's warm-up... nothing timed
-    assert P.measure_modes(model, 2, 16, [("fp32", False), ("fp32", True)], rounds=1, budget_s=-1) == {}
+    # a budget the first step shows cannot be kept: nothing more is run, nothing timed
+    assert P.measure_modes(model, 2, 16, [("fp32", False), ("fp32", True)], rounds=1, budget_s=0.0) == {}
+
+
+def test_measure_batch_same_pixels_per_step():
+    assert P.measure_batch(32, 32) == P.MEASURE_BATCH == P.measure_batch(32, 64)
+    assert P.measure_batch(32, 112) == 5 and P.measure_batch(32, 224) == 4 and P.measure_batch(32, 512) == 4
+    assert P.measure_batch(8, 32) == 8 and P.measure_batch(2, 224) == 2  # never more than the run's batch
 
 
 def test_choose_precision_measured_per_size(monkeypatch):
@@ -151,6 +157,7 @@ def test_choose_precision_measured_per_size(monkeypatch):
     big = P.choose_precision("cpu", _Conv(), measure=(32, 224))
     assert (big.name, big.channels_last, big.dtype) == ("bf16", True, torch.bfloat16)
     assert calls[0] == (P.MEASURE_BATCH, 32, (("fp32", False), ("fp32", True), ("bf16", True)))
+    assert calls[1][:2] == (4, 224)
     P.choose_precision("cpu", _Conv(), measure=(32, 32))
     assert len(calls) == 2  # the same model, batch, size and threads: measured once
     # explicit choices are never overridden; a fixed layout is kept while precision is measured
@@ -161,7 +168,7 @@ def test_choose_precision_measured_per_size(monkeypatch):
     monkeypatch.setattr(P, "measure_modes", lambda model, batch, size, modes, **kw: {modes[0]: 1.0})
     P._measured.clear()
     rule = P.choose_precision("cpu", _Conv(), measure=(32, 112))
-    assert rule.name == "bf16" and rule.channels_last and "too slow to compare" in rule.reason
+    assert rule.name == "bf16" and rule.channels_last and "too slow here to time" in rule.reason
     P._measured.clear()
 
 

@@ -284,11 +284,20 @@ def measure_modes(model: Any, batch: int, size: int, modes: list[tuple[str, bool
                     p.grad = None
                 if r == 0:
                     warmed.add(mode)
+                    if len(warmed) == 1 and dt * len(modes) * (rounds + 1) > budget_s:
+                        return {}  # cannot finish within the budget: spend no more time on it
                 else:
                     best[mode] = max(best.get(mode, 0.0), batch / max(dt, 1e-9))
     finally:
         del m
     return best
+
+
+def measure_batch(batch: int, size: int) -> int:
+    """Images per measured step: MEASURE_BATCH at up to 64 px, fewer at larger sizes (the same
+    pixels per step, at least 4), so timing the modes costs about the same at every size."""
+    pixels = MEASURE_BATCH * 64 * 64
+    return max(1, min(int(batch), MEASURE_BATCH, max(4, pixels // max(1, int(size) ** 2))))
 
 
 def candidate_modes(conv: bool, fast_bf16: bool, layout: bool | None = None) -> list[tuple[str, bool]]:
@@ -316,11 +325,11 @@ def _measured_plan(plan: PrecisionPlan, model: Any, batch: int, size: int, conv:
         if len(modes) < 2:
             return plan
         try:
-            speeds = measure_modes(model, min(batch, MEASURE_BATCH), size, modes)
+            speeds = measure_modes(model, measure_batch(batch, size), size, modes)
         except Exception as e:  # a model that cannot run a bare step here: keep the rule's choice
             return replace(plan, reason=f"{plan.reason}; not measured ({e.__class__.__name__})")
-        if len(speeds) < len(modes):  # cut short by the time budget (a big model): keep the rule
-            return replace(plan, reason=f"{plan.reason}; too slow to compare modes at {size} px")
+        if len(speeds) < len(modes):  # cut short by the time budget (a big model, a busy CPU): the rule
+            return replace(plan, reason=f"{plan.reason}; too slow here to time the modes at {size} px")
         _measured[key] = pick_mode(speeds)
     name, cl, why = _measured[key]
     dtype = {"fp32": None, "bf16": torch.bfloat16}[name]
