@@ -24,6 +24,7 @@ BENCHES = [
     ("flops", "bench_flops.py", "4. achieved training FLOP/s / matmul peak"),
     ("scan", "bench_scan.py", "5. scan of many images (data helper)"),
     ("memory_budget", "bench_memory_budget.py", "6. peak memory, data set 4x the cache budget"),
+    ("contention", "bench_contention.py", "7. training with 2 busy-loop processes competing vs bare fp32 loops (issue 18: >= 2x)"),
 ]
 
 
