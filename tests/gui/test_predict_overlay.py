@@ -49,9 +49,14 @@ def panel(qtbot, runs):
 
 def test_model_picker_and_buttons_follow_the_model(panel, runs, tmp_path):
     _, root = runs
-    assert panel.model_box.count() == 2 and not panel.files_btn.isEnabled()
-    panel.model_box.activated.emit(1)
-    assert panel.state.current_run == panel.model_box.itemData(1) and panel.files_btn.isEnabled()
+    # two trained runs, none open yet: a "choose" entry first, not a run that is not really open
+    assert panel.model_box.count() == 3 and panel.model_box.currentData() is None
+    assert "Choose one of 2" in panel.model_box.currentText() and not panel.files_btn.isEnabled()
+    assert "Pick a model" in panel.run_label.text()
+    picked = panel.model_box.itemData(2)
+    panel.model_box.activated.emit(2)
+    assert panel.state.current_run == picked and panel.files_btn.isEnabled()
+    assert panel.model_box.count() == 2 and panel.model_box.currentData() == panel.state.current_run
     # a distillation sets its run folder when it starts, before the weights exist
     new = tmp_path / "distilled"
     shutil.copytree(root / "r1", new)

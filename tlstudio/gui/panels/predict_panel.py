@@ -408,7 +408,10 @@ class PredictPanel(QWidget):
             self.model_box.addItem("No trained model yet")
         cur = self.state.current_run
         idx = self.model_box.findData(cur) if cur else -1
-        self.model_box.setCurrentIndex(idx if idx >= 0 else 0)
+        if idx < 0 and runs:  # models exist but none is open: say so, do not pretend one is
+            self.model_box.insertItem(0, f"Choose one of {len(runs)} trained models…")
+            idx = 0
+        self.model_box.setCurrentIndex(max(0, idx))
         self.model_box.blockSignals(False)
         self.model_box.setEnabled(bool(runs))
         self._update()
@@ -447,7 +450,8 @@ class PredictPanel(QWidget):
 
         run = self.state.current_run
         if not run:
-            self.run_label.setText("No model yet: train one, or open a run in Runs.")
+            self.run_label.setText("Pick a model above." if self.model_box.count() > 1 or self.model_box.itemData(0)
+                                   else "No model yet: train one, or open a run in Runs.")
         else:
             try:
                 info = read_run(run)
@@ -464,4 +468,5 @@ class PredictPanel(QWidget):
         self.progress.setVisible(busy)
         self.cancel_btn.setVisible(busy)
         self.cancel_btn.setEnabled(busy and not self.job.stopping)
-        self.model_box.setEnabled(not busy and self.model_box.count() > 0 and bool(self.model_box.itemData(0)))
+        has_models = any(self.model_box.itemData(i) for i in range(self.model_box.count()))
+        self.model_box.setEnabled(not busy and has_models)
