@@ -93,6 +93,7 @@ class CurvesWidget(QWidget):
         legend.setBrush(pg.mkBrush(255, 255, 255, 215))  # readable over the curves
         legend.setPen(pg.mkPen(200, 200, 200))
         legend.setZValue(1000)
+        legend.setVisible(False)  # an empty legend is an empty box: shown once it has curves
         self.legends[key] = legend
         return legend
 
@@ -148,6 +149,7 @@ class CurvesWidget(QWidget):
                 "lr": self.lr_plot.plot(pen=pg.mkPen(pens["lr"], width=2, **style)),
             }
             self.phases[phase] = _PhaseCurves(phase)  # after its items: _redraw pairs the two dicts
+            self.legends["loss"].setVisible(True)
         return self.phases[phase]
 
     def _metric_item(self, phase: str, name: str) -> None:
@@ -164,8 +166,8 @@ class CurvesWidget(QWidget):
         suffix = "" if phase in ("main", "distill") else f" ({phase})"
         items[name] = plot.plot(pen=pg.mkPen(color, width=2, **style), symbol="o", symbolSize=6,
                                 symbolBrush=color, name=f"{curve_label(name)}{suffix}")
-        if key != "loss":  # one curve needs no legend: the chart's title names it
-            self.legends[key].setVisible(len([i for i in plot.listDataItems() if i.name()]) > 1)
+        # one curve needs no legend (the chart's title names it); the Loss chart always has two
+        self.legends[key].setVisible(key == "loss" or len([i for i in plot.listDataItems() if i.name()]) > 1)
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float, lr: float, phase: str = "main") -> None:
         c = self._phase(phase)
@@ -212,6 +214,7 @@ class CurvesWidget(QWidget):
                     self.lr_plot.removeItem(item)
         for legend in self.legends.values():
             legend.clear()
+            legend.setVisible(False)
         self.phases.clear()
         self.items.clear()
         self._throttled.cancel()
