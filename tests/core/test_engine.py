@@ -136,6 +136,8 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path):
     assert full == part
 
 
+@pytest.mark.slow  # three real trainings: ~1 min on a quiet 2-core CPU, ten on a busy one
+@pytest.mark.timeout(1800)
 def test_chained_transfer_beats_scratch_on_small_related_task(tmp_path):
     classes = ("circle", "square", "triangle", "cross")
     source = make_synthetic_folder(tmp_path / "src", classes=classes, per_class=60, size=48, seed=1)

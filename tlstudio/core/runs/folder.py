@@ -87,7 +87,8 @@ class RunInfo(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     baseline: dict[str, Any] | None = None  # gain of transfer over scratch
     extra: dict[str, Any] = Field(default_factory=dict)  # distillation report and the like
-    metrics: dict[str, float] = Field(default_factory=dict)  # the best epoch's metrics
+    # the best epoch's metrics; None where a value was not finite (JSON has no NaN: it is written null)
+    metrics: dict[str, float | None] = Field(default_factory=dict)
     best_metric: str = "val_acc"  # the metric that picked the best epoch
     label_schema: dict[str, Any] | None = None  # {"tasks": [{"name", "type", "classes"}]}
 
