@@ -88,7 +88,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
     for key, value in metrics.items():
         base, _, task = key.partition("/")
         label, fmt = _LABELS.get(base, (base.replace("_", " "), "{:.4g}"))
-        out.append(f"{label}{'/' + task if task else ''} {fmt.format(value)}")
+        shown = "n/a" if value is None else fmt.format(value)
+        out.append(f"{label}{'/' + task if task else ''} {shown}")
     return "  ".join(out)
 
 
