@@ -104,3 +104,28 @@ def test_save_refuses_runs_outside(tmp_path):
         save_project(tmp_path / "p" / "a.tlsproj", data_dir=None, settings={}, runs_dir=tmp_path / "runs")
     with pytest.raises(ProjectError, match="invalid settings"):
         save_project(tmp_path / "p" / "a.tlsproj", data_dir=None, settings={"epochs": 0})
+
+
+def test_kind_of_learning_and_its_settings_round_trip(tmp_path):
+    proj = tmp_path / "p.tlsproj"
+    save_project(proj, data_dir=None, settings={}, task="anomaly",
+                 task_settings={"method": "padim", "false_alarm": 0.02})
+    raw = json.loads(proj.read_text(encoding="utf-8"))
+    assert raw["schema_version"] == 2 and raw["task"] == "anomaly"
+    p = load_project(proj)
+    assert p.task == "anomaly" and p.task_settings == {"method": "padim", "false_alarm": 0.02}
+
+
+def test_a_first_wave_project_file_opens_as_classification(tmp_path):
+    proj = tmp_path / "old.tlsproj"
+    proj.write_text(json.dumps({"schema_version": 1, "app": "tlstudio", "name": "old", "data_dir": None,
+                                "runs_dir": "runs", "settings": {"epochs": 3}, "current_run": None}))
+    p = load_project(proj)
+    assert p.task == "classification" and p.task_settings == {} and p.settings == {"epochs": 3}
+
+
+def test_a_kind_name_that_is_not_a_name_is_refused(tmp_path):
+    proj = tmp_path / "bad.tlsproj"
+    proj.write_text(json.dumps({"schema_version": 2, "task": "../../etc"}))
+    with pytest.raises(ProjectError, match="task"):
+        load_project(proj)

@@ -63,7 +63,8 @@ def save_state(state: AppState, path: str | Path) -> Path:
     if runs is None or state.project_path is None or Path(state.project_path).parent != p.resolve().parent:
         runs = None  # a new project folder gets its own runs/ folder
     out = save_project(p, data_dir=state.data_dir, settings=settings_for_saving(state), runs_dir=runs,
-                       current_run=state.current_run, name=p.stem)
+                       current_run=state.current_run, name=p.stem, task=state.task_kind,
+                       task_settings=state.task_settings)
     state.project_path = str(out)
     state.runs_dir = state.runs_dir if runs else str(out.parent / "runs")
     state.runs_changed.emit()
@@ -80,6 +81,8 @@ def open_project_into(state: AppState, path: str | Path) -> Any:
     state.project_path = str(proj.path)
     state.runs_dir = str(proj.runs_dir) if proj.runs_dir else None
     state.update_settings(dict(proj.settings))
+    state.set_task_kind(proj.task)
+    state.set_task_settings(proj.task_settings, replace=True)
     state.runs_changed.emit()
     if proj.current_run is not None and proj.current_run.is_dir():
         state.set_current_run(str(proj.current_run))
@@ -99,5 +102,7 @@ def reset_state(state: AppState) -> None:
     state.set_model(None, [], [], None)
     state.set_current_run(None)
     reset_settings(state)
+    state.set_task_kind("classification")
+    state.set_task_settings({}, replace=True)
     for s in STEPS:
         state.set_step_status(s, "todo")

@@ -44,10 +44,9 @@ def _save(widget: Any, path: Path) -> Path:
 
 
 def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: bool = True) -> list[Path]:
-    from tlstudio.gui.app import make_app
     from tlstudio.gui.main_window import MainWindow
     from tlstudio.gui.panels.data_panel import sample_folder
-    from tlstudio.gui.state import STEPS
+    from tlstudio.gui.qt_app import make_app
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +61,7 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: boo
     data.open_folder(str(sample_folder()))
     _wait(app, lambda: st.scan_report is not None and not data.scanning, 60)
     model = win.panel("model")
-    win.show_step(STEPS.index("model"))
+    win.show_step("model")
     _wait(app, lambda: model.table_model.rowCount() > 0, 60)
     _wait(app, lambda: st.model is not None and bool(st.groups), 120)
     layers = win.panel("layers")
@@ -73,7 +72,7 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: boo
     elif train:  # a short real run through the Train panel so Train/Evaluate/Runs/Predict show content
         st.update_settings({"epochs": 4, "batch_size": 16})
         tp = win.panel("train")
-        win.show_step(STEPS.index("train"))
+        win.show_step("train")
         if tp.start():
             _wait(app, lambda: not win.runner.running, 600)
             _wait(app, lambda: False, 1.0)
@@ -85,8 +84,9 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: boo
             paths = [s.path for s in report.samples[:: max(1, len(report.samples) // 6)]][:6]
             if pp.predict_paths(paths):
                 _wait(app, lambda: not win.runner.running, 120)
-    for i, step in enumerate(STEPS):
-        win.show_step(i)
+    # the steps the sample's kind (classification) shows, named by their number in the sidebar
+    for i, step in enumerate(win.sidebar.visible_steps()):
+        win.show_step(step)
         if step == "data":  # let the visible thumbnails decode
             _wait(app, lambda: data.thumb_model.loader.pending() == 0, 10)
             _wait(app, lambda: False, 0.3)

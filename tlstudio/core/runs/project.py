@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tlstudio.core.errors import UserError
 
-PROJECT_SCHEMA_VERSION = 1
+PROJECT_SCHEMA_VERSION = 2  # 2: the kind of learning and its own settings
 PROJECT_SUFFIX = ".tlsproj"
 MAX_PROJECT_BYTES = 1_000_000  # a project file is small; anything bigger is not ours
 # TrainConfig fields that are paths, and whether the app may write there.
@@ -45,6 +45,8 @@ class ProjectFile(BaseModel):
     runs_dir: str = Field("runs", min_length=1, max_length=4096)
     settings: dict[str, Any] = Field(default_factory=dict)
     current_run: str | None = Field(None, max_length=4096)
+    task: str = Field("classification", max_length=64, pattern=r"^[a-z_]+$")
+    task_settings: dict[str, Any] = Field(default_factory=dict)  # validated by the kind's config on use
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Project:
     runs_dir: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     current_run: Path | None = None
+    task: str = "classification"
+    task_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -154,7 +158,7 @@ def load_project(path: str | Path) -> Project:
     if pf.current_run:
         current = _resolve(pf.current_run, folder, "current_run", path, allow_absolute=False)
     return Project(path=path, name=pf.name, data_dir=data_dir, runs_dir=runs_dir, settings=settings,
-                   current_run=current)
+                   current_run=current, task=pf.task, task_settings=dict(pf.task_settings))
 
 
 def _relative_if_inside(p: str | Path | None, folder: Path) -> str | None:
@@ -175,6 +179,8 @@ def save_project(
     runs_dir: str | Path | None = None,
     current_run: str | Path | None = None,
     name: str = "",
+    task: str = "classification",
+    task_settings: dict[str, Any] | None = None,
 ) -> Path:
     """Write a project file atomically. ``runs_dir`` defaults to ``runs`` next to the file and
     must lie inside the project folder (the app writes there)."""
@@ -202,6 +208,8 @@ def save_project(
         runs_dir=_relative_if_inside(runs, folder) or "runs",
         settings=settings,
         current_run=current,
+        task=task,
+        task_settings=dict(task_settings or {}),
     )
     atomic_write_text(path, pf.model_dump_json(indent=2))
     return path
