@@ -143,3 +143,18 @@ def test_human_bytes():
     assert human_bytes(512) == "512 B"
     assert human_bytes(3 * 1024 * 1024) == "3.0 MB"
     assert human_bytes(5 * 1024**3) == "5.0 GB"
+
+
+def test_advice_counts_training_images_only_and_follows_from_scratch(qtbot, panel, tmp_path):
+    """Issue 17 items 1 and 4: 20 images per class with half for validation is 10 training images
+    per class (not 20); choosing "From scratch" changes the advice to every layer training."""
+    from tlstudio.core.data.synthetic import make_synthetic_folder
+
+    st = panel.state
+    data = make_synthetic_folder(tmp_path / "d", classes=("circle", "square"), per_class=20, size=32)
+    st.set_setting("val_fraction", 0.5)
+    report = scan(data)
+    st.set_dataset(report.root, report, None)
+    assert "10 images per class" in st.advice.reason and "20 images" not in st.advice.reason
+    st.set_setting("init", "scratch")
+    assert st.advice.freeze == "none" and "From scratch with 10 training images per class" in st.advice.reason

@@ -219,12 +219,13 @@ class DataViewsMixin:
             kind = "exact copy" if p.kind == "exact" else f"near copy (difference {p.difference:.1f})"
             cells = (os.path.relpath(p.a, root) if p.a.startswith(root) else p.a,
                      os.path.relpath(p.b, root) if p.b.startswith(root) else p.b,
-                     kind, ca if ca == cb else f"{ca} / {cb}: two classes, left out")
+                     kind, ca if ca == cb else (f"{ca} / {cb}: two classes, left out" if p.kind == "exact"
+                                                else f"{ca} / {cb}: two classes, check the labels"))
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip((p.a, p.b, kind, text)[c])
                 item.setData(Qt.ItemDataRole.UserRole, (p.a, p.b)[min(c, 1)])
-                if c == 3 and ca != cb:
+                if c == 3 and ca != cb and p.kind == "exact":
                     from PySide6.QtGui import QColor
 
                     item.setForeground(QColor("#c5221f"))

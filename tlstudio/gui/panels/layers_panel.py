@@ -199,6 +199,8 @@ class LayersPanel(QWidget):
             self._mem_timer.start()
         if name in ("", "freeze", "frozen_groups") and not self._syncing and self.state.groups:
             self._sync_preset_from_settings()
+        if name in ("init", "val_fraction"):  # the advice depends on both
+            self._update_advice()
 
     def _sync_preset_from_settings(self) -> None:
         s = self.state.settings
@@ -302,15 +304,17 @@ class LayersPanel(QWidget):
 
     # --- advice -------------------------------------------------------------------------
     def _update_advice(self) -> None:
-        from tlstudio.core.models.advice import advise
+        from tlstudio.core.models.advice import advise_for_report
 
         r = self.state.scan_report
         if r is None or not r.classes:
             self.advice_label.setText("Load a data set to get advice for its size.")
             self.apply_advice_btn.setEnabled(False)
             return
-        per_class = len(r.samples) / max(1, len(r.classes))
-        a = advise(per_class, self.similarity.currentData(), len(r.classes))
+        # training images only (validation images are not learnt from); from scratch: every layer
+        settings = self.state.settings
+        a = advise_for_report(r, float(settings.get("val_fraction", 0.2) or 0.2), self.similarity.currentData(),
+                              str(settings.get("init", "pretrained") or "pretrained"))
         self.state.set_advice(a)
         self.advice_label.setText(
             f"<b>{_spec_text(a.freeze)}</b>, learning rate {a.lr:g}, {a.epochs} epochs.<br>{a.reason}")

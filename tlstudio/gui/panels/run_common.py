@@ -121,7 +121,14 @@ class RunStartMixin:
             self.hint.setText(reason)
             return None
         try:
-            return self.make_config()
+            config = self.make_config()
         except Exception as exc:  # pydantic ValidationError: show which setting is wrong
             self.hint.setText(settings_error(exc))
             return None
+        from tlstudio.core.models.advice import scratch_freeze_warning
+
+        warning = scratch_freeze_warning(getattr(config, "init", ""), getattr(config, "freeze", "") or "",
+                                         getattr(config, "frozen_groups", None))
+        if warning:  # said, not refused: the user may mean it (a fixed random projection)
+            self.hint.setText(warning)
+        return config

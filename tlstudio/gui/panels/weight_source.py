@@ -102,6 +102,9 @@ class WeightSourceMixin:
     def _source_changed(self) -> None:
         kind = self.init_kind()
         self.state.set_setting("init", kind)
+        if kind == "scratch":  # random weights: a frozen layer would stay random, so every layer trains
+            self.state.set_setting("frozen_groups", None)
+            self.state.set_setting("freeze", "none")
         self._update_download_button()
         self._check_source()
 
