@@ -276,9 +276,14 @@ def _fit(config: MultiTaskConfig, run_dir: Path, stop, pause, resuming: bool, ph
         runs.write_run(run_dir, info)
         atomic_write_json(run_dir / MT_STATE, info.extra["multitask"])
         if unrelated and status in ("finished", "early_stopped"):
-            yield Warn(f"Task {', '.join(unrelated)} looks unrelated to the others: its gradients on the shared "
+            if len(unrelated) == len(schema["tasks"]):
+                msg = ("The tasks look unrelated to each other: their gradients on the shared layers are about as "
+                       "aligned as chance. Compare with separate models (--baseline) before sharing one model.")
+            else:
+                msg = (f"Task {', '.join(unrelated)} looks unrelated to the others: its gradients on the shared "
                        "layers are about as aligned with theirs as chance. Compare with separate "
                        "models (--baseline) before keeping it in the shared model.")
+            yield Warn(msg)
         if best["epoch"] is not None:
             parts = [f"{t}: " + (f"accuracy {d['accuracy']:.1%}" if "accuracy" in d else f"MAE {d.get('mae', 0):.3g}")
                      for t, d in best["per_task"].items()]
