@@ -171,10 +171,12 @@ def _scores(run_dir: Path, paths: list[str]):
     return info, vote(bank, labels, feats, int(info.config.get("k", 5)), info.model.num_classes), ok, failures
 
 
-def _drain(gen):
+def _drain(gen, progress=None):
+    """Run a feature generator to its value; its Progress events go to ``progress(done, total)``."""
     from tlstudio.core.events import drive
 
-    return drive(gen)
+    return drive(gen, (lambda ev: progress(ev.done, ev.total) if isinstance(ev, Progress) else None)
+                 if progress is not None else None)
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, progress=None) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, progress=None)
     run_dir = Path(run_dir)
     info = runs.read_run(run_dir)
     samples = list(runs.read_split(run_dir).val) if data is None else folder_samples(data, list(info.model.classes))
-    info, probs, ok, failures = _drain(_scores(run_dir, [s.path for s in samples]))
+    info, probs, ok, failures = _drain(_scores(run_dir, [s.path for s in samples]), progress)
     rep = report_from_probs(probs, [samples[i].label for i in ok], info.model.classes,
                             [samples[i].path for i in ok], failures, source="validation split" if data is None else str(data))
     out = rep.to_json()

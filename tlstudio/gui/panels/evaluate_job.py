@@ -32,9 +32,14 @@ class EvalJobMixin:
         run_dir, relay = self.run_dir, self._relay
 
         def factory(stop, pause):
-            from tlstudio.core.evaluation.evaluate import evaluate
+            # through the run's kind (a k-NN run has no classifier head; a distilled student is a
+            # classifier): every classifying kind's evaluate() returns an EvalReport as a dict
+            from tlstudio.core.evaluation.evaluate import EvalReport
+            from tlstudio.core.tasks.registry import kind_of_run
 
-            return evaluate(run_dir, folder, progress=lambda d, t: relay.progress.emit(int(d), int(t or 0)))
+            kind = kind_of_run(run_dir)
+            result = kind.evaluate(run_dir, folder, progress=lambda d, t: relay.progress.emit(int(d), int(t or 0)))
+            return EvalReport.from_json(result)
             yield  # noqa: unreachable - makes this a generator for the runner
 
         self.busy.setRange(0, 0)
