@@ -185,7 +185,7 @@ def _train_config(args) -> Any:
     }
     for name in ("backbone", "epochs", "batch_size", "lr", "image_size", "val_fraction", "optimizer",
                  "label_smoothing", "weight_decay", "warmup_epochs", "precision", "workers", "cache",
-                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile", "follow_links"):
+                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile", "follow_links", "threads"):
         values[name] = getattr(args, name, None)
     values = {k: v for k, v in values.items() if v is not None}
     if args.config:  # a saved config.json; flags given on the command line override it
@@ -232,6 +232,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cache", choices=["auto", "off"])
     p.add_argument("--workers", type=int, help="image decode threads (default: auto)")
+    p.add_argument("--threads", type=int, help="compute threads (default: from the cores other programs leave free)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (falls back to eager mode if compilation fails)")
     p.add_argument("--seed", type=int)

@@ -262,9 +262,16 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
         device = torch.device("cuda", dist.local_rank)
     threads = precision.set_threads(config.leave_one_core, getattr(config, "threads", None))
     # precision and layout from a quick timing at this size when the body trains (issue 18)
+    # (a resumed run keeps the mode it trained in: the same numbers as an uninterrupted run; every
+    # DDP process takes the same fixed rule, as a timing could differ between them)
     body_trains = not layers.frozen_prefix_is_whole_body(trainable)
-    plan = precision.choose_precision(device, model, config.precision, config.channels_last,
-                                      measure=(config.batch_size, config.image_size) if body_trains else None)
+    saved = (ckpt or {}).get("plan")
+    if saved:
+        plan = precision.choose_precision(device, model, saved["precision"], bool(saved["channels_last"]))
+    else:
+        plan = precision.choose_precision(
+            device, model, config.precision, config.channels_last,
+            measure=(config.batch_size, config.image_size) if body_trains and not dist.enabled else None)
     yield Log(precision.describe_choice(plan, config.image_size))
     plan.prepare_model(model)  # device, memory format, CPU bf16 attention: one implementation
     features_mode = (
