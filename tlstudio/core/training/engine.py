@@ -24,7 +24,7 @@ from tlstudio.core.training.checkpoint import TrainingFailed
 from tlstudio.core.training.objectives import Objective
 from tlstudio.core.training.prepare import RunStopped, prepare_run
 
-__all__ = ["fit", "resume", "RunStopped", "TrainingFailed"]
+__all__ = ["fit", "resume", "RunLogger", "RunStopped", "TrainingFailed", "mark_failed"]
 
 
 def _new_run_dir(config) -> Path | None:
@@ -45,7 +45,7 @@ def _new_run_dir(config) -> Path | None:
     return path
 
 
-def _mark_failed(run_dir: Path) -> None:
+def mark_failed(run_dir: Path) -> None:
     """Best effort (the disk may be full): a run that ended on an error is not left "running"."""
     try:
         info = runs.read_run(run_dir)
@@ -65,7 +65,7 @@ def _remove_failed_start(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-class _Logger:
+class RunLogger:
     """Appends Log/Warn events to the run's log.txt (never fails the run)."""
 
     def __init__(self, run_dir: Path) -> None:
@@ -110,7 +110,7 @@ def fit(
     if _resume_from is None:
         config = config.model_copy(update={"out_dir": str(run_dir)})
         config.to_json_file(run_dir / runs.CONFIG_JSON)
-    logger = _Logger(run_dir)
+    logger = RunLogger(run_dir)
     from tlstudio.core.runtime.parallel import distributed_context
     from tlstudio.core.training.tensorboard import TB_DIR, TBWriter
 
@@ -138,7 +138,7 @@ def fit(
         else:
             if isinstance(exc, UserError):
                 logger(Warn(str(exc)))
-            _mark_failed(run_dir)
+            mark_failed(run_dir)
         raise
     finally:
         writer.close()

@@ -109,8 +109,9 @@ def in_thread(fn: Callable[..., Any], task: str, cancel: threading.Event | None,
 
 
 def schedule(config: Any, loaders: Any) -> tuple[int, Callable[[int], float]]:
-    """(steps per epoch, LR factor per step): linear warm-up, then cosine to 1% over the run."""
-    steps_per_epoch = max(1, loaders.batches_per_epoch)
+    """(steps per epoch, LR factor per step): linear warm-up, then cosine to 1% over the run.
+    ``loaders``: the run's Loaders, or its number of batches per epoch."""
+    steps_per_epoch = max(1, loaders if isinstance(loaders, int) else loaders.batches_per_epoch)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     total = steps_per_epoch * config.epochs
 

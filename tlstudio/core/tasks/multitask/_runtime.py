@@ -1,65 +1,18 @@
-"""Small run plumbing of the multi-task driver (thread with progress, run folder, log, LR
-schedule, loaders). Kept here so the driver does not reach into the engine's private names
-while the shared loop (training/loop.py) is being built; the behaviour is the engine's."""
+"""The run plumbing the multi-task driver takes from the engine (progress thread, stop, log,
+failure marking, LR schedule), plus what differs for it: its run-folder name and its loaders."""
 
 from __future__ import annotations
 
-import math
-import queue
-import threading
-import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tlstudio.core.errors import UserError
-from tlstudio.core.events import Event, Log, Progress, Warn
-from tlstudio.core.runs import folder as runs
-
-MAX_SKIPPED_LISTED = 50
-
-
-class RunStopped(UserError):
-    """Stop was pressed: a resumable checkpoint inside the loop, one line before it."""
-
-
-def in_thread(fn: Callable[..., Any], task: str, cancel: threading.Event | None, **kwargs) -> Generator[Event, None, Any]:
-    """Run fn(progress=cb, **kwargs) in a thread; yield its progress callbacks as Progress events."""
-    q: queue.Queue = queue.Queue()
-    out: dict[str, Any] = {}
-
-    def progress(done: int, total: int | None = None) -> None:
-        q.put(Progress(task=task, done=int(done), total=None if total is None else int(total)))
-
-    def target() -> None:
-        try:
-            out["value"] = fn(progress=progress, **kwargs)
-        except BaseException as exc:  # re-raised in the generator's thread
-            out["error"] = exc
-        finally:
-            q.put(None)
-
-    t = threading.Thread(target=target, name=f"tlstudio-mt-{task}", daemon=True)
-    t.start()
-    last = 0.0
-    while True:
-        if cancel is not None and cancel.is_set() and task == "download":
-            raise RunStopped("Stopped during the download of the starting weights; nothing was trained yet.")
-        try:
-            item = q.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        if item is None:
-            break
-        now = time.monotonic()
-        if now - last > 0.1 or (item.total and item.done >= item.total):
-            last = now
-            yield item
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
+from tlstudio.core.training.engine import RunLogger as Logger  # noqa: F401 - the driver's names
+from tlstudio.core.training.engine import mark_failed  # noqa: F401
+from tlstudio.core.training.loop import head_lr  # noqa: F401
+from tlstudio.core.training.prepare import MAX_SKIPPED_LISTED, RunStopped, in_thread  # noqa: F401
+from tlstudio.core.training.prepare import schedule as _schedule
 
 
 def new_run_dir(config: Any, suffix: str = "mtl") -> Path:
@@ -76,47 +29,8 @@ def new_run_dir(config: Any, suffix: str = "mtl") -> Path:
     return path
 
 
-def mark_failed(run_dir: Path) -> None:
-    try:
-        info = runs.read_run(run_dir)
-        if info.status == "running":
-            info.status = "failed"
-            runs.write_run(run_dir, info)
-    except (OSError, UserError):
-        pass
-
-
-class Logger:
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / runs.LOG_TXT
-
-    def __call__(self, ev: Event) -> None:
-        if isinstance(ev, Log | Warn):
-            kind = "WARNING" if isinstance(ev, Warn) else "INFO"
-            try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(f"{datetime.now().isoformat(timespec='seconds')} {kind} {ev.message}\n")
-            except OSError:
-                pass
-
-
 def schedule(config: Any, batches_per_epoch: int) -> tuple[int, Callable[[int], float]]:
-    """Linear warm-up, then cosine to 1% over the run (as the engine)."""
-    spe = max(1, batches_per_epoch)
-    warmup = int(round(config.warmup_epochs * spe))
-    total = spe * config.epochs
-
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        p = (step - warmup) / max(1, total - warmup)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
-
-    return spe, f
-
-
-def head_lr(opt) -> float:
-    return max(g["lr"] for g in opt.param_groups)
+    return _schedule(config, int(batches_per_epoch))
 
 
 def make_loaders(config, model, split, data_cfg, device, plan, batch_size, features_mode, stop):
