@@ -11,6 +11,7 @@ The results table is drawn by ``export_results``, the "Run elsewhere" group live
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,28 @@ class _Progress(QObject):
     """Carries the worker thread's progress callbacks into the GUI thread (queued signal)."""
 
     message = Signal(str, int, int)
+
+
+@dataclass
+class KindExportReport:
+    """A kind's export report (a JSON-able dict) with the fields the results table reads."""
+
+    formats: dict[str, Any]
+    errors: dict[str, str]
+    out_dir: str
+    model_card: str | None
+    seconds: float
+    int8: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.formats) and not self.errors
+
+    @classmethod
+    def of(cls, d: dict[str, Any], seconds: float) -> "KindExportReport":
+        return cls(formats=dict(d.get("formats") or {}), errors=dict(d.get("errors") or {}),
+                   out_dir=str(d.get("out_dir", "")), model_card=d.get("model_card"), seconds=seconds,
+                   int8=d.get("int8"))
 
 
 class ExportPanel(RunElsewhereMixin, QWidget):
@@ -313,9 +336,19 @@ class ExportPanel(RunElsewhereMixin, QWidget):
                 bridge.message.emit(msg, i, n)
 
         def job(run: str, out_dir: str, fmts: list[str]) -> Any:
-            from tlstudio.core.export.formats import export_run
+            # through the run's kind: anomaly and multi-task runs export their own formats
+            import time
 
-            return export_run(run, out_dir, formats=fmts, progress=progress)
+            from tlstudio.core.tasks.registry import kind_of_run
+
+            kind = kind_of_run(run)
+            if kind.export is None:
+                from tlstudio.core.errors import UserError
+
+                raise UserError(f"{kind.title} runs have nothing to export")
+            t0 = time.time()
+            report = kind.export(run, fmts, out_dir, progress)
+            return KindExportReport.of(report, time.time() - t0) if isinstance(report, dict) else report
 
         from tlstudio.gui.workers import start_worker
 
