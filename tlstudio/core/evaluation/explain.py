@@ -76,10 +76,10 @@ def target_description(model: Any) -> str:
 
         body = [g for g in layer_groups(model) if not g.is_head]
         if body:
-            return f"{body[-1].name} (last stage before the head)"
+            return f"{body[-1].name}: the last stage before the head"
     except Exception:  # a model layer_groups does not understand: the generic name is fine
         pass
-    return "forward_features (last stage before the head)"
+    return "forward_features: the last stage before the head"
 
 
 def _as_nchw(feats: Any, model: Any):
