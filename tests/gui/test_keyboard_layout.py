@@ -36,6 +36,10 @@ def test_every_step_fits_1024x700(qtbot, win):
         win.show_step(step)
         qtbot.wait(50)
         assert win.width() <= 1024 and win.height() <= 700, (step, win.size().toTuple())
+    # showing the Model step builds the chosen backbone in the background: let it land (on a busy
+    # machine it can take a while), then put the long-named test model back
+    qtbot.waitUntil(lambda: not win.panel("model").busy.isVisible(), timeout=300_000)
+    win.state.set_model(INFO, GROUPS, [g.is_head for g in GROUPS])
     # Train: status, trainable count and device are each shown whole
     train = win.panel("train")
     win.show_step("train")
