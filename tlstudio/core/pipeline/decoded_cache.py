@@ -13,11 +13,9 @@ disk under user_cache_dir()/decoded, keyed by path + size + mtime + target size,
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,43 +35,11 @@ class DecodeError(Exception):
         self.reason = reason
 
 
-def _image_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [DecodeError]
-    try:
-        from tlstudio.core.data.images import ImageError
+def image_errors() -> tuple[type[BaseException], ...]:
+    """What decoding an unreadable file raises (the file is then skipped with its reason)."""
+    from tlstudio.core.data.images import ImageError
 
-        errs.append(ImageError)
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-@lru_cache(maxsize=1)
-def _loader() -> tuple[Any, bool]:
-    """(load_rgb, accepts_draft): the data owner's loader if present, else a PIL fallback."""
-    try:
-        from tlstudio.core.data.images import load_rgb
-
-        try:
-            params = inspect.signature(load_rgb).parameters
-        except (TypeError, ValueError):
-            params = {}
-        return load_rgb, "draft" in params
-    except ImportError:
-        return _pil_load_rgb, True
-
-
-def _pil_load_rgb(path: str, draft: tuple[int, int] | None = None):
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if draft is not None and im.format == "JPEG":
-                im.draft("RGB", draft)
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise DecodeError(str(path), f"cannot read image ({e.__class__.__name__}: {e})") from e
+    return (ImageError, DecodeError)
 
 
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -87,11 +53,12 @@ def decode_resized(path: str, short_side: int, interpolation: str = "bilinear") 
     import numpy as np
     import torch
 
-    load, accepts_draft = _loader()
+    from tlstudio.core.data.images import load_rgb
+
     try:
         # draft lets libjpeg decode at 1/2, 1/4, 1/8 scale: big photos decode several times faster
-        img = load(path, draft=(short_side, short_side)) if accepts_draft else load(path)
-    except _image_errors():
+        img = load_rgb(path, draft=(short_side, short_side))
+    except image_errors():
         raise
     except (OSError, ValueError, SyntaxError) as e:  # anything PIL throws that the loader let through
         raise DecodeError(str(path), f"cannot read image ({e.__class__.__name__}: {e})") from e

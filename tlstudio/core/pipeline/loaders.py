@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from tlstudio.core.runtime import contention
 from tlstudio.core.runtime.allocator import bounded_memory
 from tlstudio.core.pipeline.augment import PRESETS, augment_one, normalise, sample_rng, scale_size
-from tlstudio.core.pipeline.decoded_cache import DecodedCache, _image_errors, decode_resized
+from tlstudio.core.pipeline.decoded_cache import DecodedCache, decode_resized, image_errors
 
 if TYPE_CHECKING:
     import torch
@@ -42,12 +42,9 @@ _SLACK_BYTES = 8 << 20  # thread stacks, PIL/numpy temporaries: measured 54-68 M
 
 
 def _skipped(path: str, reason: str):
-    try:
-        from tlstudio.core.data.dataset import SkippedFile
+    from tlstudio.core.data.records import SkippedFile
 
-        return SkippedFile(path=path, reason=reason)
-    except ImportError:  # dataset.py not there yet: same fields, plain tuple
-        return (path, reason)
+    return SkippedFile(path=path, reason=reason)
 
 
 def _sample_fields(s: Any) -> tuple[str, int]:
@@ -103,7 +100,7 @@ class _Source:
             if self.cache is not None:
                 return self.cache.get(path)
             return decode_resized(path, self.short, self.interp)
-        except _image_errors() as e:
+        except image_errors() as e:
             with self._lock:
                 if path not in self.failed:
                     self.failed.add(path)
