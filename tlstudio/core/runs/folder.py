@@ -127,6 +127,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def fresh_run_dir(label: str) -> Path:
+    """A new run folder under the runs folder: "<date>-<time>-<label>", numbered when taken."""
+    from datetime import datetime
+
+    from tlstudio.core.paths import default_runs_dir
+
+    base = default_runs_dir() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{label}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / RUN_JSON).is_file()
 

@@ -102,11 +102,10 @@ def _body(config_or_info: dict[str, Any], *, from_run: Path | None = None):
 
 def run(config: KnnConfig, stop: threading.Event | None = None, pause: threading.Event | None = None):
     """Scan, split, extract features of the training images into the bank, score the validation split."""
-    from tlstudio.core.paths import default_runs_dir
     from tlstudio.core.runs.guard import claim_out_dir
 
     t0 = time.time()
-    run_dir = Path(config.out_dir or default_runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-knn-{config.backbone}")
+    run_dir = Path(config.out_dir) if config.out_dir else runs.fresh_run_dir(f"knn-{config.backbone}")
     lock = claim_out_dir(run_dir)  # a file, someone's folder or a run another job writes: one line
     try:
         return (yield from _fit(config.model_copy(update={"out_dir": str(run_dir)}), run_dir, stop, t0))

@@ -29,20 +29,11 @@ __all__ = ["fit", "resume", "RunLogger", "RunStopped", "TrainingFailed", "mark_f
 
 def _new_run_dir(config) -> Path | None:
     """The run folder; None on a non-main DDP process, which writes no files at all."""
-    from tlstudio.core.paths import default_runs_dir
     from tlstudio.core.runtime.parallel import distributed_context
 
     if not distributed_context().is_main:
         return None
-    if config.out_dir:
-        return Path(config.out_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = default_runs_dir() / f"{stamp}-{config.backbone}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return Path(config.out_dir) if config.out_dir else runs.fresh_run_dir(config.backbone)
 
 
 def mark_failed(run_dir: Path) -> None:

@@ -19,7 +19,6 @@ import math
 import threading
 import time
 from collections.abc import Generator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,7 @@ METHOD_TITLES = {"adabn": "AdaBN (BatchNorm statistics of the target)", "mcc": "
 
 
 def _new_run_dir(config: TrainConfig, tag: str) -> Path:
-    from tlstudio.core.paths import default_runs_dir
-
-    if config.out_dir:
-        return Path(config.out_dir)
-    base = default_runs_dir() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{tag}-{config.backbone}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return Path(config.out_dir) if config.out_dir else runs.fresh_run_dir(f"{tag}-{config.backbone}")
 
 
 def base_config(config: TrainConfig, out_dir: Path, **update: Any) -> TrainConfig:

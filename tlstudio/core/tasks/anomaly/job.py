@@ -13,7 +13,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Generator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +86,9 @@ def plan_text(p: dict[str, Any], method: str) -> str:
 
 
 def _new_run_dir(config: AnomalyConfig) -> Path:
-    from tlstudio.core.paths import default_runs_dir
+    from tlstudio.core.runs.folder import fresh_run_dir
 
-    if config.out_dir:
-        return Path(config.out_dir)
-    base = default_runs_dir() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-anomaly-{config.backbone}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return Path(config.out_dir) if config.out_dir else fresh_run_dir(f"anomaly-{config.backbone}")
 
 
 def _threaded(fn: Callable[[Callable[[int, int], None]], Any], task: str, message: str) -> Generator[Event, None, Any]:
@@ -127,21 +119,6 @@ def _threaded(fn: Callable[[Callable[[int, int], None]], Any], task: str, messag
     return result.get("value")
 
 
-class _Log:
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "log.txt"
-
-    def __call__(self, ev: Event) -> Event:
-        if isinstance(ev, Log | Warn):
-            try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    tag = "WARNING" if isinstance(ev, Warn) else "INFO"
-                    fh.write(f"{datetime.now().isoformat(timespec='seconds')} {tag} {ev.message}\n")
-            except OSError:
-                pass
-        return ev
-
-
 def fit(config: AnomalyConfig, stop: threading.Event | None = None,
         pause: threading.Event | None = None) -> Generator[Event, None, Any]:
     """Fit per ``config``; yield events; return the run's RunInfo."""
@@ -156,11 +133,14 @@ def fit(config: AnomalyConfig, stop: threading.Event | None = None,
     from tlstudio.core.atomic import atomic_write_text
 
     atomic_write_text(run_dir / runs.CONFIG_JSON, config.model_dump_json(indent=2))
-    log = _Log(run_dir)
+    from tlstudio.core.training.engine import RunLogger
+
+    log = RunLogger(run_dir)
     state: dict[str, Any] = {}
     try:
         for ev in _fit(config, run_dir, stop, pause, state):
-            yield log(ev)
+            log(ev)
+            yield ev
     except BaseException:
         info = state.get("info")
         if info is not None and info.status == "running":

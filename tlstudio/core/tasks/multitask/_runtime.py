@@ -4,7 +4,6 @@ failure marking, LR schedule), plus what differs for it: its run-folder name and
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,9 @@ from tlstudio.core.training.prepare import schedule as _schedule
 
 
 def new_run_dir(config: Any, suffix: str = "mtl") -> Path:
-    from tlstudio.core.paths import default_runs_dir
+    from tlstudio.core.runs.folder import fresh_run_dir
 
-    if config.out_dir:
-        return Path(config.out_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = default_runs_dir() / f"{stamp}-{config.backbone}-{suffix}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return Path(config.out_dir) if config.out_dir else fresh_run_dir(f"{config.backbone}-{suffix}")
 
 
 def schedule(config: Any, batches_per_epoch: int) -> tuple[int, Callable[[int], float]]:
