@@ -52,7 +52,21 @@ def predict_job(run_dir: str, paths: list[str], top_k: int, stop: Any = None):
     from tlstudio.core import events as ev
     from tlstudio.core.evaluation import evaluate
 
+    from tlstudio.core.tasks import classification
+    from tlstudio.core.tasks.registry import kind_of_run
+
     files = evaluate.expand_paths(paths)
+    kind = kind_of_run(run_dir)
+    if kind.predict is not classification.predict:  # its own model (a k-NN bank ...): its own predict
+        out: list[Any] = []
+        for start in range(0, len(files), CHUNK):
+            if stop is not None and stop.is_set():
+                break
+            rows = kind.predict(run_dir, files[start:start + CHUNK], top_k=top_k)
+            out += [evaluate.Prediction(r["path"], [(t["class"], t["prob"]) for t in r.get("top", [])], r.get("error"))
+                    for r in rows]
+            yield ev.Progress(task="predict", done=len(out), total=len(files), message="Classifying")
+        return out
     if len(files) <= CHUNK:
         return evaluate.predict(run_dir, list(paths), top_k=top_k)
     from tlstudio.core.models.run_model import load_run_model
@@ -60,7 +74,7 @@ def predict_job(run_dir: str, paths: list[str], top_k: int, stop: Any = None):
     yield ev.Progress(task="predict", done=0, total=len(files), message="Loading the model")
     model, info = load_run_model(run_dir)
     forward = evaluate.torch_forward(model)
-    out: list[Any] = []
+    out = []
     for start in range(0, len(files), CHUNK):
         if stop is not None and stop.is_set():
             break
