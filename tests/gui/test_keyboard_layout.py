@@ -135,3 +135,14 @@ def test_every_control_has_an_accessible_name(qtbot, win):
     missing += [("window", type(w).__name__, "") for w in unnamed_controls(win.sidebar)]
     assert controls > 120
     assert missing == []
+
+
+def test_every_step_of_every_kind_names_its_controls(qtbot, win):
+    """Issue 17 item 20 for all steps, the other kinds' included: no control without a name."""
+    from tlstudio.gui.steps import STEPS
+
+    for s in STEPS:
+        win.panel(s.id)
+    qtbot.wait(50)
+    missing = [(s.id, type(w).__name__) for s in STEPS for w in unnamed_controls(win.panel(s.id))]
+    assert not missing, missing

@@ -114,6 +114,7 @@ class AdaptPanel(QWidget):
         import pyqtgraph as pg
 
         self.plot = pg.PlotWidget(background="w")
+        self.plot.setAccessibleName("Source and target loss per step")
         self.plot.setMinimumHeight(160)
         self.plot.addLegend(offset=(-10, 10))
         self.plot.setLabel("bottom", "epoch of the adaptation")
@@ -124,6 +125,7 @@ class AdaptPanel(QWidget):
             "target_loss": self.plot.plot([], [], pen=pg.mkPen("#d62728", width=2), name="target (unlabelled) loss"),
         }
         self.acc_plot = pg.PlotWidget(background="w")
+        self.acc_plot.setAccessibleName("Accuracy and target score per epoch")
         self.acc_plot.setMinimumHeight(120)
         self.acc_plot.addLegend(offset=(-10, -10))  # bottom right: accuracy curves run along the top
         self.acc_plot.setYRange(0, 1)

@@ -90,6 +90,7 @@ class AnomalyEvaluatePanel(QWidget):
         self.sort = QComboBox()
         self.sort.addItems(["most anomalous first", "mistakes first", "by folder"])
         self.gallery = QListWidget()
+        self.gallery.setAccessibleName("Test images with their anomaly heat maps")
         self.gallery.setViewMode(QListWidget.ViewMode.IconMode)
         self.gallery.setIconSize(QSize(THUMB_PX, THUMB_PX))
         self.gallery.setResizeMode(QListWidget.ResizeMode.Adjust)

@@ -117,6 +117,7 @@ class AnomalyFitPanel(QWidget):
         self.progress.setTextVisible(True)
         self.status = QLabel("Ready")
         self.log = QPlainTextEdit()
+        self.log.setAccessibleName("Fit log")
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
         self.summary = QLabel()

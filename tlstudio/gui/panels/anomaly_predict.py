@@ -69,6 +69,7 @@ class AnomalyPredictPanel(QWidget):
         self.counts.setTextFormat(Qt.TextFormat.RichText)
         self.status = QLabel()
         self.list = QListWidget()
+        self.list.setAccessibleName("Predicted images: score and verdict")
         self.list.setIconSize(QSize(THUMB_PX, THUMB_PX))
         self.list.setSpacing(2)
         self.overlay = HeatmapOverlay(low_label="normal", high_label="anomalous", title="Anomaly map")

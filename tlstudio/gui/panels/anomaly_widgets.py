@@ -117,6 +117,7 @@ class ScoreHistogram(QWidget):
         import pyqtgraph as pg
 
         self.plot = pg.PlotWidget(background="w")
+        self.plot.setAccessibleName("Score histogram of good and defect images with the threshold")
         self.plot.setMinimumHeight(180)
         self.plot.setLabel("bottom", "anomaly score (0.5 = threshold)")
         self.plot.setLabel("left", "images")

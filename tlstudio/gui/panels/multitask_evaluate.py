@@ -42,6 +42,7 @@ def _item(text: str, color: str | None = None, tip: str = "") -> QTableWidgetIte
 
 def _table(headers: list[str]) -> QTableWidget:
     t = QTableWidget(0, len(headers))
+    t.setAccessibleName(", ".join(str(h) for h in headers))
     t.setHorizontalHeaderLabels(headers)
     t.verticalHeader().setVisible(False)
     t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -97,6 +98,7 @@ class MultiTaskEvaluatePanel(QWidget):
         self.rel_title.setWordWrap(True)
         self.body.addWidget(self.rel_title)
         self.related = _table([])
+        self.related.setAccessibleName("Task relatedness: cosine of the tasks' gradients on the shared layers")
         self.related.horizontalHeader().setStretchLastSection(False)
         self.related.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         self.related.horizontalHeader().setDefaultSectionSize(90)

@@ -94,6 +94,7 @@ class ReviewQueuePanel(QWidget):
 
         self.model = ReviewModel(self)
         self.view = ThumbnailView()
+        self.view.setAccessibleName("Unlabelled images with their proposed labels, most confident first")
         self.view.setModel(self.model)
         self.view.setGridSize(QSize(THUMB + 24, THUMB + 34))
         self.view.setWordWrap(True)
@@ -116,6 +117,7 @@ class ReviewQueuePanel(QWidget):
             row.addWidget(w)
         row.addStretch(1)
         self.bulk = QDoubleSpinBox()
+        self.bulk.setAccessibleName("Confidence above which to accept every proposed label")
         self.bulk.setRange(0.5, 1.0)
         self.bulk.setSingleStep(0.01)
         self.bulk.setValue(0.95)

@@ -57,6 +57,7 @@ class TaskTable(QWidget):
         self.title = QLabel("<b>Tasks</b> (one per label column; an empty cell means no label for that task)")
         lay.addWidget(self.title)
         self.table = QTableWidget(0, len(COLS))
+        self.table.setAccessibleName("Tasks: label columns with their type, classes, missing labels and weight")
         self.table.setHorizontalHeaderLabels(COLS)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
