@@ -260,3 +260,13 @@ def test_stop_during_a_download_wins_while_progress_keeps_arriving():
             next(gen)  # the very next step notices the stop, although progress never pauses
     finally:
         released.set()
+
+
+def test_default_settings_from_the_app_train(tmp_path):
+    """What the app sends by default: automatic precision (timed per size when the body trains)
+    and no image size (the model's own). This crashed before the first epoch (int(None))."""
+    data = make_synthetic_folder(tmp_path / "d", per_class=4, size=48, easy=True)
+    info, evs = run_all(fit(cfg(data, tmp_path / "run", image_size=None, precision="auto", epochs=1)))
+    assert info.status == "finished"
+    size = runs.read_run(tmp_path / "run").model.image_size
+    assert size > 0 and any(isinstance(e, E.Log) and f"{size} px" in e.message for e in evs)

@@ -267,13 +267,14 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     # DDP process takes the same fixed rule, as a timing could differ between them)
     body_trains = not layers.frozen_prefix_is_whole_body(trainable)
     saved = (ckpt or {}).get("plan")
+    size = int(data_cfg["input_size"][-1])  # the model's own size when the config leaves it unset
     if saved:
         plan = precision.choose_precision(device, model, saved["precision"], bool(saved["channels_last"]))
     else:
         plan = precision.choose_precision(
             device, model, config.precision, config.channels_last,
-            measure=(config.batch_size, config.image_size) if body_trains and not dist.enabled else None)
-    yield Log(precision.describe_choice(plan, config.image_size))
+            measure=(config.batch_size, size) if body_trains and not dist.enabled else None)
+    yield Log(precision.describe_choice(plan, size))
     plan.prepare_model(model)  # device, memory format, CPU bf16 attention: one implementation
     features_mode = (
         config.cache != "off" and gradual_every is None and layers.frozen_prefix_is_whole_body(trainable)
