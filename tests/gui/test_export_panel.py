@@ -155,8 +155,8 @@ def test_export_safetensors_and_onnx_through_the_worker(qtbot, run_folder, tmp_p
 
 
 def test_export_step_in_main_window_and_screenshot(qtbot, run_folder, tmp_path):
-    """The 9th step of the window; an int8 export shows accuracy/latency next to fp32; the window
-    grabs as a PNG under the screenshot size limit (docs/screenshots/9-export.png comes from
+    """The Export step of the window; an int8 export shows accuracy/latency next to fp32; the window
+    grabs as a PNG under the screenshot size limit (docs/screenshots/10-export.png comes from
     `python -m tlstudio.gui.screenshots`)."""
     from PySide6.QtCore import QSettings
 
