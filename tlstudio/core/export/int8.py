@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tlstudio.core.export.common import INT8_FILE, ONNX_FILE, _ort_forward, _ort_session, _quiet, _size
+from tlstudio.core.export.common import INT8_FILE, ONNX_FILE, _ort_forward, _ort_session, quiet_exporters, _size
 from tlstudio.core.export.onnx_export import _set_onnx_metadata
 from tlstudio.core.runs.folder import ModelSpec
 
@@ -127,7 +127,7 @@ def export_int8(onnx_path: Path, spec: ModelSpec, out: Path, calib: np.ndarray |
     picked: dict[str, Any] | None = None
     note = ""
     # the quantizer print()s progress and tensor dumps: keep stdout clean (`tlstudio export --json`)
-    with _quiet(), contextlib.redirect_stdout(io.StringIO()), \
+    with quiet_exporters(), contextlib.redirect_stdout(io.StringIO()), \
             tempfile.TemporaryDirectory(prefix=".int8-", dir=out) as td:
         scratch = Path(td)
         if calib is not None and len(calib):

@@ -17,7 +17,7 @@ from tlstudio.core.export.common import (
     _max_diff,
     _ort_forward,
     _ort_session,
-    _quiet,
+    quiet_exporters,
     _size,
     fixed_size_model,
     preprocessing_meta,
@@ -33,7 +33,7 @@ def export_onnx(model, spec: ModelSpec, out: Path, check_x: np.ndarray, filename
     tmp = out / f".{filename}.tmp"
     dummy = torch.from_numpy(check_x[:2].copy())
     traced_model = fixed_size_model(model, spec.image_size)
-    with _quiet():
+    with quiet_exporters():
         try:
             torch.onnx.export(
                 traced_model, (dummy,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,

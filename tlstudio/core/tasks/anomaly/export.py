@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tlstudio.core.export.common import quiet_exporters
 
 from tlstudio.core.errors import UserError
 
@@ -26,7 +27,10 @@ TS_FILE = "anomaly.torchscript.pt"
 SIDECAR = "anomaly.json"
 CARD = "MODEL_CARD.md"
 SCRIPT = "predict_onnx.py"
-TOLERANCE = 1e-3  # normalised score/map units
+# normalised score/map units (threshold 0.5), relative to the values' size when above 1. Patch
+# distances are square roots of float32 sums: near zero, another summation order (onnxruntime vs
+# torch, other thread counts) moves them by up to ~1.3e-3 (measured); a verdict needs far less
+TOLERANCE = 5e-3
 SUPPORTED = ("onnx", "torchscript")
 
 _SCRIPT = '''"""Score images with the exported anomaly model: numpy, Pillow and onnxruntime only.
@@ -66,24 +70,6 @@ def main(paths):
 if __name__ == "__main__":
     main(sys.argv[1:])
 '''
-
-
-def _quiet():
-    import contextlib
-    import logging
-
-    @contextlib.contextmanager
-    def cm():
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            logging.disable(previous)
-
-    return cm()
 
 
 def sidecar(info, meta: dict, onnx_file: str | None) -> dict[str, Any]:
@@ -221,7 +207,10 @@ def export(run_dir, formats=None, out_dir=None, progress: Callable | None = None
 
 
 def _diffs(got_s, got_m, want_s, want_m) -> float:
-    return float(max(np.abs(got_s - want_s).max(), np.abs(got_m - want_m).max()))
+    def one(got, want) -> float:
+        return float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+
+    return max(one(got_s, want_s), one(got_m, want_m))
 
 
 def _onnx(model, x, want_s, want_m, out: Path) -> dict:
@@ -231,7 +220,7 @@ def _onnx(model, x, want_s, want_m, out: Path) -> dict:
 
     path = out / ONNX_FILE
     tmp = out / f".{ONNX_FILE}.tmp"
-    with _quiet():
+    with quiet_exporters():
         torch.onnx.export(model, (torch.from_numpy(x[:1].copy()),), str(tmp), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["score", "anomaly_map"],
                           dynamic_axes={"input": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
@@ -260,7 +249,7 @@ def _torchscript(model, x, want_s, want_m, out: Path) -> dict:
     from tlstudio.core.atomic import atomic_write
 
     path = out / TS_FILE
-    with _quiet(), torch.no_grad():
+    with quiet_exporters(), torch.no_grad():
         traced = torch.jit.trace(model, torch.from_numpy(x[:1].copy()), check_trace=False)
         atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
         loaded = torch.jit.load(str(path), map_location="cpu")

@@ -172,7 +172,7 @@ def export(run_dir: str | Path, formats=("safetensors", "onnx", "torchscript"), 
 
     from tlstudio.core.atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
     from tlstudio.core.evaluation.evaluate import load_batch
-    from tlstudio.core.export.formats import _quiet, fixed_size_model, preprocessing_meta
+    from tlstudio.core.export.formats import quiet_exporters, fixed_size_model, preprocessing_meta
 
     run_dir = Path(run_dir)
     model, info, config = load_model(run_dir)
@@ -205,7 +205,7 @@ def export(run_dir: str | Path, formats=("safetensors", "onnx", "torchscript"), 
     for i, fmt in enumerate(formats):
         if progress:
             progress(f"exporting {fmt}", i, len(formats) + 1)
-        quiet = _quiet()
+        quiet = quiet_exporters()
         quiet.__enter__()  # torch's deprecation notices of jit/onnx export are not the user's business
         try:
             if fmt == "safetensors":
