@@ -38,6 +38,16 @@ class TaskKind:
     predict_line: Callable[[dict], str] | None = None
 
 
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call: registering a kind must not import torch."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 _REGISTRY: dict[str, TaskKind] = {}
 _loaded = False
 _lock = threading.Lock()

@@ -8,59 +8,20 @@ The domain-gap indicator of the Data step: domain_gap.py. The run: job.py.
 
 from __future__ import annotations
 
+from tlstudio.core.tasks import classification
 from tlstudio.core.tasks.adaptation.config import AdaptConfig
-from tlstudio.core.tasks.registry import TaskKind, register
+from tlstudio.core.tasks.registry import TaskKind, lazy, register
 
+_JOB = "tlstudio.core.tasks.adaptation.job"
 
-def _run(config, stop=None, pause=None):
-    from tlstudio.core.tasks.adaptation.job import run
-
-    return run(config, stop, pause)
-
-
-def _resume(run_dir, stop=None, pause=None):
-    from tlstudio.core.tasks.adaptation.job import resume
-
-    return resume(run_dir, stop, pause)
-
-
-def _evaluate(run_dir, data=None, progress=None):
-    from tlstudio.core.tasks.adaptation.job import evaluate
-
-    return evaluate(run_dir, data, progress)
-
-
-def _predict(run_dir, paths, **opts):
-    from tlstudio.core.tasks.adaptation.job import predict
-
-    return predict(run_dir, paths, **opts)
-
-
-def _export(run_dir, formats, out_dir=None, progress=None, **kw):
-    from tlstudio.core.tasks.adaptation.job import export
-
-    return export(run_dir, formats, out_dir=out_dir, progress=progress, **kw)
-
-
-def _eval_lines(r):
-    from tlstudio.core.tasks.adaptation.job import eval_lines
-
-    return eval_lines(r)
-
-
-def _predict_line(row):
-    from tlstudio.core.tasks.classification import predict_line
-
-    return predict_line(row)
-
-
+# an adapted model is a classifier: it predicts and exports as one
 KIND = register(TaskKind(
     kind="adaptation", title="Domain adaptation",
     summary="labelled images + unlabelled images from another camera or site: adapt the model to the new images",
-    config_cls=AdaptConfig, run=_run, resume=_resume, evaluate=_evaluate, predict=_predict, export=_export,
-    best_metric=("val_acc", "max"),
+    config_cls=AdaptConfig, run=lazy(_JOB, "run"), resume=lazy(_JOB, "resume"), evaluate=lazy(_JOB, "evaluate"),
+    predict=classification.predict, export=classification.export, best_metric=("val_acc", "max"),
     gui_steps=("data", "model", "layers", "adapt", "evaluate", "predict", "export", "runs"),
-    eval_lines=_eval_lines, predict_line=_predict_line,
+    eval_lines=lazy(_JOB, "eval_lines"), predict_line=classification.predict_line,
 ))
 
 __all__ = ["AdaptConfig", "KIND"]

@@ -595,18 +595,6 @@ def evaluate(run_dir, data=None, progress=None) -> dict[str, Any]:
     return out
 
 
-def predict(run_dir, paths, **opts):
-    from tlstudio.core.tasks.classification import predict as classify_predict
-
-    return classify_predict(run_dir, paths, **opts)
-
-
-def export(run_dir, formats, out_dir=None, progress=None, **kw):
-    from tlstudio.core.tasks.classification import export as classify_export
-
-    return classify_export(run_dir, formats, out_dir=out_dir, progress=progress, **kw)
-
-
 def eval_lines(r: dict[str, Any]) -> list[str]:
     from tlstudio.core.tasks.classification import eval_lines as classify_lines
 
