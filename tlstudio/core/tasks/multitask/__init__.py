@@ -63,18 +63,15 @@ def detect(path: str) -> str | None:
 def _register() -> None:
     from tlstudio.core.tasks.registry import TaskKind, register
 
-    kw: dict[str, Any] = dict(
+    register(TaskKind(
         kind="multitask", title="Multi-task learning",
         summary="several label columns per image (empty cells allowed): one backbone, a head per task, "
                 "compared with separate models",
         config_cls=MultiTaskConfig, run=run, resume=resume, evaluate=evaluate, predict=predict, export=export,
         best_metric=("val_score", "max"),
         gui_steps=("data", "model", "layers", "train", "mt_evaluate", "mt_predict", "export", "runs"),
-        detect=detect)
-    fields = getattr(TaskKind, "__dataclass_fields__", {})
-    if "eval_lines" in fields:
-        kw.update(eval_lines=eval_lines, predict_line=predict_line)
-    register(TaskKind(**kw))
+        detect=detect, eval_lines=eval_lines, predict_line=predict_line,
+    ))
 
 
 _register()
