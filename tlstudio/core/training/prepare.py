@@ -217,7 +217,7 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     from tlstudio.core.models import backbones, layers
     from tlstudio.core.runtime import precision
     from tlstudio.core.runtime.parallel import wrap_ddp
-    from tlstudio.core.runtime.rng_state import seed_everything, set_rng_state
+    from tlstudio.core.runtime.rng_state import seed_everything
     from tlstudio.core.training import checkpoint
 
     ckpt = checkpoint.load(run_dir) if resuming else None
@@ -306,6 +306,19 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     for m in objective.extra_modules():
         m.to(device)
 
+    _set_up_optimiser(ctx)
+    return ctx
+
+
+def _set_up_optimiser(ctx: RunContext) -> None:
+    """Optimiser, LR schedule and grad scaler of the run; their state (and the objective's, the
+    RNG's) from last.pt when resuming."""
+    import torch
+
+    from tlstudio.core.models import layers
+    from tlstudio.core.runtime.rng_state import set_rng_state
+
+    config, objective, model, groups, lr, ckpt = ctx.config, ctx.objective, ctx.model, ctx.groups, ctx.lr, ctx.ckpt
     # every parameter is handed to the optimiser (frozen ones have no grad and are skipped),
     # so gradual unfreezing needs no new optimiser and resume sees the same state layout;
     # from scratch there is no pretrained body to protect: one learning rate for all
@@ -323,7 +336,7 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
         ctx.opt = torch.optim.AdamW(pgroups, lr=lr)
     ctx.steps_per_epoch, lr_factor = schedule(config, ctx.loaders)
     ctx.sched = torch.optim.lr_scheduler.LambdaLR(ctx.opt, lr_factor)
-    ctx.scaler = torch.amp.GradScaler(device.type) if plan.use_scaler else None
+    ctx.scaler = torch.amp.GradScaler(ctx.device.type) if ctx.plan.use_scaler else None
     if ckpt is not None:
         ctx.opt.load_state_dict(ckpt["optimizer"])
         ctx.sched.load_state_dict(ckpt["scheduler"])
@@ -333,7 +346,6 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
             m.load_state_dict(sd)
         objective.load_state_dict(ckpt.get("objective", {}))
         set_rng_state(ckpt["rng"])
-    return ctx
 
 
 def make_loaders(ctx: RunContext) -> Generator[Event, None, tuple[Any, Any]]:
