@@ -20,6 +20,7 @@ import numpy as np
 
 from tlstudio.core.errors import UserError
 from tlstudio.core.runs.folder import EVAL_JSON, ModelSpec
+from tlstudio.core.runtime.inference import forward_chunked
 
 # PIL resampling filters by timm's interpolation names.
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -241,7 +242,7 @@ def torch_forward(model, device="cpu") -> Forward:
 
     def fwd(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+            return forward_chunked(model, torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
     return fwd
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 from tlstudio.core.events import Log, Progress
 from tlstudio.core.pipeline.loaders import Loaders, _chunks, _sample_fields, _Source, default_threads
+from tlstudio.core.runtime.inference import forward_chunked
 
 if TYPE_CHECKING:
     import torch
@@ -349,7 +350,7 @@ class FeatureCache:
 
                         ctx = contextlib.nullcontext()
                     with torch.inference_mode(), ctx:
-                        f = extract_features(model, x).float().cpu().numpy()
+                        f = forward_chunked(lambda c: extract_features(model, c), x).float().cpu().numpy()
                     if feats is None:
                         d = f.shape[1]
                         feats = np.lib.format.open_memmap(root / "train.npy.tmp", "w+", np.float32, (V, n, d))

@@ -10,6 +10,7 @@ from tlstudio.core.runs import folder as runs
 from tlstudio.core.models.run_model import load_run_model
 from tlstudio.core.atomic import atomic_write_json
 from tlstudio.core.events import Event, Log, Progress
+from tlstudio.core.runtime.inference import forward_chunked
 
 
 def confusion_metrics(conf) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def validate(module, val_loader, n_classes: int, device, plan) -> tuple[float, f
             if plan.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device)
-            logits = module(x).float()
+            logits = forward_chunked(module, x).float()
             loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             n += x.shape[0]
             pred = logits.argmax(1)
