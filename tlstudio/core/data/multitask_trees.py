@@ -8,6 +8,7 @@ import os
 
 from tlstudio.core.data.dataset import SPLIT_NAMES, DatasetError
 from tlstudio.core.data.images import IMAGE_EXTENSIONS, is_hidden_name
+from tlstudio.core.data.multitask_report import build_report
 
 
 def _visible_dirs(folder: str) -> list[str]:
@@ -47,8 +48,6 @@ def tree_tasks(root: str | os.PathLike) -> dict[str, dict[str, tuple[str, str]]]
 
 
 def scan_trees(root: str, tasks, types, **kw):
-    from tlstudio.core.data.multitask import _build
-
     trees = tree_tasks(root)
     if trees is None:
         raise DatasetError(f"{root}: expected several task folders (task/<class>/image) over the same image names.")
@@ -61,4 +60,4 @@ def scan_trees(root: str, tasks, types, **kw):
     for k in keys:
         full = next(trees[t][k][1] for t in names if k in trees[t])
         rows.append((full, None, [trees[t][k][0] if k in trees[t] else "" for t in names], k))
-    return _build(root, "trees", root, names, types, rows, [], [], list(trees), **kw)
+    return build_report(root, "trees", root, names, types, rows, [], [], list(trees), **kw)
