@@ -16,151 +16,30 @@ and with the cache they are faster than processes here (benchmarks/RESULTS.md).
 
 Failures: an image that cannot be read is dropped from its batch and recorded once in
 ``loaders.failures`` (SkippedFile); a batch left empty is skipped.
+
+The pieces: `batch_source` (indices -> batches), `prefetch` (the background thread).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from tlstudio.core.runtime import contention
 from tlstudio.core.runtime.allocator import bounded_memory
-from tlstudio.core.pipeline.augment import PRESETS, augment_one, normalise, sample_rng, scale_size
-from tlstudio.core.pipeline.decoded_cache import DecodedCache, decode_resized, image_errors
+from tlstudio.core.pipeline.augment import scale_size
+from tlstudio.core.pipeline.batch_source import (  # noqa: F401 - feature_cache imports the last two from here
+    Batch,
+    _Source,
+    default_threads,
+    _sample_fields,
+    _skipped,
+)
+from tlstudio.core.pipeline.decoded_cache import DecodedCache
+from tlstudio.core.pipeline.prefetch import PREFETCH_DEPTH, _prefetch
 
-if TYPE_CHECKING:
-    import torch
-
-Batch = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
-RawBatch = tuple["torch.Tensor", list, "torch.Tensor", "torch.Tensor"]  # uint8 x, erase boxes, y, idx
-
-PREFETCH_DEPTH = 1  # raw batches queued ahead (building one takes ~1/40 of a resnet18 step)
 _SLACK_BYTES = 8 << 20  # thread stacks, PIL/numpy temporaries: measured 54-68 MB live for ~52 estimated
-
-
-def _skipped(path: str, reason: str):
-    from tlstudio.core.data.records import SkippedFile
-
-    return SkippedFile(path=path, reason=reason)
-
-
-def _sample_fields(s: Any) -> tuple[str, int]:
-    if hasattr(s, "path"):
-        return str(s.path), int(getattr(s, "label", -1))
-    path, label = s  # (path, label) tuples are accepted too
-    return str(path), int(label)
-
-
-def default_threads() -> int:
-    """Decode threads: as many as the cores torch may use (set_threads leaves one for the GUI), at most 4."""
-    import torch
-
-    return max(1, min(4, torch.get_num_threads()))
-
-
-class _Source:
-    """Turns sample indices into normalised batches (shared by the train and val iterables)."""
-
-    def __init__(self, samples: Sequence[Any], data_cfg: dict, *, augment: str, seed: int,
-                 cache: DecodedCache | None, threads: int, failures: list, failed: set[str],
-                 pin: bool = False, channels_last: bool = False):
-        if augment not in PRESETS:
-            from tlstudio.core.errors import UserError
-
-            raise UserError(f"unknown augmentation {augment!r}: use none, light or strong")
-        fields = [_sample_fields(s) for s in samples]
-        self.paths = [p for p, _ in fields]
-        self.labels = [lab for _, lab in fields]
-        self.size = int(data_cfg["input_size"][-1])
-        self.short = scale_size(data_cfg)
-        self.interp = str(data_cfg.get("interpolation") or "bilinear")
-        self.mean = tuple(data_cfg.get("mean") or (0.485, 0.456, 0.406))
-        self.std = tuple(data_cfg.get("std") or (0.229, 0.224, 0.225))
-        self.augment = augment
-        self.seed = int(seed)
-        self.cache = cache
-        self.threads = max(1, int(threads))
-        self.failures = failures
-        self.failed = failed
-        self.pin = pin
-        self.channels_last = bool(channels_last)
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _image(self, i: int):
-        path = self.paths[i]
-        if path in self.failed:
-            return None
-        try:
-            if self.cache is not None:
-                return self.cache.get(path)
-            return decode_resized(path, self.short, self.interp)
-        except image_errors() as e:
-            with self._lock:
-                if path not in self.failed:
-                    self.failed.add(path)
-                    self.failures.append(_skipped(path, getattr(e, "reason", str(e))))
-            return None
-
-    def _augment(self, i: int, img, epoch: int, train: bool):
-        if img is None:
-            return None
-        if train and self.augment != "none":
-            return augment_one(img, self.size, self.augment, sample_rng(self.seed, epoch, i))
-        return augment_one(img, self.size, "none", None)
-
-    def _item(self, i: int, epoch: int, train: bool):
-        return self._augment(i, self._image(i), epoch, train)
-
-    def raw_batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> RawBatch | None:
-        """Decode (if not cached) and augment: a uint8 batch, a quarter of the float batch's bytes,
-        which is what waits in the prefetch queue. `finish` turns it into the float batch."""
-        import torch
-
-        # decode (PIL, GIL released) in the pool only when something is not cached yet; the
-        # torch augmentation runs here, single-threaded (see _data_thread_torch)
-        cache = self.cache
-        misses = len(indices) if cache is None else sum(1 for i in indices if self.paths[i] not in cache)
-        if pool is not None and misses > 1:
-            imgs = list(pool.map(self._image, indices))
-        else:
-            imgs = [self._image(i) for i in indices]
-        # each crop goes straight into the batch tensor: no list of crops next to a stacked copy
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        u8 = torch.empty((len(indices), 3, self.size, self.size), dtype=torch.uint8, memory_format=fmt)
-        boxes, kept = [], []
-        for i, img in zip(indices, imgs):
-            item = self._augment(i, img, epoch, train)
-            if item is not None:
-                u8[len(kept)].copy_(item[0])
-                boxes.append(item[1])
-                kept.append(i)
-        if not kept:
-            return None
-        y = torch.tensor([self.labels[i] for i in kept], dtype=torch.long)
-        return u8[:len(kept)], boxes, y, torch.tensor(kept, dtype=torch.long)
-
-    def finish(self, raw: RawBatch) -> Batch:
-        """uint8 batch -> normalised float32 NCHW (channels_last memory when the model wants it, so
-        the training step needs no layout copy); random-erasing boxes are zeroed after normalising."""
-        u8, boxes, y, idx = raw
-        x = normalise(u8, self.mean, self.std, channels_last=self.channels_last)
-        for n, box in enumerate(boxes):
-            if box is not None:
-                t, l, h, w = box
-                x[n, :, t:t + h, l:l + w] = 0.0
-        if self.pin:
-            x = x.pin_memory()
-        return x, y, idx
-
-    def batch(self, indices: Sequence[int], epoch: int, train: bool, pool: ThreadPoolExecutor | None) -> Batch | None:
-        raw = self.raw_batch(indices, epoch, train, pool)
-        return None if raw is None else self.finish(raw)
 
 
 def _chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -176,90 +55,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
     g = torch.Generator().manual_seed(int(seed) * 1000 + int(epoch))
     return torch.randperm(n, generator=g).tolist()
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 0
-
-
-class _data_thread_torch:
-    """Torch ops in data threads run single-threaded: small ops split over cores only fight the
-    training step's own threads (10x slower per op on a busy 2-core box). torch keeps one
-    per-thread setting (OpenMP) plus a global default for threads created later; the global is
-    restored when the last data thread ends."""
-
-    def __enter__(self):
-        global _threads_users, _threads_saved
-        import torch
-
-        with _threads_lock:
-            if _threads_users == 0:
-                _threads_saved = torch.get_num_threads()
-            _threads_users += 1
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        global _threads_users
-        import torch
-
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0 and _threads_saved > 0:
-                torch.set_num_threads(_threads_saved)
-
-
-def _prefetch(make: Callable[[int], Any], count: int, threads: int, depth: int = PREFETCH_DEPTH,
-              finish: Callable[[Any], Any] | None = None) -> Iterator[Any]:
-    """Yield make(0..count-1) in order (skipping None), built `depth` items ahead in a thread;
-    `finish` runs on each item in the consuming thread (turns raw uint8 batches into float ones
-    just before use: the queue holds uint8, a quarter of the bytes)."""
-    if count <= 0:
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for b in range(count):
-                if stop.is_set():
-                    return
-                item = make(b)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            q.put(done)
-        except BaseException as e:  # surfaced in the consumer thread
-            q.put(("__error__", e))
-
-    def run() -> None:
-        with _data_thread_torch():
-            work()
-
-    t = threading.Thread(target=run, name="tlstudio-batches", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, tuple) and len(item) == 2 and item[0] == "__error__":
-                raise item[1]
-            if item is not None:
-                contention.apply_thread_changes()  # a re-check of the CPU load changed the thread count
-                yield item if finish is None else finish(item)
-                item = None  # drop the reference before the next one is built
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
 
 
 class _Epochs:
