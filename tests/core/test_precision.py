@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tlstudio.core.runtime import precision as P
+from tlstudio.core.runtime import step_timing as T
 from tlstudio.core.errors import UserError
 
 
@@ -100,48 +101,48 @@ def test_set_threads(monkeypatch):
 
 def test_pick_mode_from_measurements():
     # small images: fp32 contiguous is fastest -> fp32
-    name, cl, why = P.pick_mode({("fp32", False): 41.0, ("fp32", True): 30.0, ("bf16", True): 23.0})
+    name, cl, why = T.pick_mode({("fp32", False): 41.0, ("fp32", True): 30.0, ("bf16", True): 23.0})
     assert (name, cl) == ("fp32", False) and why.startswith("measured img/s: fp32 41.0")
     # large images: bf16 + channels_last clearly faster -> it wins
-    assert P.pick_mode({("fp32", False): 12.0, ("fp32", True): 13.0, ("bf16", True): 33.0})[:2] == ("bf16", True)
+    assert T.pick_mode({("fp32", False): 12.0, ("fp32", True): 13.0, ("bf16", True): 33.0})[:2] == ("bf16", True)
     # a gain under MIN_GAIN is not worth reduced precision or a layout change: fp32 contiguous
-    assert P.pick_mode({("fp32", False): 20.0, ("fp32", True): 21.0, ("bf16", True): 21.5})[:2] == ("fp32", False)
+    assert T.pick_mode({("fp32", False): 20.0, ("fp32", True): 21.0, ("bf16", True): 21.5})[:2] == ("fp32", False)
     # fp32 channels_last clearly faster and bf16 not: fp32 + channels_last
-    assert P.pick_mode({("fp32", False): 10.0, ("fp32", True): 13.0, ("bf16", True): 11.0})[:2] == ("fp32", True)
+    assert T.pick_mode({("fp32", False): 10.0, ("fp32", True): 13.0, ("bf16", True): 11.0})[:2] == ("fp32", True)
     with pytest.raises(ValueError):
-        P.pick_mode({})
+        T.pick_mode({})
 
 
 def test_candidate_modes():
-    assert P.candidate_modes(conv=True, fast_bf16=False) == [("fp32", False), ("fp32", True)]
-    assert P.candidate_modes(conv=True, fast_bf16=True) == [("fp32", False), ("fp32", True), ("bf16", True)]
-    assert P.candidate_modes(conv=False, fast_bf16=True) == [("fp32", False), ("bf16", False)]
-    assert P.candidate_modes(conv=False, fast_bf16=False) == [("fp32", False)]
-    assert P.candidate_modes(conv=True, fast_bf16=True, layout=False) == [("fp32", False), ("bf16", False)]
+    assert T.candidate_modes(conv=True, fast_bf16=False) == [("fp32", False), ("fp32", True)]
+    assert T.candidate_modes(conv=True, fast_bf16=True) == [("fp32", False), ("fp32", True), ("bf16", True)]
+    assert T.candidate_modes(conv=False, fast_bf16=True) == [("fp32", False), ("bf16", False)]
+    assert T.candidate_modes(conv=False, fast_bf16=False) == [("fp32", False)]
+    assert T.candidate_modes(conv=True, fast_bf16=True, layout=False) == [("fp32", False), ("bf16", False)]
 
 
 def test_measure_modes_leaves_the_model_alone():
     model = _Conv()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    speeds = P.measure_modes(model, 4, 16, [("fp32", False), ("fp32", True)], rounds=1)
+    speeds = T.measure_modes(model, 4, 16, [("fp32", False), ("fp32", True)], rounds=1)
     assert set(speeds) == {("fp32", False), ("fp32", True)} and all(v > 0 for v in speeds.values())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats too
     assert all(p.grad is None for p in model.parameters())
     assert next(model.parameters()).is_contiguous()
     # a budget the first step shows cannot be kept: nothing more is run, nothing timed
-    assert P.measure_modes(model, 2, 16, [("fp32", False), ("fp32", True)], rounds=1, budget_s=0.0) == {}
+    assert T.measure_modes(model, 2, 16, [("fp32", False), ("fp32", True)], rounds=1, budget_s=0.0) == {}
 
 
 def test_measure_batch_same_pixels_per_step():
-    assert P.measure_batch(32, 32) == P.MEASURE_BATCH == P.measure_batch(32, 64)
-    assert P.measure_batch(32, 112) == 5 and P.measure_batch(32, 224) == 4 and P.measure_batch(32, 512) == 4
-    assert P.measure_batch(8, 32) == 8 and P.measure_batch(2, 224) == 2  # never more than the run's batch
+    assert T.measure_batch(32, 32) == T.MEASURE_BATCH == T.measure_batch(32, 64)
+    assert T.measure_batch(32, 112) == 5 and T.measure_batch(32, 224) == 4 and T.measure_batch(32, 512) == 4
+    assert T.measure_batch(8, 32) == 8 and T.measure_batch(2, 224) == 2  # never more than the run's batch
 
 
 def test_choose_precision_measured_per_size(monkeypatch):
     monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
-    P._measured.clear()
+    T._measured.clear()
     table = {32: {("fp32", False): 40.0, ("fp32", True): 30.0, ("bf16", True): 20.0},
              224: {("fp32", False): 12.0, ("fp32", True): 13.0, ("bf16", True): 33.0}}
     calls = []
@@ -150,13 +151,13 @@ def test_choose_precision_measured_per_size(monkeypatch):
         calls.append((batch, size, tuple(modes)))
         return {m: table[size][m] for m in modes}
 
-    monkeypatch.setattr(P, "measure_modes", fake)
+    monkeypatch.setattr(T, "measure_modes", fake)
     small = P.choose_precision("cpu", _Conv(), measure=(32, 32))
     assert (small.name, small.channels_last, small.dtype) == ("fp32", False, None)
     assert "measured" in small.reason and "at 32 px" in small.reason
     big = P.choose_precision("cpu", _Conv(), measure=(32, 224))
     assert (big.name, big.channels_last, big.dtype) == ("bf16", True, torch.bfloat16)
-    assert calls[0] == (P.MEASURE_BATCH, 32, (("fp32", False), ("fp32", True), ("bf16", True)))
+    assert calls[0] == (T.MEASURE_BATCH, 32, (("fp32", False), ("fp32", True), ("bf16", True)))
     assert calls[1][:2] == (4, 224)
     P.choose_precision("cpu", _Conv(), measure=(32, 32))
     assert len(calls) == 2  # the same model, batch, size and threads: measured once
@@ -165,11 +166,11 @@ def test_choose_precision_measured_per_size(monkeypatch):
     fixed = P.choose_precision("cpu", _Conv(), channels_last=True, measure=(32, 32))
     assert fixed.channels_last and calls[-1][2] == (("fp32", True), ("bf16", True))
     # cut short by the budget (fewer results than modes): the rule's plan stays
-    monkeypatch.setattr(P, "measure_modes", lambda model, batch, size, modes, **kw: {modes[0]: 1.0})
-    P._measured.clear()
+    monkeypatch.setattr(T, "measure_modes", lambda model, batch, size, modes, **kw: {modes[0]: 1.0})
+    T._measured.clear()
     rule = P.choose_precision("cpu", _Conv(), measure=(32, 112))
     assert rule.name == "bf16" and rule.channels_last and "too slow here to time" in rule.reason
-    P._measured.clear()
+    T._measured.clear()
 
 
 def test_describe_choice(monkeypatch):

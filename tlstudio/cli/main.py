@@ -185,7 +185,8 @@ def _train_config(args) -> Any:
     }
     for name in ("backbone", "epochs", "batch_size", "lr", "image_size", "val_fraction", "optimizer",
                  "label_smoothing", "weight_decay", "warmup_epochs", "precision", "workers", "cache",
-                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile", "follow_links", "threads"):
+                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile", "follow_links", "threads",
+                 "micro_batch"):
         values[name] = getattr(args, name, None)
     values = {k: v for k, v in values.items() if v is not None}
     if args.config:  # a saved config.json; flags given on the command line override it
@@ -233,6 +234,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", choices=["auto", "off"])
     p.add_argument("--workers", type=int, help="image decode threads (default: auto)")
     p.add_argument("--threads", type=int, help="compute threads (default: from the cores other programs leave free)")
+    p.add_argument("--micro-batch", type=int, metavar="N",
+                   help="run each step as micro-batches of N images with gradient accumulation (0 = whole "
+                        "batches; default: measured on the CPU)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (falls back to eager mode if compilation fails)")
     p.add_argument("--seed", type=int)

@@ -64,6 +64,7 @@ class TrainConfig(BaseModel):
     compile: bool = False
     workers: int | None = None  # None: auto
     threads: int | None = Field(None, ge=1)  # torch threads; None: from the CPU load (runtime/contention.py)
+    micro_batch: int | None = Field(None, ge=0)  # images per micro-batch of a step; 0 = whole; None: measured
     cache: Literal["auto", "off"] = "auto"  # decoded-image and feature caches
     cache_budget_mb: int = Field(2048, ge=0)  # RAM for the data pipeline: batches in flight + decoded cache
     leave_one_core: bool = False  # set by the GUI so the UI stays responsive

@@ -4,7 +4,8 @@ Measured on a 2-core Zen 4 (AVX-512 BF16) with resnet18 at 224 px (benchmarks/RE
 fp32 -> bf16 autocast roughly doubles training speed, channels_last on top adds another ~1.4x
 for conv nets. bf16 keeps fp32's exponent range, so no loss scaling is needed; fp16 (CUDA
 without bf16) needs a GradScaler. The engine checks that the first losses are finite and
-calls `PrecisionPlan.fallback_fp32()` if not.
+calls `PrecisionPlan.fallback_fp32()` if not. Choosing the mode (and micro-batches) from a
+quick measurement at the run's image size lives in runtime/step_timing.py.
 """
 
 from __future__ import annotations
@@ -161,8 +162,8 @@ def choose_precision(device: Any, model: Any = None, requested: str = "auto",
                      channels_last: bool | None = None, measure: tuple[int, int] | None = None) -> PrecisionPlan:
     """Pick precision and layout. `requested`: auto | fp32 | bf16 | fp16; `channels_last`: None = auto.
 
-    `measure=(batch_size, image_size)`: on a CPU with native bf16, time a few training steps of
-    `model` (a copy) in each candidate mode at that size and take the fastest (see
+    `measure=(batch_size, image_size)`: on a CPU, time a few training steps of `model` (a copy)
+    in each candidate mode at that size and take the fastest (runtime/step_timing.py
     `measure_modes`); the fixed rule below is the fallback. An explicit precision or layout is
     never overridden."""
     import torch
@@ -198,142 +199,10 @@ def choose_precision(device: Any, model: Any = None, requested: str = "auto",
     plan = PrecisionPlan(device=device, dtype=dtype, name=name, channels_last=bool(channels_last),
                          use_scaler=use_scaler, reason=reason)
     if measure is not None and model is not None and device.type == "cpu" and requested == "auto":
-        plan = _measured_plan(plan, model, int(measure[0]), int(measure[1]), conv, layout_fixed)
+        from tlstudio.core.runtime.step_timing import measured_plan
+
+        plan = measured_plan(plan, model, int(measure[0]), int(measure[1]), conv, layout_fixed)
     return plan
-
-
-# --- choosing the mode from a quick measurement ----------------------------------------------
-
-MEASURE_BUDGET_S = 15.0  # stop measuring further modes after this (big models at big sizes)
-MEASURE_BATCH = 16  # images per measured step (per-image cost is close to batch 32's; half the time)
-MIN_GAIN = 1.10  # reduced precision / another layout must be this much faster than fp32 to win
-_measured: dict[tuple, tuple[str, bool, str]] = {}  # (model, batch, size, threads) -> choice
-
-
-def mode_label(name: str, channels_last: bool) -> str:
-    return name + (" + channels_last" if channels_last else "")
-
-
-def pick_mode(speeds: dict[tuple[str, bool], float], min_gain: float = MIN_GAIN) -> tuple[str, bool, str]:
-    """The mode to train in from measured images/s per (precision, channels_last).
-
-    fp32 contiguous is the reference (exact, no conversions): another mode must be at least
-    `min_gain` times faster to be chosen. Returns (precision, channels_last, reason)."""
-    if not speeds:
-        raise ValueError("no measurements")
-    ref = ("fp32", False)
-    base = speeds.get(ref)
-    best = max(speeds, key=lambda k: speeds[k])
-    listing = ", ".join(f"{mode_label(*k)} {v:.1f}" for k, v in sorted(speeds.items(), key=lambda kv: -kv[1]))
-    if base is None:
-        return best[0], best[1], f"measured img/s: {listing}"
-    if best != ref and speeds[best] >= base * min_gain:
-        return best[0], best[1], f"measured img/s: {listing}"
-    # fp32 wins, or nothing is clearly faster: prefer fp32, and its faster layout if that clearly wins
-    fp32 = {k: v for k, v in speeds.items() if k[0] == "fp32"}
-    b32 = max(fp32, key=lambda k: fp32[k])
-    if b32 != ref and fp32[b32] < base * min_gain:
-        b32 = ref
-    return b32[0], b32[1], f"measured img/s: {listing}"
-
-
-def measure_modes(model: Any, batch: int, size: int, modes: list[tuple[str, bool]], *, rounds: int = 2,
-                  budget_s: float = MEASURE_BUDGET_S) -> dict[tuple[str, bool], float]:
-    """Images/s of a training step (forward, loss, backward) of a copy of `model` in each mode.
-
-    Modes are interleaved (one warm-up step each, then `rounds` timed rounds) and the best step
-    per mode counts: on a shared CPU another program's burst then hits every mode alike and the
-    minimum is the mode's own cost. When `budget_s` is spent, modes not yet timed are left out
-    of the result. The model itself is untouched (weights, buffers, grads): one copy is measured."""
-    import copy
-    import time
-
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=g)
-    m = copy.deepcopy(model).cpu().train()
-    for p in m.parameters():
-        p.requires_grad_(True)
-    layout = None
-    warmed: set[tuple[str, bool]] = set()
-    best: dict[tuple[str, bool], float] = {}
-    t_start = time.perf_counter()
-    try:
-        for r in range(rounds + 1):
-            for mode in modes:
-                over = time.perf_counter() - t_start > budget_s
-                if (over and (r == 0 or mode in best)) or (r > 0 and mode not in warmed):
-                    continue
-                name, cl = mode
-                if layout != cl:
-                    m = m.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-                    layout = cl
-                xi = x.contiguous(memory_format=torch.channels_last) if cl else x
-                ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16"
-                       else contextlib.nullcontext())
-                t = time.perf_counter()
-                with ctx:
-                    out = m(xi)
-                    if isinstance(out, dict):
-                        out = next(iter(out.values()))
-                    loss = out.float().logsumexp(1).mean()
-                loss.backward()
-                dt = time.perf_counter() - t
-                for p in m.parameters():
-                    p.grad = None
-                if r == 0:
-                    warmed.add(mode)
-                    if len(warmed) == 1 and dt * len(modes) * (rounds + 1) > budget_s:
-                        return {}  # cannot finish within the budget: spend no more time on it
-                else:
-                    best[mode] = max(best.get(mode, 0.0), batch / max(dt, 1e-9))
-    finally:
-        del m
-    return best
-
-
-def measure_batch(batch: int, size: int) -> int:
-    """Images per measured step: MEASURE_BATCH at up to 64 px, fewer at larger sizes (the same
-    pixels per step, at least 4), so timing the modes costs about the same at every size."""
-    pixels = MEASURE_BATCH * 64 * 64
-    return max(1, min(int(batch), MEASURE_BATCH, max(4, pixels // max(1, int(size) ** 2))))
-
-
-def candidate_modes(conv: bool, fast_bf16: bool, layout: bool | None = None) -> list[tuple[str, bool]]:
-    """Modes worth timing on this CPU: bf16 only where the CPU computes it natively (emulated bf16
-    is slower than fp32), channels_last only for conv nets; `layout` fixed by the user."""
-    precisions = ["fp32", "bf16"] if fast_bf16 else ["fp32"]
-    if layout is not None:
-        layouts = [layout]
-    else:
-        layouts = [False, True] if conv else [False]
-    modes = [(p, cl) for p in precisions for cl in layouts]
-    if fast_bf16 and conv and layout is None:
-        modes.remove(("bf16", False))  # bf16 in NCHW was never the fastest for a conv net (session 2)
-    return modes
-
-
-def _measured_plan(plan: PrecisionPlan, model: Any, batch: int, size: int, conv: bool,
-                   layout_fixed: bool) -> PrecisionPlan:
-    import torch
-
-    key = (type(model).__name__, sum(p.numel() for p in model.parameters()), batch, size, torch.get_num_threads(),
-           plan.channels_last if layout_fixed else None)
-    if key not in _measured:
-        modes = candidate_modes(conv, cpu_has_fast_bf16(), plan.channels_last if layout_fixed else None)
-        if len(modes) < 2:
-            return plan
-        try:
-            speeds = measure_modes(model, measure_batch(batch, size), size, modes)
-        except Exception as e:  # a model that cannot run a bare step here: keep the rule's choice
-            return replace(plan, reason=f"{plan.reason}; not measured ({e.__class__.__name__})")
-        if len(speeds) < len(modes):  # cut short by the time budget (a big model, a busy CPU): the rule
-            return replace(plan, reason=f"{plan.reason}; too slow here to time the modes at {size} px")
-        _measured[key] = pick_mode(speeds)
-    name, cl, why = _measured[key]
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[name]
-    return replace(plan, name=name, dtype=dtype, channels_last=cl, use_scaler=False, reason=f"{why} at {size} px")
 
 
 def available_cores() -> int:
@@ -364,9 +233,10 @@ def thread_choice() -> Any:
     return None if mon is None else mon.choice
 
 
-def describe_choice(plan: PrecisionPlan, image_size: int | None = None) -> str:
+def describe_choice(plan: PrecisionPlan, image_size: int | None = None, micro: str = "") -> str:
     """One log line: "2 of 2 cores busy with other programs: training with 2 threads that sleep
-    while they wait; fp32 at 32 px (measured img/s: ...)"."""
+    while they wait; fp32 at 32 px (measured img/s: ...)"; `micro` (step_timing.MicroChoice.phrase,
+    e.g. "micro-batches of 8 (1.6x faster per image here; BatchNorm sees 8 images)") is appended."""
     choice = thread_choice()
     head = choice.reason if choice is not None else ""
     at = f" at {image_size} px" if image_size and " px" not in plan.reason else ""
@@ -374,6 +244,8 @@ def describe_choice(plan: PrecisionPlan, image_size: int | None = None) -> str:
     mode = f"{plan.name}{layout}{at}" + (f" ({plan.reason})" if plan.reason else "")
     if plan.device.type != "cpu":
         mode = f"{mode} on {plan.device}"
+    if micro:
+        mode = f"{mode}, {micro}"
     return f"{head}; {mode}" if head else mode
 
 

@@ -111,7 +111,8 @@ def state(ctx: Any, st: Any, epoch: int, batch: int) -> dict[str, Any]:
         "epoch": epoch, "batch": batch, "step": st.step, "batch_size": ctx.batch_size,
         "trainable": list(ctx.trainable), "partial": dict(st.partial), "rng": _rng_state(),
         "trackers": dataclasses.asdict(st.trackers),
-        "plan": {"precision": ctx.plan.name, "channels_last": bool(ctx.plan.channels_last)},
+        "plan": {"precision": ctx.plan.name, "channels_last": bool(ctx.plan.channels_last),
+                 "micro_batch": int(ctx.micro_batch)},
     }
 
 

@@ -8,6 +8,7 @@ epoch. Checkpoints go through the context's ordered background writer (last.pt f
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Generator
 from typing import Any
@@ -206,34 +207,29 @@ def _step(ctx: RunContext, st: LoopState, info, epoch: int, batch_i: int, x, y, 
     if ctx.plan.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     y, idx = y.to(ctx.device), idx.to(ctx.device)
-    objective, module = ctx.objective, ctx.train_module
-    with ctx.plan.autocast():
-        loss, parts = objective.loss(module, x, y, idx)
-    if not torch.isfinite(loss):
+    pieces = micro_batches(ctx, x, y, idx)
+    loss, parts = _forward_backward(ctx, pieces)
+    if not math.isfinite(loss):
         if ctx.plan.name != "fp32" and st.fp_checked < FP_CHECK_STEPS:
             ctx.plan = ctx.octx.precision = ctx.plan.fallback_fp32()
             ctx.scaler = None
             yield Warn("Reduced precision gave a non-finite loss; continuing in fp32")
-            with ctx.plan.autocast():
-                loss, parts = objective.loss(module, x, y, idx)
-        if not torch.isfinite(loss):
-            msg = (f"The loss became {float(loss.detach())} at epoch {epoch + 1}, batch {batch_i + 1}: "
+            loss, parts = _forward_backward(ctx, pieces)
+        if not math.isfinite(loss):
+            msg = (f"The loss became {loss} at epoch {epoch + 1}, batch {batch_i + 1}: "
                    "training stopped. Try a lower learning rate."
                    + (" The best weights so far are kept." if st.trackers.best_epoch is not None else ""))
             yield Warn(msg)
             return (yield from finish(ctx, st, info, "failed", msg))
     st.fp_checked += 1
-    ctx.opt.zero_grad(set_to_none=True)
     if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
         ctx.scaler.step(ctx.opt)
         ctx.scaler.update()
     else:
-        loss.backward()
         ctx.opt.step()
     ctx.sched.step()
     st.step += 1
-    lv = float(loss.detach())
+    lv = loss
     st.partial["loss_sum"] += lv * x.shape[0]
     st.partial["count"] += x.shape[0]
     ips = x.shape[0] / max(1e-6, time.perf_counter() - t0)
@@ -241,6 +237,51 @@ def _step(ctx: RunContext, st: LoopState, info, epoch: int, batch_i: int, x, y, 
     yield BatchEnd(epoch=epoch, batch=batch_i, batches=ctx.steps_per_epoch, step=st.step, loss=lv,
                    lr=head_lr(ctx.opt), images_per_s=st.ema_ips, parts=dict(parts), phase=ctx.phase)
     return None
+
+
+def micro_batches(ctx: RunContext, x, y, idx) -> list[tuple[Any, Any, Any, float]]:
+    """A step's batch as (x, y, idx, share) pieces: whole, or micro-batches of ctx.micro_batch
+    images when the plan says so (image batches only: cached features stay whole). `share` is a
+    piece's part of the batch's mean loss, from Objective.loss_weight; the shares add up to 1."""
+    n, k = int(x.shape[0]), int(ctx.micro_batch or 0)
+    if k <= 0 or k >= n or x.dim() != 4:
+        return [(x, y, idx, 1.0)]
+    cuts = [(i, min(n, i + k)) for i in range(0, n, k)]
+    w = [ctx.objective.loss_weight(y[a:b], idx[a:b]) for a, b in cuts]
+    total = sum(w)
+    shares = [v / total for v in w] if total > 0 else [(b - a) / n for a, b in cuts]
+    return [(x[a:b], y[a:b], idx[a:b], s) for (a, b), s in zip(cuts, shares)]
+
+
+def _forward_backward(ctx: RunContext, pieces) -> tuple[float, dict[str, float]]:
+    """Loss and backward of each piece (its loss scaled by its share), gradients accumulated from
+    zero. Returns (the batch's loss, its parts averaged by share), or a non-finite loss as soon as
+    one piece gives one (nothing more is run; the caller decides). DDP: the gradients are
+    all-reduced once, with the last piece's backward (`no_sync` for the others)."""
+    import contextlib
+
+    import torch
+
+    module, objective, scaler = ctx.train_module, ctx.objective, ctx.scaler
+    ctx.opt.zero_grad(set_to_none=True)
+    total, sums, weights = 0.0, {}, {}
+    last = len(pieces) - 1
+    for i, (xc, yc, ic, share) in enumerate(pieces):
+        sync = module.no_sync() if i < last and hasattr(module, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with ctx.plan.autocast():
+                loss, parts = objective.loss(module, xc, yc, ic)
+            if not torch.isfinite(loss):
+                return float(loss.detach()), {}
+            scaled = loss * share if last else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if not last:  # one piece: the objective's own numbers, as they are
+            return float(loss.detach()), dict(parts)
+        total += float(loss.detach()) * share
+        for name, v in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(v) * share
+            weights[name] = weights.get(name, 0.0) + share
+    return total, {name: sums[name] / weights[name] if weights[name] > 0 else sums[name] for name in sums}
 
 
 def _retry_smaller_batch(ctx: RunContext, st: LoopState, epoch: int, exc: BaseException) -> Generator[Event, None, None]:

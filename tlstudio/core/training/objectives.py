@@ -35,6 +35,11 @@ class Objective:
     name = "classification"
     best_metric: tuple[str, str] = ("val_acc", "max")  # (metric, "max" | "min")
     tie_metric: tuple[str, str] = ("val_loss", "min")  # breaks ties of best_metric
+    # May the loop split a step into micro-batches (training/loop.py: loss(...) per micro-batch,
+    # each scaled by its share, gradients accumulated, one optimiser step)? Only when loss() is a
+    # mean over the rows it is given and reads nothing else per call: no extra batch drawn per
+    # call (target/unlabelled images), no per-call step counter, no per-task gradient surgery.
+    micro_batches: bool = False
 
     def build_model(self, create_body: Callable[[int], Any], classes: list[str]) -> Any:
         """The model to train; ``create_body(n)`` gives the timm backbone with an n-output head."""
@@ -46,6 +51,11 @@ class Objective:
 
     def loss(self, model, x, y, idx):  # -> tuple[Tensor, dict[str, float]]
         raise NotImplementedError
+
+    def loss_weight(self, y, idx) -> float:
+        """The weight of these rows in a batch's mean loss (micro-batches are scaled by their share
+        of it): their number by default; objectives that skip or weight rows say so here."""
+        return float(len(idx))
 
     def validate(self, model, loader, ctx: ObjectiveContext) -> dict[str, float]:
         """Validation metrics of one epoch (reduced precision, as trained)."""
@@ -88,6 +98,7 @@ class ClassificationObjective(Objective):
     """Cross-entropy with label smoothing and optional class weights; rows with y == -1 ignored."""
 
     name = "classification"
+    micro_batches = True  # a mean over the batch's rows: micro-batches give the same gradients
 
     def __init__(self, label_smoothing: float = 0.0, class_weights: bool = False) -> None:
         self.label_smoothing = label_smoothing
@@ -114,6 +125,12 @@ class ClassificationObjective(Objective):
         else:  # a batch of unlabelled images only: nothing to learn from here
             loss = logits.float().sum() * 0.0
         return loss, {}
+
+    def loss_weight(self, y, idx) -> float:
+        """Cross-entropy's mean divides by the class weights of the labelled rows (unlabelled: 0)."""
+        labelled = y[y >= 0]
+        w = self._criterion.weight if self._criterion is not None else None
+        return float(w[labelled].sum()) if w is not None else float(labelled.numel())
 
 
 def better(value: float, best: float | None, mode: str) -> bool:

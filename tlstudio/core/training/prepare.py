@@ -53,6 +53,7 @@ class RunContext:
     threads: int
     plan: Any
     features_mode: bool
+    micro_batch: int  # images per micro-batch of a step (0 = whole batches), runtime/step_timing.py
     batch_size: int
     data_cfg: dict[str, Any]
     loaders: Any = None
@@ -215,7 +216,7 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     import torch
 
     from tlstudio.core.models import backbones, layers
-    from tlstudio.core.runtime import precision
+    from tlstudio.core.runtime import precision, step_timing
     from tlstudio.core.runtime.parallel import wrap_ddp
     from tlstudio.core.runtime.rng_state import seed_everything
     from tlstudio.core.training import checkpoint
@@ -274,19 +275,24 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
         plan = precision.choose_precision(
             device, model, config.precision, config.channels_last,
             measure=(config.batch_size, size) if body_trains and not dist.enabled else None)
-    yield Log(precision.describe_choice(plan, size))
-    plan.prepare_model(model)  # device, memory format, CPU bf16 attention: one implementation
     features_mode = (
         config.cache != "off" and gradual_every is None and layers.frozen_prefix_is_whole_body(trainable)
         and objective.supports_features_mode() and not config.compile
     )
+    # micro-batches with gradient accumulation when a quick timing shows they are clearly faster
+    micro = step_timing.choose_micro_batch(
+        model, config.batch_size, size, plan, requested=getattr(config, "micro_batch", None),
+        saved=saved.get("micro_batch", 0) if saved else None, allowed=objective.micro_batches and not features_mode,
+        measure=body_trains and not dist.enabled and not config.compile)
+    yield Log(precision.describe_choice(plan, size, micro.phrase))
+    plan.prepare_model(model)  # device, memory format, CPU bf16 attention: one implementation
     ctx = RunContext(
         config=config, run_dir=run_dir, stop=stop, pause=pause, objective=objective, run_kind=run_kind,
         phase=phase, writer=writer, ckpt=ckpt, report=report, classes=classes, split=split,
         train_split=train_split, dist=dist, model=model, spec=spec, groups=groups, trainable=trainable,
         gradual_every=gradual_every, device=device, threads=threads, plan=plan, features_mode=features_mode,
         batch_size=int(ckpt["batch_size"]) if ckpt is not None else config.batch_size, data_cfg=data_cfg,
-        lr=lr, extra_train=list(extra_train or []),
+        lr=lr, extra_train=list(extra_train or []), micro_batch=micro.size,
     )
 
     # --- loaders (feature cache when only the head trains) --------------------------------
