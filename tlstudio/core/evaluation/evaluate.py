@@ -1,64 +1,38 @@
-"""Evaluation and prediction with a trained run: metrics, confusion matrix, top-k, latency.
+"""Evaluation and prediction with a trained run: metrics on its validation split or a folder,
+top-k predictions for files and folders.
 
-The preprocessing here (`preprocess`) is plain PIL + numpy and reproduces timm's eval
-transform (resize the short side to image_size / crop_pct, center crop, scale to [0, 1],
-normalise). Exports and the model-card example use the same recipe, so a prediction made
-by TL Studio, by onnxruntime and by TorchScript sees the same pixels.
+The pieces live beside this module: `preprocessing` (the one pixel pipeline of evaluation,
+prediction and the export checks), `metrics` (EvalReport from probabilities) and `forward`
+(a model as a numpy forward, latency).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tlstudio.core.errors import UserError
+# measure_latency, measure_forward_latency, preprocess and _load_rgb are not used here: tasks,
+# export and explain import them from this module
+from tlstudio.core.evaluation.forward import (  # noqa: F401
+    Forward,
+    measure_forward_latency,
+    measure_latency,
+    softmax,
+    torch_forward,
+)
+from tlstudio.core.evaluation.metrics import EvalReport, report_from_probs
+from tlstudio.core.evaluation.preprocessing import _load_rgb, load_batch, preprocess  # noqa: F401
 from tlstudio.core.runs.folder import EVAL_JSON, ModelSpec
-from tlstudio.core.runtime.inference import forward_chunked
-
-# PIL resampling filters by timm's interpolation names.
-_PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
-
-Forward = Callable[[np.ndarray], np.ndarray]  # NCHW float32 batch -> logits (N, C)
 
 
 class EvalError(UserError):
     """Nothing to evaluate or predict (no images, wrong classes, missing run files)."""
-
-
-# --------------------------------------------------------------------------- reports
-
-
-@dataclass
-class EvalReport:
-    accuracy: float
-    macro_f1: float
-    top_k: dict[int, float]
-    per_class: list[dict[str, Any]]  # name, precision, recall, f1, support
-    confusion: list[list[int]]  # rows: true class, columns: predicted class
-    classes: list[str]
-    misclassified: list[dict[str, Any]]  # path, true, pred, confidence (of pred)
-    n: int
-    failures: list[dict[str, str]] = field(default_factory=list)  # path, reason: files that could not be read
-    source: str = ""  # "validation split" or the folder evaluated
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["top_k"] = {str(k): v for k, v in self.top_k.items()}
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "EvalReport":
-        d = dict(d)
-        d["top_k"] = {int(k): float(v) for k, v in d.get("top_k", {}).items()}
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -71,186 +45,7 @@ class Prediction:
         return {"path": self.path, "top": [[c, p] for c, p in self.top], "error": self.error}
 
 
-def report_from_probs(
-    probs: np.ndarray,
-    labels: Sequence[int],
-    classes: Sequence[str],
-    paths: Sequence[str] | None = None,
-    failures: list[dict[str, str]] | None = None,
-    source: str = "",
-) -> EvalReport:
-    """All metrics from class probabilities (N, C) and true labels. Pure numpy."""
-    classes = list(classes)
-    c = len(classes)
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1, c)
-    labels_a = np.asarray(labels, dtype=np.int64)
-    n = int(labels_a.shape[0])
-    paths = list(paths) if paths is not None else [""] * n
-    pred = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
-    conf = np.zeros((c, c), dtype=np.int64)
-    np.add.at(conf, (labels_a, pred), 1)
-
-    per_class = []
-    f1s = []
-    for i, name in enumerate(classes):
-        tp = int(conf[i, i])
-        predicted = int(conf[:, i].sum())
-        support = int(conf[i, :].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class.append(
-            {"name": name, "precision": precision, "recall": recall, "f1": f1, "support": support}
-        )
-        if support:  # macro-F1 over classes present in the evaluated data
-            f1s.append(f1)
-
-    top_k: dict[int, float] = {}
-    if n:
-        order = np.argsort(-probs, axis=1, kind="stable")
-        for k in (1, 3, 5):
-            if k <= c and (k == 1 or k < c):  # top-c is always 1.0: not informative
-                hit = (order[:, :k] == labels_a[:, None]).any(axis=1)
-                top_k[k] = float(hit.mean())
-
-    mis = []
-    for i in np.nonzero(pred != labels_a)[0]:
-        mis.append(
-            {
-                "path": paths[i],
-                "true": classes[labels_a[i]],
-                "pred": classes[pred[i]],
-                "confidence": float(probs[i, pred[i]]),
-            }
-        )
-    mis.sort(key=lambda m: -m["confidence"])  # most confident mistakes first: likely label errors
-    return EvalReport(
-        accuracy=float((pred == labels_a).mean()) if n else 0.0,
-        macro_f1=float(np.mean(f1s)) if f1s else 0.0,
-        top_k=top_k,
-        per_class=per_class,
-        confusion=conf.tolist(),
-        classes=classes,
-        misclassified=mis,
-        n=n,
-        failures=list(failures or []),
-        source=source,
-    )
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def _load_rgb(path: str):
-    from tlstudio.core.data.images import load_rgb
-
-    return load_rgb(path)
-
-
-def preprocess(img, spec: ModelSpec) -> np.ndarray:
-    """PIL RGB image -> float32 array (3, S, S): timm's eval transform, in PIL + numpy."""
-    size = spec.image_size
-    resample = _PIL_FILTERS.get(spec.interpolation, 3)
-    scale = math.floor(size / spec.crop_pct)
-    w, h = img.size
-    if spec.crop_mode == "squash":
-        img = img.resize((scale, scale), resample)
-    else:  # "center" (and "border" approximated by it): short side to `scale`
-        if w <= h:
-            nw, nh = scale, int(scale * h / w)
-        else:
-            nw, nh = int(scale * w / h), scale
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), resample)
-    w, h = img.size
-    if w < size or h < size:  # tiny crop_pct > 1 edge case: pad like torchvision
-        from PIL import Image
-
-        canvas = Image.new("RGB", (max(w, size), max(h, size)))
-        canvas.paste(img, ((canvas.width - w) // 2, (canvas.height - h) // 2))
-        img, (w, h) = canvas, canvas.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-    x = np.asarray(img, dtype=np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def _load_one(path, spec: ModelSpec):
-    try:
-        return preprocess(_load_rgb(path), spec), None
-    except Exception as exc:  # ImageError, OSError, decompression bomb...: name it, go on
-        return None, {"path": str(path), "reason": _reason(exc, path)}
-
-
-def load_batch(paths: Sequence[str], spec: ModelSpec) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
-    """Decode and preprocess (in threads: PIL releases the GIL while decoding and resizing);
-    returns (batch, indices that loaded, failures). The one preprocessing path of evaluation,
-    prediction and the export checks."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    arrays, ok, failures = [], [], []
-    workers = min(len(paths), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(workers, thread_name_prefix="tlstudio-decode") as pool:
-            results = list(pool.map(lambda p: _load_one(p, spec), paths))
-    else:
-        results = [_load_one(p, spec) for p in paths]
-    for i, (arr, bad) in enumerate(results):
-        if bad is None:
-            arrays.append(arr)
-            ok.append(i)
-        else:
-            failures.append(bad)
-    s = spec.image_size
-    batch = np.stack(arrays) if arrays else np.zeros((0, 3, s, s), np.float32)
-    return batch, ok, failures
-
-
-def _reason(exc: Exception, path) -> str:
-    reason = getattr(exc, "reason", None)
-    if reason:
-        return str(reason)
-    msg = str(exc) or type(exc).__name__
-    prefix = f"{path}: "
-    return msg[len(prefix):] if msg.startswith(prefix) else msg
-
-
-# --------------------------------------------------------------------------- running models
-
-
-def _device(device):
-    """torch.device from "cpu", "cuda:0", a torch.device, or "auto" (cuda, then mps, then cpu)."""
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    if str(device or "auto").strip().lower() == "auto":
-        from tlstudio.core.runtime.precision import resolve_device
-
-        return resolve_device("auto")
-    return torch.device(device)
-
-
-def torch_forward(model, device="cpu") -> Forward:
-    """Wrap a torch model as numpy batch -> logits."""
-    import torch
-
-    dev = _device(device)
-    model = model.to(dev).eval()
-
-    def fwd(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return forward_chunked(model, torch.from_numpy(x).to(dev)).float().cpu().numpy()
-
-    return fwd
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+# --------------------------------------------------------------------------- evaluation
 
 
 def run_samples(
@@ -413,45 +208,3 @@ def predict(
 
     model, info = load_run_model(run_dir)
     return predict_with(torch_forward(model, device), info.model, paths, top_k=top_k, batch_size=batch_size)
-
-
-# --------------------------------------------------------------------------- speed
-
-
-def measure_latency(
-    model, image_size: int, batch_size: int = 1, device: str = "cpu", repeats: int = 10, warmup: int = 2
-) -> float:
-    """Seconds per image: median of `repeats` timed forward passes after `warmup` untimed ones."""
-    import torch
-
-    dev = _device(device)
-    model = model.to(dev).eval()
-    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / batch_size
-
-
-def measure_forward_latency(forward: Forward, image_size: int, batch_size: int = 1, repeats: int = 10,
-                            warmup: int = 2) -> float:
-    """The same for any numpy forward (onnxruntime sessions)."""
-    x = np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size)).astype(np.float32)
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        forward(x)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / batch_size
