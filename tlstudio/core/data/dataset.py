@@ -11,46 +11,35 @@ system files (dot-files, Thumbs.db, __MACOSX, ...) which are ignored silently. V
 header-level and parallel, so 50,000 images scan in seconds. Duplicates (exact and near) are
 grouped for the split; the same picture under two classes is excluded (its label is ambiguous).
 
-The pieces live beside this module: samples (records and errors), layout (walking, links,
-layouts), csv_labels, duplicates, split (make_split), probing (parallel header checks).
+The pieces live beside this module: records (samples, reports, errors), candidates (which files
+of which layout), layout (walking, links), csv_labels, duplicates, split (make_split), probing
+(parallel header checks).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
-from tlstudio.core.data.csv_labels import _LABEL_HEADERS, _PATH_HEADERS, csv_has_label_header, read_csv  # noqa: F401
+from tlstudio.core.data.candidates import Candidate, Layout, choose_labels, find_candidates, rel_path, resolve_input
+from tlstudio.core.data.csv_labels import _PATH_HEADERS  # noqa: F401 - data.multitask imports it from here
 from tlstudio.core.data.duplicates import (
     NEAR_DUP_MAX_BYTES,
     NEAR_DUP_MAX_IMAGES,
+    Duplicates,
     DuplicatePair,
     ambiguous,
     describe,
     find_duplicates,
 )
-from tlstudio.core.data.images import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    _os_reason,
-    bad_name_reason,
-    display_path,
-)
+from tlstudio.core.data.images import DEFAULT_MAX_PIXELS, _os_reason, display_path
 from tlstudio.core.data.layout import (  # noqa: F401 - SPLIT_NAMES is part of this module's API
     SPLIT_NAMES,
     File,
     Walk,
-    link_reason,
-    split_dirs,
-    undecodable_names,
-    unwrap,
-    visible_dirs,
-    visible_files,
     walk_tree,
 )
 from tlstudio.core.data.probing import look_all, look_cost, probe_all
@@ -85,96 +74,9 @@ def _fingerprint(layout: str, entries: list[tuple[str, int, int, str, str]]) -> 
     return h.hexdigest()[:32]
 
 
-def _rel(path: str, root: str) -> str:
-    if path.startswith(root) and path[len(root) : len(root) + 1] == os.sep:
-        return path[len(root) + 1 :].replace(os.sep, "/")  # fast path: relpath is slow at 50k files
-    try:
-        return os.path.relpath(path, root).replace(os.sep, "/")
-    except ValueError:  # other drive on Windows
-        return path
-
-
 def _examples(pairs: list[str]) -> str:
     more = f" and {len(pairs) - _MAX_EXAMPLES} more" if len(pairs) > _MAX_EXAMPLES else ""
     return "; ".join(pairs[:_MAX_EXAMPLES]) + more
-
-
-def _resolve_input(path: str | os.PathLike, csv_path: str | os.PathLike | None) -> tuple[str, str | None]:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DatasetError(f"Folder not found: {p}")
-    if p.is_file():
-        if p.suffix.lower() == ".csv":
-            return str(p.parent.resolve()), str(p.resolve())
-        if p.suffix.lower() == ".zip":
-            from tlstudio.core.data.archive import extract_to_cache
-
-            return str(extract_to_cache(p)), None
-        raise DatasetError(f"{p} is a file: choose the folder that holds one sub-folder per class, or a CSV of path,label.")
-    if not os.access(p, os.R_OK | os.X_OK):
-        raise DatasetError(f"{p}: permission denied (cannot list the folder).")
-    root = str(p.resolve())
-    if csv_path is not None:
-        c = Path(csv_path).expanduser()
-        if not c.is_file():
-            raise DatasetError(f"CSV file not found: {c}")
-        return str(c.parent.resolve()), str(c.resolve())
-    return root, None
-
-
-def _csv_candidates(csv_file: str, root: str, follow_links: bool, skipped: list[SkippedFile],
-                    warns: list[str]) -> list[tuple[File, str, str]]:
-    rows, sk, w = read_csv(csv_file)
-    skipped += sk
-    warns += w
-    name = os.path.basename(csv_file)
-    cands: list[tuple[File, str, str]] = []
-    for full, label, split, lineno in rows:
-        try:
-            st = os.stat(full)
-        except OSError as e:
-            skipped.append(SkippedFile(display_path(full), f"{name} line {lineno}: {_os_reason(e)}"))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            skipped.append(SkippedFile(display_path(full), f"{name} line {lineno}: not an image file"))
-            continue
-        if os.path.islink(full) and (why := link_reason(full, root, is_dir=False, follow_links=follow_links)) \
-                and "outside" in why:
-            skipped.append(SkippedFile(full, f"{name} line {lineno}: {why}"))
-            continue
-        cands.append((File(full, st.st_size, st.st_mtime_ns), label, split or ""))
-    return cands
-
-
-def _folder_candidates(root: str, splits: dict[str, str] | None, follow_links: bool, progress: Progress | None,
-                       stop: threading.Event | None, skipped: list[SkippedFile], warns: list[str],
-                       class_dirs: list[tuple[str, str]]) -> list[tuple[File, str, str]]:
-    cands: list[tuple[File, str, str]] = []
-    tops = list(splits.items()) if splits else [("", root)]
-    for split_name, top in tops:
-        for fname in visible_files(top):
-            # images beside the class folders are reported; READMEs, CSVs etc. are not data
-            if os.path.splitext(fname)[1].lower() in IMAGE_EXTENSIONS:
-                skipped.append(SkippedFile(os.path.join(top, fname), "not inside a class folder"))
-        for name in undecodable_names(top):
-            skipped.append(SkippedFile(display_path(os.path.join(top, name)), bad_name_reason(name) or ""))
-        for cls in visible_dirs(top):
-            folder = os.path.join(top, cls)
-            if os.path.islink(folder):  # a class folder that is a link: the same rule as inside
-                why = link_reason(folder, root, is_dir=True, follow_links=follow_links)
-                if why:
-                    skipped.append(SkippedFile(folder, why))
-                    continue
-            class_dirs.append((cls, split_name))
-            w = walk_tree(folder, progress, stop, root=root, follow_links=follow_links)
-            skipped += w.skipped
-            cands += [(f, cls, split_name) for f in w.images]
-    if splits:
-        known = {os.path.basename(p) for p in splits.values()}
-        for d in visible_dirs(root):
-            if d not in known:
-                warns.append(f"Folder '{d}' next to the train/val folders is ignored.")
-    return cands
 
 
 def scan(
@@ -199,48 +101,43 @@ def scan(
     per image); None = when the data set is small enough for that to be quick (at most
     NEAR_DUP_MAX_IMAGES images and NEAR_DUP_MAX_BYTES to decode), with a warning otherwise.
     """
-    root, csv_file = _resolve_input(path, csv_path)
     warns: list[str] = []
-    if csv_file is None:
-        csvs = [f for f in visible_files(root) if f.lower().endswith(".csv")]
-        if len(csvs) == 1 and not split_dirs(root):
-            cand = os.path.join(root, csvs[0])
-            # a lone CSV is the labels when nothing else is there, or when its header says so
-            if not visible_dirs(root) or csv_has_label_header(cand):
-                csv_file = cand
-                if visible_dirs(root):
-                    warns.append(f"Using the labels in {csvs[0]} (not the sub-folder names) as classes.")
-    if csv_file is None:
-        new_root = unwrap(root)
-        if new_root != root:
-            warns.append(f"Using the folder '{_rel(new_root, root)}' inside {root} as the data set.")
-            root = new_root
-
-    # (file, class name, split) for every candidate image
     skipped: list[SkippedFile] = []
     class_dirs: list[tuple[str, str]] = []  # (class, split) folders seen, to report empty ones
-    splits = None if csv_file else split_dirs(root)
-    layout: Literal["folders", "split", "csv"]
-    if csv_file is not None:
-        layout = "csv"
-        cands = _csv_candidates(csv_file, root, follow_links, skipped, warns)
-        if any(s for _, _, s in cands):
-            splits = {}
-            missing = sum(1 for _, _, s in cands if not s)
-            if missing:
-                warns.append(f"{missing} CSV rows have no split: they are put in train.")
-                cands = [(f, c, s or "train") for f, c, s in cands]
-    else:
-        layout = "split" if splits else "folders"
-        cands = _folder_candidates(root, splits, follow_links, progress, stop, skipped, warns, class_dirs)
+    root, csv_file = choose_labels(*resolve_input(path, csv_path), warns)
+    layout, splits, cands = find_candidates(root, csv_file, follow_links, progress, stop, skipped, warns, class_dirs)
+    stopped = f"Scan of {csv_file or root} stopped."
 
     # near duplicates need a small decode of each image ("looks"): decided before probing, so the
     # progress bar covers both passes (probe: first half, looks: second half) and never goes back
     cost = look_cost([f for f, _, _ in cands])
     want_looks = bool(near_duplicates) or (near_duplicates is None and len(cands) <= NEAR_DUP_MAX_IMAGES
                                            and cost <= NEAR_DUP_MAX_BYTES)
+    half = len(cands) // 2 if want_looks else len(cands)
+    usable, hashes = _probe(cands, progress, half, stop, stopped, skipped,
+                            max_pixels=max_pixels, full_check=full_check, workers=workers)
+
+    # duplicates: exact copies from the probe's hashes; near ones from small decoded "looks"
+    files = [f for f, _, _ in usable]
+    looks = None
+    if want_looks:
+        looks = _looks(files, len(cands), half, progress, stop, stopped, workers)
+    elif near_duplicates is None and len(files) > 1:
+        warns.append(f"Only exact duplicates were looked for: {len(files):,} images ({cost / 1e6:,.0f} MB to decode) "
+                     "would make the scan slow; `tlstudio scan --near-duplicates` also finds resized or "
+                     "re-encoded copies.")
+    dups = find_duplicates([(f.path, f.size) for f in files], hashes, looks)
+    cls_of = {f.path: cls for f, cls, _ in usable}
+    usable = _drop_ambiguous(usable, dups, cls_of, root, skipped, warns)
+    return _report(root, layout, csv_file, splits, usable, dups, cls_of, class_dirs, skipped, warns)
+
+
+def _probe(cands: list[Candidate], progress: Progress | None, half: int, stop: threading.Event | None,
+           stopped: str, skipped: list[SkippedFile], *, max_pixels: int, full_check: bool,
+           workers: int | None) -> tuple[list[Candidate], dict[str, str]]:
+    """(usable candidates, content hashes) after the parallel header checks; the rest are skipped.
+    The probe reports progress over the first `half` of the bar."""
     n = len(cands)
-    half = n // 2 if want_looks else n
 
     def probe_progress(done: int, total: int | None) -> None:
         if progress is not None:
@@ -249,49 +146,59 @@ def scan(
     probed = probe_all([f for f, _, _ in cands], max_pixels=max_pixels, full=full_check, workers=workers,
                        progress=probe_progress if progress is not None else None, stop=stop)
     if probed is None:
-        raise ScanCancelled(f"Scan of {csv_file or root} stopped.")
+        raise ScanCancelled(stopped)
     reasons, hashes = probed
-    usable: list[tuple[File, str, str]] = []
+    usable: list[Candidate] = []
     for (f, cls, split), r in zip(cands, reasons):
         if r is None:
             usable.append((f, cls, split))
         else:
             skipped.append(SkippedFile(f.path, r))
+    return usable, hashes
 
-    # duplicates: exact copies from the probe's hashes; near ones from small decoded "looks"
-    looks = None
-    files = [f for f, _, _ in usable]
-    if want_looks:
-        def look_progress(done: int, total: int | None) -> None:
-            if progress is not None:
-                progress(half + (done * (n - half) // total if total else n - half), n)
 
-        looks = look_all(files, workers=workers, progress=look_progress, stop=stop)
-        if looks is None:
-            raise ScanCancelled(f"Scan of {csv_file or root} stopped.")
-    elif near_duplicates is None and len(files) > 1:
-        warns.append(f"Only exact duplicates were looked for: {len(files):,} images ({cost / 1e6:,.0f} MB to decode) "
-                     "would make the scan slow; `tlstudio scan --near-duplicates` also finds resized or "
-                     "re-encoded copies.")
-    dups = find_duplicates([(f.path, f.size) for f in files], hashes, looks)
-    cls_of = {f.path: cls for f, cls, _ in usable}
+def _looks(files: list[File], n: int, half: int, progress: Progress | None, stop: threading.Event | None,
+           stopped: str, workers: int | None) -> dict[str, bytes]:
+    """Small decoded thumbnails for near duplicates, reported over the second part of the bar."""
+    def look_progress(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress(half + (done * (n - half) // total if total else n - half), n)
+
+    looks = look_all(files, workers=workers, progress=look_progress, stop=stop)
+    if looks is None:
+        raise ScanCancelled(stopped)
+    return looks
+
+
+def _drop_ambiguous(usable: list[Candidate], dups: Duplicates, cls_of: dict[str, str], root: str,
+                    skipped: list[SkippedFile], warns: list[str]) -> list[Candidate]:
+    """The same picture under two classes has no clear label: those files are skipped, and one
+    warning per pair of classes names examples."""
     excluded, cross = ambiguous(dups, cls_of)
-    if excluded:
-        for f, cls, _ in usable:
-            if f.path in excluded:
-                others = ", ".join(f"'{c}'" for c in excluded[f.path])
-                skipped.append(SkippedFile(f.path, f"the same image is also in class {others}: "
-                                                   "left out of training (its label is ambiguous)"))
-        usable = [u for u in usable if u[0].path not in excluded]
-        by_classes: dict[tuple[str, ...], list[str]] = {}
-        for p in cross:
-            key = tuple(sorted({cls_of[p.a], cls_of[p.b]}))
-            by_classes.setdefault(key, []).append(f"{display_path(_rel(p.a, root))} = {display_path(_rel(p.b, root))}")
-        for key, texts in sorted(by_classes.items()):
-            names = " and ".join(f"'{c}'" for c in key)
-            warns.append(f"The same image is in classes {names} ({len(texts)}x): {_examples(texts)}; "
-                         "these files are left out of training (their label is ambiguous).")
+    if not excluded:
+        return usable
+    for f, cls, _ in usable:
+        if f.path in excluded:
+            others = ", ".join(f"'{c}'" for c in excluded[f.path])
+            skipped.append(SkippedFile(f.path, f"the same image is also in class {others}: "
+                                               "left out of training (its label is ambiguous)"))
+    by_classes: dict[tuple[str, ...], list[str]] = {}
+    for p in cross:
+        key = tuple(sorted({cls_of[p.a], cls_of[p.b]}))
+        pair = f"{display_path(rel_path(p.a, root))} = {display_path(rel_path(p.b, root))}"
+        by_classes.setdefault(key, []).append(pair)
+    for key, texts in sorted(by_classes.items()):
+        names = " and ".join(f"'{c}'" for c in key)
+        warns.append(f"The same image is in classes {names} ({len(texts)}x): {_examples(texts)}; "
+                     "these files are left out of training (their label is ambiguous).")
+    return [u for u in usable if u[0].path not in excluded]
 
+
+def _report(root: str, layout: Layout, csv_file: str | None, splits: dict[str, str] | None,
+            usable: list[Candidate], dups: Duplicates, cls_of: dict[str, str], class_dirs: list[tuple[str, str]],
+            skipped: list[SkippedFile], warns: list[str]) -> ScanReport:
+    """Classes (sorted names), samples in a stable order, per-split samples and counts, the
+    remaining warnings and the fingerprint."""
     classes = sorted({cls for _, cls, _ in usable})
     index = {c: i for i, c in enumerate(classes)}
     usable.sort(key=lambda t: (t[2], index[t[1]], t[0].path))
@@ -320,11 +227,11 @@ def scan(
     warns += class_warnings(classes, counts, split_counts)
     split_of = {f.path: split for f, _, split in usable}
     warns += describe(dups.pairs, lambda p: cls_of[p], lambda p: split_of.get(p, ""),
-                      lambda p: display_path(_rel(p, root)), _examples)
+                      lambda p: display_path(rel_path(p, root)), _examples)
     if skipped:
         warns.append(f"{len(skipped)} files skipped (each is listed with its reason).")
 
-    fp = _fingerprint(layout, [(_rel(f.path, root), f.size, f.mtime_ns, cls, split) for f, cls, split in usable])
+    fp = _fingerprint(layout, [(rel_path(f.path, root), f.size, f.mtime_ns, cls, split) for f, cls, split in usable])
     skipped = sorted((SkippedFile(display_path(s.path), s.reason) for s in skipped), key=lambda s: s.path)
     return ScanReport(
         root=root, layout=layout, classes=classes, samples=samples, presplit=presplit, counts=counts,
