@@ -121,12 +121,12 @@ def test_pseudo_label_rounds_warn_when_nothing_reaches_the_threshold(tmp_path):
     import threading
 
     from tlstudio.core.events import EpochEnd, Warn
-    from tlstudio.core.tasks.adaptation.job import _Feats
+    from tlstudio.core.tasks.adaptation.scoring import Feats
     from tlstudio.core.tasks.semisupervised.config import SemiConfig
-    from tlstudio.core.tasks.semisupervised.job import pseudo_label_rounds
+    from tlstudio.core.tasks.semisupervised.methods import pseudo_label_rounds
 
     g = torch.Generator().manual_seed(0)
-    f = _Feats()
+    f = Feats()
     f.fs, f.ys = torch.randn(12, 8, generator=g), torch.arange(12) % 3
     f.fv, f.yv = torch.randn(6, 8, generator=g), torch.arange(6) % 3
     f.ft, f.fc, f.yc = torch.randn(30, 8, generator=g), torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)

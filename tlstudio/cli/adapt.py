@@ -3,7 +3,8 @@
   tlstudio train SRC --target DIR [--adapt adabn|mcc|dann|selftrain] [--check DIR]
   tlstudio train DIR --unlabeled DIR2 [--pseudo-threshold 0.95]
 
-eval, predict, export and resume work on these runs as on any run (they dispatch on the run's kind).
+eval, predict, export and resume work on these runs as on any run (they dispatch on the run's kind);
+under torchrun every process trains the gradient phases and rank 0 alone writes and prints.
 """
 
 from __future__ import annotations
@@ -124,9 +125,13 @@ def run(args: Any) -> int:
     from tlstudio.core.events import drive
     from tlstudio.core.tasks.registry import get
 
+    from tlstudio.core.runtime.parallel import distributed_context
+
     config = config_from_args(args)
     kind = get(config.task)
     info = drive(kind.run(config, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
+    if not distributed_context().is_main:  # torchrun: rank 0 alone reports (the job yields no events elsewhere)
+        return 0 if info.status in ("finished", "early_stopped", "stopped") else 1
     if not args.json:
         for line in summary_lines(info):
             print(line)

@@ -70,11 +70,37 @@ def dann_loss(discriminator, f_source, f_target, coeff: float):
     """(binary domain loss through the reversal layer, discriminator accuracy)."""
     torch = _torch()
     f = torch.cat([f_source, f_target]).float()
-    d = discriminator(reverse_gradient(f, coeff)).squeeze(1)
-    dom = torch.cat([torch.ones(len(f_source), device=d.device), torch.zeros(len(f_target), device=d.device)])
+    return domain_loss(discriminator(reverse_gradient(f, coeff)).squeeze(1), len(f_source))
+
+
+def domain_loss(d, n_source: int):
+    """(binary domain loss, accuracy) of domain logits ``d``: the first n_source rows are source."""
+    torch = _torch()
+    dom = torch.cat([torch.ones(n_source, device=d.device), torch.zeros(len(d) - n_source, device=d.device)])
     loss = torch.nn.functional.binary_cross_entropy_with_logits(d, dom)
     acc = float(((d.detach() > 0).float() == dom).float().mean())
     return loss, acc
+
+
+def _pair_class():
+    nn = _torch().nn
+
+    class DomainPair(nn.Module):
+        """The classifier and the discriminator in one forward: (class logits, domain logits).
+        Under torchrun this pair is what DDP wraps, so the gradients of both are averaged over
+        the processes (calling the body's forward_features on the engine's DDP wrapper's inner
+        module would skip DDP's gradient synchronisation)."""
+
+        def __init__(self, model, discriminator) -> None:
+            super().__init__()
+            self.model, self.discriminator = model, discriminator
+
+        def forward(self, x, coeff: float):
+            f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            d = self.discriminator(reverse_gradient(f.float(), coeff)).squeeze(1)
+            return self.model.get_classifier()(f), d
+
+    return DomainPair
 
 
 class DANNObjective(Objective):
@@ -99,6 +125,7 @@ class DANNObjective(Objective):
         self.step = 0
         self.max_steps = 1000
         self._pending: dict[str, Any] = {}
+        self._pair = self._pair_of = None
 
     def supports_features_mode(self) -> bool:
         return False  # aligning needs trainable body layers
@@ -126,22 +153,33 @@ class DANNObjective(Objective):
     def extra_modules(self) -> list[Any]:
         return [self.discriminator] if self.discriminator is not None else []
 
+    def _pair_for(self, model):
+        """The (model, discriminator) pair, DDP-wrapped when ``model`` is (re-made when the
+        engine re-wraps the model: gradual unfreezing, a smaller batch after out-of-memory)."""
+        from tlstudio.core.runtime.parallel import distributed_context, unwrap, wrap_ddp
+
+        if self._pair is None or self._pair_of is not model:
+            inner = unwrap(model)
+            pair = _pair_class()(inner, self.discriminator)
+            device = next(inner.parameters()).device
+            self._pair = wrap_ddp(pair, distributed_context(), device) if inner is not model else pair
+            self._pair_of = model
+        return self._pair
+
     def loss(self, model, x, y, idx):
         import torch
         import torch.nn.functional as F
 
-        from tlstudio.core.tasks.adaptation.mcc import timm_features
-
         xt = self.target.next()
         n = x.shape[0]
-        f, logits = timm_features(model, torch.cat([x, xt.to(x.dtype)]))
+        coeff = grl_coefficient(self.step, self.max_steps, self.alpha)
+        logits, d = self._pair_for(model)(torch.cat([x, xt.to(x.dtype)]), coeff)
         ls = logits[:n].float()
         ce = F.cross_entropy(ls, y, label_smoothing=self.label_smoothing, ignore_index=-1) \
             if bool((y >= 0).any()) else ls.sum() * 0.0
-        coeff = grl_coefficient(self.step, self.max_steps, self.alpha)
         if model.training:
             self.step += 1
-        dl, dacc = dann_loss(self.discriminator, f[:n], f[n:], coeff)
+        dl, dacc = domain_loss(d, n)
         return ce + self.trade_off * dl, {"source_loss": float(ce.detach()), "domain_loss": float(dl.detach()),
                                           "domain_acc": dacc, "grl": coeff}
 

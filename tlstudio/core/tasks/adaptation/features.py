@@ -13,12 +13,13 @@ from typing import Any
 def extract(model, samples: Sequence[Any], data_cfg: dict, *, batch_size: int = 64, device: Any = "cpu",
             stop: Any = None, progress: Callable[[int, int | None], None] | None = None,
             workers: int | None = None):
-    """(features N x D float32 on CPU, kept row indices into ``samples``) in eval mode.
-    Unreadable images are left out (their indices are missing from ``kept``)."""
+    """(features N x D float32 on CPU, kept row indices into ``samples``) in eval mode, forward
+    passes in CPU-sized chunks. Unreadable images are left out (their indices are missing from ``kept``)."""
     import torch
 
     from tlstudio.core.pipeline.feature_cache import extract_features
     from tlstudio.core.pipeline.loaders import eval_loader
+    from tlstudio.core.runtime.inference import forward_chunked
 
     model.eval()
     feats, kept = [], []
@@ -30,7 +31,7 @@ def extract(model, samples: Sequence[Any], data_cfg: dict, *, batch_size: int = 
                 break
             if x.shape[0] == 0:
                 continue
-            feats.append(extract_features(model, x.to(device)).float().cpu())
+            feats.append(forward_chunked(lambda c: extract_features(model, c), x.to(device)).float().cpu())
             kept += [int(i) for i in idx]
             done += int(x.shape[0])
             if progress is not None:

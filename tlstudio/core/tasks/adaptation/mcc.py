@@ -31,18 +31,20 @@ def mcc_loss(logits, temperature: float = DEFAULT_TEMPERATURE):
 
 
 class TargetBatches:
-    """Endless stream of augmented target image batches (the same pipeline as the source)."""
+    """Endless stream of augmented target image batches (the same pipeline as the source); under
+    torchrun each process draws from its own share of the target images."""
 
     def __init__(self, samples: list[Any], ctx: ObjectiveContext, batch_size: int | None = None) -> None:
         from tlstudio.core.data.dataset import Split
         from tlstudio.core.models.backbones import data_config
         from tlstudio.core.pipeline.loaders import build_loaders
+        from tlstudio.core.tasks.adaptation.ranks import shard
 
         cfg = ctx.config
         model = ctx.full_model if ctx.full_model is not None else ctx.model
         model = getattr(model, "module", model)
         data_cfg = data_config(model, cfg.image_size)
-        split = Split(train=list(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
+        split = Split(train=shard(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
         self.loaders = build_loaders(split, data_cfg, batch_size=batch_size or cfg.batch_size, augment=cfg.augment,
                                      seed=cfg.seed + 7919, workers=cfg.workers, cache=cfg.cache,
                                      cache_budget_mb=max(0, cfg.cache_budget_mb // 2), device=ctx.device,
@@ -71,13 +73,6 @@ class TargetBatches:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.epoch = int(d.get("target_epoch", 0))
         self._it = None
-
-
-def timm_features(model, x):
-    """(pooled pre-logits, logits) of a timm classifier (DDP wrapper unwrapped)."""
-    m = getattr(model, "module", model)
-    f = m.forward_head(m.forward_features(x), pre_logits=True)
-    return f, m.get_classifier()(f)
 
 
 class MCCObjective(Objective):

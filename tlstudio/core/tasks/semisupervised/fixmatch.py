@@ -3,6 +3,7 @@ image become the target for a strongly augmented view of the same image.
 
 Two loaders over the unlabelled images share one seed, so their batches hold the same images in
 the same order: the "light" loader gives the weak views, the "strong" one the strong views.
+Under torchrun each process draws from its own share of the unlabelled images.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ class _PairedBatches:
         from tlstudio.core.data.dataset import Split
         from tlstudio.core.models.backbones import data_config
         from tlstudio.core.pipeline.loaders import build_loaders
+        from tlstudio.core.tasks.adaptation.ranks import shard
 
         cfg = ctx.config
         model = ctx.full_model if ctx.full_model is not None else ctx.model
         data_cfg = data_config(getattr(model, "module", model), cfg.image_size)
-        split = Split(train=list(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
+        split = Split(train=shard(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
         common = dict(batch_size=batch_size, seed=cfg.seed + 104729, workers=cfg.workers, cache=cfg.cache,
                       cache_budget_mb=max(0, cfg.cache_budget_mb // 4), device=ctx.device)
         self.weak = build_loaders(split, data_cfg, augment="light", **common)

@@ -7,83 +7,43 @@ RUN_DIR/
   labelled_only/          a complete classification run on the labelled images alone (the baseline)
   review.json             every unlabelled image with the final model's proposed label and confidence:
                           the review queue (accept / reject / relabel -> a CSV of labels)
-Where the body is frozen (the default) pseudo-labelling runs on cached features: seconds. Where it
-trains, FixMatch (weak/strong consistency) runs in the shared training loop.
+Where the body is frozen (the default) pseudo-labelling runs on cached features: seconds (rank 0
+only under torchrun). Where it trains, FixMatch (weak/strong consistency) or rounds of
+fine-tuning run in the shared training loop on every process. The run scaffolding is shared with
+the adaptation job (adaptation/scaffold.py); the methods are in semisupervised/methods.py.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import shutil
-import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from tlstudio.core.errors import UserError
-from tlstudio.core.events import Event, Finished, Log, RunStarted
+from tlstudio.core.events import Event, Finished, Log, RunStarted, Warn
 from tlstudio.core.runs import folder as runs
-from tlstudio.core.tasks.adaptation.job import (
-    _extract_all,
-    _head_epochs,
-    _new_run_dir,
-    _set_status,
-    _Stopped,
-    base_config,
-    body_is_frozen,
-    score,
-    set_head,
-    sub_run,
-    write_placeholder,
-)
+from tlstudio.core.tasks.adaptation.ranks import is_follower, on_main, share
+from tlstudio.core.tasks.adaptation.scaffold import (Baseline, load_baseline, resume_job, run_job, train_baseline,
+                                                     write_main_run, write_placeholder)
 from tlstudio.core.tasks.semisupervised.config import SemiConfig
+from tlstudio.core.tasks.semisupervised.methods import BASE_DIR, SEMI_DIR, Semi, method_of, semi_phase, train_semi
 
-BASE_DIR = "labelled_only"
-SEMI_DIR = "semi"
 REVIEW_JSON = "review.json"
 
 
-def run(config: SemiConfig, stop: threading.Event | None = None, pause: threading.Event | None = None
-        ) -> Generator[Event, None, runs.RunInfo]:
-    stop = stop or threading.Event()
-    pause = pause or threading.Event()
-    if not isinstance(config, SemiConfig):
-        config = SemiConfig.model_validate(config.model_dump() if hasattr(config, "model_dump") else config)
-    run_dir = _new_run_dir(config, "semi")
-    resuming = runs.is_run_dir(run_dir) and (run_dir / runs.CONFIG_JSON).is_file()
-    if resuming and runs.read_run(run_dir).task != "semisupervised":
-        raise UserError(f"{run_dir} already holds a run: choose another output folder")
-    if resuming and runs.read_run(run_dir).status in ("finished", "early_stopped"):
-        raise UserError(f"{run_dir}: this run already finished; nothing to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = config.model_copy(update={"out_dir": str(run_dir)})
-    if not resuming:
-        config.to_json_file(run_dir / runs.CONFIG_JSON)
-    try:
-        return (yield from _run(config, run_dir, stop, pause))
-    except _Stopped:
-        _set_status(run_dir, "stopped")
-        yield Finished(run_dir=str(run_dir), status="stopped", best_epoch=None, best_val_acc=None,
-                       message="Stopped; resume the run to continue (finished phases are kept)")
-        return runs.read_run(run_dir)
-    except BaseException:
-        _set_status(run_dir, "failed")
-        raise
+def run(config: SemiConfig, stop=None, pause=None) -> Generator[Event, None, runs.RunInfo]:
+    return (yield from run_job(config, SemiConfig, "semisupervised", "semi", _run, stop, pause))
 
 
 def resume(run_dir, stop=None, pause=None) -> Generator[Event, None, runs.RunInfo]:
-    run_dir = Path(run_dir)
-    try:
-        config = SemiConfig.from_json_file(run_dir / runs.CONFIG_JSON)
-    except Exception as exc:
-        raise UserError(f"{run_dir / runs.CONFIG_JSON}: cannot read the run's settings: {exc}") from exc
-    return (yield from run(config.model_copy(update={"out_dir": str(run_dir)}), stop, pause))
+    return (yield from resume_job(run_dir, SemiConfig, run, stop, pause))
 
 
 def _unlabelled(config: SemiConfig, labelled_paths: set[str]) -> Generator[Event, None, list]:
     from tlstudio.core.data.dataset import Sample, scan_unlabelled
-    from tlstudio.core.events import Warn
 
     yield Log(f"Scanning the unlabelled images in {config.unlabeled_dir}")
     found, skipped = scan_unlabelled(config.unlabeled_dir)
@@ -98,89 +58,52 @@ def _unlabelled(config: SemiConfig, labelled_paths: set[str]) -> Generator[Event
 
 
 def _run(config: SemiConfig, run_dir: Path, stop, pause) -> Generator[Event, None, runs.RunInfo]:
-    from tlstudio.core.models.backbones import data_config
-    from tlstudio.core.models.run_model import load_run_model
-    from tlstudio.core.runtime import precision
-    from tlstudio.core.tasks.adaptation.features import copy_linear
-
     t_start = time.time()
     base_dir = run_dir / BASE_DIR
     write_placeholder(run_dir, config, "semisupervised", "semi")
     yield Log("Phase 1 of 2: a model from the labelled images alone (the baseline)")
-    base = yield from sub_run(base_config(config, base_dir), stop, pause, "labelled_only")
-    if base.status == "stopped":
-        raise _Stopped()
-    if base.status not in ("finished", "early_stopped"):
-        raise UserError(f"The labelled-only training ended as {base.status}; see {base_dir / runs.LOG_TXT}")
-    split = runs.read_split(base_dir)
-    labelled = {str(Path(s.path).resolve()) for s in list(split.train) + list(split.val) + list(split.test)}
-    unl = yield from _unlabelled(config, labelled)
-    classes = list(base.model.classes)
-    device = precision.resolve_device(config.device)
-    model, info0 = load_run_model(base_dir)
-    model.to(device).eval()
-    spec = info0.model
-    data_cfg = data_config(model, config.image_size)
-    frozen = body_is_frozen(config, model)
-    method = config.method if config.method != "auto" else ("pseudolabel" if frozen else "fixmatch")
+    base_info = yield from train_baseline(config, base_dir, stop, pause, "labelled_only", "labelled-only")
+    split = runs.read_split(base_dir) if not is_follower() else None
+    labelled = set() if split is None else {str(Path(s.path).resolve()) for s in [*split.train, *split.val,
+                                                                                 *split.test]}
+    unl = yield from on_main(functools.partial(_unlabelled, config, labelled))
+    base = None if is_follower() else load_baseline(config, base_dir, base_info)
+    method, frozen = share(None if base is None else (method_of(config, base.frozen), base.frozen))
+    if base is None:  # another torchrun process: it trains the gradient phase with rank 0, scores nothing
+        if method == "pseudolabel" and frozen:
+            return base_info
+        info, _ = yield from train_semi(config, run_dir, unl, [], method, frozen, None, None, stop, pause)
+        return info
+
     if method == "fixmatch" and frozen:
         yield Log("FixMatch needs trainable body layers: training the last 2 layer groups")
-    counts = [0] * len(classes)
-    for s in split.train:
-        counts[s.label] += 1
-
-    yield RunStarted(run_dir=str(run_dir), backbone=config.backbone, device=str(device), precision="fp32",
-                     classes=tuple(classes), n_train=len(split.train), n_val=len(split.val),
+    yield RunStarted(run_dir=str(run_dir), backbone=config.backbone, device=str(base.device), precision="fp32",
+                     classes=tuple(base.classes), n_train=len(base.split.train), n_val=len(base.split.val),
                      epochs=config.head_epochs * config.rounds if method == "pseudolabel" and frozen else config.epochs,
                      batches_per_epoch=1, trainable_params=0,
-                     total_params=sum(p.numel() for p in model.parameters()), phase="semi")
+                     total_params=sum(p.numel() for p in base.model.parameters()), phase="semi")
     yield Log(f"Phase 2 of 2: {'pseudo-labels' if method == 'pseudolabel' else 'FixMatch'} with "
               f"{len(unl)} unlabelled images")
-    feats = yield from _extract_all(model, split, unl, [], data_cfg, device, stop, "labelled and unlabelled images")
-    head0 = copy_linear(model.get_classifier()).cpu()
-    before = score(head0, feats)
-    before["source_val_acc"] = base.best_val_acc if base.best_val_acc is not None else before["source_val_acc"]
-    history: list[dict] = []
-    stats: list[dict] = []
-    semi_dir = run_dir / SEMI_DIR
-    if method == "pseudolabel" and frozen:
-        head, history, stats = yield from pseudo_label_rounds(config, head0, feats, counts, stop)
-        final = copy.deepcopy(model).cpu()
-        set_head(final, head)
-        after = score(head, feats)
-        from tlstudio.core.tasks.adaptation.job import write_model_folder
+    semi = yield from semi_phase(config, run_dir, base, unl, method, stop, pause)
+    yield from _write_review(run_dir, base.classes, unl, semi, base, stop)
+    shutil.copyfile(run_dir / SEMI_DIR / runs.BEST_WEIGHTS, run_dir / runs.BEST_WEIGHTS)
+    return (yield from _finish(config, run_dir, base, unl, method, semi, t_start))
 
-        write_model_folder(semi_dir, final, spec, config.model_dump(mode="json"), task="semisupervised",
-                           kind="semi", history=history, metrics={"val_acc": after["source_val_acc"]})
-        final_feats_head = head
-    else:
-        final, after, history, stats = yield from _engine_semi(config, run_dir, semi_dir, split, unl, counts, method,
-                                                                frozen, data_cfg, device, stop, pause)
-        final_feats_head = None
-    # the review queue: every unlabelled image with the final model's proposal
-    yield from _write_review(run_dir, classes, unl, feats, final_feats_head, final, data_cfg, device, stop)
-    shutil.copyfile(semi_dir / runs.BEST_WEIGHTS, run_dir / runs.BEST_WEIGHTS)
-    import dataclasses
 
-    runs.write_split(run_dir, dataclasses.replace(split, train=list(split.train) + list(unl)))
-    if history:
-        runs.write_history(run_dir, history)
-    report = {"method": method, "frozen_body": frozen, "unlabelled_images": len(unl), "threshold": config.pseudo_threshold,
-              "labelled_only": {"val_acc": before["source_val_acc"]},
-              "semi": {"val_acc": after["source_val_acc"]}, "pseudo_labels": stats}
-    metrics = {k: float(v) for k, v in {"val_acc": after["source_val_acc"],
-                                        "val_acc_labelled_only": before["source_val_acc"]}.items() if v is not None}
-    if stats:
-        metrics["pseudo_labels"] = float(stats[-1].get("selected", 0))
-    info = runs.RunInfo(kind="semi", task="semisupervised", name=run_dir.name, status="finished",
-                        config=config.model_dump(mode="json"), model=spec, versions=runs.versions(),
-                        data={"root": config.data_dir, "unlabeled": config.unlabeled_dir,
-                              "n_train": len(split.train), "n_val": len(split.val), "n_unlabeled": len(unl)},
-                        seed=config.seed, epochs_done=len(history), best_epoch=len(history) - 1 if history else None,
-                        best_val_acc=metrics.get("val_acc"), metrics=metrics, extra={"semisupervised": report})
-    info.timings["total_s"] = time.time() - t_start
-    runs.write_run(run_dir, info)
-    b, a = before["source_val_acc"], after["source_val_acc"]
+def _finish(config: SemiConfig, run_dir: Path, base: Baseline, unl: list, method: str, semi: Semi,
+            t_start: float) -> Generator[Event, None, runs.RunInfo]:
+    """The run's run.json (both models' scores, the pseudo-label statistics) and the last events."""
+    b, a = semi.before.get("source_val_acc"), semi.after.get("source_val_acc")
+    report = {"method": method, "frozen_body": base.frozen, "unlabelled_images": len(unl),
+              "threshold": config.pseudo_threshold, "labelled_only": {"val_acc": b}, "semi": {"val_acc": a},
+              "pseudo_labels": semi.stats}
+    metrics = {k: float(v) for k, v in {"val_acc": a, "val_acc_labelled_only": b}.items() if v is not None}
+    if semi.stats:
+        metrics["pseudo_labels"] = float(semi.stats[-1].get("selected", 0))
+    info = write_main_run(run_dir, config, base.spec, base.split, unl, status="finished", kind="semi",
+                          task="semisupervised", data={"unlabeled": config.unlabeled_dir, "n_unlabeled": len(unl)},
+                          metrics=metrics, extra={"semisupervised": report}, history=semi.history,
+                          seconds=time.time() - t_start)
     msg = (f"Validation accuracy with the unlabelled images {a:.1%} (labelled alone {b:.1%}); "
            f"review the proposed labels in the review queue" if a is not None and b is not None else "Done")
     yield Log(msg)
@@ -189,89 +112,18 @@ def _run(config: SemiConfig, run_dir: Path, stop, pause) -> Generator[Event, Non
     return info
 
 
-def pseudo_label_rounds(config: SemiConfig, head0, feats, counts: list[int], stop
-                        ) -> Generator[Event, None, tuple[Any, list[dict], list[dict]]]:
-    """Rounds of: propose labels with the current head, keep the confident ones within each class's
-    cap, retrain a fresh head on labelled + pseudo-labelled features."""
-    from tlstudio.core.tasks.adaptation.features import probs_of
-    from tlstudio.core.tasks.semisupervised.pseudo import class_caps, select_pseudo_labels
-
-    caps = class_caps(len(feats.ft), counts, len(counts), config.cap_factor)
-    common = dict(epochs=config.head_epochs, lr=config.lr or 1e-3, batch_size=min(config.batch_size, 64),
-                  weight_decay=config.weight_decay, label_smoothing=config.label_smoothing, seed=config.seed,
-                  pseudo_weight=config.unlabeled_weight)
-    current, history, stats = head0, [], []
-    for r in range(1, config.rounds + 1):
-        pl = select_pseudo_labels(probs_of(current, feats.ft), config.pseudo_threshold, caps=caps)
-        stats.append({"round": r, **pl.to_json()})
-        if not pl.index:
-            from tlstudio.core.events import Warn
-
-            top = float(probs_of(current, feats.ft).max(1).values.max()) if len(feats.ft) else 0.0
-            yield Warn(f"Round {r}: no unlabelled image reached {config.pseudo_threshold:.0%} confidence (the most "
-                       f"confident is {top:.0%}), so no pseudo-labels; lower the threshold (0.5 did best in our "
-                       "measurements)")
-        yield Log(f"Round {r}/{config.rounds}: {len(pl.index)} of {len(feats.ft)} unlabelled images above "
-                  f"{config.pseudo_threshold:.0%} confidence within the class caps (per class {pl.per_class})")
-        fresh = copy.deepcopy(head0)
-        rows = yield from _head_epochs(fresh, feats, feats.ft, feats.fc, len(history),
-                                       config.head_epochs * config.rounds,
-                                       dict(common, pseudo_idx=pl.index, pseudo_y=pl.labels), stop)
-        history += rows
-        current = fresh
-    return current, history, stats
-
-
-def _engine_semi(config, run_dir, semi_dir, split, unl, counts, method, frozen, data_cfg, device, stop, pause):
-    from tlstudio.core.data.dataset import Sample
-    from tlstudio.core.models.run_model import load_run_model
-    from tlstudio.core.tasks.adaptation.features import copy_linear, extract, probs_of
-    from tlstudio.core.tasks.semisupervised.fixmatch import FixMatchObjective
-    from tlstudio.core.tasks.semisupervised.pseudo import class_caps, select_pseudo_labels
-
-    update = {"freeze": "last:2", "frozen_groups": None} if frozen else {}
-    stats: list[dict] = []
-    if method == "fixmatch":
-        # FixMatch's own 0.95 (Sohn et al.) unless the user set a threshold: the 0.5 default was tuned
-        # for pseudo-labels from a head trained on a few labels, not for weak-view predictions
-        thr = config.pseudo_threshold if "pseudo_threshold" in config.model_fields_set else 0.95
-        obj = FixMatchObjective(unl, threshold=thr, weight=config.unlabeled_weight,
-                                label_smoothing=config.label_smoothing)
-        info = yield from sub_run(base_config(config, semi_dir, **update), stop, pause, "semi", objective=obj)
-    else:  # pseudo-labels with the body training: rounds of fine-tuning
-        prev = run_dir / BASE_DIR
-        caps = class_caps(len(unl), counts, len(counts), config.cap_factor)
-        rounds = min(config.rounds, 2)
-        for r in range(1, rounds + 1):
-            m, _ = load_run_model(prev)
-            ft, kept = extract(m.to(device), unl, data_cfg, device=device, stop=stop)
-            pl = select_pseudo_labels(probs_of(copy_linear(m.get_classifier()).cpu(), ft), config.pseudo_threshold,
-                                      caps=caps)
-            stats.append({"round": r, **pl.to_json()})
-            extra = [Sample(unl[kept[i]].path, lab) for i, lab in zip(pl.index, pl.labels)]
-            yield Log(f"Round {r}/{rounds}: fine-tuning on the labelled + {len(extra)} pseudo-labelled images")
-            out = semi_dir if r == rounds else run_dir / f"{SEMI_DIR}_round{r}"
-            info = yield from sub_run(base_config(config, out, **update), stop, pause, "semi", extra_train=extra)
-            if info.status == "stopped":
-                break
-            prev = out
-    if info.status == "stopped":
-        raise _Stopped()
-    model, _ = load_run_model(semi_dir)
-    after = {"source_val_acc": info.best_val_acc}
-    return model, after, runs.read_history(semi_dir), stats
-
-
-def _write_review(run_dir, classes, unl, feats, head, model, data_cfg, device, stop):
+def _write_review(run_dir: Path, classes: list[str], unl: list, semi: Semi, base: Baseline, stop
+                  ) -> Generator[Event, None, None]:
+    """The review queue: every unlabelled image with the final model's proposal (rank 0)."""
     from tlstudio.core.tasks.adaptation.features import copy_linear, extract, probs_of
     from tlstudio.core.tasks.semisupervised.review import ReviewQueue
 
-    if head is not None:
-        probs = probs_of(head, feats.ft)
+    if semi.head is not None:
+        probs = probs_of(semi.head, semi.feats.ft)
         paths = [s.path for s in unl]
     else:
-        ft, kept = extract(model.to(device), unl, data_cfg, device=device, stop=stop)
-        probs = probs_of(copy_linear(model.get_classifier()).cpu(), ft)
+        ft, kept = extract(semi.model.to(base.device), unl, base.data_cfg, device=base.device, stop=stop)
+        probs = probs_of(copy_linear(semi.model.get_classifier()).cpu(), ft)
         paths = [unl[i].path for i in kept]
     ReviewQueue.from_probs(classes, paths, probs).save(run_dir / REVIEW_JSON)
     yield Log(f"Review queue: {len(paths)} unlabelled images with proposed labels ({REVIEW_JSON})")
@@ -282,19 +134,13 @@ def evaluate(run_dir, data=None, progress=None) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     out = classify_eval(run_dir, data, progress=progress)
-    info = runs.read_run(run_dir)
-    rep = info.extra.get("semisupervised", {})
-    out["semisupervised"] = rep
+    out["semisupervised"] = runs.read_run(run_dir).extra.get("semisupervised", {})
     base = run_dir / BASE_DIR
     if runs.is_run_dir(base) and (base / runs.BEST_WEIGHTS).is_file():
         r = classify_eval(base, data)  # the baseline has the same validation split
         out["comparison"] = {"labelled_only": r["metrics"]["accuracy"], "with_unlabelled": out["metrics"]["accuracy"]}
         out["metrics"]["accuracy_labelled_only"] = r["metrics"]["accuracy"]
     return out
-
-
-
-
 
 
 def eval_lines(r: dict[str, Any]) -> list[str]:
