@@ -114,10 +114,14 @@ def report_lines(info: Any) -> list[str]:
 def run(args: Any) -> int:
     from tlstudio.cli.main import EventPrinter, _print_json, _run_summary, _stop_on_sigint
     from tlstudio.core.events import drive
+    from tlstudio.core.runtime.parallel import distributed_context
     from tlstudio.core.tasks.multitask.trainer import run as train
 
     config = build_config(args)
-    info = drive(train(config, stop=_stop_on_sigint()), EventPrinter(as_json=args.json))
+    main = distributed_context().is_main  # under torchrun only rank 0 prints (and writes the run folder)
+    info = drive(train(config, stop=_stop_on_sigint()), EventPrinter(as_json=args.json) if main else (lambda ev: None))
+    if not main:
+        return 0
     if args.json:
         out = _run_summary(info)
         out["multitask"] = info.extra.get("multitask")

@@ -102,6 +102,7 @@ def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEG
 
 
 def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, None, Any]:
+    from tlstudio.core.tasks.multitask.distributed import from_main
     from tlstudio.core.tasks.multitask.trainer import run
 
     names = [t["name"] for t in info.label_schema["tasks"]]
@@ -113,7 +114,11 @@ def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, 
     for t in names:
         out = run_dir / BASELINES_DIR / _safe(t)
         yield Log(f"Single-task baseline for '{t}' (same backbone, freezing, epochs and split)")
-        if runs.is_run_dir(out) and runs.read_run(out).status in ("finished", "early_stopped"):
+        # rank 0's folder decides (under torchrun the others' scratch folders never hold one)
+        done = from_main(runs.is_run_dir(out) and runs.read_run(out).status in ("finished", "early_stopped"))
+        if done and not runs.is_run_dir(out):  # a non-main process: rank 0 has this one already
+            continue
+        if done:
             sub = runs.read_run(out)
         else:
             import shutil

@@ -98,8 +98,12 @@ class MultiTaskModel(nn.Module):
             return [b(x) for b in self.bodies]
         return self.body(x)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.get_classifier()(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """{task: output}; with ``return_features`` also the pooled body features (the shared
+        representation the objective takes per-task gradients on), as (outputs, features)."""
+        z = self.features(x)
+        out = self.get_classifier()(z)
+        return (out, z) if return_features else out
 
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Any]:
         """timm-style matcher over the wrapper's names: body.* (or bodies.<k>.*) follow the body's

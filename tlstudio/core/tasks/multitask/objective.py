@@ -19,6 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tlstudio.core.runtime.inference import forward_chunked
+from tlstudio.core.tasks.multitask import distributed
+from tlstudio.core.tasks.multitask.distributed import mean_over_ranks, sum_over_ranks
 from tlstudio.core.training.objectives import Objective, ObjectiveContext
 from tlstudio.core.tasks.multitask.model import Heads, MultiTaskModel
 from tlstudio.core.tasks.multitask.pcgrad import Relatedness, cosine_matrix, flat, project_conflicting, unflat
@@ -270,11 +273,15 @@ class MultiTaskObjective(Objective):
     def loss(self, model, x, y, idx):
         body, heads = split_model(model)
         tg = self._train.batch(idx, x.device)
-        # cached features: a leaf that requires grad, so per-task gradients on the shared
-        # representation (relatedness, GradNorm) exist in head-only runs too
-        z = x.detach().float().requires_grad_(torch.is_grad_enabled()) if body is None else body.features(x)
+        # the forward goes through ``model`` itself, so that a DDP wrapper averages the gradients
+        if body is None:
+            # cached features: a leaf that requires grad, so per-task gradients on the shared
+            # representation (relatedness, GradNorm) exist in head-only runs too
+            z = x.detach().float().requires_grad_(torch.is_grad_enabled())
+            outs = model(z)
+        else:
+            outs, z = model(x, return_features=True)
         cfg = self.config
-        outs = heads(z)
         losses, counts = self.task_losses(outs, tg, idx)
         present = {t: counts[t] > 0 for t in self.names}
         total = self.weighting.combine(losses, present)
@@ -308,8 +315,11 @@ class MultiTaskObjective(Objective):
                     surrogate = sum((p * g).sum() for p, g in zip(shared, unflat(G, shared)))
                     total = self.weighting.combine(ld, present) + surrogate - surrogate.detach()
         norms = None
-        if self.weighting.needs_rep_grads and torch.is_grad_enabled() and isinstance(z, torch.Tensor) and len(live) >= 2:
-            norms = {t: float(torch.autograd.grad(losses[t], z, retain_graph=True)[0].norm()) for t in live}
+        if self.weighting.needs_rep_grads and torch.is_grad_enabled():
+            norms = {}
+            if isinstance(z, torch.Tensor) and len(live) >= 2:
+                norms = {t: float(torch.autograd.grad(losses[t], z, retain_graph=True)[0].norm()) for t in live}
+            norms = mean_over_ranks(norms, self.names) if distributed.active() else norms or None
         if body is not None and body.soft and cfg.soft_penalty > 0:
             total = total + cfg.soft_penalty * body.soft_penalty().to(total.device)
         parts = {f"loss/{t}": float(losses[t].detach()) for t in live}
@@ -320,8 +330,22 @@ class MultiTaskObjective(Objective):
         for t in self.names:
             self._w_sum[t] = self._w_sum.get(t, 0.0) + w[t]
         self._w_n += 1
-        self.weighting.observe_step({t: parts[f"loss/{t}"] for t in live}, norms)
+        observed = {t: parts[f"loss/{t}"] for t in live}
+        if torch.is_grad_enabled():  # every process's weighting sees the same (averaged) values
+            observed = mean_over_ranks(observed, self.names)
+        self.weighting.observe_step(observed, norms)
         return total, parts
+
+    def sync_epoch_losses(self) -> None:
+        """The epoch's per-task training loss sums and counts over every process (torchrun)."""
+        if not distributed.active():
+            return
+        keys = [f"s/{t}" for t in self.names] + [f"n/{t}" for t in self.names]
+        local = {**{f"s/{t}": self._epoch_sum.get(t, 0.0) for t in self.names},
+                 **{f"n/{t}": float(self._epoch_n.get(t, 0)) for t in self.names}}
+        total = sum_over_ranks(local, keys)
+        self._epoch_sum = {t: total[f"s/{t}"] for t in self.names}
+        self._epoch_n = {t: int(round(total[f"n/{t}"])) for t in self.names}
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -336,9 +360,8 @@ class MultiTaskObjective(Objective):
                 continue
             x = x.to(self._device)
             ctx = precision.autocast() if precision is not None else torch.autocast("cpu", enabled=False)
-            with ctx:
-                z = x if body is None else body.features(x)
-                o = heads(z)
+            with ctx:  # gradient-free: in CPU-sized chunks (runtime/inference.py)
+                o = forward_chunked(heads if body is None else lambda b: heads(body.features(b)), x)
             tg = targets.batch(idx, "cpu")
             for t in self.names:
                 outs[t].append(o[t].float().cpu())
