@@ -92,6 +92,7 @@ def _run_batches(model, paths: list[str], spec, progress=None) -> tuple[dict[str
     import torch
 
     from tlstudio.core.evaluation.evaluate import load_batch
+    from tlstudio.core.runtime.inference import forward_chunked
 
     wrapped = Unscaled.make(model)
     outs: dict[str, list[np.ndarray]] = {n: [] for n in model.task_names}
@@ -101,8 +102,8 @@ def _run_batches(model, paths: list[str], spec, progress=None) -> tuple[dict[str
         fails += f
         ok_all += [s + i for i in ok]
         if len(ok):
-            with torch.no_grad():
-                res = wrapped(torch.from_numpy(x))
+            with torch.inference_mode():  # in CPU-sized chunks (runtime/inference.py)
+                res = forward_chunked(wrapped, torch.from_numpy(x))
             for n, r in zip(model.task_names, res):
                 outs[n].append(r.float().numpy())
         if progress:
@@ -144,7 +145,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, progress=None)
     """{"tasks": {task: {accuracy, macro_f1, confusion, classes, n, ...}}, "metrics": {...}, "n"}."""
     import torch
 
-    from tlstudio.core.tasks.multitask.objective import Targets, flat_metrics, masked_losses, task_metrics
+    from tlstudio.core.tasks.multitask.metrics import Targets, flat_metrics, masked_losses, task_metrics
 
     run_dir = Path(run_dir)
     model, info, config = load_model(run_dir)

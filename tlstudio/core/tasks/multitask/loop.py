@@ -186,7 +186,7 @@ def _end_epoch(run: MTRun, st: LoopState, epoch: int, train_loss: float, t_epoch
 def select_heads(best: dict[str, Any], model, per_task: dict[str, dict[str, Any]], epoch: int) -> bool:
     """Per-task selection (frozen body): a task whose score improved (ties: lower loss) keeps this
     epoch's head. Updates best's per_task, metrics (as if one model: val_score = mean), heads."""
-    from tlstudio.core.tasks.multitask.objective import flat_metrics
+    from tlstudio.core.tasks.multitask.metrics import flat_metrics
 
     best.setdefault("per_task", {})
     best.setdefault("heads", {})
