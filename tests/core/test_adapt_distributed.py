@@ -1,0 +1,125 @@
+"""Domain adaptation (MCC) and semi-supervised pseudo-labels under torchrun: 2 CPU processes (gloo)
+give one run folder, as one process does, with close metrics and no files left by rank 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from tlstudio.core.data.synthetic import make_synthetic_folder
+from tlstudio.core.runs import folder as runs
+
+COMMON = ["--backbone", "test_resnet", "--scratch", "--image-size", "48", "--freeze", "none", "--epochs", "3",
+          "--batch-size", "8", "--lr", "0.01", "--augment", "none", "--precision", "fp32", "--workers", "0",
+          "--warmup-epochs", "0", "--seed", "0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TLSTUDIO_HOME"] = str(tmp_path / "home")
+    env["OMP_NUM_THREADS"] = "1"
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where a non-main rank's scratch files would go
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return env
+
+
+def _flat(src: Path, dst: Path, invert: bool) -> Path:
+    """The images of a class-folder tree in one folder without labels (inverted: another 'camera')."""
+    dst.mkdir(parents=True)
+    for p in sorted(src.rglob("*.png")):
+        img = Image.open(p).convert("RGB")
+        (ImageOps.invert(img) if invert else img).save(dst / f"{p.parent.name}_{p.name}")
+    return dst
+
+
+def _train(tmp_path: Path, args: list[str], out: str, processes: int) -> subprocess.CompletedProcess:
+    cmd = (TORCHRUN if processes == 2 else [sys.executable]) + ["-m", "tlstudio", "train", *args, *COMMON,
+                                                                 "--out", str(tmp_path / out)]
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _one_folder_no_leftovers(tmp_path: Path, one, two) -> None:
+    # rank 0 alone printed: the same run headers and phases as one process
+    assert two.stdout.count("Run ") == one.stdout.count("Run "), two.stdout
+    assert two.stdout.count("Phase 1 of 2") == 1 and two.stdout.count("Phase 2 of 2") == 1, two.stdout
+    # rank 1 wrote nothing into the run folder and left nothing in TMPDIR
+    assert not list((tmp_path / "tmp").glob("tlstudio-rank-*"))
+    folders = {p.parent.relative_to(tmp_path).parts[0] for p in tmp_path.rglob(runs.RUN_JSON)}
+    assert folders == {"one", "two"}, folders
+
+
+@pytest.fixture
+def source(tmp_path):
+    return make_synthetic_folder(tmp_path / "source", per_class=16, size=48, seed=0, easy=True)
+
+
+@pytest.mark.slow
+def test_mcc_adaptation_under_torchrun_matches_one_process(tmp_path, source):
+    raw = make_synthetic_folder(tmp_path / "t_raw", per_class=8, size=48, seed=1, easy=True)
+    target = _flat(raw, tmp_path / "target", invert=True)
+    args = [str(source), "--target", str(target), "--adapt", "mcc"]
+    one = _train(tmp_path, args, "one", 1)
+    two = _train(tmp_path, args, "two", 2)
+    _one_folder_no_leftovers(tmp_path, one, two)
+    i1, i2 = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
+    assert i2.status == "finished" and i2.task == "adaptation"
+    r1, r2 = i1.extra["adaptation"], i2.extra["adaptation"]
+    assert r2["method"] == "mcc" and r2["target_images"] == 24
+    # both sub-runs trained with DDP (rank 0's half of the source images per step) and finished
+    for sub in ("source_only", "adapted"):
+        info = runs.read_run(tmp_path / "two" / sub)
+        assert info.status == "finished" and info.epochs_done == 3
+    assert "Distributed: process 1 of 2" in two.stdout
+    # metrics close to one process (each process sees half the source and half the target per epoch)
+    assert r1["unadapted"]["source_val_acc"] > 0.8
+    assert r2["unadapted"]["source_val_acc"] >= r1["unadapted"]["source_val_acc"] - 0.15, (r1, r2)
+    assert r2["adapted"]["source_val_acc"] >= r1["adapted"]["source_val_acc"] - 0.2, (r1, r2)
+    assert runs.read_history(tmp_path / "two" / "adapted")[-1]["epoch"] == 3
+    split = runs.read_split(tmp_path / "two")
+    assert len([s for s in split.train if s.domain == "target"]) == 24
+
+
+@pytest.mark.slow
+def test_pseudo_label_semi_supervised_under_torchrun_matches_one_process(tmp_path, source):
+    unl = _flat(make_synthetic_folder(tmp_path / "u_raw", per_class=8, size=48, seed=3, easy=True),
+                tmp_path / "unl", invert=False)
+    args = [str(source), "--unlabeled", str(unl), "--semi-method", "pseudolabel", "--pseudo-threshold", "0.0",
+            "--rounds", "2"]
+    one = _train(tmp_path, args, "one", 1)
+    two = _train(tmp_path, args, "two", 2)
+    _one_folder_no_leftovers(tmp_path, one, two)
+    i1, i2 = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
+    assert i2.status == "finished" and i2.task == "semisupervised"
+    r1, r2 = i1.extra["semisupervised"], i2.extra["semisupervised"]
+    assert r2["method"] == "pseudolabel" and len(r2["pseudo_labels"]) == 2
+    # rank 0's pseudo-labels are what every process trained on: the last round's sub-run lists them
+    last = runs.read_run(tmp_path / "two" / "semi")
+    assert last.status == "finished" and last.data["n_unlabelled"] == r2["pseudo_labels"][-1]["selected"] > 0
+    assert (tmp_path / "two" / "review.json").is_file()
+    assert r1["labelled_only"]["val_acc"] > 0.8
+    assert r2["labelled_only"]["val_acc"] >= r1["labelled_only"]["val_acc"] - 0.15, (r1, r2)
+    assert r2["semi"]["val_acc"] >= r1["semi"]["val_acc"] - 0.2, (r1, r2)
+
+
+def test_shards_are_equal_disjoint_and_cover_the_images(monkeypatch):
+    from tlstudio.core.tasks.adaptation.ranks import shard
+
+    items = list(range(11))
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        parts.append(shard(items))
+    assert len(parts[0]) == len(parts[1]) == 5  # equal: the same number of target batches per step
+    assert not set(parts[0]) & set(parts[1]) and len(set(parts[0]) | set(parts[1])) == 10
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert shard(items) == items
