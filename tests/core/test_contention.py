@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tlstudio.core.runtime import contention as C
+from tlstudio.core.runtime import cpu_load as L
 
 
 @pytest.fixture(autouse=True)
@@ -65,24 +66,24 @@ def test_sample_load_subtracts_our_own_cpu_time(monkeypatch):
     # we used 0.5 s of CPU (0.5 core over 1 s), so other programs used 1.0 core
     stats = iter([(1000.0, 4000.0, 3)] + [(1100.0, 4100.0, 4)] * 3 + [(1150.0, 4200.0, 4)])
     clock = iter([10.0, 10.5])
-    monkeypatch.setattr(C, "_read_proc_stat", lambda: next(stats))
-    monkeypatch.setattr(C, "_own_running_threads", lambda: 1)
-    monkeypatch.setattr(C, "_system_cpus", lambda: 2)
-    monkeypatch.setattr(C.time, "process_time", lambda: next(clock))
-    monkeypatch.setattr(C.time, "sleep", lambda s: None)
+    monkeypatch.setattr(L, "_read_proc_stat", lambda: next(stats))
+    monkeypatch.setattr(L, "_own_running_threads", lambda: 1)
+    monkeypatch.setattr(L, "_system_cpus", lambda: 2)
+    monkeypatch.setattr(L.time, "process_time", lambda: next(clock))
+    monkeypatch.setattr(L.time, "sleep", lambda s: None)
     monkeypatch.setattr(os, "sysconf", lambda name: 100)
-    load = C.sample_load(window_s=1.0, polls=3, cores=2)
+    load = L.sample_load(window_s=1.0, polls=3, cores=2)
     assert load == C.CpuLoad(cores=2, other_busy=1.0, other_runnable=3.0)
     assert load.others == 2.0
 
 
 def test_sample_load_none_without_proc(monkeypatch):
-    monkeypatch.setattr(C, "_read_proc_stat", lambda: None)
-    assert C.sample_load(cores=2) is None
+    monkeypatch.setattr(L, "_read_proc_stat", lambda: None)
+    assert L.sample_load(cores=2) is None
 
 
 def test_read_proc_stat_here():
-    s = C._read_proc_stat()
+    s = L._read_proc_stat()
     if s is None:
         pytest.skip("no /proc/stat")
     busy, total, running = s

@@ -19,128 +19,24 @@ other work on the machine, benchmarks/RESULTS.md "Issue 18"):
   the OpenMP runtime is not libgomp: then fewer threads is the only remedy and is chosen from
   the free cores.
 
-`ContentionMonitor` samples the CPU (/proc/stat, our own CPU time and runnable threads) when
-training starts and every few seconds while it runs, and turns `PassiveWaits` on and off with
-hysteresis. `lower_priority_for_current_thread()` is for training started from the window.
+`ContentionMonitor` samples the CPU (runtime/cpu_load.py: /proc/stat, our own CPU time and
+runnable threads) when training starts and every few seconds while it runs, and turns
+`PassiveWaits` on and off with hysteresis. `lower_priority_for_current_thread()` is for training started from the window.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from tlstudio.core.runtime.cpu_load import CpuLoad, load_from_loadavg, sample_load  # noqa: F401 (re-exported)
+
 QUIET_BELOW = 0.35  # cores' worth of other programs' demand: below = quiet (spinning is fine)
 SHARED_FROM = 0.6  # from here on = shared (hysteresis between the two)
 RECHECK_S = 5.0  # the monitor re-samples this often while training runs
-
-
-# --- measuring the load -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CpuLoad:
-    """What other programs take from the cores this process may use, over one sample window."""
-
-    cores: int
-    other_busy: float  # cores' worth of CPU time other programs got (0..cores)
-    other_runnable: float  # average threads of other programs ready to run (demand; may exceed cores)
-
-    @property
-    def others(self) -> float:
-        """Demand of other programs in cores (capped at `cores`): what we compete with."""
-        return min(float(self.cores), max(self.other_busy, self.other_runnable))
-
-
-def _read_proc_stat() -> tuple[float, float, int] | None:
-    """(busy jiffies, total jiffies, procs_running) from /proc/stat, or None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            text = f.read()
-    except OSError:
-        return None
-    busy = total = 0.0
-    running = -1
-    for line in text.splitlines():
-        if line.startswith("cpu "):
-            v = [float(x) for x in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
-            v += [0.0] * (8 - len(v))
-            total = sum(v)
-            busy = total - v[3] - v[4]  # steal counts as busy: another VM had the core
-        elif line.startswith("procs_running"):
-            running = int(line.split()[1])
-    if total <= 0 or running < 0:
-        return None
-    return busy, total, running
-
-
-def _own_running_threads() -> int:
-    """Threads of this process in state R (running or ready), from /proc/self/task."""
-    n = 0
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return 0
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
-                s = f.read()
-        except OSError:
-            continue
-        state = s[s.rfind(")") + 2:s.rfind(")") + 3]
-        if state == "R":
-            n += 1
-    return n
-
-
-def _system_cpus() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
-def sample_load(window_s: float = 0.3, polls: int = 6, cores: int | None = None) -> CpuLoad | None:
-    """Measure other programs' CPU use over `window_s`; None where /proc is not available."""
-    from tlstudio.core.runtime.precision import available_cores
-
-    cores = cores or available_cores()
-    a = _read_proc_stat()
-    if a is None:
-        return None
-    own0 = time.process_time()
-    demand = []
-    for _ in range(max(1, polls)):
-        time.sleep(window_s / max(1, polls))
-        s = _read_proc_stat()
-        if s is None:
-            return None
-        # procs_running counts this sampling thread too; it is ours, like every R thread here
-        demand.append(max(0, s[2] - _own_running_threads()))
-    b = _read_proc_stat()
-    own = time.process_time() - own0
-    if b is None:
-        return None
-    d_total = b[1] - a[1]
-    if d_total <= 0:
-        return None
-    ncpu = _system_cpus()
-    wall_jiffies = d_total / ncpu
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    other = (b[0] - a[0]) / wall_jiffies - own * hz / wall_jiffies  # cores' worth, whole machine
-    # the machine may have more CPUs than we may use: scale to our share of them
-    other = max(0.0, other) * cores / ncpu
-    runnable = sum(demand) / len(demand) * cores / ncpu
-    return CpuLoad(cores=cores, other_busy=round(other, 2), other_runnable=round(runnable, 2))
-
-
-def load_from_loadavg(cores: int, own_threads: float = 0.0) -> CpuLoad | None:
-    """A coarse stand-in where /proc/stat is missing (macOS): the 1-minute load average."""
-    try:
-        la = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-    other = max(0.0, la - own_threads)
-    return CpuLoad(cores=cores, other_busy=min(float(cores), other), other_runnable=other)
 
 
 # --- deciding ----------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def measured_plan(plan: PrecisionPlan, model: Any, batch: int, size: int, conv: 
 
 MICRO_AT_224 = 8  # images per micro-batch at 224 px; scaled to keep the activation volume at other sizes
 MICRO_MIN_GAIN = 1.15  # micro-batches must be this much faster per image than whole batches
-MICRO_BUDGET_S = 25.0  # measuring stops (whole batches stay) when a step shows it would take longer
+MICRO_BUDGET_S = 25.0  # measuring stops (whole batches stay) when a step shows it would take longer,
+MICRO_BUDGET_SHARE = 0.1  # unless the run is long: up to this share of its estimated training time
 MICRO_ENV = "TLSTUDIO_MICRO_BATCH"  # images per micro-batch; 0 = whole batches (A/B, escape hatch)
 _micro_measured: dict[tuple, tuple[int, float, dict[int, float]]] = {}
 
@@ -200,13 +201,15 @@ def _step_loss(m: Any, x: Any, bf16: bool) -> Any:
 
 
 def measure_micro_batches(model: Any, batch: int, size: int, candidates: list[int], *, precision: str = "fp32",
-                          channels_last: bool = False, rounds: int = 2,
-                          budget_s: float = MICRO_BUDGET_S) -> dict[int, float]:
+                          channels_last: bool = False, rounds: int = 2, budget_s: float = MICRO_BUDGET_S,
+                          train_images: int = 0) -> dict[int, float]:
     """Images/s of a training step of `batch` images of a copy of `model`, whole (key 0) and in
     micro-batches of each candidate size with the gradients accumulated (two micro-batches are
     timed: the per-image cost does not change with their number). Interleaved, one warm-up each,
-    the best of `rounds` counts. {} when the first whole step shows `budget_s` cannot be kept;
-    candidates not reached within the budget are left out. The model itself is untouched."""
+    the best of `rounds` counts. The budget is `budget_s`, or MICRO_BUDGET_SHARE of the training
+    time of `train_images` (images x epochs of the run) estimated from the first whole step if
+    that is longer; {} when that step shows the budget cannot be kept; candidates not reached
+    within the budget are left out. The model itself is untouched."""
     import copy
     import time
 
@@ -239,6 +242,8 @@ def measure_micro_batches(model: Any, batch: int, size: int, candidates: list[in
                 dt = time.perf_counter() - t
                 for p in m.parameters():
                     p.grad = None
+                if r == 0 and k == 0:
+                    budget_s = max(budget_s, MICRO_BUDGET_SHARE * train_images * dt / batch)
                 if r == 0 and k == 0 and dt * (rounds + 1) * 1.5 > budget_s:
                     return {}  # whole steps alone would overrun the budget: not worth the wait
                 warmed.add(k)
@@ -284,14 +289,16 @@ def env_micro_batch() -> int | None:
 
 
 def choose_micro_batch(model: Any, batch: int, size: int, plan: PrecisionPlan, *, requested: int | None = None,
-                       saved: int | None = None, allowed: bool = True, measure: bool = True) -> MicroChoice:
+                       saved: int | None = None, allowed: bool = True, measure: bool = True,
+                       train_images: int = 0) -> MicroChoice:
     """Images per micro-batch for a run's training steps, with the phrase for the log.
 
     In order: the objective cannot take micro-batches (`allowed` False: whole batches); the
     user's setting (`requested`, TrainConfig.micro_batch) or TLSTUDIO_MICRO_BATCH; the size a
     resumed run trained with (`saved`, from last.pt); else, on a CPU with `measure`, a timing of
     whole batches against micro-batches (`measure_micro_batches`) on a copy of the model, in the
-    plan's precision and layout; otherwise whole batches."""
+    plan's precision and layout (`train_images`: images x epochs the run trains, which lets a
+    long run spend longer on the timing); otherwise whole batches."""
     import torch
 
     bn = has_batchnorm(model)
@@ -314,7 +321,7 @@ def choose_micro_batch(model: Any, batch: int, size: int, plan: PrecisionPlan, *
     if key not in _micro_measured:
         try:
             speeds = measure_micro_batches(model, int(batch), int(size), cands, precision=plan.name,
-                                           channels_last=plan.channels_last)
+                                           channels_last=plan.channels_last, train_images=train_images)
         except Exception as e:  # a model that cannot run a bare step: whole batches, as before
             return MicroChoice(0, f"whole batches (micro-batches not measured: {e.__class__.__name__})")
         if 0 not in speeds or len(speeds) < 2:

@@ -279,11 +279,10 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
         config.cache != "off" and gradual_every is None and layers.frozen_prefix_is_whole_body(trainable)
         and objective.supports_features_mode() and not config.compile
     )
-    # micro-batches with gradient accumulation when a quick timing shows they are clearly faster
-    micro = step_timing.choose_micro_batch(
-        model, config.batch_size, size, plan, requested=getattr(config, "micro_batch", None),
+    micro = step_timing.choose_micro_batch(  # steps as micro-batches when a timing shows they pay
+        model, config.batch_size, size, plan, requested=config.micro_batch,
         saved=saved.get("micro_batch", 0) if saved else None, allowed=objective.micro_batches and not features_mode,
-        measure=body_trains and not dist.enabled and not config.compile)
+        measure=body_trains and not dist.enabled and not config.compile, train_images=len(train_split.train) * config.epochs)
     yield Log(precision.describe_choice(plan, size, micro.phrase))
     plan.prepare_model(model)  # device, memory format, CPU bf16 attention: one implementation
     ctx = RunContext(
