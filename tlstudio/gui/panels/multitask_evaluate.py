@@ -15,18 +15,16 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QFileDialog,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
+from tlstudio.gui.panels.multitask_page import page_frame, run_job
 from tlstudio.gui.widgets.confusion import ConfusionMatrixWidget
 
 
@@ -57,26 +55,12 @@ class MultiTaskEvaluatePanel(QWidget):
         self.state = state
         self.run_dir: str | None = None
         self.schema: dict[str, Any] = {}
-        outer = QVBoxLayout(self)
-        head = QHBoxLayout()
-        self.title = QLabel("<h3>Multi-task evaluation</h3>")
-        head.addWidget(self.title, 1)
         self.again_btn = QPushButton("Evaluate again")
         self.again_btn.setToolTip("Run the best weights on the validation split")
         self.table_btn = QPushButton("Evaluate on a table…")
         self.table_btn.setToolTip("A CSV/TSV with the same task columns (and classes)")
-        head.addWidget(self.again_btn)
-        head.addWidget(self.table_btn)
-        outer.addLayout(head)
-        self.status = QLabel("Choose a multi-task run (Runs step), or train one.")
-        self.status.setWordWrap(True)
-        outer.addWidget(self.status)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        body = QWidget()
-        self.body = QVBoxLayout(body)
-        scroll.setWidget(body)
-        outer.addWidget(scroll, 1)
+        self.title, self.status, self.body = page_frame(self, "Multi-task evaluation", [self.again_btn, self.table_btn],
+                                                        "Choose a multi-task run (Runs step), or train one.")
 
         self.body.addWidget(QLabel("<b>Per task</b> (validation split, best epoch)"))
         self.metrics = _table(["Task", "Type", "Labelled images", "Accuracy", "Macro-F1", "MAE", "R²"])
@@ -245,12 +229,7 @@ class MultiTaskEvaluatePanel(QWidget):
         self.status.setText(f"Evaluating on {data or 'the validation split'}…")
         self.again_btn.setEnabled(False)
         self.table_btn.setEnabled(False)
-        if wait:
-            self._done(job())
-            return
-        from tlstudio.gui.workers import start_worker
-
-        start_worker(self, job, returned=self._done, errored=self._failed)
+        run_job(self, job, self._done, self._failed, wait)
 
     def _done(self, result: dict[str, Any]) -> None:
         self.show_per_task(result["tasks"])

@@ -19,10 +19,10 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QScrollArea,
-    QVBoxLayout,
     QWidget,
 )
+
+from tlstudio.gui.panels.multitask_page import page_frame, run_job
 
 THUMB = 96
 SHOW_LIMIT = 60
@@ -77,23 +77,11 @@ class MultiTaskPredictPanel(QWidget):
         self.state = state
         self.rows: list[dict[str, Any]] = []
         self.setAcceptDrops(True)
-        lay = QVBoxLayout(self)
-        head = QHBoxLayout()
-        self.title = QLabel("<h3>Predict every task</h3>")
-        head.addWidget(self.title, 1)
         self.choose_btn = QPushButton("Choose images…")
-        head.addWidget(self.choose_btn)
-        lay.addLayout(head)
-        self.status = QLabel("Drop images or folders here: each gets an answer for every task of the current run.")
-        self.status.setWordWrap(True)
-        lay.addWidget(self.status)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        holder = QWidget()
-        self.cards = QVBoxLayout(holder)
+        self.title, self.status, self.cards = page_frame(
+            self, "Predict every task", [self.choose_btn],
+            "Drop images or folders here: each gets an answer for every task of the current run.")
         self.cards.addStretch(1)
-        scroll.setWidget(holder)
-        lay.addWidget(scroll, 1)
         self.choose_btn.clicked.connect(self._choose)
 
     def _choose(self) -> None:
@@ -123,13 +111,7 @@ class MultiTaskPredictPanel(QWidget):
             return predict(run_dir, paths)
 
         self.status.setText(f"Predicting {len(paths)} item(s) with {Path(run_dir).name}…")
-        if wait:
-            self.show_rows(job())
-            return
-        from tlstudio.gui.workers import start_worker
-
-        start_worker(self, job, returned=self.show_rows,
-                     errored=lambda exc: self.status.setText(f"Prediction failed: {exc}"))
+        run_job(self, job, self.show_rows, lambda exc: self.status.setText(f"Prediction failed: {exc}"), wait)
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
