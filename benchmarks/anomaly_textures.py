@@ -1,9 +1,14 @@
-"""Offline anomaly data sets from real photographs of textures (scikit-image sample images):
-many random crops of one texture are the normal parts; test crops get painted defects
-(scratches, blobs, colour spots) with ground-truth masks. MVTec layout. Used by
-bench_anomaly.py and to tune the anomaly defaults on real pretrained features.
+"""Offline anomaly data sets from real photographs (scikit-image sample images), MVTec layout:
 
-    python benchmarks/anomaly_textures.py OUT_DIR [--textures brick,grass] [--train 100]
+- textures: many random crops of one texture photo are the normal parts (each crop shows gravel
+  or grass never seen in training: harder than MVTec's aligned parts);
+- objects: one photo (a cup, a retina, coins) in a fixed frame with small jitter (shift,
+  rotation, brightness, sensor noise): closer to MVTec's aligned objects.
+Test images get painted defects (scratches, blobs, colour spots) with ground-truth masks.
+Used by bench_anomaly.py and to tune the anomaly defaults on real pretrained features;
+``study`` compares the product's detector with a plain reference PatchCore (anomaly_reference.py).
+
+    python benchmarks/anomaly_textures.py OUT_DIR [--textures brick,grass] [--objects coffee] [--train 100]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 TEXTURES = ("brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
+OBJECTS = ("coffee", "retina", "coins")
 DEFECTS = ("scratch", "blob", "spot")
 
 
@@ -79,6 +85,20 @@ def paint(img: Image.Image, rng, kind: str, hard: bool = False) -> tuple[Image.I
     return out, mask
 
 
+def object_view(src: Image.Image, rng, out: int) -> Image.Image:
+    """The object in its fixed frame (central square, 90% of the short side) with the jitter of a
+    real inspection camera: shift up to 2% of the frame, rotation up to 2 degrees, brightness
+    +-4%, sensor noise (sigma 2 grey levels)."""
+    w, h = src.size
+    side = int(min(w, h) * 0.9)
+    dx, dy = rng.uniform(-0.02, 0.02, 2) * side
+    x0, y0 = (w - side) / 2 + dx, (h - side) / 2 + dy
+    img = src.rotate(float(rng.uniform(-2, 2)), resample=Image.BILINEAR, center=(x0 + side / 2, y0 + side / 2))
+    img = img.crop((int(x0), int(y0), int(x0) + side, int(y0) + side)).resize((out, out), Image.BICUBIC)
+    a = np.asarray(img).astype(np.float32) * rng.uniform(0.96, 1.04) + rng.normal(0, 2.0, (out, out, 3))
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
 def make_texture_set(root, texture: str, *, n_train: int = 100, n_good: int = 30, n_defect: int = 20,
                      crop_px: int = 160, size: int = 224, seed: int = 0, masks: bool = True,
                      hard: bool = False) -> Path:
@@ -88,18 +108,24 @@ def make_texture_set(root, texture: str, *, n_train: int = 100, n_good: int = 30
     rng = np.random.default_rng([seed, zlib.crc32(texture.encode())])
     src = texture_image(texture)
     root = Path(root) / (texture + ("-hard" if hard else ""))
+    if (root / "test" / DEFECTS[-1]).is_dir() and len(list((root / "test" / DEFECTS[-1]).glob("*.png"))) == n_defect:
+        return root  # already made (same seed, same sizes)
+
+    def view():
+        return object_view(src, rng, size) if texture in OBJECTS else crop(src, rng, crop_px, size)
+
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     (root / "test" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
-        crop(src, rng, crop_px, size).save(root / "train" / "good" / f"{i:04d}.png")
+        view().save(root / "train" / "good" / f"{i:04d}.png")
     for i in range(n_good):
-        crop(src, rng, crop_px, size).save(root / "test" / "good" / f"{i:04d}.png")
+        view().save(root / "test" / "good" / f"{i:04d}.png")
     for kind in DEFECTS:
         (root / "test" / kind).mkdir(parents=True, exist_ok=True)
         if masks:
             (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
         for i in range(n_defect):
-            img, m = paint(crop(src, rng, crop_px, size), rng, kind, hard)
+            img, m = paint(view(), rng, kind, hard)
             img.save(root / "test" / kind / f"{i:04d}.png")
             if masks:
                 m.save(root / "ground_truth" / kind / f"{i:04d}_mask.png")
@@ -109,7 +135,7 @@ def make_texture_set(root, texture: str, *, n_train: int = 100, n_good: int = 30
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--textures", default=",".join(TEXTURES))
+    ap.add_argument("--textures", default=",".join(TEXTURES + OBJECTS))
     ap.add_argument("--train", type=int, default=100)
     ap.add_argument("--good", type=int, default=30)
     ap.add_argument("--defect", type=int, default=20)

@@ -82,6 +82,25 @@ def test_streaming_bank_respects_cap_and_stop():
     assert cs.expected_bank(784, 1000, 0.1, 16384) == 16384
 
 
+def test_streaming_bank_with_expected_rows_reduces_once_and_covers_like_one_greedy():
+    torch.manual_seed(1)
+    chunks = [torch.randn(120, 12) for _ in range(6)]
+    full = torch.cat(chunks)
+    direct = cs.coverage_radius(full, cs.k_center_greedy(full, 100, projection_dim=None))
+    bank = cs.StreamingBank(0.5, 100, projection_dim=None, expected_rows=720)
+    assert bank.share == pytest.approx(2 * 100 / 720)  # each chunk keeps its share of twice the cap
+    for c in chunks:
+        bank.add(c)
+    assert bank.reductions == 0 and 180 <= bank.rows <= 2 * 100 + 6
+    out = bank.finish()
+    assert out.shape == (100, 12) and bank.reductions == 1
+    sel = [int(torch.cdist(r[None], full).argmin()) for r in out]  # rows of the bank are rows of the data
+    got = cs.coverage_radius(full, torch.tensor(sel))
+    assert got <= 1.3 * direct
+    # a small fit (ratio binds before the cap): the share is the ratio, as before
+    assert cs.StreamingBank(0.1, 16384, expected_rows=784 * 100).share == 0.1
+
+
 def test_knn_head_equals_brute_force_over_several_bank_chunks(monkeypatch):
     monkeypatch.setattr(am, "BANK_CHUNK", 7)
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ class AnomalyConfig(BaseModel):
     false_alarm_rate: float = Field(DEFAULT_FALSE_ALARM, gt=0.0, lt=0.5)
     threshold_mode: Literal["false_alarm", "f1"] = "false_alarm"  # f1: needs labelled defects
 
-    batch_size: int = Field(8, ge=1, le=512)
+    batch_size: int = Field(12, ge=1, le=512)  # images decoded together; the body runs them in CPU chunks of ~6
     seed: int = 0
     device: str = "cpu"
     name: str = ""

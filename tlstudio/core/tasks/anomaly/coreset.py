@@ -62,17 +62,17 @@ def k_center_greedy(
     first = int(torch.randint(n, (1,), generator=g))
     selected = torch.empty(k, dtype=torch.long)
     selected[0] = first
-    # squared distance to the nearest selected point (clamped: the expansion can go slightly negative)
-    min_d = (sq - 2 * (x @ x[first]) + sq[first]).clamp_(min=0)
-    min_d[first] = 0
+    # |x - c|^2 = |x|^2 + (|c|^2 - 2 x.c): keep m = min over picked c of (|c|^2 - 2 x.c), one fused
+    # addmv per step; the squared distance to the nearest pick is |x|^2 + m
+    m = torch.addmv(sq[first:first + 1], x, x[first], alpha=-2.0)
+    m[first] = -sq[first]
     buf = torch.empty(n)
+    d = torch.empty(n)
     for i in range(1, k):
-        j = int(torch.argmax(min_d))
+        j = int(torch.argmax(torch.add(sq, m, out=d)))
         selected[i] = j
-        torch.mv(x, x[j], out=buf)
-        buf.mul_(-2).add_(sq).add_(sq[j])
-        torch.minimum(min_d, buf, out=min_d)
-        min_d[j] = 0
+        torch.minimum(m, torch.addmv(sq[j:j + 1], x, x[j], alpha=-2.0, out=buf), out=m)
+        m[j] = -sq[j]  # exactly 0 away from itself (never picked twice)
         if i % every == 0:
             if stop is not None and stop.is_set():
                 raise Stopped
@@ -97,15 +97,24 @@ def coverage_radius(features, selected) -> float:
 
 class StreamingBank:
     """Merge-and-reduce coreset over chunks of patch features: memory stays within about
-    ``2 * cap + chunk`` rows whatever the number of images."""
+    ``2 * cap + chunk`` rows whatever the number of images.
+
+    With ``expected_rows`` (the patches the fit will add, known from the image count) each chunk
+    keeps at most its share of ``overshoot * cap`` instead of ``ratio`` of itself, so when the cap
+    binds the chunks together keep about twice the cap and a single reduction to the cap follows
+    at the end: the selection costs about ``overshoot * cap`` steps over a chunk plus ``cap`` steps
+    over ``overshoot * cap`` rows, whatever the number of images (without it, every chunk kept
+    ``ratio`` of itself and the bank was reduced again each time it passed twice the cap)."""
 
     def __init__(self, ratio: float, cap: int, *, projection_dim: int = 64, seed: int = 0,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, expected_rows: int | None = None,
+                 overshoot: float = 2.0) -> None:
         self.ratio = ratio
         self.cap = cap
         self.projection_dim = projection_dim
         self.seed = seed
         self.stop = stop
+        self.share = ratio if not expected_rows else min(ratio, overshoot * cap / max(1, expected_rows))
         self.parts: list = []
         self.rows = 0
         self.seen = 0
@@ -114,7 +123,7 @@ class StreamingBank:
     def add(self, chunk, progress: Callable[[int, int], None] | None = None) -> None:
         """Add a chunk of patch features (N x D); it is reduced to its coreset share first."""
         self.seen += chunk.shape[0]
-        keep = max(1, round(chunk.shape[0] * self.ratio))
+        keep = max(1, round(chunk.shape[0] * self.share))
         if keep < chunk.shape[0]:
             chunk = chunk[k_center_greedy(chunk, keep, projection_dim=self.projection_dim,
                                           seed=self.seed + self.seen, stop=self.stop, progress=progress)]
