@@ -30,7 +30,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from common import make_jpeg_folder, print_machine, report
+from common import cpu_seconds, make_jpeg_folder, print_machine, report
 
 
 def _busy(deadline: float) -> None:
@@ -63,7 +63,7 @@ def load() -> str:
 
 
 def bare(root, size: int, batch: int, epochs: int, threads: int | None, workers: int,
-         max_s: float = float("inf")) -> tuple[float, float, str]:
+         max_s: float = float("inf"), model_name: str = "resnet18") -> tuple[float, float, str]:
     """(end-to-end img/s with model creation, training img/s of the epochs, note) of the bare fp32 loop."""
     import timm
     import torch
@@ -75,7 +75,7 @@ def bare(root, size: int, batch: int, epochs: int, threads: int | None, workers:
     try:
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        model = timm.create_model("resnet18", pretrained=False, num_classes=4)
+        model = timm.create_model(model_name, pretrained=False, num_classes=4)
         cfg = dict(timm.data.resolve_model_data_config(model))
         cfg["input_size"] = (3, size, size)
         tf = timm.data.create_transform(**{k: cfg[k] for k in ("input_size", "interpolation", "mean", "std",
@@ -109,9 +109,11 @@ def bare(root, size: int, batch: int, epochs: int, threads: int | None, workers:
         torch.set_num_threads(saved)
 
 
-def tlstudio(root, size: int, batch: int, epochs: int, val_fraction: float) -> tuple[float, float, str, list[str]]:
-    """(end-to-end img/s: scan, model, thread/precision choice, epochs with validation, final
-    evaluation; training img/s: RunStarted to the last epoch's end, validation included; note; log lines)."""
+def tlstudio(root, size: int, batch: int, epochs: int, val_fraction: float, model_name: str = "resnet18",
+             micro: int | None = None) -> tuple[float, float, str, list[str]]:
+    """(end-to-end img/s: scan, model, thread/precision/micro-batch choice, epochs with validation,
+    final evaluation; training img/s: RunStarted to the last epoch's end, validation included;
+    note; log lines). `micro`: TrainConfig.micro_batch (None: measured by the engine)."""
     import torch
 
     from tlstudio.core.config import TrainConfig
@@ -121,9 +123,9 @@ def tlstudio(root, size: int, batch: int, epochs: int, val_fraction: float) -> t
     saved = torch.get_num_threads()
     logs: list[str] = []
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(data_dir=str(root), backbone="resnet18", init="scratch", freeze="none", epochs=epochs,
+        cfg = TrainConfig(data_dir=str(root), backbone=model_name, init="scratch", freeze="none", epochs=epochs,
                           batch_size=batch, image_size=size, augment="light", out_dir=out + "/run",
-                          val_fraction=val_fraction, early_stop_patience=None, lr=1e-3)
+                          val_fraction=val_fraction, early_stop_patience=None, lr=1e-3, micro_batch=micro)
         t0 = time.perf_counter()
         t_run = t_last = t0
         n_train, done = 0, 0
@@ -163,6 +165,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bare", default="default,1", help="bare loops to run: default (torch threads, workers=2), 1")
     ap.add_argument("--quick", action="store_true", help="32 and 64 px, half the images, 1 epoch")
+    ap.add_argument("--model", default="resnet18", help="timm model of every loop (e.g. tf_efficientnet_lite0)")
+    ap.add_argument("--micro-ab", action="store_true",
+                    help="also run TL Studio with whole batches (micro_batch=0) first: before/after in one run")
+    ap.add_argument("--micro-forced", type=int, default=8,
+                    help="with --micro-ab, also a TL Studio run with micro-batches of this size set (0: none)")
     ap.add_argument("--max-s", type=float, default=3600, help="competition stops after this many seconds at most")
     ap.add_argument("--bare-max-s", type=float, default=240,
                     help="a bare loop stops after this many seconds of training (img/s from what it did)")
@@ -174,10 +181,10 @@ def main() -> None:
 
     warm_imports()
     print_machine()
-    print(f"# resnet18 from scratch, every layer trains, batch {a.batch}, {epochs} epochs, "
+    print(f"# {a.model} from scratch, every layer trains, batch {a.batch}, {epochs} epochs, "
           f"{a.compete} competing busy-loop processes; torch default threads {torch.get_num_threads()}")
-    print("| size | loop | training img/s | end to end img/s | load avg before/after | notes |")
-    print("|---|---|---|---|---|---|")
+    print("| size | loop | training img/s | end to end img/s | CPU s per image | load avg before/after | notes |")
+    print("|---|---|---|---|---|---|---|")
     ratios: dict[str, float] = {}
     with competition(a.compete, a.max_s):
         for size in sizes:
@@ -185,16 +192,25 @@ def main() -> None:
             side = max(48, int(size * 1.4))
             root = make_jpeg_folder(f"contention{size}", 4, max(2, n // 4), size=(side, side))
             rows = {}
-            for kind in ["tlstudio"] + [f"bare-{b}" for b in a.bare.split(",") if b]:
-                before = load()
-                if kind == "tlstudio":
-                    e2e, train, note, logs = tlstudio(root, size, a.batch, epochs, 0.125)
+            kinds = (["tlstudio-whole"] + ([f"tlstudio-micro{a.micro_forced}"] if a.micro_forced else [])
+                     if a.micro_ab else []) + ["tlstudio"]
+            for kind in kinds + [f"bare-{b}" for b in a.bare.split(",") if b]:
+                before, c0 = load(), cpu_seconds()
+                if kind.startswith("tlstudio"):
+                    micro = None if kind == "tlstudio" else 0 if kind == "tlstudio-whole" else a.micro_forced
+                    e2e, train, note, logs = tlstudio(root, size, a.batch, epochs, 0.125, a.model, micro)
                     note += "; log: " + " | ".join(logs)
+                    done = int(note.split()[0]) * epochs
                 else:
                     th = None if kind == "bare-default" else int(kind.split("-")[1])
-                    e2e, train, note = bare(root, size, a.batch, epochs, th, 2 if th is None else 0, a.bare_max_s)
+                    e2e, train, note = bare(root, size, a.batch, epochs, th, 2 if th is None else 0, a.bare_max_s,
+                                            a.model)
+                    done = int(note.split("stopped after ")[1].split()[0]) if "stopped after" in note \
+                        else len(list(root.rglob("*.jpg"))) * epochs
+                cpu = (cpu_seconds() - c0) / max(1, done)
                 rows[kind] = (train, e2e)
-                print(f"| {size} | {kind} | {train:.2f} | {e2e:.2f} | {before}/{load()} | {note} |", flush=True)
+                print(f"| {size} | {kind} | {train:.2f} | {e2e:.2f} | {cpu:.3f} | {before}/{load()} | {note} |",
+                      flush=True)
             ours = rows["tlstudio"]
             for kind, v in rows.items():
                 if kind != "tlstudio" and v[0] > 0:

@@ -204,8 +204,9 @@ def measure_micro_batches(model: Any, batch: int, size: int, candidates: list[in
                           channels_last: bool = False, rounds: int = 2, budget_s: float = MICRO_BUDGET_S,
                           train_images: int = 0) -> dict[int, float]:
     """Images/s of a training step of `batch` images of a copy of `model`, whole (key 0) and in
-    micro-batches of each candidate size with the gradients accumulated (two micro-batches are
-    timed: the per-image cost does not change with their number). Interleaved, one warm-up each,
+    micro-batches of each candidate size (one micro-batch is timed: the per-image cost does not
+    change with their number; it pays its gradient allocation alone, which only makes the
+    comparison stricter for micro-batches). Interleaved, one warm-up each,
     the best of `rounds` counts. The budget is `budget_s`, or MICRO_BUDGET_SHARE of the training
     time of `train_images` (images x epochs of the run) estimated from the first whole step if
     that is longer; {} when that step shows the budget cannot be kept; candidates not reached
@@ -234,17 +235,15 @@ def measure_micro_batches(model: Any, batch: int, size: int, candidates: list[in
                 over = time.perf_counter() - t_start > budget_s
                 if (r == 0 and k and over) or (r > 0 and (k not in warmed or (over and k in best))):
                     continue
-                n = batch if k == 0 else min(batch, 2 * k)
-                pieces = [x] if k == 0 else [x[i:i + k] for i in range(0, n, k)]
+                n = batch if k == 0 else k
                 t = time.perf_counter()
-                for xi in pieces:
-                    (_step_loss(m, xi, bf16) * (xi.shape[0] / n)).backward()
+                _step_loss(m, x[:n], bf16).backward()
                 dt = time.perf_counter() - t
                 for p in m.parameters():
                     p.grad = None
                 if r == 0 and k == 0:
                     budget_s = max(budget_s, MICRO_BUDGET_SHARE * train_images * dt / batch)
-                if r == 0 and k == 0 and dt * (rounds + 1) * 1.5 > budget_s:
+                if r == 0 and k == 0 and dt * (rounds + 1) * (1 + sum(kinds) / batch) > budget_s:
                     return {}  # whole steps alone would overrun the budget: not worth the wait
                 warmed.add(k)
                 if r > 0:
