@@ -47,6 +47,13 @@ def test_good_extractor_beats_random_weights(ranked):
     assert "tf_efficientnet_lite0" in result.summary
 
 
+def test_threads_follow_the_cpu_load_and_the_choice_is_logged(ranked):
+    # the job computes as a training run does (runtime/contention.py): the choice is one log line
+    _, _, events = ranked
+    lines = [e.message for e in events if isinstance(e, Log) and "ranking with" in e.message]
+    assert len(lines) == 1 and "thread" in lines[0], [e.message for e in events if isinstance(e, Log)]
+
+
 def test_unavailable_candidates_are_listed_with_the_reason(ranked):
     _, result, events = ranked
     bad = {r.candidate["spec"]: r for r in result.rows if r.rank is None}

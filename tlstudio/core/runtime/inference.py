@@ -14,8 +14,9 @@ that would change BatchNorm's batch statistics.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 # images of 224 x 224 per chunk: the sweet spot of the measurements above
 _PIXELS_224 = 224 * 224
@@ -57,3 +58,15 @@ def forward_chunked(fn: Callable[[Any], Any], x: Any) -> Any:
     if chunk >= n:
         return fn(x)
     return _cat([fn(x[i:i + chunk]) for i in range(0, n, chunk)])
+
+
+@contextlib.contextmanager
+def compute_scope(leave_one_core: bool = False, threads: int | None = None) -> Iterator[int]:
+    """A job without a training loop (ranking features, explanations, memory banks) computes as a
+    run does: torch threads from the CPU load, OpenMP threads that sleep instead of spinning when
+    other programs share the cores (runtime/contention.py, issue 18), heap reuse for the big
+    activation buffers. Yields the thread count."""
+    from tlstudio.core.runtime import allocator, precision
+
+    with allocator.training_allocator():
+        yield precision.set_threads(leave_one_core, threads)

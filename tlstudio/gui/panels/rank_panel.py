@@ -302,7 +302,7 @@ class RankPanel(QWidget):
         return RankConfig(data_dir=self.state.data_dir or "", out_dir=out_dir, candidates=self.checked_specs(),
                           samples=int(self.samples.value()), seed=int(s.get("seed", 0) or 0),
                           val_fraction=float(s.get("val_fraction", 0.2) or 0.2),
-                          device=str(s.get("device", "auto") or "auto"))
+                          device=str(s.get("device", "auto") or "auto"), leave_one_core=True)
 
     def start(self) -> None:
         if self._busy() or not self.checked_specs():

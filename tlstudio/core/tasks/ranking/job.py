@@ -50,6 +50,8 @@ class RankConfig(BaseModel):
     folds: int = Field(5, ge=2, le=20)
     knn_k: int = Field(5, ge=1, le=100)
     latency: bool = True
+    leave_one_core: bool = False  # set by the GUI so the UI stays responsive
+    threads: int | None = Field(None, ge=1)  # torch threads; None: from the CPU load
 
 
 @dataclass
@@ -150,6 +152,8 @@ def rank(config: RankConfig, stop: threading.Event | None = None, pause: threadi
     import numpy as np
 
     from tlstudio.core.data.dataset import ScanCancelled, make_split, scan
+    from tlstudio.core.runtime import precision
+    from tlstudio.core.runtime.inference import compute_scope
 
     t_start = time.perf_counter()
     cands = sort_for_display(parse_candidates(list(config.candidates), dict(config.weights)))
@@ -171,6 +175,31 @@ def rank(config: RankConfig, stop: threading.Event | None = None, pause: threadi
     out_dir = Path(config.out_dir) if config.out_dir else _default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    with compute_scope(config.leave_one_core, config.threads):
+        choice = precision.thread_choice()
+        if choice is not None:
+            yield Log(choice.summary().replace("training with", "ranking with"))
+        rows, status = yield from _rank_all(cands, split, classes, labels, config, stop)
+    yield Progress(task="rank", done=len(rows), total=len(cands), message="Ranking done")
+
+    scored = sorted((r for r in rows if r.logme is not None), key=lambda r: -r.logme)
+    for k, r in enumerate(scored, 1):
+        r.rank = k
+    unscored = [r for r in rows if r.logme is None]
+    ordered = scored + unscored
+    _explain(ordered, n_classes=len(classes))
+    summary = _summary(scored, unscored, n)
+    result = RankResult(rows=ordered, classes=classes, n_images=n, data_dir=str(config.data_dir),
+                        out_dir=str(out_dir), summary=summary, seconds=round(time.perf_counter() - t_start, 2),
+                        status=status, extra={"sampled": subsampled, "images_total": len(report.samples),
+                                              "config": config.model_dump()})
+    _write(out_dir, result, config, report)
+    yield Log(summary)
+    return result
+
+
+def _rank_all(cands, split, classes, labels, config: RankConfig, stop):
+    """Features and scores of every candidate, in order: (rows, "finished" | "stopped")."""
     rows: list[RankRow] = []
     status = "finished"
     for i, cand in enumerate(cands):
@@ -207,22 +236,7 @@ def rank(config: RankConfig, stop: threading.Event | None = None, pause: threadi
         yield Log(f"{cand.label}: LogME {row.logme:.3f}, linear probe {row.probe_acc:.1%}, "
                   f"k-NN {row.knn_acc:.1%}" + (f", {row.latency_ms:.1f} ms/image" if row.latency_ms else "")
                   + f" ({row.seconds:.1f} s{', cached features' if row.cache_reused else ''})")
-    yield Progress(task="rank", done=len(rows), total=len(cands), message="Ranking done")
-
-    scored = sorted((r for r in rows if r.logme is not None), key=lambda r: -r.logme)
-    for k, r in enumerate(scored, 1):
-        r.rank = k
-    unscored = [r for r in rows if r.logme is None]
-    ordered = scored + unscored
-    _explain(ordered, n_classes=len(classes))
-    summary = _summary(scored, unscored, n)
-    result = RankResult(rows=ordered, classes=classes, n_images=n, data_dir=str(config.data_dir),
-                        out_dir=str(out_dir), summary=summary, seconds=round(time.perf_counter() - t_start, 2),
-                        status=status, extra={"sampled": subsampled, "images_total": len(report.samples),
-                                              "config": config.model_dump()})
-    _write(out_dir, result, config, report)
-    yield Log(summary)
-    return result
+    return rows, status
 
 
 def _default_out_dir() -> Path:
