@@ -46,6 +46,17 @@ def _train(tmp_path: Path, args: list[str], out: str, processes: int) -> subproc
     return done
 
 
+def _one_and_two(tmp_path: Path, args: list[str], task: str):
+    """The same run in one process and under torchrun with two: (RunInfo of one, RunInfo of two)."""
+    one = _train(tmp_path, args, "one", 1)
+    two = _train(tmp_path, args, "two", 2)
+    _one_folder_no_leftovers(tmp_path, one, two)
+    i1, i2 = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
+    assert i2.status == "finished" and i2.task == task
+    assert "Distributed: process 1 of 2" in two.stdout and "Distributed" not in one.stdout
+    return i1, i2
+
+
 def _one_folder_no_leftovers(tmp_path: Path, one, two) -> None:
     # rank 0 alone printed: the same run headers and phases as one process
     assert two.stdout.count("Run ") == one.stdout.count("Run "), two.stdout
@@ -66,18 +77,13 @@ def test_mcc_adaptation_under_torchrun_matches_one_process(tmp_path, source):
     raw = make_synthetic_folder(tmp_path / "t_raw", per_class=8, size=48, seed=1, easy=True)
     target = _flat(raw, tmp_path / "target", invert=True)
     args = [str(source), "--target", str(target), "--adapt", "mcc"]
-    one = _train(tmp_path, args, "one", 1)
-    two = _train(tmp_path, args, "two", 2)
-    _one_folder_no_leftovers(tmp_path, one, two)
-    i1, i2 = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
-    assert i2.status == "finished" and i2.task == "adaptation"
+    i1, i2 = _one_and_two(tmp_path, args, "adaptation")
     r1, r2 = i1.extra["adaptation"], i2.extra["adaptation"]
     assert r2["method"] == "mcc" and r2["target_images"] == 24
     # both sub-runs trained with DDP (rank 0's half of the source images per step) and finished
     for sub in ("source_only", "adapted"):
         info = runs.read_run(tmp_path / "two" / sub)
         assert info.status == "finished" and info.epochs_done == 3
-    assert "Distributed: process 1 of 2" in two.stdout
     # metrics close to one process (each process sees half the source and half the target per epoch)
     assert r1["unadapted"]["source_val_acc"] > 0.8
     assert r2["unadapted"]["source_val_acc"] >= r1["unadapted"]["source_val_acc"] - 0.15, (r1, r2)
@@ -93,11 +99,7 @@ def test_pseudo_label_semi_supervised_under_torchrun_matches_one_process(tmp_pat
                 tmp_path / "unl", invert=False)
     args = [str(source), "--unlabeled", str(unl), "--semi-method", "pseudolabel", "--pseudo-threshold", "0.0",
             "--rounds", "2"]
-    one = _train(tmp_path, args, "one", 1)
-    two = _train(tmp_path, args, "two", 2)
-    _one_folder_no_leftovers(tmp_path, one, two)
-    i1, i2 = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
-    assert i2.status == "finished" and i2.task == "semisupervised"
+    i1, i2 = _one_and_two(tmp_path, args, "semisupervised")
     r1, r2 = i1.extra["semisupervised"], i2.extra["semisupervised"]
     assert r2["method"] == "pseudolabel" and len(r2["pseudo_labels"]) == 2
     # rank 0's pseudo-labels are what every process trained on: the last round's sub-run lists them

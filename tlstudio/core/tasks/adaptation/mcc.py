@@ -30,42 +30,68 @@ def mcc_loss(logits, temperature: float = DEFAULT_TEMPERATURE):
     return (conf.sum() - torch.trace(conf)) / c
 
 
-class TargetBatches:
-    """Endless stream of augmented target image batches (the same pipeline as the source); under
-    torchrun each process draws from its own share of the target images."""
+class EndlessBatches:
+    """Batches over unlabelled images, epoch after epoch without end (one per training step);
+    under torchrun each process draws from its own equal share of the images."""
 
-    def __init__(self, samples: list[Any], ctx: ObjectiveContext, batch_size: int | None = None) -> None:
+    what = "target images"
+
+    def __init__(self, samples: list[Any], ctx: ObjectiveContext) -> None:
         from tlstudio.core.data.dataset import Split
         from tlstudio.core.models.backbones import data_config
-        from tlstudio.core.pipeline.loaders import build_loaders
         from tlstudio.core.tasks.adaptation.ranks import shard
 
         cfg = ctx.config
         model = ctx.full_model if ctx.full_model is not None else ctx.model
-        model = getattr(model, "module", model)
-        data_cfg = data_config(model, cfg.image_size)
-        split = Split(train=shard(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
-        self.loaders = build_loaders(split, data_cfg, batch_size=batch_size or cfg.batch_size, augment=cfg.augment,
-                                     seed=cfg.seed + 7919, workers=cfg.workers, cache=cfg.cache,
-                                     cache_budget_mb=max(0, cfg.cache_budget_mb // 2), device=ctx.device,
-                                     channels_last=bool(getattr(ctx.precision, "channels_last", False)))
+        self.data_cfg = data_config(getattr(model, "module", model), cfg.image_size)
+        self.split = Split(train=shard(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
         self.device = ctx.device
         self.epoch = 0
         self._it = None
 
+    def epoch_batches(self, epoch: int):
+        """The batches of one pass over the images (an iterable)."""
+        raise NotImplementedError
+
+    def take(self, item):
+        """What ``next`` returns for one item of epoch_batches, or None to skip it (no readable image)."""
+        raise NotImplementedError
+
     def next(self):
         for _ in range(3):
             if self._it is None:
-                self._it = iter(self.loaders.train_batches(self.epoch))
+                self._it = iter(self.epoch_batches(self.epoch))
             try:
-                x, _, _ = next(self._it)
+                item = next(self._it)
             except StopIteration:
                 self._it = None
                 self.epoch += 1
                 continue
-            if x.shape[0] > 0:
-                return x.to(self.device, non_blocking=True)
-        raise RuntimeError("no readable target images")
+            out = self.take(item)
+            if out is not None:
+                return out
+        raise RuntimeError(f"no readable {self.what}")
+
+
+class TargetBatches(EndlessBatches):
+    """Augmented target image batches (the same pipeline as the source)."""
+
+    def __init__(self, samples: list[Any], ctx: ObjectiveContext, batch_size: int | None = None) -> None:
+        from tlstudio.core.pipeline.loaders import build_loaders
+
+        super().__init__(samples, ctx)
+        cfg = ctx.config
+        self.loaders = build_loaders(self.split, self.data_cfg, batch_size=batch_size or cfg.batch_size,
+                                     augment=cfg.augment, seed=cfg.seed + 7919, workers=cfg.workers, cache=cfg.cache,
+                                     cache_budget_mb=max(0, cfg.cache_budget_mb // 2), device=ctx.device,
+                                     channels_last=bool(getattr(ctx.precision, "channels_last", False)))
+
+    def epoch_batches(self, epoch: int):
+        return self.loaders.train_batches(epoch)
+
+    def take(self, item):
+        x = item[0]
+        return x.to(self.device, non_blocking=True) if x.shape[0] > 0 else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"target_epoch": self.epoch}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from tlstudio.core.tasks.adaptation.mcc import EndlessBatches
 from tlstudio.core.training.objectives import Objective, ObjectiveContext
 
 
@@ -26,38 +27,29 @@ def fixmatch_loss(logits_weak, logits_strong, threshold: float):
     return loss, float(mask.mean())
 
 
-class _PairedBatches:
-    def __init__(self, samples: list[Any], ctx: ObjectiveContext, batch_size: int) -> None:
-        from tlstudio.core.data.dataset import Split
-        from tlstudio.core.models.backbones import data_config
-        from tlstudio.core.pipeline.loaders import build_loaders
-        from tlstudio.core.tasks.adaptation.ranks import shard
+class _PairedBatches(EndlessBatches):
+    """(weak view, strong view) batches of the same unlabelled images."""
 
+    what = "unlabelled images"
+
+    def __init__(self, samples: list[Any], ctx: ObjectiveContext, batch_size: int) -> None:
+        from tlstudio.core.pipeline.loaders import build_loaders
+
+        super().__init__(samples, ctx)
         cfg = ctx.config
-        model = ctx.full_model if ctx.full_model is not None else ctx.model
-        data_cfg = data_config(getattr(model, "module", model), cfg.image_size)
-        split = Split(train=shard(samples), val=[], test=[], seed=cfg.seed, val_fraction=0.0)
         common = dict(batch_size=batch_size, seed=cfg.seed + 104729, workers=cfg.workers, cache=cfg.cache,
                       cache_budget_mb=max(0, cfg.cache_budget_mb // 4), device=ctx.device)
-        self.weak = build_loaders(split, data_cfg, augment="light", **common)
-        self.strong = build_loaders(split, data_cfg, augment="strong", **common)
-        self.device = ctx.device
-        self.epoch = 0
-        self._it = None
+        self.weak = build_loaders(self.split, self.data_cfg, augment="light", **common)
+        self.strong = build_loaders(self.split, self.data_cfg, augment="strong", **common)
 
-    def next(self):
-        for _ in range(3):
-            if self._it is None:
-                self._it = zip(self.weak.train_batches(self.epoch), self.strong.train_batches(self.epoch))
-            try:
-                (xw, _, iw), (xs, _, is_) = next(self._it)
-            except StopIteration:
-                self._it = None
-                self.epoch += 1
-                continue
-            if xw.shape[0] and xw.shape[0] == xs.shape[0] and bool((iw == is_).all()):
-                return xw.to(self.device), xs.to(self.device)
-        raise RuntimeError("no readable unlabelled images")
+    def epoch_batches(self, epoch: int):
+        return zip(self.weak.train_batches(epoch), self.strong.train_batches(epoch))
+
+    def take(self, item):
+        (xw, _, iw), (xs, _, is_) = item
+        if xw.shape[0] and xw.shape[0] == xs.shape[0] and bool((iw == is_).all()):
+            return xw.to(self.device), xs.to(self.device)
+        return None
 
 
 class FixMatchObjective(Objective):
