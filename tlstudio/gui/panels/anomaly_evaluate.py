@@ -11,25 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QIcon
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
-from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, ScoreHistogram, overlay_pixmap
+from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, HeatmapList, ScoreHistogram
 from tlstudio.gui.state import AppState
-from tlstudio.gui.views.heatmap_overlay import HeatmapOverlay
 from tlstudio.gui.workers import start_worker
 
 THUMB_PX = 112
@@ -89,55 +83,30 @@ class AnomalyEvaluatePanel(QWidget):
         self.histogram = ScoreHistogram()
         self.sort = QComboBox()
         self.sort.addItems(["most anomalous first", "mistakes first", "by folder"])
-        self.gallery = QListWidget()
-        self.gallery.setAccessibleName("Test images with their anomaly heat maps")
-        self.gallery.setViewMode(QListWidget.ViewMode.IconMode)
-        self.gallery.setIconSize(QSize(THUMB_PX, THUMB_PX))
-        self.gallery.setResizeMode(QListWidget.ResizeMode.Adjust)
-        self.gallery.setMovement(QListWidget.Movement.Static)
-        self.gallery.setSpacing(4)
-        self.gallery.setWordWrap(True)
-        self.overlay = HeatmapOverlay(low_label="normal", high_label="anomalous", title="Anomaly map")
-        self.detail = QLabel()
-        self.detail.setWordWrap(True)
+        g = QHBoxLayout()
+        g.addWidget(QLabel("<b>Test images</b> (border: red = flagged, green = passed)"), 1)
+        g.addWidget(self.sort)
+        self.browser = HeatmapList("Test images with their anomaly heat maps", THUMB_PX, gallery=True,
+                                   above=[(metrics, 0), (self.defects, 0), (self.histogram, 1), (g, 0)],
+                                   list_stretch=2, sides=(3, 2))
+        self.gallery, self.overlay, self.detail = self.browser.list, self.browser.overlay, self.browser.detail
 
         top = QHBoxLayout()
         top.addWidget(self.run_label, 1)
         top.addWidget(self.folder_btn)
         top.addWidget(self.own_btn)
         top.addWidget(self.eval_btn)
-        left = QWidget()
-        ll = QVBoxLayout(left)
-        ll.setContentsMargins(0, 0, 0, 0)
-        ll.addLayout(metrics)
-        ll.addWidget(self.defects)
-        ll.addWidget(self.histogram, 1)
-        g = QHBoxLayout()
-        g.addWidget(QLabel("<b>Test images</b> (border: red = flagged, green = passed)"), 1)
-        g.addWidget(self.sort)
-        ll.addLayout(g)
-        ll.addWidget(self.gallery, 2)
-        right = QWidget()
-        rl = QGridLayout(right)
-        rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(self.overlay, 0, 0)
-        rl.addWidget(self.detail, 1, 0)
-        split = QSplitter()
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("<h2>Evaluate the anomaly detector</h2>"))
         lay.addLayout(top)
         lay.addWidget(self.folder_label)
         lay.addWidget(self.status)
-        lay.addWidget(split, 1)
+        lay.addWidget(self.browser, 1)
 
         self.eval_btn.clicked.connect(self.start)
         self.folder_btn.clicked.connect(self._choose_folder)
         self.own_btn.clicked.connect(lambda: self.set_folder(None))
-        self.gallery.currentItemChanged.connect(self._show_item)
+        self.browser.row_selected.connect(self._show_row)
         self.sort.currentIndexChanged.connect(lambda _i: self._fill_gallery())
         state.current_run_changed.connect(self._run_changed)
         self._run_changed()
@@ -203,28 +172,19 @@ class AnomalyEvaluatePanel(QWidget):
         return sorted(rows, key=lambda r: (r["defect"], r["path"]))
 
     def _fill_gallery(self) -> None:
-        self.gallery.clear()
+        self.browser.clear()
         for r in self._sorted_rows()[:GALLERY_LIMIT]:
-            flagged = r["verdict"] == "anomaly"
-            pm = overlay_pixmap(r["path"], r.get("map"), THUMB_PX, border=ANOMALY_RED if flagged else NORMAL_GREEN)
             truth = {1: r["defect"], 0: "good"}.get(r["label"], "")
-            item = QListWidgetItem(QIcon(pm), f"{r['score']:.2f} {truth}".strip())
-            item.setData(Qt.ItemDataRole.UserRole, r)
-            item.setToolTip(f"{r['path']}\nscore {r['score']:.3f} ({r['verdict']}), truth: {truth or 'unknown'}")
-            self.gallery.addItem(item)
-        if self.gallery.count():
-            self.gallery.setCurrentRow(0)
+            self.browser.add(r, f"{r['score']:.2f} {truth}".strip(), heatmap=r.get("map"),
+                             border=ANOMALY_RED if r["verdict"] == "anomaly" else NORMAL_GREEN,
+                             tooltip=f"{r['path']}\nscore {r['score']:.3f} ({r['verdict']}), truth: {truth or 'unknown'}")
+        self.browser.select_first()
 
-    def _show_item(self, item: QListWidgetItem | None, _prev=None) -> None:
-        if item is None:
-            return
-        r = item.data(Qt.ItemDataRole.UserRole)
-        self.overlay.set_image(r["path"])
-        self.overlay.set_heatmap(None if r.get("map") is None else r["map"].astype("float32"))
+    def _show_row(self, r: dict) -> None:
         truth = {1: f"defect ({r['defect']})", 0: "good"}.get(r["label"], "unknown")
         colour = ANOMALY_RED if r["verdict"] == "anomaly" else NORMAL_GREEN
-        self.detail.setText(f"<b>{Path(r['path']).name}</b>: score {r['score']:.3f} → "
-                            f"<span style='color:{colour}'><b>{r['verdict']}</b></span>; truth: {truth}")
+        self.browser.show_image(r["path"], r.get("map"), f"<b>{Path(r['path']).name}</b>: score {r['score']:.3f} → "
+                                f"<span style='color:{colour}'><b>{r['verdict']}</b></span>; truth: {truth}")
 
 
 if __name__ == "__main__":  # preview: python -m tlstudio.gui.panels.anomaly_evaluate RUN [FOLDER]

@@ -10,23 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QIcon
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
-from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, FalseAlarmSlider, overlay_pixmap
+from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, FalseAlarmSlider, HeatmapList
 from tlstudio.gui.state import AppState
-from tlstudio.gui.views.heatmap_overlay import HeatmapOverlay
 from tlstudio.gui.workers import start_worker
 
 THUMB_PX = 96
@@ -68,14 +64,9 @@ class AnomalyPredictPanel(QWidget):
         self.counts = QLabel()
         self.counts.setTextFormat(Qt.TextFormat.RichText)
         self.status = QLabel()
-        self.list = QListWidget()
-        self.list.setAccessibleName("Predicted images: score and verdict")
-        self.list.setIconSize(QSize(THUMB_PX, THUMB_PX))
-        self.list.setSpacing(2)
-        self.overlay = HeatmapOverlay(low_label="normal", high_label="anomalous", title="Anomaly map")
-        self.detail = QLabel()
-        self.detail.setWordWrap(True)
-        self.detail.setTextFormat(Qt.TextFormat.RichText)
+        self.browser = HeatmapList("Predicted images: score and verdict", THUMB_PX, gallery=False,
+                                   above=[(self.drop_hint, 0), (self.counts, 0)], sides=(2, 3))
+        self.list, self.overlay, self.detail = self.browser.list, self.browser.overlay, self.browser.detail
 
         top = QHBoxLayout()
         top.addWidget(self.run_label, 1)
@@ -86,36 +77,20 @@ class AnomalyPredictPanel(QWidget):
         thr.addWidget(self.slider, 1)
         thr.addWidget(self.f1_btn)
         thr.addWidget(self.save_btn)
-        left = QWidget()
-        ll = QVBoxLayout(left)
-        ll.setContentsMargins(0, 0, 0, 0)
-        ll.addWidget(self.drop_hint)
-        ll.addWidget(self.counts)
-        ll.addWidget(self.list, 1)
-        right = QWidget()
-        rl = QVBoxLayout(right)
-        rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(self.overlay, 1)
-        rl.addWidget(self.detail)
-        split = QSplitter()
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(0, 2)
-        split.setStretchFactor(1, 3)
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("<h2>Check new images</h2>"))
         lay.addLayout(top)
         lay.addLayout(thr)
         lay.addWidget(self.threshold_label)
         lay.addWidget(self.status)
-        lay.addWidget(split, 1)
+        lay.addWidget(self.browser, 1)
 
         self.add_btn.clicked.connect(self._choose)
         self.clear_btn.clicked.connect(self.clear)
         self.slider.rate_changed.connect(self.set_false_alarm_rate)
         self.f1_btn.clicked.connect(self.use_f1)
         self.save_btn.clicked.connect(self.save_threshold)
-        self.list.currentItemChanged.connect(self._show_item)
+        self.browser.row_selected.connect(self._show_row)
         state.current_run_changed.connect(self._run_changed)
         self._run_changed()
 
@@ -185,9 +160,7 @@ class AnomalyPredictPanel(QWidget):
         self.threshold_label.setText(f"raw threshold {self.threshold:.4g}; on the {held.size} held-out good "
                                      f"images {far:.1%} would be flagged")
         flagged = 0
-        for i in range(self.list.count()):
-            item = self.list.item(i)
-            r = item.data(Qt.ItemDataRole.UserRole)
+        for item, r in self.browser.items():
             if r.get("raw_score") is None:
                 continue
             bad = r["raw_score"] > self.threshold
@@ -197,7 +170,8 @@ class AnomalyPredictPanel(QWidget):
         scored = sum(1 for r in self.rows if r.get("raw_score") is not None)
         if scored:
             self.counts.setText(f"<b>{flagged}</b> of {scored} images flagged as anomalous")
-        self._show_item(self.list.currentItem())
+        if self.browser.current_row() is not None:
+            self._show_row(self.browser.current_row())
 
     # --- images ----------------------------------------------------------------------------
     def _choose(self) -> None:
@@ -227,34 +201,23 @@ class AnomalyPredictPanel(QWidget):
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows += rows
         for r in rows:
-            item = QListWidgetItem()
             if r.get("error"):
-                item.setText(f"{_name(r['path'])}\ncannot score: {r['error']}")
+                item = self.browser.add(r, f"{_name(r['path'])}\ncannot score: {r['error']}", thumbnail=False)
                 item.setForeground(Qt.GlobalColor.gray)
-            else:
-                item.setIcon(QIcon(overlay_pixmap(r["path"], r.get("map"), THUMB_PX, opacity=0.4)))
-            item.setData(Qt.ItemDataRole.UserRole, r)
-            self.list.addItem(item)
+            else:  # the text (verdict at the current threshold) is written by _refresh
+                self.browser.add(r, "", heatmap=r.get("map"), opacity=0.4)
         self.status.setText(f"{len(self.rows)} images")
-        if self.list.currentRow() < 0 and self.list.count():
-            self.list.setCurrentRow(0)
+        self.browser.select_first()
         self._refresh()
 
     def clear(self) -> None:
         self.rows = []
-        self.list.clear()
-        self.overlay.clear()
-        self.detail.clear()
+        self.browser.clear()
         self.counts.clear()
 
-    def _show_item(self, item: QListWidgetItem | None, _prev=None) -> None:
-        if item is None:
-            return
-        r = item.data(Qt.ItemDataRole.UserRole)
-        self.overlay.set_image(r["path"])
+    def _show_row(self, r: dict) -> None:
         if r.get("error"):
-            self.overlay.set_heatmap(None)
-            self.detail.setText(f"<b>{Path(r['path']).name}</b>: {r['error']}")
+            self.browser.show_image(r["path"], None, f"<b>{Path(r['path']).name}</b>: {r['error']}")
             return
         # the map is kept normalised at the fit's threshold: re-normalise at the current one
         m = r.get("map")
@@ -263,12 +226,11 @@ class AnomalyPredictPanel(QWidget):
 
             old = (float(self.meta["threshold"]), float(self.meta["scale"]))
             m = renormalise(m.astype(np.float64), old, (self.threshold, self.scale)).astype(np.float32)
-        self.overlay.set_heatmap(m)
         bad = r["raw_score"] > self.threshold
         colour = ANOMALY_RED if bad else NORMAL_GREEN
-        self.detail.setText(f"<b>{_name(r['path'])}</b>: score <b>{self.score_of(r['raw_score']):.3f}</b> "
-                            f"(0.5 = threshold) → <span style='color:{colour}'><b>{'anomaly' if bad else 'normal'}"
-                            f"</b></span>")
+        self.browser.show_image(r["path"], m, f"<b>{_name(r['path'])}</b>: score <b>{self.score_of(r['raw_score']):.3f}</b> "
+                                f"(0.5 = threshold) → <span style='color:{colour}'><b>{'anomaly' if bad else 'normal'}"
+                                f"</b></span>")
 
 
 if __name__ == "__main__":  # preview: python -m tlstudio.gui.panels.anomaly_predict RUN [IMAGES...]

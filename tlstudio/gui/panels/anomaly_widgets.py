@@ -1,17 +1,29 @@
 """Small widgets shared by the anomaly Fit, Evaluate and Predict steps: the false-alarm slider
-("flag at most 1 in N good parts"), heat-map thumbnails and the good-vs-defect score histogram.
-No torch here."""
+("flag at most 1 in N good parts"), heat-map thumbnails, the list of images with their heat maps
+next to the selected one shown large (Evaluate's gallery, Predict's list) and the good-vs-defect
+score histogram. No torch here."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QListWidget,
+    QListWidgetItem,
+    QSlider,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
-from tlstudio.gui.views.heatmap_overlay import heatmap_to_qimage
+from tlstudio.gui.views.heatmap_overlay import HeatmapOverlay, heatmap_to_qimage
 
 ONE_IN = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 ANOMALY_RED = "#c62828"
@@ -107,6 +119,86 @@ def overlay_pixmap(image: QImage | str, heat: np.ndarray | None, size: int, opac
         p.drawRect(pm.rect().adjusted(2, 2, -2, -2))
     p.end()
     return pm
+
+
+class HeatmapList(QSplitter):
+    """Images with heat-map thumbnails on the left (under whatever ``above`` holds: widgets or
+    layouts, with their stretch), the selected one large with its map and a line of text on the
+    right. Each item carries its row dict; ``row_selected(row)`` fires when the selection moves.
+    ``gallery``: a grid of thumbnails (Evaluate), else a list with text beside each (Predict)."""
+
+    row_selected = Signal(object)
+
+    def __init__(self, accessible_name: str, thumb_px: int, *, gallery: bool,
+                 above: list[tuple[QWidget | QLayout, int]] = (), list_stretch: int = 1,
+                 sides: tuple[int, int] = (1, 1), parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.thumb_px = thumb_px
+        self.list = QListWidget()
+        self.list.setAccessibleName(accessible_name)
+        self.list.setIconSize(QSize(thumb_px, thumb_px))
+        if gallery:
+            self.list.setViewMode(QListWidget.ViewMode.IconMode)
+            self.list.setResizeMode(QListWidget.ResizeMode.Adjust)
+            self.list.setMovement(QListWidget.Movement.Static)
+            self.list.setWordWrap(True)
+        self.list.setSpacing(4 if gallery else 2)
+        self.overlay = HeatmapOverlay(low_label="normal", high_label="anomalous", title="Anomaly map")
+        self.detail = QLabel()
+        self.detail.setWordWrap(True)
+        self.detail.setTextFormat(Qt.TextFormat.RichText)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        for part, stretch in above:
+            (ll.addLayout if isinstance(part, QLayout) else ll.addWidget)(part, stretch)
+        ll.addWidget(self.list, list_stretch)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.overlay, 1)
+        rl.addWidget(self.detail)
+        self.addWidget(left)
+        self.addWidget(right)
+        self.setStretchFactor(0, sides[0])
+        self.setStretchFactor(1, sides[1])
+        self.list.currentItemChanged.connect(lambda item, _prev: self._selected(item))
+
+    def add(self, row: dict[str, Any], text: str, *, heatmap: np.ndarray | None = None, thumbnail: bool = True,
+            border: str | None = None, opacity: float = 0.45, tooltip: str = "") -> QListWidgetItem:
+        item = QListWidgetItem(text)
+        if thumbnail:
+            item.setIcon(QIcon(overlay_pixmap(row["path"], heatmap, self.thumb_px, opacity=opacity, border=border)))
+        item.setData(Qt.ItemDataRole.UserRole, row)
+        if tooltip:
+            item.setToolTip(tooltip)
+        self.list.addItem(item)
+        return item
+
+    def items(self) -> list[tuple[QListWidgetItem, dict[str, Any]]]:
+        return [(self.list.item(i), self.list.item(i).data(Qt.ItemDataRole.UserRole)) for i in range(self.list.count())]
+
+    def current_row(self) -> dict[str, Any] | None:
+        item = self.list.currentItem()
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
+
+    def select_first(self) -> None:
+        if self.list.currentRow() < 0 and self.list.count():
+            self.list.setCurrentRow(0)
+
+    def show_image(self, path: str, heatmap: np.ndarray | None, html: str) -> None:
+        self.overlay.set_image(path)
+        self.overlay.set_heatmap(None if heatmap is None else np.asarray(heatmap, dtype=np.float32))
+        self.detail.setText(html)
+
+    def clear(self) -> None:
+        self.list.clear()
+        self.overlay.clear()
+        self.detail.clear()
+
+    def _selected(self, item: QListWidgetItem | None) -> None:
+        if item is not None:
+            self.row_selected.emit(item.data(Qt.ItemDataRole.UserRole))
 
 
 class ScoreHistogram(QWidget):
