@@ -163,3 +163,21 @@ def test_predict_panel_accepts_dropped_files(qtbot, fitted, monkeypatch):
                     Qt.KeyboardModifier.NoModifier)
     p.dropEvent(ev)
     assert got == [[str(data / "test" / "blob")]]
+
+
+def test_data_step_drop_zone_asks_for_normal_images_when_anomaly_is_chosen(qtbot):
+    from PySide6.QtCore import QThreadPool
+
+    from tlstudio.gui.panels.data_panel import DataPanel
+
+    p = DataPanel(AppState())
+    qtbot.addWidget(p)
+    chooser = p.kind_chooser
+    qtbot.waitUntil(lambda: chooser.combo.findData("anomaly") >= 0, timeout=30_000)
+    assert "One sub-folder per class" in p.hint.text()
+    chooser.combo.setCurrentIndex(chooser.combo.findData("anomaly"))
+    assert p.state.task_kind == "anomaly"
+    assert "normal images" in p.hint.text() and "sub-folder per class" not in p.hint.text()
+    p.state.set_task_kind("classification")  # set elsewhere: the hint follows too
+    assert "One sub-folder per class" in p.hint.text()
+    QThreadPool.globalInstance().waitForDone(30_000)

@@ -20,6 +20,24 @@ from tlstudio.gui.workers import start_worker
 
 SUGGESTED = " (suggested for this folder)"
 
+# what the Data step's drop zone asks for, per kind (others: the classification text, DROP_HINT)
+KIND_DROP_HINTS = {
+    "anomaly": (
+        "<h2>Drop a folder of normal images here</h2>"
+        "<p>Good parts only (for example <i>good/</i>): the detector learns what normal looks like<br>"
+        "and flags whatever differs; no defect images are needed.</p>"
+        "<p>An MVTec AD category works too: <i>train/good/</i>, <i>test/good/</i>, <i>test/&lt;defect&gt;/</i>,<br>"
+        "with optional <i>ground_truth/&lt;defect&gt;/&lt;name&gt;_mask.png</i> masks.</p>"
+        "<p>You can also click <b>Open folder…</b> (Ctrl+O).</p>"
+    ),
+}
+
+
+def drop_hint(kind: str) -> str:
+    from tlstudio.gui.panels.data_views import DROP_HINT
+
+    return KIND_DROP_HINTS.get(kind, DROP_HINT)
+
 
 def load_kinds() -> list[Any]:
     """Worker thread: the registered kinds (TaskKind), classification first."""
@@ -138,6 +156,10 @@ class KindChooser(QWidget):
         self._explain(kind)
 
     def _explain(self, kind: str) -> None:
+        # the Data panel's empty drop zone (objectName "dropHint") asks for this kind's data
+        hint = self.parentWidget().findChild(QLabel, "dropHint") if self.parentWidget() is not None else None
+        if hint is not None:
+            hint.setText(drop_hint(kind))
         k = next((k for k in self.kinds if k.kind == kind), None)
         if k is None:
             self.why.setText("")
