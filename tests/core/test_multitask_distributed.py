@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests.core.test_distributed import _env  # TLSTUDIO_HOME, OMP_NUM_THREADS=1, TMPDIR under tmp_path
 from tests.core.test_multitask_run import make_two_task_set
 from tlstudio.core.runs import folder as runs
 
@@ -19,15 +20,6 @@ COMMON = ["--tasks", "object,colour", "--backbone", "test_resnet", "--scratch", 
           "--freeze", "none", "--epochs", "3", "--batch-size", "8", "--lr", "0.02", "--augment", "none",
           "--precision", "fp32", "--workers", "0", "--warmup-epochs", "0", "--seed", "0", "--val-fraction", "0.3",
           "--weighting", "dwa"]
-
-
-def _env(tmp_path):
-    env = dict(os.environ)
-    env["TLSTUDIO_HOME"] = str(tmp_path / "home")
-    env["OMP_NUM_THREADS"] = "1"
-    env["TMPDIR"] = str(tmp_path / "tmp")  # where a non-main rank's scratch files would go
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return env
 
 
 @pytest.mark.slow  # two `tlstudio train` processes (one of them torchrun's pair): ~45 s on the loaded 2-core box

@@ -26,9 +26,7 @@ from tlstudio.core.errors import UserError
 from tlstudio.core.events import Event, Finished, Log, RunStarted, Warn
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.tasks.multitask import _runtime as eng
-from tlstudio.core.tasks.multitask.checkpoint import MT_STATE  # noqa: F401 - the Evaluate page's file
 from tlstudio.core.tasks.multitask.config import MultiTaskConfig
-from tlstudio.core.tasks.multitask.prepare import spec_for  # noqa: F401 - export and artifacts use it
 
 
 def run(config: MultiTaskConfig, stop: threading.Event | None = None, pause: threading.Event | None = None,
