@@ -1,7 +1,8 @@
 """Multi-task learning: one body, a head per label column, an honest comparison with separate
-models (registered as the kind "multitask"). Modules: model (hard/soft sharing), weighting,
-pcgrad, objective (losses, metrics), trainer (the run), baseline (single-task comparison),
-artifacts (evaluate, predict, export), config."""
+models (registered as the kind "multitask"). Modules: config; model (hard/soft sharing);
+weighting, pcgrad, metrics (targets, masked losses, per-task scores) and objective (the step);
+trainer (the run: prepare -> loop -> checkpoint, under torchrun with distributed); baseline
+(single-task comparison); artifacts (load, evaluate, predict) and export."""
 
 from __future__ import annotations
 
