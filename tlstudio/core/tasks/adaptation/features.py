@@ -74,6 +74,27 @@ def train_head(head, fs, ys, **kw) -> list[dict]:
     return list(train_head_steps(head, fs, ys, **kw))
 
 
+def _target_loss(head, batch_size: int, g, pseudo, pseudo_weight: float, ft, mcc_weight: float,
+                 temperature: float, label_smoothing: float):
+    """The target part of one step's loss: cross-entropy on a random batch of the pseudo-labelled
+    rows (``pseudo`` = (features, labels)) and/or MCC on a random target batch; None when neither."""
+    import torch
+    import torch.nn.functional as F
+
+    from tlstudio.core.tasks.adaptation.mcc import mcc_loss
+
+    t_loss = None
+    if pseudo is not None:
+        pf, py = pseudo
+        pr = torch.randint(0, len(pf), (min(batch_size, len(pf)),), generator=g)
+        t_loss = pseudo_weight * F.cross_entropy(head(pf[pr]), py[pr], label_smoothing=label_smoothing)
+    if mcc_weight > 0 and ft is not None and len(ft) > 1:
+        tr = torch.randint(0, len(ft), (min(batch_size, len(ft)),), generator=g)
+        m = mcc_weight * mcc_loss(head(ft[tr]), temperature)
+        t_loss = m if t_loss is None else t_loss + m
+    return t_loss
+
+
 def train_head_steps(head, fs, ys, *, ft=None, pseudo_idx=None, pseudo_y=None, pseudo_weight: float = 1.0,
                      mcc_weight: float = 0.0, temperature: float = 2.5, epochs: int = 30, lr: float = 1e-3,
                      batch_size: int = 32, weight_decay: float = 0.05, label_smoothing: float = 0.1, seed: int = 0,
@@ -87,8 +108,6 @@ def train_head_steps(head, fs, ys, *, ft=None, pseudo_idx=None, pseudo_y=None, p
     import torch
     import torch.nn.functional as F
 
-    from tlstudio.core.tasks.adaptation.mcc import mcc_loss
-
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(fs)
@@ -96,10 +115,10 @@ def train_head_steps(head, fs, ys, *, ft=None, pseudo_idx=None, pseudo_y=None, p
     total = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    has_pseudo = pseudo_idx is not None and len(pseudo_idx) > 0
-    if has_pseudo:
-        pf = ft[torch.as_tensor(list(pseudo_idx), dtype=torch.long)]
-        py = torch.as_tensor(list(pseudo_y), dtype=torch.long)
+    pseudo = None
+    if pseudo_idx is not None and len(pseudo_idx) > 0:
+        pseudo = (ft[torch.as_tensor(list(pseudo_idx), dtype=torch.long)], torch.as_tensor(list(pseudo_y),
+                                                                                           dtype=torch.long))
     for _ in range(epochs):
         if stop is not None and stop.is_set():
             break
@@ -110,14 +129,8 @@ def train_head_steps(head, fs, ys, *, ft=None, pseudo_idx=None, pseudo_y=None, p
             rows = perm[b * batch_size:(b + 1) * batch_size]
             loss = F.cross_entropy(head(fs[rows]), ys[rows], label_smoothing=label_smoothing)
             s_sum += float(loss.detach())
-            t_loss = None
-            if has_pseudo:
-                pr = torch.randint(0, len(pf), (min(batch_size, len(pf)),), generator=g)
-                t_loss = pseudo_weight * F.cross_entropy(head(pf[pr]), py[pr], label_smoothing=label_smoothing)
-            if mcc_weight > 0 and ft is not None and len(ft) > 1:
-                tr = torch.randint(0, len(ft), (min(batch_size, len(ft)),), generator=g)
-                m = mcc_weight * mcc_loss(head(ft[tr]), temperature)
-                t_loss = m if t_loss is None else t_loss + m
+            t_loss = _target_loss(head, batch_size, g, pseudo, pseudo_weight, ft, mcc_weight, temperature,
+                                  label_smoothing)
             if t_loss is not None:
                 loss = loss + t_loss
                 t_sum += float(t_loss.detach())
