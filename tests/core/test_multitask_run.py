@@ -173,3 +173,25 @@ def test_multi_head_teacher_teaches_a_multi_head_student(mtl_run, tmp_path):
                     tasks=["colour"], task_types={"colour": "multilabel"})
     with pytest.raises(Exception, match="a teacher must know every task"):
         drive(run(bad), lambda e: None)
+
+
+def test_stop_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """last.pt keeps the running epoch's sums: the resumed epoch reports the same training loss and
+    per-task losses (so the same DWA weights next epoch) as a run that was never stopped."""
+    data = make_two_task_set(tmp_path / "data", n=32)
+    kw = dict(freeze="none", epochs=2, batch_size=8, weighting="dwa", relatedness_every=2, lr=0.003)
+    whole = drive(run(head_only(data, tmp_path / "whole", **kw)), lambda e: None)
+    stop = threading.Event()
+
+    def on(ev):
+        if isinstance(ev, BatchEnd) and ev.epoch == 1 and ev.batch == 1:
+            stop.set()  # in the second epoch, after two of its batches have trained
+
+    assert drive(run(head_only(data, tmp_path / "split", **kw), stop=stop), on).status == "stopped"
+    resumed = drive(resume(tmp_path / "split"), lambda e: None)
+    assert resumed.status == "finished"
+    h_whole, h_split = runs.read_history(tmp_path / "whole"), runs.read_history(tmp_path / "split")
+    assert [int(r["epoch"]) for r in h_split] == [1, 2]
+    for a, b in zip(h_whole, h_split):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
+    assert resumed.extra["multitask"]["weights"] == pytest.approx(whole.extra["multitask"]["weights"], rel=1e-4)

@@ -33,7 +33,7 @@ def save_last(run: Any, st: Any, epoch: int, batch: int) -> None:
         "extra_modules": [m.state_dict() for m in run.objective.extra_modules()],
         "objective": run.objective.state_dict(), "epoch": epoch, "batch": batch, "step": st.step,
         "batch_size": run.batch_size, "trainable": list(run.trainable), "history": list(st.history),
-        "best": dict(st.best), "rng": rng_state(),
+        "best": dict(st.best), "partial": dict(st.partial), "rng": rng_state(),
         "plan": {"precision": run.plan.name, "channels_last": bool(run.plan.channels_last)}})
 
 

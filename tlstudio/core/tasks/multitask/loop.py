@@ -36,6 +36,8 @@ class LoopState:
     step: int = 0
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     best: dict[str, Any] = dataclasses.field(default_factory=_new_best)
+    # the running epoch's training loss so far (sum over images, images): kept across a Stop
+    partial: dict[str, float] = dataclasses.field(default_factory=lambda: {"loss_sum": 0.0, "count": 0})
 
     @classmethod
     def from_ckpt(cls, ckpt: dict[str, Any] | None) -> "LoopState":
@@ -43,26 +45,31 @@ class LoopState:
             return cls()
         e = int(ckpt["epoch"])
         return cls(epoch=e, start_epoch=e, start_batch=int(ckpt["batch"]), step=int(ckpt["step"]),
-                   history=list(ckpt["history"]), best=dict(ckpt["best"]))
+                   history=list(ckpt["history"]), best=dict(ckpt["best"]),
+                   partial=dict(ckpt.get("partial") or {"loss_sum": 0.0, "count": 0}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Interrupted:
+    """An epoch that ended early: Stop (resumable at ``batch``, not trained yet) or a failure."""
+
+    status: str  # "stopped" | "failed"
+    batch: int
+    message: str = ""
 
 
 def run_epochs(run: MTRun, st: LoopState, info: runs.RunInfo) -> Generator[Event, None, runs.RunInfo]:
     config = run.config
     while st.epoch < config.epochs:
         epoch = st.epoch
-        _prepare_epoch(run, epoch)
-        t_epoch = time.time()
         first = st.start_batch if epoch == st.start_epoch else 0
+        _prepare_epoch(run, epoch, fresh=first == 0 or not run.dist.is_main)
+        if first == 0 or not run.dist.is_main:  # resumed inside an epoch: rank 0 alone brings its sums
+            st.partial = {"loss_sum": 0.0, "count": 0}
+        t_epoch = time.time()
         trained = yield from _train_epoch(run, st, epoch, first)
-        if isinstance(trained, str):  # "stopped" or the message of a non-finite loss
-            batch_i = st.start_batch
-            if trained == "stopped":
-                checkpoint.save_last(run, st, epoch, batch_i)
-                yield Checkpointed(path=str(run.run_dir / runs.LAST_CKPT), epoch=epoch, kind="last")
-                return (yield from checkpoint.finish(
-                    run, st, info, "stopped", f"Stopped at epoch {epoch + 1}, batch {batch_i + 1}; resumable"))
-            yield Warn(trained)
-            return (yield from checkpoint.finish(run, st, info, "failed", trained))
+        if isinstance(trained, Interrupted):
+            return (yield from _interrupted(run, st, info, epoch, trained))
         yield from _end_epoch(run, st, epoch, trained, t_epoch)
         if config.early_stop_patience and st.best["bad"] >= config.early_stop_patience and st.epoch < config.epochs:
             yield Log(f"Early stopping: no improvement of the mean task score for {st.best['bad']} epochs")
@@ -70,8 +77,22 @@ def run_epochs(run: MTRun, st: LoopState, info: runs.RunInfo) -> Generator[Event
     return (yield from checkpoint.finish(run, st, info, "finished"))
 
 
-def _prepare_epoch(run: MTRun, epoch: int) -> None:
-    """Gradual unfreezing (one more group every K epochs) and train mode for what trains."""
+def _interrupted(run: MTRun, st: LoopState, info, epoch: int, why: Interrupted) -> Generator[Event, None, runs.RunInfo]:
+    if why.status == "stopped":  # a checkpoint at the batch that was not trained: resume starts there
+        if run.dist.enabled:  # rank 0's last.pt holds every process's sums of the epoch so far
+            run.objective.sync_epoch_losses()
+            st.partial = distributed.sum_over_ranks(st.partial, ["loss_sum", "count"])
+        checkpoint.save_last(run, st, epoch, why.batch)
+        yield Checkpointed(path=str(run.run_dir / runs.LAST_CKPT), epoch=epoch, kind="last")
+        return (yield from checkpoint.finish(
+            run, st, info, "stopped", f"Stopped at epoch {epoch + 1}, batch {why.batch + 1}; resumable"))
+    yield Warn(why.message)
+    return (yield from checkpoint.finish(run, st, info, "failed", why.message))
+
+
+def _prepare_epoch(run: MTRun, epoch: int, fresh: bool) -> None:
+    """Gradual unfreezing (one more group every K epochs), train mode for what trains, and the
+    objective's epoch start (``fresh``: not when resuming inside the epoch, whose sums last.pt kept)."""
     from tlstudio.core.models import layers
     from tlstudio.core.runtime.parallel import unwrap, wrap_ddp
 
@@ -87,39 +108,38 @@ def _prepare_epoch(run: MTRun, epoch: int) -> None:
     else:
         layers.set_train_mode(run.model, run.groups, run.trainable)
     run.train_module.training = True  # a DDP wrapper's own flag (its children were set above)
-    run.objective.on_epoch_start(epoch, run.octx)
+    if fresh:
+        run.objective.on_epoch_start(epoch, run.octx)
 
 
-def _train_epoch(run: MTRun, st: LoopState, epoch: int, first: int) -> Generator[Event, None, float | str]:
-    """The epoch's steps from batch ``first``: the mean training loss, or "stopped" (then
-    st.start_batch is the batch to resume at: not trained yet), or the message of a non-finite loss.
+def _train_epoch(run: MTRun, st: LoopState, epoch: int, first: int) -> Generator[Event, None, float | Interrupted]:
+    """The epoch's steps from batch ``first``: the mean training loss, or why it ended early.
     (Under torchrun Stop is agreed inside the step, after its forward pass, so that every process
     stops at the same batch.)"""
-    loss_sum, count = 0.0, 0
     for batch_i, (x, y, idx) in enumerate(run.loaders.train_batches(epoch, first), start=first):
-        st.start_batch = batch_i
         while run.pause.is_set() and not run.stop.is_set():
             time.sleep(0.05)
         if not run.dist.enabled and run.stop.is_set():
-            return "stopped"
+            return Interrupted("stopped", batch_i)
         if x.shape[0] == 0:
             continue
         t0 = time.perf_counter()
-        result = _step(run, st, epoch, x, y, idx)
-        if isinstance(result, str):
+        result = _step(run, st, epoch, batch_i, x, y, idx)
+        if isinstance(result, Interrupted):
             return result
         lv, parts = result
-        loss_sum += lv * x.shape[0]
-        count += x.shape[0]
+        st.partial["loss_sum"] += lv * x.shape[0]
+        st.partial["count"] += x.shape[0]
         yield BatchEnd(epoch=epoch, batch=batch_i, batches=run.steps_per_epoch, step=st.step, loss=lv,
                        lr=eng.head_lr(run.opt), images_per_s=x.shape[0] / max(1e-6, time.perf_counter() - t0),
                        parts=dict(parts), phase=run.phase)
-    return loss_sum / max(1, count)
+    total = distributed.sum_over_ranks(st.partial, ["loss_sum", "count"])  # every process's images
+    return total["loss_sum"] / max(1, total["count"])
 
 
-def _step(run: MTRun, st: LoopState, epoch: int, x, y, idx) -> tuple[float, dict[str, float]] | str:
-    """One optimiser step: (loss, per-task parts), or "stopped" / the message of a non-finite loss
-    (decided on every process alike under torchrun)."""
+def _step(run: MTRun, st: LoopState, epoch: int, batch_i: int, x, y, idx) -> tuple[float, dict[str, float]] | Interrupted:
+    """One optimiser step: (loss, per-task parts), or Stop / a non-finite loss (decided on every
+    process alike under torchrun)."""
     import torch
 
     x, idx = run.plan.prepare_input(x), idx.to(run.device)
@@ -128,11 +148,11 @@ def _step(run: MTRun, st: LoopState, epoch: int, x, y, idx) -> tuple[float, dict
     finite = bool(torch.isfinite(loss))
     if run.dist.enabled:
         if distributed.any_rank(run.stop.is_set()):
-            return "stopped"
+            return Interrupted("stopped", batch_i)
         finite = not distributed.any_rank(not finite)
     if not finite:
-        return (f"The loss became {float(loss.detach())} at epoch {epoch + 1}: training stopped. "
-                "Try a lower learning rate.")
+        return Interrupted("failed", batch_i, f"The loss became {float(loss.detach())} at epoch {epoch + 1}: "
+                                              "training stopped. Try a lower learning rate.")
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_grads([p for m in run.objective.extra_modules() for p in m.parameters()])
@@ -156,7 +176,6 @@ def _end_epoch(run: MTRun, st: LoopState, epoch: int, train_loss: float, t_epoch
         per_task = objective.last_val
     metrics, objective.last_val = distributed.from_main((metrics, per_task))
     objective.on_epoch_end(epoch, metrics, run.octx)
-    train_loss = distributed.mean_over_ranks({"loss": train_loss}, ["loss"])["loss"]
     best = st.best
     if run.heads_independent:
         improved = select_heads(best, run.model, objective.last_val, epoch)

@@ -138,13 +138,22 @@ class MultiTaskObjective(Objective):
         return ()
 
     def state_dict(self) -> dict[str, Any]:
+        """Weighting, relatedness, step and the running epoch's per-task sums (a run stopped
+        mid-epoch resumes with them: same epoch losses, same DWA weights)."""
         return {"weighting": self.weighting.state_dict(), "relatedness": self.relatedness.state_dict(),
-                "step": self.step}
+                "step": self.step, "epoch_sums": {"loss": dict(self._epoch_sum), "n": dict(self._epoch_n),
+                                                  "w": dict(self._w_sum), "w_n": self._w_n}}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.weighting.load_state_dict(d.get("weighting", {}))
         self.relatedness.load_state_dict(d.get("relatedness", {}))
         self.step = int(d.get("step", 0))
+        sums = d.get("epoch_sums")
+        if sums:
+            self._epoch_sum = {k: float(v) for k, v in sums["loss"].items()}
+            self._epoch_n = {k: int(v) for k, v in sums["n"].items()}
+            self._w_sum = {k: float(v) for k, v in sums["w"].items()}
+            self._w_n = int(sums["w_n"])
 
     # --- training step ------------------------------------------------------------------------
     def loss(self, model, x, y, idx):
