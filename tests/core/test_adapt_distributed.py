@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image, ImageOps
@@ -125,3 +126,73 @@ def test_shards_are_equal_disjoint_and_cover_the_images(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert shard(items) == items
+
+
+def _dann_inputs(rank: int):
+    """Rank ``rank``'s source batch, labels and target batch (each process its own images)."""
+    import torch
+
+    g = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0]), torch.randn(4, 3, 32, 32, generator=g)
+
+
+def _dann_setup(rank: int):
+    """The same tiny model and discriminator on every process, and a DANN objective whose target
+    batches are a local stand-in (the unit under test is the loss, not the target loader)."""
+    import torch
+
+    from tlstudio.core.models.backbones import create_model
+    from tlstudio.core.tasks.adaptation.dann import DANNObjective, make_discriminator
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet", 3, init="scratch")
+    obj = DANNObjective([], hidden=16)
+    obj.discriminator = make_discriminator(int(model.num_features), 16)
+    obj.step, obj.max_steps = 5, 10  # the reversal passes a gradient
+    x, y, xt = _dann_inputs(rank)
+    obj.target = SimpleNamespace(next=lambda: xt)
+    return model, obj, x, y
+
+
+def _grads(model, obj) -> dict:
+    return {**{f"body.{k}": p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+            **{f"disc.{k}": p.grad.clone() for k, p in obj.discriminator.named_parameters()}}
+
+
+def _dann_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch
+    import torch.distributed as tdist
+
+    from tlstudio.core.runtime.parallel import distributed_context, wrap_ddp
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model, obj, x, y = _dann_setup(rank)
+    ddp = wrap_ddp(model, distributed_context(), torch.device("cpu"))  # as the engine wraps the model
+    ddp.train()
+    loss, _ = obj.loss(ddp, x, y, None)
+    loss.backward()
+    torch.save(_grads(model, obj), Path(out_dir) / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+def test_dann_averages_body_and_discriminator_gradients_over_processes(tmp_path):
+    """Under DDP the discriminator's gradients are averaged too (it is wrapped with the model),
+    and the body's gradients include the domain loss through the reversal layer."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dann_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    local = []
+    for rank in (0, 1):  # the same step in one process on each rank's images, without DDP
+        model, obj, x, y = _dann_setup(rank)
+        model.train()
+        obj.loss(model, x, y, None)[0].backward()
+        local.append(_grads(model, obj))
+    assert set(g0) == set(local[0]) and any(k.startswith("disc.") for k in g0)
+    assert not torch.allclose(local[0]["disc.0.weight"], local[1]["disc.0.weight"])  # different images
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-6), k  # every process took the same step
+        assert torch.allclose(g0[k], (local[0][k] + local[1][k]) / 2, atol=1e-5, rtol=1e-4), k
