@@ -149,6 +149,8 @@ def main() -> None:
                     help="JPEG size WxH (500x375 ImageNet-like; e.g. 2048x1536 for phone photos)")
     ap.add_argument("--micro-ab", action="store_true",
                     help="also run TL Studio with whole batches (micro-batches off), interleaved: before/after")
+    ap.add_argument("--micro-forced", type=int, default=8,
+                    help="with --micro-ab, also TL Studio with micro-batches of this size set (0: none)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for both loops (default: all cores); 1 is robust on an overloaded machine")
     a = ap.parse_args()
@@ -176,6 +178,8 @@ def main() -> None:
         loops = {"bare": bare_epochs(name, root, a.size, a.batch, a.epochs, a.workers)}
         if a.micro_ab:
             loops["whole"] = tlstudio_epochs(name, root, a.size, a.batch, a.epochs, a.prewarm, micro=0)
+            if a.micro_forced:
+                loops["forced"] = tlstudio_epochs(name, root, a.size, a.batch, a.epochs, a.prewarm, micro=a.micro_forced)
         loops["ours"] = tlstudio_epochs(name, root, a.size, a.batch, a.epochs, a.prewarm)
         how = {k: next(g) for k, g in loops.items() if k != "bare"}
         rate = {k: [] for k in loops}
@@ -195,6 +199,8 @@ def main() -> None:
         labels = {"bare": f"bare fp32 (DataLoader workers={a.workers})", "ours": f"tlstudio ({how['ours']})"}
         if a.micro_ab:
             labels["whole"] = f"tlstudio before: whole batches ({how['whole']})"
+            if "forced" in how:
+                labels["forced"] = f"tlstudio, micro-batches set ({how['forced']})"
         for k, label in labels.items():
             v, c = rate[k], cpu[k]
             print(f"| {name} | {label} | {v[0]:.1f} | {v[-1]:.1f} | {overall(v):.1f} | {sum(c) / len(c):.3f} |",
@@ -208,6 +214,10 @@ def main() -> None:
             ratios[f"{name}_whole_overall"] = round(overall(rate["whole"]) / overall(bare), 2)
             ratios[f"{name}_micro_vs_whole"] = round(overall(ours) / overall(rate["whole"]), 2)
             ratios[f"{name}_micro_vs_whole_cpu"] = round(sum(cpu["whole"]) / sum(cpu["ours"]), 2)
+            if "forced" in rate:
+                ratios[f"{name}_forced_micro_vs_whole"] = round(overall(rate["forced"]) / overall(rate["whole"]), 2)
+                ratios[f"{name}_forced_micro_vs_whole_cpu"] = round(sum(cpu["whole"]) / sum(cpu["forced"]), 2)
+                ratios[f"{name}_forced_micro_vs_bare"] = round(overall(rate["forced"]) / overall(bare), 2)
         if name == models[0] and not a.no_engine:
             for micro in ((0, None) if a.micro_ab else (None,)):
                 eng = engine_epochs(name, root, a.size, a.batch, a.epochs, micro)
