@@ -1,0 +1,56 @@
+"""The ranking in words: one sentence per candidate and a summary."""
+
+from __future__ import annotations
+
+from tlstudio.core.tasks.ranking.results import RankRow
+
+
+def fmt_params(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{n / 1e3:.0f} k"
+
+
+def explain(rows: list[RankRow], n_classes: int) -> None:
+    """One plain sentence per candidate."""
+    scored = [r for r in rows if r.rank is not None]
+    best = scored[0] if scored else None
+    chance = 1.0 / max(1, n_classes)
+    fastest = min((r.latency_ms for r in scored if r.latency_ms), default=None)
+    for r in rows:
+        c = r.candidate
+        if r.rank is None:
+            r.explanation = f"Not ranked: {r.error or c.get('reason') or 'could not be loaded'}."
+            continue
+        what = {"imagenet": "ImageNet features", "run": "features of your earlier run",
+                "file": "features from your weights file", "random": "random (untrained) features"}[c["source"]]
+        lead = "Best fit for your data" if r is best else f"#{r.rank}"
+        probe = f"a linear classifier on its {what} gets {r.probe_acc:.0%} on held-out images"
+        if r.probe_acc is not None and r.probe_acc < chance + 0.1:
+            probe += " (close to guessing)"
+        speed = ""
+        if r.latency_ms:
+            speed = f"; {r.latency_ms:.0f} ms per image" + (" (fastest)" if r.latency_ms == fastest and len(scored) > 1 else "")
+        gap = ""
+        if best is not None and r is not best and best.probe_acc is not None and r.probe_acc is not None:
+            pts = 100 * (best.probe_acc - r.probe_acc)
+            gap = (f", {pts:.0f} points below the top one" if pts >= 0.5 else
+                   f", {-pts:.0f} points above the top one (LogME still prefers the top one)" if pts <= -0.5 else
+                   ", the same as the top one; LogME separates them")
+        r.explanation = f"{lead}: {probe}{gap}, k-NN {r.knn_acc:.0%}{speed}, {fmt_params(r.params)} parameters."
+
+
+def summary(scored: list[RankRow], unscored: list[RankRow], n: int) -> str:
+    if not scored:
+        return "No candidate could be scored: " + "; ".join(
+            f"{r.candidate['label']}: {r.error}" for r in unscored) if unscored else "Nothing to rank."
+    top = scored[0]
+    parts = [f"Start from {top.candidate['label']}: its features fit your {n} images best "
+             f"(LogME {top.logme:.3f}, linear probe {top.probe_acc:.0%})."]
+    by_probe = sorted(scored, key=lambda r: -(r.probe_acc or 0))
+    if len(scored) > 1 and by_probe[0] is not top and (by_probe[0].probe_acc or 0) > (top.probe_acc or 0) + 0.02:
+        parts.append(f"The linear probe prefers {by_probe[0].candidate['label']} "
+                     f"({by_probe[0].probe_acc:.0%}): with this little data the two are close; try both if time allows.")
+    if unscored:
+        parts.append(f"{len(unscored)} not ranked (see the reasons).")
+    return " ".join(parts)
