@@ -7,11 +7,19 @@ stride, module name); ``forward_intermediates`` (timm >= 1.0, nearly every famil
 them in one pass and can stop after the deepest one needed. Models without it fall back to
 forward hooks on the modules that ``feature_info`` names. Transformer token outputs come back
 as NCHW grids (prefix tokens dropped), so callers always get ``(B, C, H, W)``.
+
+A job that needs a stage's output from the *same* forward pass as the model's output (feature
+distillation: the student's logits and its hint feature, whose gradients DDP must sync in one
+backward) uses :class:`StageCapture`: the stage is resolved on the plain model inside any
+wrapper (DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``) and read while the wrapper runs
+its normal forward.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tlstudio.core.errors import UserError
@@ -21,21 +29,29 @@ class FeatureError(UserError):
     """The model does not describe feature stages that can be read."""
 
 
+def wrappers(model: Any) -> list:
+    """The chain from ``model`` inwards: ``model`` itself, then each module a DDP / DataParallel /
+    torch.compile wrapper holds, ending with the plain timm model."""
+    chain = [model]
+    while len(chain) < 9:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(model, "module", None)
+        if inner is None:
+            break
+        model = inner
+        chain.append(model)
+    return chain
+
+
 def unwrap(model: Any) -> Any:
     """The plain timm model inside DDP / DataParallel / torch.compile wrappers."""
-    seen = 0
-    while seen < 8:
-        seen += 1
-        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if inner is not None:
-            model = inner
-            continue
-        cls = type(model).__name__
-        if cls in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
-            model = model.module
-            continue
-        break
-    return model
+    return wrappers(model)[-1]
+
+
+def is_compiled(model: Any) -> bool:
+    """Is a torch.compile wrapper anywhere around the plain model?"""
+    return any(hasattr(m, "_orig_mod") for m in wrappers(model))
 
 
 def _raw_feature_info(model: Any) -> list[dict]:
@@ -196,3 +212,105 @@ def output_shapes(model: Any, indices: Sequence[int], image_size: int) -> list[t
     finally:
         model.train(was_training)
     return [tuple(int(s) for s in m.shape[1:]) for m in maps]
+
+
+# --------------------------------------------------------------------------------------
+# One stage's output during the model's own forward (logits and feature from one pass)
+# --------------------------------------------------------------------------------------
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A resolved stage: ``module`` is its name inside the plain (unwrapped) model; ``index``
+    and ``channels`` come from timm's feature_info (None for a module it does not list)."""
+
+    module: str
+    index: int | None = None
+    channels: int | None = None
+
+
+def resolve_stage(model: Any, spec: int | str) -> Stage:
+    """A stage spec -> :class:`Stage` of the plain model inside any wrapper.
+
+    ``spec`` is a feature_info index (negative counts from the deepest stage: ``-1``) or a module
+    name; a name may carry wrapper prefixes (``module.``, ``_orig_mod.``), which are dropped.
+    FeatureError names the stages that exist.
+    """
+    inner = unwrap(model)
+    try:
+        info = feature_info(inner)
+    except FeatureError:
+        info = []
+    listing = ", ".join(f"{d['index']}={d['module']} ({d['channels']} ch)" for d in info)
+    spec = str(spec).strip()
+    if re.fullmatch(r"-?\d+", spec):
+        i = int(spec)
+        if not info:
+            raise FeatureError(f"the model lists no feature stages; give a module name instead of {spec}")
+        if not -len(info) <= i < len(info) or not info[i]["module"]:
+            raise FeatureError(f"stage {i} does not exist; stages are 0..{len(info) - 1}: {listing}")
+        d = info[i]
+        return Stage(d["module"], d["index"], d["channels"] or None)
+    name = spec
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    try:
+        inner.get_submodule(name)
+    except AttributeError:
+        raise FeatureError(f"no module named {spec!r} (stages: {[d['module'] for d in info]})") from None
+    d = next((d for d in info if d["module"] == name), None)
+    return Stage(name, d["index"], d["channels"] or None) if d else Stage(name)
+
+
+class StageCapture:
+    """Reads one stage's output while a (possibly wrapped) model runs its normal forward.
+
+    ``cap = StageCapture(model, "-1")`` resolves the stage on the plain model inside ``model``
+    and hooks it; ``out, feat = cap(model, x)`` calls ``model(x)`` - the wrapper itself, so DDP
+    syncs the gradients that flow back through ``feat`` too - and returns the model's output and
+    the stage's (NHWC stages as NCHW; token sequences as they are). Forwards outside ``cap(...)``
+    keep nothing. A torch.compile wrapper traced before the hook existed would never call it
+    (dynamo does not guard on hooks), so the compile caches are reset once here and the next
+    forward is traced with the hook. ``close()`` (or a ``with`` block) removes the hook.
+    """
+
+    def __init__(self, model: Any, spec: int | str) -> None:
+        self.inner = unwrap(model)
+        self.stage = resolve_stage(self.inner, spec)
+        self.armed = False
+        self.value = None
+        self._handle = self.inner.get_submodule(self.stage.module).register_forward_hook(self._hook)
+        if is_compiled(model):
+            import torch
+
+            torch.compiler.reset()
+
+    def _hook(self, _module: Any, _inputs: Any, output: Any) -> None:
+        if self.armed:
+            self.value = output[0] if isinstance(output, (list, tuple)) else output
+
+    def __call__(self, model: Any, x: Any) -> tuple[Any, Any]:
+        if unwrap(model) is not self.inner:
+            raise FeatureError(f"stage {self.stage.module!r} was resolved on another model")
+        self.value = None
+        self.armed = True
+        try:
+            out = model(x)
+        finally:
+            self.armed = False
+        feat, self.value = self.value, None
+        if feat is None:
+            raise FeatureError(f"stage {self.stage.module!r} gave no output during the forward")
+        if self.stage.channels and _is_nhwc(feat, self.stage.channels):
+            feat = feat.permute(0, 3, 1, 2)
+        return out, feat
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> "StageCapture":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -21,12 +21,12 @@ from tlstudio.core.tasks.distill.config import (
 from tlstudio.core.tasks.distill.job import distill, resume_distill
 from tlstudio.core.tasks.distill.losses import hint_loss, kd_loss, kd_loss_from_probs, soft_kd_term, soft_targets
 from tlstudio.core.tasks.distill.objective import DistillObjective
-from tlstudio.core.tasks.distill.teachers import Teacher, check_teacher_classes, load_teacher, resolve_stage, stage_modules
+from tlstudio.core.tasks.distill.teachers import Teacher, check_teacher_classes, load_teacher, resolve_stage
 
 __all__ = [
     "ALPHA_HELP", "STUDENT_BASELINE_DIR", "TEMPERATURE_HELP", "DistillConfig", "DistillError", "DistillObjective",
     "Teacher", "check_teacher_classes", "distill", "hint_loss", "kd_loss", "kd_loss_from_probs", "load_teacher",
-    "parse_feature_loss", "resolve_stage", "resume_distill", "soft_kd_term", "soft_targets", "stage_modules",
+    "parse_feature_loss", "resolve_stage", "resume_distill", "soft_kd_term", "soft_targets",
 ]
 
 

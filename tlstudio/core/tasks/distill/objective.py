@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from tlstudio.core.events import Event, Log, Progress
-from tlstudio.core.models.features import unwrap
 from tlstudio.core.tasks.distill.config import DistillConfig, DistillError, parse_feature_loss
 from tlstudio.core.tasks.distill.losses import _as_map, hint_loss, kd_loss_from_probs, soft_targets
 from tlstudio.core.tasks.distill.teachers import (
     Teacher,
-    _Capture,
     _teacher_data_cfg,
     check_teacher_classes,
     load_teacher,
-    resolve_stage,
+    stage_capture,
 )
 from tlstudio.core.training.objectives import Objective, ObjectiveContext
 
@@ -36,8 +34,8 @@ class DistillObjective(Objective):
         self.weights = config.teacher_weights
         self.cached_probs = None  # [N, C] teacher probabilities at T, rows = ctx.train_samples
         self.adapter = None
-        self._t_cap: _Capture | None = None
-        self._s_cap: _Capture | None = None
+        self._t_cap: Any = None  # models.features.StageCapture of the hint's teacher / student stage
+        self._s_cap: Any = None
         self._renorm: list[tuple[Any, Any] | None] = []
         self.cache_reason = ""
 
@@ -91,20 +89,15 @@ class DistillObjective(Objective):
             return
         yield from self._cache_teacher(ctx)
 
-    def forward_student(self, model, x):
-        if self._s_cap is None:
-            return model(x)
-        self._s_cap.armed = True
-        try:
-            return model(x)
-        finally:
-            self._s_cap.armed = False
-
     def loss(self, model, x, y, idx):
         import torch
 
-        logits = self.forward_student(model, x)
-        s_feat = self._s_cap.take() if self._s_cap is not None else None
+        # logits and the hint's stage from one forward through the model the loop trains (a DDP
+        # wrapper syncs the gradients of both; calling the plain model inside would not)
+        if self._s_cap is not None:
+            logits, s_feat = self._s_cap(model, x)
+        else:
+            logits, s_feat = self.forward_student(model, x), None
         with torch.no_grad():
             probs, t_feat = self.teacher_probs(x, idx)
         total, parts = kd_loss_from_probs(logits, probs, y, self.T, self.alpha, self.config.label_smoothing)
@@ -129,12 +122,7 @@ class DistillObjective(Objective):
                 scale, shift = self._renorm[k]
                 xt = x * scale.to(x.dtype) + shift.to(x.dtype)
             if k == 0 and self._t_cap is not None:
-                self._t_cap.armed = True
-                try:
-                    logits = t.model(xt)
-                finally:
-                    self._t_cap.armed = False
-                feat = self._t_cap.take()
+                logits, feat = self._t_cap(t.model, xt)
             else:
                 logits = t.model(xt)
             outs.append(logits[:, t.perm] if t.perm is not None else logits)
@@ -160,10 +148,12 @@ class DistillObjective(Objective):
             self._renorm[k] = ((ss / tst).to(ctx.device), ((sm - tmt) / tst).to(ctx.device))
 
     def _student_norm(self, ctx) -> tuple[tuple, tuple]:
-        """The student's own mean/std (from the whole model: the trained module may be a DDP wrapper)."""
+        """The student's own mean/std (from the whole, plain model: the trained module may be a DDP
+        or torch.compile wrapper)."""
         from tlstudio.core.models.backbones import data_config
+        from tlstudio.core.models.features import unwrap
 
-        cfg = data_config(ctx.full_model or ctx.model, self.config.image_size)
+        cfg = data_config(unwrap(ctx.full_model or ctx.model), self.config.image_size)
         return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
     def _cache_teacher(self, ctx: ObjectiveContext) -> Iterable[Event]:
@@ -210,25 +200,22 @@ class DistillObjective(Objective):
             raise DistillError("the feature loss needs images, but the engine is training on cached features")
         t_stage, s_stage = parse_feature_loss(self.config.feature_loss)
         teacher = self.teachers[0]
-        t_name = resolve_stage(teacher.model, t_stage, f"teacher {teacher.name}")
-        student = unwrap(ctx.full_model or ctx.model)  # names without DDP's module. or compile's _orig_mod.
-        s_name = resolve_stage(student, s_stage, f"student {self.config.backbone}")
-        t_mod = dict(teacher.model.named_modules())[t_name]
-        s_mod = dict(student.named_modules())[s_name]
-        self._t_cap, self._s_cap = _Capture(t_mod), _Capture(s_mod)
+        self._t_cap = stage_capture(teacher.model, t_stage, f"teacher {teacher.name}")
+        # ctx.model is what the loop trains (DDP / torch.compile wrappers around the student):
+        # the stage resolves on the plain student inside and is read during the wrapper's forward
+        self._s_cap = stage_capture(ctx.model, s_stage, f"student {self.config.backbone}")
+        t_name, s_name = self._t_cap.stage.module, self._s_cap.stage.module
         # widths from one tiny forward each (feature_info can be off for odd stages)
         size = self.config.image_size or 64
         x = torch.zeros(1, 3, min(size, 96), min(size, 96), device=ctx.device)
         was_training = ctx.model.training
         ctx.model.eval()
-        with torch.no_grad():
-            self._s_cap.armed = self._t_cap.armed = True
-            ctx.model(x)
-            teacher.model(x)
-            self._s_cap.armed = self._t_cap.armed = False
-            s_ch = _as_map(self._s_cap.take()).shape[1]
-            t_ch = _as_map(self._t_cap.take()).shape[1]
-        ctx.model.train(was_training)
+        try:
+            with torch.no_grad():
+                s_ch = _as_map(self._s_cap(ctx.model, x)[1]).shape[1]
+                t_ch = _as_map(self._t_cap(teacher.model, x)[1]).shape[1]
+        finally:
+            ctx.model.train(was_training)
         if s_ch != t_ch:
             self.adapter = torch.nn.Conv2d(s_ch, t_ch, kernel_size=1, bias=False).to(ctx.device)
             note = f"through a learned 1x1 adapter {s_ch}->{t_ch} channels"

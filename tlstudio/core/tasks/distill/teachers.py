@@ -3,63 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
 from tlstudio.core.tasks.distill.config import DistillError
 
 # --------------------------------------------------------------------------------------
-# Stage features by forward hooks (works for any timm model with feature_info)
+# Stages a hint reads (resolved and captured by models.features, shared with every job)
 # --------------------------------------------------------------------------------------
-def stage_modules(model) -> list[tuple[str, int, int]]:
-    """(module name, channels, reduction) per timm feature stage (models.features, one reader of
-    timm's feature_info for every job)."""
-    from tlstudio.core.models.features import FeatureError, feature_info
+def stage_capture(model, stage: str, who: str):
+    """A :class:`~tlstudio.core.models.features.StageCapture` of ``stage`` (feature_info index or
+    module name) on ``model`` and whatever wraps it; DistillError names ``who`` and the stages."""
+    from tlstudio.core.models.features import FeatureError, StageCapture
 
     try:
-        return [(f["module"], f["channels"], f["reduction"]) for f in feature_info(model) if f["module"]]
-    except FeatureError:
-        return []
+        return StageCapture(model, stage)
+    except FeatureError as exc:
+        raise DistillError(f"{who}: {exc}") from exc
 
 
 def resolve_stage(model, stage: str, who: str) -> str:
-    """A stage spec (feature_info index, negative allowed, or a module name) -> module name."""
-    stages = stage_modules(model)
-    names = dict(model.named_modules())
-    if re.fullmatch(r"-?\d+", stage):
-        i = int(stage)
-        if not stages:
-            raise DistillError(f"{who}: the model lists no feature stages; give a module name instead of {stage}")
-        if not -len(stages) <= i < len(stages):
-            raise DistillError(
-                f"{who}: stage {i} does not exist; stages are 0..{len(stages) - 1}: "
-                + ", ".join(f"{k}={m} ({c} ch)" for k, (m, c, _) in enumerate(stages))
-            )
-        return stages[i][0]
-    if stage not in names:
-        raise DistillError(f"{who}: no module named {stage!r} (stages: {[m for m, _, _ in stages]})")
-    return stage
+    """The module name (inside any wrapper) a stage spec names; DistillError names ``who``."""
+    from tlstudio.core.models.features import FeatureError
+    from tlstudio.core.models.features import resolve_stage as resolve
 
-
-class _Capture:
-    """Forward hook that keeps a module's output only while armed (no leaks at eval time)."""
-
-    def __init__(self, module) -> None:
-        self.armed = False
-        self.value = None
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, _module, _inputs, output) -> None:
-        if self.armed:
-            self.value = output[0] if isinstance(output, (list, tuple)) else output
-
-    def take(self):
-        v, self.value = self.value, None
-        return v
-
-    def remove(self) -> None:
-        self.handle.remove()
+    try:
+        return resolve(model, stage).module
+    except FeatureError as exc:
+        raise DistillError(f"{who}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------
