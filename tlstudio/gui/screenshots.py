@@ -5,6 +5,10 @@ driven as a user would: sample data opened, the default backbone chosen, then ea
 and grabbed. Before that a short real run (4 epochs, head only, on the sample) is trained through
 the Train panel, evaluated and used for a few predictions, so every panel has content.
 ``--run RUN_DIR`` uses an earlier run instead; ``--no-train`` skips it.
+
+``--kind multitask|anomaly|adaptation|semisupervised|all`` drives the window through another kind
+of learning (``screenshots_kinds``: generated data, the kind's own job, ``OUT/<kind>-<n>-<step>.png``);
+``all`` is classification and then every other kind. ``--tiny`` uses a tiny random model (tests).
 """
 
 from __future__ import annotations
@@ -112,15 +116,30 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: boo
     return saved
 
 
+USAGE = ("usage: python -m tlstudio.gui.screenshots OUT_DIR [--run RUN_DIR | --no-train] "
+         "[--kind classification|multitask|anomaly|adaptation|semisupervised|all] [--tiny]")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m tlstudio.gui.screenshots OUT_DIR [--run RUN_DIR | --no-train]")
+    if not argv or argv[0].startswith("--"):
+        print(USAGE)
         return 2
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     run = argv[argv.index("--run") + 1] if "--run" in argv else None
-    for p in take_screenshots(argv[0], run, train="--no-train" not in argv):
+    kind = argv[argv.index("--kind") + 1] if "--kind" in argv and argv.index("--kind") + 1 < len(argv) else "classification"
+    from tlstudio.gui.screenshots_kinds import KINDS, take_kind_screenshots
+
+    if kind not in ("classification", "all", *KINDS):
+        print(f"unknown kind {kind!r}\n{USAGE}")
+        return 2
+    saved: list[Path] = []
+    if kind in ("classification", "all"):
+        saved += take_screenshots(argv[0], run, train="--no-train" not in argv)
+    for k in KINDS if kind == "all" else (kind,) if kind in KINDS else ():
+        saved += take_kind_screenshots(argv[0], k, tiny="--tiny" in argv)
+    for p in saved:
         print(f"{p} {p.stat().st_size // 1024} KB")
     return 0
 
