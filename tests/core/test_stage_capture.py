@@ -25,14 +25,6 @@ from tlstudio.core.models.features import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _resnet(seed: int = 0, classes: int = 3):
     torch.manual_seed(seed)
     return timm.create_model("test_resnet", pretrained=False, num_classes=classes)

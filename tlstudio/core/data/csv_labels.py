@@ -19,6 +19,19 @@ _PATH_HEADERS = {"path", "file", "filename", "file_name", "filepath", "file_path
 _LABEL_HEADERS = {"label", "class", "category", "target", "labels", "class_name", "y"}
 
 
+def listed_path(root: str, rel: str) -> str | None:
+    """The full path of an image a label table (CSV, TSV, XLSX) lists relative to its folder
+    ``root`` ("\\" separators accepted), or None when it points outside that folder: ``..``,
+    absolute paths elsewhere and Windows drive letters are refused."""
+    rel_os = rel.replace("\\", "/")
+    if os.path.isabs(rel_os) or (len(rel_os) > 1 and rel_os[1] == ":"):
+        full = os.path.normpath(rel_os)
+    else:
+        full = os.path.normpath(os.path.join(root, rel_os))
+    root_n, full_n = os.path.normcase(os.path.normpath(root)), os.path.normcase(full)
+    return full if full_n == root_n or full_n.startswith(root_n + os.sep) else None
+
+
 def decode_csv(data: bytes) -> tuple[str, str | None]:
     """Text of a CSV file and a warning when it was not UTF-8: UTF-16 with a byte-order mark
     (Excel's "Unicode text"), UTF-8 with or without one, else Windows-1252 (older exports)."""
@@ -77,7 +90,6 @@ def read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], lis
     skipped: list[SkippedFile] = []
     warns: list[str] = [f"{os.path.basename(csv_path)} {encoding_note}."] if encoding_note else []
     seen: set[str] = set()
-    root_n = os.path.normcase(os.path.normpath(root))
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
@@ -89,11 +101,8 @@ def read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], lis
         if not label:
             skipped.append(SkippedFile(rel, f"{where}: no label"))
             continue
-        rel_os = rel.replace("\\", "/")
-        full = os.path.normpath(os.path.join(root, rel_os))
-        if os.path.isabs(rel_os) or (len(rel_os) > 1 and rel_os[1] == ":"):
-            full = os.path.normpath(rel_os)
-        if os.path.normcase(full) != root_n and not os.path.normcase(full).startswith(root_n + os.sep):
+        full = listed_path(root, rel)
+        if full is None:
             skipped.append(SkippedFile(rel, f"{where}: path is outside the CSV's folder (refused)"))
             continue
         if full in seen:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 
+from tlstudio.core.data.csv_labels import listed_path
 from tlstudio.core.data.dataset import SPLIT_NAMES, DatasetError, SkippedFile, _PATH_HEADERS
 from tlstudio.core.data.images import _os_reason
 from tlstudio.core.data.multitask_report import MultiTaskReport, build_report
@@ -58,7 +59,6 @@ def scan_table(path: str, tasks, types, **kw) -> MultiTaskReport:
     if not names:
         raise DatasetError(f"{path}: no label columns next to '{pcol}'.")
     root = os.path.dirname(os.path.abspath(path))
-    root_n = os.path.normcase(os.path.normpath(root))
     pi, si = header.index(pcol), header.index(scol) if scol else None
     cols = [header.index(n) for n in names]
     rows, skipped, warns, seen = [], [], [], set()
@@ -69,9 +69,8 @@ def scan_table(path: str, tasks, types, **kw) -> MultiTaskReport:
             skipped.append(SkippedFile(",".join(r), f"{where}: no image path"))
             continue
         rel = rel.replace("\\", "/")
-        full = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(root, rel))
-        nf = os.path.normcase(full)
-        if not nf.startswith(root_n + os.sep):
+        full = listed_path(root, rel)
+        if full is None:
             skipped.append(SkippedFile(rel, f"{where}: path is outside the table's folder (refused)"))
             continue
         if full in seen:

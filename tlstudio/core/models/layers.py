@@ -186,6 +186,16 @@ def plan_from_spec(spec: str, groups: list[LayerGroup]) -> tuple[list[bool], int
     raise FreezeSpecError(f"freeze must be head, none, last:N or gradual:K, not {spec!r}")
 
 
+def plan_from_settings(freeze: str, frozen_groups: list[int] | None,
+                       groups: list[LayerGroup]) -> tuple[list[bool], int | None]:
+    """(trainable per group, gradual_every) from a run's settings: the groups frozen by index
+    (``frozen_groups``, set in the Layers step; the head always trains) win over ``freeze``."""
+    if frozen_groups is not None:
+        frozen = set(frozen_groups)
+        return [g.is_head or g.index not in frozen for g in groups], None
+    return plan_from_spec(freeze, groups)
+
+
 def gradual_plan(groups: list[LayerGroup], epoch: int, every: int) -> list[bool]:
     """Head only at epoch 0; one more body group (from the top) opens every ``every`` epochs."""
     n_open = max(0, int(epoch)) // max(1, int(every))

@@ -70,16 +70,11 @@ def measure_modes(model: Any, batch: int, size: int, modes: list[tuple[str, bool
     per mode counts: on a shared CPU another program's burst then hits every mode alike and the
     minimum is the mode's own cost. When `budget_s` is spent, modes not yet timed are left out
     of the result. The model itself is untouched (weights, buffers, grads): one copy is measured."""
-    import copy
     import time
 
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=g)
-    m = copy.deepcopy(model).cpu().train()
-    for p in m.parameters():
-        p.requires_grad_(True)
+    m, x = _timing_copy(model, batch, size)
     layout = None
     warmed: set[tuple[str, bool]] = set()
     best: dict[tuple[str, bool], float] = {}
@@ -95,15 +90,8 @@ def measure_modes(model: Any, batch: int, size: int, modes: list[tuple[str, bool
                     m = m.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                     layout = cl
                 xi = x.contiguous(memory_format=torch.channels_last) if cl else x
-                ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16"
-                       else contextlib.nullcontext())
                 t = time.perf_counter()
-                with ctx:
-                    out = m(xi)
-                    if isinstance(out, dict):
-                        out = next(iter(out.values()))
-                    loss = out.float().logsumexp(1).mean()
-                loss.backward()
+                _step_loss(m, xi, name == "bf16").backward()
                 dt = time.perf_counter() - t
                 for p in m.parameters():
                     p.grad = None
@@ -189,7 +177,23 @@ def micro_candidates(batch: int, size: int) -> list[int]:
     return [k for k in (base, 2 * base) if k < int(batch)]
 
 
+def _timing_copy(model: Any, batch: int, size: int) -> tuple[Any, Any]:
+    """A trainable CPU copy of `model` (the model itself stays untouched) and the fixed random
+    batch a timing runs it on."""
+    import copy
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    m = copy.deepcopy(model).cpu().train()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m, x
+
+
 def _step_loss(m: Any, x: Any, bf16: bool) -> Any:
+    """The timed step's loss (under bf16 autocast when asked); a dict of outputs times its first."""
     import torch
 
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -211,16 +215,11 @@ def measure_micro_batches(model: Any, batch: int, size: int, candidates: list[in
     time of `train_images` (images x epochs of the run) estimated from the first whole step if
     that is longer; {} when that step shows the budget cannot be kept; candidates not reached
     within the budget are left out. The model itself is untouched."""
-    import copy
     import time
 
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=g)
-    m = copy.deepcopy(model).cpu().train()
-    for p in m.parameters():
-        p.requires_grad_(True)
+    m, x = _timing_copy(model, batch, size)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

@@ -62,6 +62,19 @@ def head_lr(opt) -> float:
     return max(g["lr"] for g in opt.param_groups)
 
 
+def set_epoch_train_mode(model, train_module, groups, trainable, features_mode: bool) -> None:
+    """Train mode for an epoch: in features mode the module trained on cached features (the
+    head); else each layer group as ``layers.set_train_mode`` sets it (a frozen group's
+    normalisation stays in eval mode); a DDP wrapper's own flag too (its children were set)."""
+    from tlstudio.core.models import layers
+
+    if features_mode:
+        unwrap(train_module).train()
+    else:
+        layers.set_train_mode(model, groups, trainable)
+    train_module.training = True
+
+
 def save_last(ctx: RunContext, st: LoopState, epoch: int, batch: int) -> None:
     path = ctx.run_dir / runs.LAST_CKPT
     ctx.writer.submit(checkpoint.save, path, atomic_torch_save, path, snapshot(checkpoint.state(ctx, st, epoch, batch)))
@@ -111,11 +124,7 @@ def run_epochs(ctx: RunContext, st: LoopState, info: runs.RunInfo,
                 if ctx.dist.enabled:
                     ctx.train_module = octx.model = wrap_ddp(ctx.model, ctx.dist, ctx.device)
                 yield Unfrozen(epoch=epoch, group=", ".join(opened), trainable_params=layers.count_params(ctx.model)[0])
-        if ctx.features_mode:
-            unwrap(ctx.train_module).train()
-        else:
-            layers.set_train_mode(ctx.model, ctx.groups, ctx.trainable)
-        ctx.train_module.training = True  # a DDP wrapper's own flag (its children were set above)
+        set_epoch_train_mode(ctx.model, ctx.train_module, ctx.groups, ctx.trainable, ctx.features_mode)
         yield from objective.on_epoch_start(epoch, octx) or ()
         t_epoch = time.time()
         first_batch = st.start_batch if epoch == st.start_epoch else 0

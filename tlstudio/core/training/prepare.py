@@ -247,11 +247,7 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     data_cfg = backbones.data_config(model, config.image_size)
     spec = backbones.model_spec(model, config.backbone, classes, config.image_size)
     groups = layers.layer_groups(model)
-    if config.frozen_groups is not None:
-        frozen = set(config.frozen_groups)
-        trainable, gradual_every = [g.is_head or g.index not in frozen for g in groups], None
-    else:
-        trainable, gradual_every = layers.plan_from_spec(config.freeze, groups)
+    trainable, gradual_every = layers.plan_from_settings(config.freeze, config.frozen_groups, groups)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         trainable = list(ckpt["trainable"])

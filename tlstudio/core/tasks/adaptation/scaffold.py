@@ -212,13 +212,8 @@ def body_is_frozen(config: TrainConfig, model) -> bool:
     from tlstudio.core.models import layers
 
     groups = layers.layer_groups(model)
-    if config.frozen_groups is not None:
-        trainable = [g.is_head or g.index not in set(config.frozen_groups) for g in groups]
-    else:
-        trainable, every = layers.plan_from_spec(config.freeze, groups)
-        if every is not None:
-            return False
-    return layers.frozen_prefix_is_whole_body(trainable)
+    trainable, every = layers.plan_from_settings(config.freeze, config.frozen_groups, groups)
+    return every is None and layers.frozen_prefix_is_whole_body(trainable)
 
 
 def set_head(model, head) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tlstudio.core.training.engine import RunLogger as Logger  # noqa: F401 - the driver's names
 from tlstudio.core.training.engine import mark_failed  # noqa: F401
-from tlstudio.core.training.loop import head_lr  # noqa: F401
+from tlstudio.core.training.loop import head_lr, set_epoch_train_mode  # noqa: F401
 from tlstudio.core.training.prepare import MAX_SKIPPED_LISTED, RunStopped, in_thread  # noqa: F401
 from tlstudio.core.training.prepare import schedule as _schedule
 

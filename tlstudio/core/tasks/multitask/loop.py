@@ -94,7 +94,7 @@ def _prepare_epoch(run: MTRun, epoch: int, fresh: bool) -> None:
     """Gradual unfreezing (one more group every K epochs), train mode for what trains, and the
     objective's epoch start (``fresh``: not when resuming inside the epoch, whose sums last.pt kept)."""
     from tlstudio.core.models import layers
-    from tlstudio.core.runtime.parallel import unwrap, wrap_ddp
+    from tlstudio.core.runtime.parallel import wrap_ddp
 
     if run.gradual_every is not None:
         new = layers.gradual_plan(run.groups, epoch, run.gradual_every)
@@ -103,11 +103,7 @@ def _prepare_epoch(run: MTRun, epoch: int, fresh: bool) -> None:
             layers.apply_freeze(run.model, run.groups, run.trainable)
             if run.dist.enabled:  # DDP fixes its parameter set when it wraps: wrap again
                 run.train_module = run.octx.model = wrap_ddp(run.model, run.dist, run.device)
-    if run.features_mode:
-        unwrap(run.train_module).train()
-    else:
-        layers.set_train_mode(run.model, run.groups, run.trainable)
-    run.train_module.training = True  # a DDP wrapper's own flag (its children were set above)
+    eng.set_epoch_train_mode(run.model, run.train_module, run.groups, run.trainable, run.features_mode)
     if fresh:
         run.objective.on_epoch_start(epoch, run.octx)
 

@@ -193,11 +193,7 @@ def _build_model(config, objective, schema, stop, resuming: bool, ckpt):
     model = objective.build_model(lambda n: body)
     data_cfg = backbones.data_config(body, config.image_size)
     groups = layers.layer_groups(model)
-    if config.frozen_groups is not None:
-        frozen = set(config.frozen_groups)
-        trainable, gradual_every = [g.is_head or g.index not in frozen for g in groups], None
-    else:
-        trainable, gradual_every = layers.plan_from_spec(config.freeze, groups)
+    trainable, gradual_every = layers.plan_from_settings(config.freeze, config.frozen_groups, groups)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         trainable = list(ckpt["trainable"])
