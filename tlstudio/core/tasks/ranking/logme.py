@@ -31,19 +31,25 @@ class Evidence:
     iterations: int
 
 
-def _svd(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(U [N, k], s = sigma^2 [k]) of F = U diag(sigma) V^T, k = min(N, D)."""
+def _svd(features: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(U [N, k], s = sigma^2 [k]) of F = U diag(sigma) V^T, k = min(N, D). ``gram``: F F^T
+    when the caller already has it (subsets of one Gram matrix)."""
     import torch
 
     from tlstudio.core.tasks.ranking.probes import one_thread
 
-    f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
-    n, d = f.shape
+    n, d = features.shape
     with one_thread():  # multi-threaded BLAS on a busy machine is 50x slower, not faster
         if d > n:  # cheaper through the N x N Gram matrix
-            s, u = torch.linalg.eigh(f @ f.T)
+            if gram is None:
+                f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
+                g = f @ f.T
+            else:
+                g = torch.from_numpy(np.ascontiguousarray(gram, dtype=np.float64))
+            s, u = torch.linalg.eigh(g)
             s = s.clamp_min(0.0)
         else:
+            f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
             u, sigma, _ = torch.linalg.svd(f, full_matrices=False)
             s = sigma**2
     return u.numpy(), s.numpy()
@@ -104,3 +110,27 @@ def logme(features: np.ndarray, labels: np.ndarray, *, details: bool = False):
     per = [_fixed_point((y == k).astype(np.float64), u, s, n, d) for k in classes]
     score = float(np.mean([e.evidence for e in per]))
     return (score, per) if details else score
+
+
+def logme_subsets(features: np.ndarray, labels: np.ndarray, subsets: list[np.ndarray]) -> list[float]:
+    """LogME of each subset of the images (index arrays): how much the score moves with the
+    sample. With D > N every subset's spectrum comes from one Gram matrix of all images."""
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).astype(int).ravel()
+    d = f.shape[1]
+    gram = None
+    if subsets and d > max(len(i) for i in subsets):
+        import torch
+
+        from tlstudio.core.tasks.ranking.probes import one_thread
+
+        with one_thread():
+            t = torch.from_numpy(np.ascontiguousarray(f))
+            gram = (t @ t.T).numpy()
+    out = []
+    for idx in subsets:
+        fs, ys = f[idx], y[idx]
+        u, s = _svd(fs, None if gram is None else gram[np.ix_(idx, idx)])
+        per = [_fixed_point((ys == k).astype(np.float64), u, s, len(ys), d) for k in np.unique(ys)]
+        out.append(float(np.mean([e.evidence for e in per])))
+    return out

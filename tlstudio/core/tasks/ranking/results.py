@@ -17,6 +17,8 @@ class RankRow:
     candidate: dict  # Candidate.to_json()
     rank: int | None = None  # 1 = best; None when it could not be scored
     logme: float | None = None
+    logme_draws: list[float] | None = None  # LogME on subsets of the images (scoring.DRAWS): its noise
+    tie: int | None = None  # rank this row is within noise of (1: tied with the top one)
     probe_acc: float | None = None
     probe_std: float | None = None
     knn_acc: float | None = None

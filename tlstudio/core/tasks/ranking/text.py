@@ -37,7 +37,11 @@ def explain(rows: list[RankRow], n_classes: int) -> None:
             gap = (f", {pts:.0f} points below the top one" if pts >= 0.5 else
                    f", {-pts:.0f} points above the top one (LogME still prefers the top one)" if pts <= -0.5 else
                    ", the same as the top one; LogME separates them")
-        r.explanation = f"{lead}: {probe}{gap}, k-NN {r.knn_acc:.0%}{speed}, {fmt_params(r.params)} parameters."
+        tie = ""
+        if r.tie:
+            tie = (f" Within noise of #{r.tie}: their LogME differs by less than it moves between samples of "
+                   "your images, so either may fine-tune better; the order between them is not reliable.")
+        r.explanation = f"{lead}: {probe}{gap}, k-NN {r.knn_acc:.0%}{speed}, {fmt_params(r.params)} parameters.{tie}"
 
 
 def summary(scored: list[RankRow], unscored: list[RankRow], n: int) -> str:
@@ -51,6 +55,11 @@ def summary(scored: list[RankRow], unscored: list[RankRow], n: int) -> str:
     if len(scored) > 1 and by_probe[0] is not top and (by_probe[0].probe_acc or 0) > (top.probe_acc or 0) + 0.02:
         parts.append(f"The linear probe prefers {by_probe[0].candidate['label']} "
                      f"({by_probe[0].probe_acc:.0%}): with this little data the two are close; try both if time allows.")
+    tied = [r for r in scored if r.tie == 1]
+    if tied:
+        names = ", ".join(r.candidate["label"] for r in tied)
+        parts.append(f"{names} {'is' if len(tied) == 1 else 'are'} within noise of it: with {n} images the "
+                     "scores cannot tell which fine-tunes better; try both if time allows.")
     if unscored:
         parts.append(f"{len(unscored)} not ranked (see the reasons).")
     return " ".join(parts)
