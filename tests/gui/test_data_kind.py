@@ -51,7 +51,8 @@ def test_kind_chooser_lists_the_registry_and_suggests_detected_kinds(qtbot, pane
     kinds = [chooser.combo.itemData(i) for i in range(chooser.combo.count())]
     from tlstudio.core.tasks.registry import all_kinds
 
-    assert kinds[0] == "classification" and sorted(kinds) == sorted(k.kind for k in all_kinds())
+    assert kinds[0] == "classification" and sorted(kinds) == sorted(k.kind for k in all_kinds() if k.in_chooser)
+    assert "ranking" not in kinds and {"multitask", "anomaly"} <= set(kinds)  # ranking is classification's Rank step
     assert chooser.combo.currentData() == "classification" == panel.state.task_kind
     # a folder of good images and defect folders: anomaly detection's detect answers
     _images(tmp_path / "inspect" / "good", 12, (90, 120, 200))

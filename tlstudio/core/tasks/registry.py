@@ -30,6 +30,9 @@ class TaskKind:
     best_metric: tuple[str, str] = ("val_acc", "max")
     gui_steps: tuple[str, ...] = ()
     trains: bool = True  # False: no gradient training (memory bank, statistics, scoring)
+    # offered in the Data step's "what to learn" chooser; False for helper jobs that serve
+    # another kind (ranking runs from classification's Rank step and the CLI)
+    in_chooser: bool = True
     # detect(path) -> one line saying why this folder suits this kind ("214 normal images, no
     # defects: anomaly detection"), or None; the Data step offers the kinds that answer
     detect: Callable[[str], str | None] | None = None

@@ -40,10 +40,10 @@ def drop_hint(kind: str) -> str:
 
 
 def load_kinds() -> list[Any]:
-    """Worker thread: the registered kinds (TaskKind), classification first."""
+    """Worker thread: the kinds the chooser offers (TaskKind), classification first."""
     from tlstudio.core.tasks.registry import all_kinds
 
-    kinds = all_kinds()
+    kinds = [k for k in all_kinds() if k.in_chooser]
     return sorted(kinds, key=lambda k: k.kind != DEFAULT_KIND)
 
 

@@ -33,4 +33,5 @@ KIND = register(TaskKind(
     best_metric=("logme", "max"),
     gui_steps=("data", "rank"),
     trains=False,
+    in_chooser=False,
 ))
