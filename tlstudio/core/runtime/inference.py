@@ -78,7 +78,9 @@ def _threads_for_shared_cpu() -> Iterator[None]:
 
     With the default OpenMP spin-waiting, two threads whose partner waits for a core burn their
     time slices: an anomaly map (score + map of one 224 px image) took 385-1,425 CPU ms with 2
-    threads at load 10 against 80 CPU ms with one. A training run of this process already
+    threads at load 10 against 80 CPU ms with one. Anomaly predict of 12 images (measured in one
+    run, 2 busy loops): 132-137 -> 86-88 CPU ms per image, wall 130-143 -> 145-154 ms; with more
+    programs than that (load 14): CPU 158-168 -> 87-91 ms, wall 209-224 -> 189-197 ms. A training run of this process already
     adapts the threads and waiting (contention.ContentionMonitor): then nothing changes here.
     `TLSTUDIO_CPU_SHARING=off` switches it off as for training."""
     import torch

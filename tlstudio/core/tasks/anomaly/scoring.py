@@ -54,6 +54,8 @@ def score_paths(
     import torch
     from torch.nn import functional as F
 
+    from tlstudio.core.runtime.inference import forward_chunked
+
     dev = torch.device(device) if device else torch.device("cpu")
     scores = np.full(len(paths), np.nan)
     maps: list[np.ndarray | None] = [None] * len(paths)
@@ -64,8 +66,8 @@ def score_paths(
             break
         failures += fails
         if ok:
-            with torch.inference_mode():
-                raw, m = model.raw(torch.from_numpy(x).to(dev))
+            with torch.inference_mode():  # through forward_chunked: one thread on a shared CPU
+                raw, m = forward_chunked(model.raw, torch.from_numpy(x).to(dev))
             scores[ok] = raw.float().cpu().numpy()
             if keep_maps:
                 if map_size and m.shape[-1] != map_size:
