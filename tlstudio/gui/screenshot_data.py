@@ -46,10 +46,11 @@ def make_multitask(root: Path, n: int = 64, size: int = 64, seed: int = 0, missi
 # --- anomaly: a woven texture with painted defects -------------------------------------------------
 def _texture(rng: np.random.Generator, size: int) -> Image.Image:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    ph = rng.uniform(0, 6.28, 2)
-    weave = 0.5 + 0.18 * np.sin(x / 2.6 + ph[0]) * np.sin(y / 2.6 + ph[1]) + 0.12 * np.sin((x + y) / 7.0)
-    weave += 0.04 * rng.standard_normal((size, size))
-    img = np.stack([weave * 0.95, weave * 0.78, weave * 0.55], -1)
+    ph, period = rng.uniform(0, 6.28, 3), rng.uniform(2.4, 2.9)  # each part a little different
+    weave = 0.5 + 0.18 * np.sin(x / period + ph[0]) * np.sin(y / period + ph[1]) + 0.12 * np.sin((x + y) / 7.0 + ph[2])
+    weave += 0.05 * rng.standard_normal((size, size))
+    tint = np.array([0.95, 0.78, 0.55]) * rng.uniform(0.92, 1.08)
+    img = weave[..., None] * tint
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 

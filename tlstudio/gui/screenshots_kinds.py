@@ -26,12 +26,15 @@ class Shooter:
     """One window, one kind: the helpers every driver uses."""
 
     def __init__(self, kind: str, out: Path, work: Path, tiny: bool) -> None:
+        from PySide6.QtCore import QSettings
+
         from tlstudio.gui.main_window import MainWindow
         from tlstudio.gui.qt_app import make_app
 
         self.kind, self.out, self.work, self.tiny = kind, out, work, tiny
         self.app = make_app()
-        self.win = MainWindow()
+        # a first start: no window size or train settings of an earlier session restored
+        self.win = MainWindow(settings=QSettings(str(work / "tlstudio.ini"), QSettings.Format.IniFormat))
         self.win.resize(1280, 800)
         self.win.show()
         self.win.ensure_panels()
@@ -39,6 +42,13 @@ class Shooter:
         self.st.runs_dir = str(work / "runs")  # the runs of this session only (a project's runs folder)
         self.saved: list[Path] = []
         self.log: list[str] = []
+        self.t0 = time.monotonic()
+
+    def say(self, msg: str) -> None:
+        """Progress on stderr: which step the tool is at (a slow machine shows where time goes)."""
+        import sys
+
+        print(f"[{self.kind} +{time.monotonic() - self.t0:.0f}s] {msg}", file=sys.stderr, flush=True)
 
     # --- waiting ------------------------------------------------------------------------------
     def wait(self, cond: Callable[[], bool], timeout: float) -> bool:
@@ -52,6 +62,7 @@ class Shooter:
     def run_job(self, start: Callable[[], Any], timeout: float = 900) -> bool:
         """Start a job in the window's runner and wait for its end."""
         runner = self.win.runner
+        self.say(f"job: {getattr(start, '__qualname__', start)}")
         start()
         self.wait(lambda: runner.running, 5)
         ok = self.wait(lambda: not runner.running, timeout)
@@ -61,6 +72,7 @@ class Shooter:
     # --- data step ----------------------------------------------------------------------------
     def open_data(self, path: Path) -> None:
         data = self.win.panel("data")
+        self.say(f"open {path}")
         data.open_folder(str(path))
         self.wait(lambda: self.st.scan_report is not None and not data.scanning, 120)
 
@@ -76,6 +88,7 @@ class Shooter:
         if self.tiny:
             self.st.update_settings(dict(TINY_MODEL))
         model = self.win.panel("model")
+        self.say("model step")
         self.win.show_step("model")
         self.wait(lambda: model.table_model.rowCount() > 0, 60)
         self.wait(lambda: self.st.model is not None and bool(self.st.groups), 180)
@@ -88,6 +101,7 @@ class Shooter:
         before = before or {}
         for i, step in enumerate(self.win.sidebar.visible_steps()):
             self.win.show_step(step)
+            self.say(f"step {step}")
             if step in before:
                 before[step]()
             elif step == "data":
@@ -205,9 +219,11 @@ def _unlabelled(s: Shooter, folder: Path, new_domain: bool, check: Path | None =
     (zone.other if new_domain else zone.same).setChecked(True)
     if check is not None:
         zone.set_check_dir(str(check))
-    s.wait(lambda: zone.gap is not None, 180)
+    s.say("measuring the domain gap")
+    s.wait(lambda: zone.gap is not None or "Could not" in zone.gap_text.text(), 300)
+    s.say(zone.gap_text.text()[:120])
     kind = "adaptation" if new_domain else "semisupervised"
-    if zone.kind() != kind:  # the measured gap suggested the other choice: the user keeps theirs
+    if zone.gap is not None and zone.kind() != kind:  # the measured gap suggested the other choice: the user keeps theirs
         s.log.append(f"domain gap {zone.gap.get('score')} suggested {zone.kind()}; set back to {kind}")
         (zone.other if new_domain else zone.same).setChecked(True)
 
@@ -226,10 +242,12 @@ def _adapt_common(s: Shooter, labelled: Path, unl: Path, new_domain: bool, check
         if s.st.current_run:
             ep.load_run(s.st.current_run)
             s.wait(lambda: not s.win.runner.running, 120)
+            if ep.report is None and ep.evaluate():  # "Evaluate validation split"
+                s.wait(lambda: ep.report is not None and not s.win.runner.running, 300)
 
     def predict() -> None:
         if s.st.current_run and pp.predict_paths(_sample_paths(unl, 6)):
-            s.wait(lambda: not s.win.runner.running, 120)
+            s.wait(lambda: bool(pp.predictions) and not s.win.runner.running, 300)
 
     def review() -> None:
         rq = s.win.panel("review")

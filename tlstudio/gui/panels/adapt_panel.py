@@ -272,6 +272,8 @@ class AdaptPanel(QWidget):
             self.status.setText(ev.message[:300])
         elif isinstance(ev, E.Finished) and ev.run_dir and self._is_main_run(ev.run_dir):
             self.state.set_current_run(ev.run_dir)  # not the source-only / labelled-only sub-run
+            if ev.status == "finished" and hasattr(self.state, "set_step_status"):
+                self.state.set_step_status("adapt", "done")  # the sidebar ticks the step, as Train does
             self.show_run(ev.run_dir)
 
     @staticmethod

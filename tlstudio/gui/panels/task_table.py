@@ -134,19 +134,31 @@ class TaskTable(QWidget):
         self.problem.show()
         self.scanned.emit(None)
 
+    def _set_shown(self, shown: bool) -> None:
+        """As a tab of the Data step the tab is shown or hidden: setVisible(True) on a page of a
+        QTabWidget draws it over whichever tab is current (the Images grid)."""
+        from PySide6.QtWidgets import QStackedWidget, QTabWidget
+
+        stack = self.parentWidget()
+        tabs = stack.parentWidget() if isinstance(stack, QStackedWidget) else None
+        if isinstance(tabs, QTabWidget) and tabs.indexOf(self) >= 0:
+            tabs.setTabVisible(tabs.indexOf(self), shown)
+        else:
+            self.setVisible(shown)
+
     def _show(self, report: Any) -> None:
         self.report = report
         self.problem.hide()
         if report is None:
             self.table.setRowCount(0)
-            self.setVisible(False)
+            self._set_shown(False)
             if self.state.task_kind == "multitask":  # new data without several label columns
                 from tlstudio.gui.state import DEFAULT_KIND
 
                 self.state.set_task_kind(DEFAULT_KIND)
             self.scanned.emit(None)
             return
-        self.setVisible(True)
+        self._set_shown(True)
         self._loading = True
         self.table.setRowCount(len(report.tasks))
         for r, t in enumerate(report.tasks):
