@@ -2,8 +2,9 @@
 
 Plain model, torch.compile (names gain ``_orig_mod.``; a compiled graph traced before the hook
 existed never calls it), DDP in a one-process gloo group (names gain ``module.``; the gradient of
-a loss on the captured stage reaches the body through the wrapper), and distillation's hint loss
-unchanged against a reference built from plain torch forward hooks.
+a loss on the captured stage reaches the body through the wrapper), distillation's hint loss
+unchanged against a reference built from plain torch forward hooks, and the hint under torchrun
+(2 gloo processes: the student's and the adapter's gradients averaged over the processes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from tlstudio.core.models.features import (
     resolve_stage,
     unwrap,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared, busy CPU: one thread (two spin-waiting threads crawl under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _resnet(seed: int = 0, classes: int = 3):
@@ -256,3 +266,79 @@ def test_distill_hint_loss_is_what_plain_forward_hooks_give(tmp_path):
         assert float(loss_c.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
     finally:
         torch.compiler.reset()
+
+
+# ------------------------------------------------------------------ the hint under torchrun (2 processes)
+def _hint_setup(rank: int, wrap=None):
+    """The same teacher, student and adapter on every process, rank ``rank``'s own images; the
+    objective set up on ``wrap(student)`` (the engine's DDP wrapper) when given."""
+    import os
+
+    from tlstudio.core.data.dataset import Sample
+    from tlstudio.core.runs.folder import ModelSpec, RunInfo
+    from tlstudio.core.tasks.distill import DistillConfig, DistillObjective, Teacher
+    from tlstudio.core.training.objectives import ObjectiveContext
+
+    classes = ["a", "b", "c"]
+    torch.manual_seed(0)
+    teacher = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval().requires_grad_(False)
+    torch.manual_seed(1)
+    student = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    module = wrap(student) if wrap is not None else student
+    cfg = DistillConfig(data_dir=os.getcwd(), teachers=["t"], augment="light", feature_loss="3:-1",
+                        feature_weight=1.0, backbone="test_efficientnet", image_size=32)
+    spec = ModelSpec(backbone="test_resnet", num_classes=3, classes=classes, image_size=32)
+    obj = DistillObjective(cfg, teachers=[Teacher("t", teacher, RunInfo(config={}, model=spec), None)])
+    ctx = ObjectiveContext(model=module, device=torch.device("cpu"), classes=classes, precision=None, config=None,
+                           train_samples=[Sample(f"s{i}", 0) for i in range(8)], features_mode=False,
+                           run_dir=Path(os.getcwd()), full_model=student)
+    torch.manual_seed(2)  # the adapter's initial weights
+    list(obj.setup(ctx))
+    g = torch.Generator().manual_seed(100 + rank)
+    x, y = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0])
+    return student, module, obj, x, y
+
+
+def _student_grads(student, obj) -> dict:
+    return {**{f"body.{k}": p.grad.clone() for k, p in student.named_parameters() if p.grad is not None},
+            **{f"adapter.{k}": p.grad.clone() for k, p in obj.adapter.named_parameters()}}
+
+
+def _hint_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as tdist
+
+    from tlstudio.core.runtime.parallel import distributed_context, wrap_ddp
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    student, ddp, obj, x, y = _hint_setup(rank, lambda m: wrap_ddp(m, distributed_context(), torch.device("cpu")))
+    ddp.train()
+    loss, parts = obj.loss(ddp, x, y, torch.arange(4))
+    assert "feature" in parts
+    loss.backward()
+    torch.save(_student_grads(student, obj), Path(out_dir) / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+def test_hint_under_torchrun_averages_body_and_adapter_gradients(tmp_path):
+    """Under DDP the student's and the hint adapter's gradients are averaged over the processes
+    (logits and stage feature from one forward through the DDP wrapper; the adapter, an extra
+    module outside the engine's wrapper, goes through DDP with the student)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_hint_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    local = []
+    for rank in (0, 1):  # the same step in one process on each rank's images, without DDP
+        student, module, obj, x, y = _hint_setup(rank)
+        student.train()
+        obj.loss(student, x, y, torch.arange(4))[0].backward()
+        local.append(_student_grads(student, obj))
+    assert set(g0) == set(local[0]) and "adapter.weight" in g0
+    assert not torch.allclose(local[0]["adapter.weight"], local[1]["adapter.weight"])  # different images
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-6), k  # every process took the same step
+        assert torch.allclose(g0[k], (local[0][k] + local[1][k]) / 2, atol=1e-5, rtol=1e-4), k

@@ -38,6 +38,7 @@ class DistillObjective(Objective):
         self._s_cap: Any = None
         self._renorm: list[tuple[Any, Any] | None] = []
         self.cache_reason = ""
+        self._pair = self._pair_of = None  # the student + adapter pair DDP wraps (see _student_step)
 
     # -- Objective API ---------------------------------------------------------------
     def supports_features_mode(self) -> bool:
@@ -92,22 +93,43 @@ class DistillObjective(Objective):
     def loss(self, model, x, y, idx):
         import torch
 
-        # logits and the hint's stage from one forward through the model the loop trains (a DDP
-        # wrapper syncs the gradients of both; calling the plain model inside would not)
-        if self._s_cap is not None:
-            logits, s_feat = self._s_cap(model, x)
-        else:
-            logits, s_feat = self.forward_student(model, x), None
+        logits, s_feat = self._student_step(model, x)
         with torch.no_grad():
             probs, t_feat = self.teacher_probs(x, idx)
         total, parts = kd_loss_from_probs(logits, probs, y, self.T, self.alpha, self.config.label_smoothing)
         if s_feat is not None and t_feat is not None:
-            s = self.adapter(_as_map(s_feat).to(next(self.adapter.parameters()).dtype)) \
-                if self.adapter is not None else s_feat
-            h = self.config.feature_weight * hint_loss(s, t_feat)
+            h = self.config.feature_weight * hint_loss(s_feat, t_feat)
             total = total + h
             parts["feature"] = float(h.detach())
         return total, parts
+
+    def _student_step(self, model, x):
+        """(logits, the hint's student feature through the adapter, or None) from ONE forward
+        through the model the loop trains: a DDP wrapper then syncs the gradients of both
+        (calling the plain model inside it would not). Under DDP with an adapter, the student and
+        the adapter go through one DDP-wrapped pair, so the adapter's gradients are averaged over
+        the processes too (it is an extra module, outside the engine's wrapper)."""
+        if self._s_cap is None:
+            return self.forward_student(model, x), None
+        if self.adapter is not None:
+            from tlstudio.core.runtime.parallel import unwrap as unwrap_ddp
+
+            if unwrap_ddp(model) is not model:
+                return self._pair_for(model)(x)
+        logits, feat = self._s_cap(model, x)
+        return logits, _adapt(self.adapter, feat)
+
+    def _pair_for(self, model):
+        """The DDP-wrapped (student, adapter) pair for the engine's DDP-wrapped ``model`` (made
+        again when the engine re-wraps: gradual unfreezing, a smaller batch after out-of-memory)."""
+        from tlstudio.core.runtime.parallel import distributed_context, unwrap, wrap_ddp
+
+        if self._pair is None or self._pair_of is not model:
+            inner = unwrap(model)  # the student, or torch.compile's wrapper around it
+            pair = _pair_class()(inner, self.adapter, self._s_cap)
+            self._pair = wrap_ddp(pair, distributed_context(), next(inner.parameters()).device)
+            self._pair_of = model
+        return self._pair
 
     # -- teacher outputs ---------------------------------------------------------------
     def teacher_probs(self, x, idx):
@@ -223,6 +245,32 @@ class DistillObjective(Objective):
             note = f"({s_ch} channels on both sides, no adapter needed)"
         yield Log(f"Feature loss: student {s_name} matches teacher {teacher.name} {t_name} {note}, "
                   f"weight {self.config.feature_weight:g}")
+
+
+def _adapt(adapter, feat):
+    """The student's stage feature in the teacher's width (the 1x1 adapter), or as it is."""
+    if adapter is None:
+        return feat
+    return adapter(_as_map(feat).to(next(adapter.parameters()).dtype))
+
+
+def _pair_class():
+    import torch
+
+    class StudentWithAdapter(torch.nn.Module):
+        """The student and the hint's adapter in one forward: (logits, adapted stage feature).
+        Under torchrun this pair is what DDP wraps, so both get their gradients averaged."""
+
+        def __init__(self, student, adapter, capture) -> None:
+            super().__init__()
+            self.student, self.adapter = student, adapter
+            self.capture = capture  # models.features.StageCapture on the student's stage
+
+        def forward(self, x):
+            logits, feat = self.capture(self.student, x)
+            return logits, _adapt(self.adapter, feat)
+
+    return StudentWithAdapter
 
 
 def _eval_batches(samples, data_cfg: dict, batch_size: int, workers: int | None):
