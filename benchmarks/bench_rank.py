@@ -5,7 +5,11 @@
                                             # then Grad-CAM time per image
   python benchmarks/bench_rank.py check     # on 2 natural-photo targets: rank 5 candidates (ImageNet Lite0/
                                             # Lite1/Lite2, an earlier run on a related domain, random init),
-                                            # fine-tune each with TL Studio's defaults, Spearman(score, accuracy)
+                                            # fine-tune each (--regimes: head = head only without augmentation,
+                                            # default = what the app runs when nothing is changed, advice,
+                                            # last2), accuracy on held-out crops, Spearman(score, accuracy)
+      [--per-class N --test-per-class M --seed S (other crops) --source-also-at 224 (the run at another
+       size too) --targets objects,textures --dump DIR (each candidate's features, npz) --json FILE]
 
 Natural photos offline: crops of scikit-image's sample photos (pip install scikit-image).
 """
@@ -148,52 +152,174 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+REGIMES = {
+    # the bench's old setting: head only, no augmentation, 10 epochs (reuses the ranking's features)
+    "head": {"freeze": "head", "augment": "none", "epochs": 10},
+    # what the app runs when the user changes nothing (TrainConfig defaults: head only, light
+    # augmentation, 10 epochs; a random-init candidate trains every layer)
+    "default": {},
+    # the Layers step's advice for a small set of unknown similarity (head, lr 1e-3, 20 + 5 epochs)
+    "advice": {"freeze": "head", "lr": 1e-3, "epochs": 25},
+    # the advice for a small set unlike ImageNet: the last two groups adapt too
+    "last2": {"freeze": "last:2", "lr": 3e-3, "epochs": 20},
+}
+
+
+def _capture_features(store: dict):
+    """Keep each candidate's scored features (label -> (F, y)) for the extra scores below."""
+    from tlstudio.core.tasks.ranking import job
+
+    orig = job.score_row
+
+    def wrapped(row, f, y, config, *a, **kw):
+        store[row.candidate["spec"]] = (f.copy(), y.copy())
+        return orig(row, f, y, config, *a, **kw)
+
+    job.score_row = wrapped
+    return lambda: setattr(job, "score_row", orig)
+
+
+def extra_scores(f, y) -> dict:
+    """Scores the job does not use (yet): for comparing ordering rules offline."""
+    import numpy as np
+
+    from tlstudio.core.tasks.ranking.logme import logme
+
+    fz = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    fn = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+    norms = np.linalg.norm(f, axis=1)
+    return {"logme_raw": round(float(logme(f, y)), 5), "logme_std": round(float(logme(fz, y)), 5),
+            "logme_l2": round(float(logme(fn, y)), 5), "norm_cv": round(float(norms.std() / norms.mean()), 4)}
+
+
+def test_accuracies(runs: dict, folder, check_first: bool = True) -> dict:
+    """Accuracy of each trained run on a test folder with the pixels evaluate() uses (load_batch
+    with the run's spec). Runs whose bodies hold the same weights at the same input size (head-only
+    trainings from one candidate) share one forward pass of the body: only their heads differ.
+    check_first: the first run is also evaluated by evaluate() itself and must agree."""
+    from tlstudio.core.runtime.inference import compute_scope
+
+    with compute_scope():  # threads from the CPU load, OpenMP threads that sleep when cores are shared
+        return _test_accuracies(runs, folder, check_first)
+
+
+def _test_accuracies(runs: dict, folder, check_first: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from tlstudio.core.evaluation.evaluate import evaluate, folder_samples
+    from tlstudio.core.evaluation.preprocessing import load_batch
+    from tlstudio.core.models.run_model import load_run_model
+    from tlstudio.core.models.weights import head_prefixes
+    from tlstudio.core.pipeline.feature_cache import extract_features, weights_hash
+    from tlstudio.core.runtime.inference import forward_chunked
+
+    feats: dict = {}
+    out = {}
+    for name, run in runs.items():
+        model, info = load_run_model(run)
+        key = (weights_hash(model, head_prefixes(model)), info.model.image_size)
+        if key not in feats:
+            samples = folder_samples(folder, list(info.model.classes))
+            fs, ys = [], []
+            for start in range(0, len(samples), 48):
+                chunk = samples[start:start + 48]
+                x, ok, _ = load_batch([s.path for s in chunk], info.model)
+                with torch.inference_mode():
+                    fs.append(forward_chunked(lambda t: extract_features(model, t), torch.from_numpy(x)).float())
+                ys += [int(chunk[i].label) for i in ok]
+            feats[key] = (torch.cat(fs), np.array(ys))
+        f, y = feats[key]
+        with torch.inference_mode():
+            pred = model.get_classifier()(f).argmax(1).numpy()
+        out[name] = round(float((pred == y).mean()), 4)
+        if check_first:
+            ref = evaluate(run, folder=folder).accuracy
+            assert abs(ref - out[name]) < 0.006, (name, ref, out[name])
+            check_first = False
+    return out
+
+
 def bench_check(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench_rank_check_"))
     os.environ.setdefault("TLSTUDIO_HOME", str(tmp / "home"))
     per = args.per_class
-    src = make_crops(tmp / "source", SOURCE, per, size=160, seed=1)
+    sd = 100 * args.seed  # --seed N: other crops of the same photos (an independent replicate)
+    src = make_crops(tmp / "source", SOURCE, per, size=160, seed=1 + sd)
     # an earlier TL Studio run on a related domain: other photos, every layer fine-tuned at 96 px
     src_run = tmp / "source_run"
     if not args.no_source:
         info, _, s = _train(src, {"backbone": "tf_efficientnet_lite0", "init": "pretrained"}, src_run,
-                            epochs=args.source_epochs, freeze="none", image_size=96, augment="none")
-        print(f"source run: val_acc {info.metrics.get('val_acc'):.3f} in {s:.0f} s")
+                            epochs=args.source_epochs, freeze="none", image_size=args.source_size, augment="none")
+        print(f"source run: val_acc {info.metrics.get('val_acc'):.3f} in {s:.0f} s", flush=True)
     # small grey crops: each image shows a patch of a photo, so the classes are not trivially apart
-    targets = {"objects": make_crops(tmp / "objects", PHOTOS_A, per, seed=2, grey=True, crop=(0.1, 0.3)),
-               "textures": make_crops(tmp / "textures", TEXTURES_B, per, seed=3, grey=True, crop=(0.08, 0.25))}
+    targets = {"objects": make_crops(tmp / "objects", PHOTOS_A, per, seed=2 + sd, grey=True, crop=(0.1, 0.3)),
+               "textures": make_crops(tmp / "textures", TEXTURES_B, per, seed=3 + sd, grey=True, crop=(0.08, 0.25))}
     # held-out test images of each target (other crops, other seed): the fine-tuned accuracy the
     # ranking must predict is measured here, not on the 20% validation split (a few images)
-    tests = {"objects": make_crops(tmp / "objects_test", PHOTOS_A, args.test_per_class, seed=12, grey=True,
+    tests = {"objects": make_crops(tmp / "objects_test", PHOTOS_A, args.test_per_class, seed=12 + sd, grey=True,
                                    crop=(0.1, 0.3)),
-             "textures": make_crops(tmp / "textures_test", TEXTURES_B, args.test_per_class, seed=13, grey=True,
+             "textures": make_crops(tmp / "textures_test", TEXTURES_B, args.test_per_class, seed=13 + sd, grey=True,
                                     crop=(0.08, 0.25))}
     cands = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
              "random:tf_efficientnet_lite0"] + ([] if args.no_source else [f"run:{src_run}"])
-    report = {"load_avg": os.getloadavg()[0], "per_class": per, "targets": {}}
+    if args.source_also_at and not args.no_source:
+        # the same earlier run used at another input size (its run.json says the size)
+        import shutil
+
+        other = tmp / f"source_run_{args.source_also_at}"
+        shutil.copytree(src_run, other)
+        meta = json.loads((other / "run.json").read_text())
+        meta["model"]["image_size"] = args.source_also_at
+        (other / "run.json").write_text(json.dumps(meta))
+        cands.append(f"run:{other}")
+    regimes = [x.strip() for x in args.regimes.split(",") if x.strip()]
+    report = {"load_avg_start": os.getloadavg(), "per_class": per, "seed": args.seed, "test_per_class": args.test_per_class,
+              "regimes": {k: REGIMES[k] for k in regimes}, "targets": {}}
     from tlstudio.core.tasks.ranking.job import train_settings
 
     for tname, data in targets.items():
-        res, secs = _rank(data, cands, tmp / f"rank_{tname}")
-        rows = []
+        if tname not in args.targets.split(","):
+            continue
+        feats: dict = {}
+        restore = _capture_features(feats)
+        try:
+            res, secs = _rank(data, cands, tmp / f"rank_{tname}")
+        finally:
+            restore()
+        rows, runs = [], {}
         for r in res.ranked():
-            # TL Studio's default strategy for small data (head only); no augmentation, so the
-            # training reuses the ranking's cached features (--augment light to change that)
-            info, _, s = _train(data, train_settings(r), tmp / f"ft_{tname}_{r.rank}", epochs=args.epochs,
-                                freeze=args.freeze, augment=args.augment)
-            from tlstudio.core.evaluation.evaluate import evaluate
+            row = {"candidate": r.candidate["spec"].replace(str(tmp), "<tmp>"), "rank": r.rank,
+                   "logme": r.logme, "probe": r.probe_acc, "probe_std": r.probe_std, "knn": r.knn_acc,
+                   "hscore": r.hscore, "tie": getattr(r, "tie", None), **extra_scores(*feats[r.candidate["spec"]]), "acc": {}}
+            if args.dump:
+                import numpy as np
 
-            acc = evaluate(tmp / f"ft_{tname}_{r.rank}", folder=tests[tname]).accuracy
-            rows.append({"candidate": r.candidate["spec"].replace(str(tmp), "<tmp>"), "rank": r.rank,
-                         "logme": r.logme, "probe": r.probe_acc, "knn": r.knn_acc, "finetuned_acc": round(acc, 4),
-                         "val_acc": info.metrics.get("val_acc"), "train_s": round(s, 1)})
-            print(tname, rows[-1], flush=True)
-        accs = [x["finetuned_acc"] for x in rows]
-        best = max(accs)
-        t = {"rank_seconds": round(secs, 1), "rows": rows,
-             "spearman_logme": spearman([x["logme"] for x in rows], accs),
-             "spearman_probe": spearman([x["probe"] for x in rows], accs),
-             "top_is_best": accs[0] >= best - 1e-9}
+                Path(args.dump).mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(Path(args.dump) / f"{tname}_{r.rank}.npz", f=feats[r.candidate["spec"]][0],
+                                    y=feats[r.candidate["spec"]][1])
+            for reg in regimes:
+                out = tmp / f"ft_{tname}_{r.rank}_{reg}"
+                settings = {**train_settings(r), **REGIMES[reg]}
+                if r.candidate["init"] == "scratch" and reg != "head":
+                    settings.pop("freeze", None)  # from scratch the app trains every layer
+                    settings.pop("lr", None)
+                info, _, s = _train(data, settings, out)
+                runs[(r.rank, reg)] = out
+                row[f"train_s_{reg}"] = round(s, 1)
+            rows.append(row)
+            print(tname, json.dumps(row), flush=True)
+        t0 = time.perf_counter()
+        for (rk, reg), acc in test_accuracies(runs, tests[tname]).items():
+            rows[rk - 1]["acc"][reg] = acc
+        print(tname, "test accuracies:", [(x["candidate"][-24:], x["acc"]) for x in rows],
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        t = {"rank_seconds": round(secs, 1), "rows": rows, "load_avg": os.getloadavg()}
+        for reg in regimes:
+            accs = [x["acc"][reg] for x in rows]
+            t[reg] = {"top_is_best": accs[0] >= max(accs) - 1e-9,
+                      **{f"spearman_{k}": spearman([x[k] for x in rows], accs)
+                         for k in ("logme", "logme_raw", "probe", "knn", "hscore", "logme_std", "logme_l2")}}
         report["targets"][tname] = t
         print(tname, json.dumps({k: v for k, v in t.items() if k != "rows"}), flush=True)
     return report
@@ -204,9 +330,13 @@ def main() -> None:
     ap.add_argument("what", choices=["time", "check"])
     ap.add_argument("--per-class", type=int, default=30)
     ap.add_argument("--test-per-class", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--freeze", default="head", help="fine-tuning strategy of the check (default: head)")
-    ap.add_argument("--augment", default="none")
+    ap.add_argument("--regimes", default="head,default",
+                    help=f"fine-tuning settings of the check, comma-separated: {', '.join(REGIMES)}")
+    ap.add_argument("--source-size", type=int, default=96, help="input size of the earlier run")
+    ap.add_argument("--source-also-at", type=int, help="also rank the earlier run at this input size")
+    ap.add_argument("--targets", default="objects,textures")
+    ap.add_argument("--seed", type=int, default=0, help="replicate: 0 = the crops of earlier sessions")
+    ap.add_argument("--dump", help="save each candidate's scored features here (npz)")
     ap.add_argument("--source-epochs", type=int, default=2)
     ap.add_argument("--no-source", action="store_true")
     ap.add_argument("--json", help="write the numbers here")
