@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,3 +118,18 @@ def test_set_epoch_train_mode_frozen_norms_stay_in_eval_and_the_wrapper_flag_is_
     m.eval()
     set_epoch_train_mode(m, head, groups, trainable, features_mode=True)
     assert head.training and head[1].training and not m.training
+
+
+# ------------------------------------------------------------------ scan progress, throttled
+def test_throttled_progress_reports_at_most_every_interval_and_always_the_end(monkeypatch):
+    from tlstudio.core.data import probing
+
+    clock = [100.0]
+    monkeypatch.setattr(probing, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock only
+    calls = []
+    report = probing._throttled(lambda done, n: calls.append((done, n)), 10)
+    for done, t in [(1, 100.0), (2, 100.05), (3, 100.11), (4, 100.15), (9, 100.2), (10, 100.21)]:
+        clock[0] = t
+        report(done)
+    assert calls == [(1, 10), (3, 10), (10, 10)]  # 0.1 s apart, and the last one however soon
+    probing._throttled(None, 3)(3)  # no progress callback: nothing to call

@@ -22,6 +22,19 @@ from tlstudio.core.runtime.precision import available_cores
 Progress = Callable[[int, "int | None"], None]
 
 
+def _throttled(progress: Progress | None, n: int, every_s: float = 0.1) -> Callable[[int], None]:
+    """report(done): ``progress(done, n)`` at most every ``every_s`` seconds, and always at the end."""
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.monotonic()
+        if progress is not None and (now - last[0] > every_s or done == n):
+            last[0] = now
+            progress(done, n)
+
+    return report
+
+
 def default_workers(full: bool = True) -> int:
     """Full decodes release the GIL: threads, two per core. Header checks are Python-bound:
     one process per core (threads made them 1.7-2.9x slower than one worker, GIL convoy)."""
@@ -112,7 +125,7 @@ def probe_all(
         return idx, probe_chunk(paths, want, max_pixels, full)
 
     done = n - len(todo)
-    last = 0.0
+    report = _throttled(progress, n)
     if progress is not None:
         progress(done, n)
     starts = range(0, len(todo), chunk)
@@ -153,10 +166,7 @@ def probe_all(
                     f = files[i]
                     _remember_probe((f.path, f.size, f.mtime_ns, max_pixels, full), (r, h))
             done += len(idx)
-            now = time.monotonic()
-            if progress is not None and (now - last > 0.1 or done == n):
-                last = now
-                progress(done, n)
+            report(done)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)  # running chunks end within ~0.1 s
@@ -196,7 +206,8 @@ def look_all(
             todo.append(f)
         else:
             out[f.path] = hit
-    n, done, last = len(files), len(files) - len(todo), 0.0
+    n, done = len(files), len(files) - len(todo)
+    report = _throttled(progress, n)
     if progress is not None:
         progress(done, n)
 
@@ -217,10 +228,7 @@ def look_all(
                 if len(_look_memo) >= _PROBE_MEMO_MAX:
                     _look_memo.clear()
                 _look_memo[(f.path, f.size, f.mtime_ns)] = look
-            now = time.monotonic()
-            if progress is not None and (now - last > 0.1 or done == n):
-                last = now
-                progress(done, n)
+            report(done)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
