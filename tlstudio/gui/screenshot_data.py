@@ -127,10 +127,12 @@ def make_adaptation(root: Path, per_class: int = 16, size: int = 64, seed: int =
     camera: class folders)."""
     from tlstudio.core.data.synthetic import make_synthetic_folder
 
-    lab = make_synthetic_folder(root / "labelled", per_class=per_class, size=size, seed=seed)
-    raw = make_synthetic_folder(root / "_raw_target", per_class=per_class, size=size, seed=seed + 1)
+    # labelled: each class has its own colour (a shortcut a model happily learns); the new camera
+    # washes the colours out, so the shortcut fails there and only the shapes are left
+    lab = make_synthetic_folder(root / "labelled", per_class=per_class, size=size, seed=seed, easy=True)
+    raw = make_synthetic_folder(root / "_raw_target", per_class=per_class, size=size, seed=seed + 1, easy=True)
     target = _flat(raw, root / "new_camera", "cam", _new_camera, seed)
-    raw_check = make_synthetic_folder(root / "_raw_check", per_class=5, size=size, seed=seed + 2)
+    raw_check = make_synthetic_folder(root / "_raw_check", per_class=5, size=size, seed=seed + 2, easy=True)
     rng = random.Random(seed + 3)
     for p in sorted(raw_check.rglob("*.png")):
         out = root / "check" / p.parent.name / p.name

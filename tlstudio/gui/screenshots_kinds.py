@@ -32,6 +32,8 @@ class Shooter:
         from tlstudio.gui.qt_app import make_app
 
         self.kind, self.out, self.work, self.tiny = kind, out, work, tiny
+        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         self.app = make_app()
         # a first start: no window size or train settings of an earlier session restored
         self.win = MainWindow(settings=QSettings(str(work / "tlstudio.ini"), QSettings.Format.IniFormat))
@@ -96,8 +98,6 @@ class Shooter:
     # --- grabbing -----------------------------------------------------------------------------
     def grab_steps(self, before: dict[str, Callable[[], None]] | None = None) -> list[Path]:
         """Show every step of the kind and save it; ``before[step]()`` runs first (fill the page)."""
-        from tlstudio.gui.screenshots import _save
-
         before = before or {}
         for i, step in enumerate(self.win.sidebar.visible_steps()):
             self.win.show_step(step)
@@ -124,7 +124,7 @@ class Shooter:
                     if exp.start_export():
                         self.wait(lambda e=exp: not e.exporting, 600)
             self.settle(0.4)
-            self.saved.append(_save(self.win, self.out / f"{self.kind}-{i + 1}-{step}.png"))
+            self.saved.append(save_png(self.win, self.out / f"{self.kind}-{i + 1}-{step}.png"))
         return self.saved
 
     def close(self) -> None:
@@ -132,6 +132,30 @@ class Shooter:
         self.win.runner.wait(30_000)
         self.win.close()
         self.settle(0.2)
+
+
+def save_png(widget: Any, path: Path) -> Path:
+    """Grab at full size; a PNG over MAX_BYTES (photos, heat maps) is first reduced to 256 colours
+    (text stays sharp), and only if still too big shrunk like the classification screenshots."""
+    import io
+
+    from PIL import Image
+    from PySide6.QtCore import QBuffer, QIODevice
+
+    from tlstudio.gui.screenshots import MAX_BYTES, _save
+
+    pm = widget.grab()
+    pm.save(str(path), "PNG", 9)
+    if path.stat().st_size <= MAX_BYTES:
+        return path
+    buf = QBuffer()
+    buf.open(QIODevice.OpenModeFlag.WriteOnly)
+    pm.toImage().save(buf, "PNG")
+    img = Image.open(io.BytesIO(bytes(buf.data()))).convert("RGB")
+    img.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    if path.stat().st_size <= MAX_BYTES:
+        return path
+    return _save(widget, path)
 
 
 def _sample_paths(folder: Path, n: int) -> list[str]:
@@ -166,7 +190,11 @@ def drive_multitask(s: Shooter) -> None:
             ev.again_btn.click()
             s.wait(lambda: ev.again_btn.isEnabled(), 120)
 
-    s.grab_steps({"mt_predict": predict, "mt_evaluate": evaluate})
+    def tasks_tab() -> None:  # the Data step's Tasks tab: the label columns the user trains
+        data = s.win.panel("data")
+        data.tabs.setCurrentWidget(table)
+
+    s.grab_steps({"data": tasks_tab, "mt_predict": predict, "mt_evaluate": evaluate})
 
 
 def drive_anomaly(s: Shooter) -> None:
