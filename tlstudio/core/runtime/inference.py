@@ -91,12 +91,21 @@ def _threads_for_shared_cpu() -> Iterator[None]:
             or os.environ.get("TLSTUDIO_CPU_SHARING", "").lower() in ("off", "0", "no") or not cpu_shared()):
         yield
         return
-    before = torch.get_num_threads()
+    with one_thread():
+        yield
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block (the caller's count restored after)."""
+    import torch
+
+    saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(saved)
 
 
 def forward_chunked(fn: Callable[[Any], Any], x: Any) -> Any:

@@ -8,23 +8,11 @@ thread: on a busy 2-core machine multi-threaded BLAS spins and is 50x slower.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
+from tlstudio.core.runtime.inference import one_thread  # noqa: F401 (the ranking modules import it from here)
+
 RIDGE_GRID = tuple(10.0 ** e for e in range(-3, 4))  # relative to the mean kernel diagonal
-
-
-@contextlib.contextmanager
-def one_thread():
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
