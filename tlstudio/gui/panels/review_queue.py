@@ -64,6 +64,8 @@ class ReviewModel(ThumbnailModel):
         if role == Qt.ItemDataRole.DisplayRole:
             name = self.queue.classes[it.label if it.decision == "relabelled" else it.proposed]
             return f"{_MARK[it.decision]}{name} {it.confidence:.0%}"
+        if role == Qt.ItemDataRole.SizeHintRole:  # the view's uniform item size: room for "✓ triangle 85%"
+            return QSize(THUMB + 20, THUMB + 30)
         if role == Qt.ItemDataRole.BackgroundRole:
             return _COLOURS.get(it.decision)
         if role == Qt.ItemDataRole.ToolTipRole:
