@@ -115,6 +115,28 @@ def test_knn_head_equals_brute_force_over_several_bank_chunks(monkeypatch):
     assert float(am.PatchCoreHead(bank)(f2)) == pytest.approx(0.0, abs=1e-3)
 
 
+def test_patch_features_neighbourhood_setting():
+    import timm
+
+    from tlstudio.core.models.features import feature_maps, stage_indices_for_strides
+    from tlstudio.core.tasks.anomaly.config import AnomalyConfig
+
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
+    idx = stage_indices_for_strides(m, (8, 16))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        raw = feature_maps(m, x, idx)
+        none = am.patch_features(m, x, idx, aggregate=1)
+        agg3 = am.patch_features(m, x, idx, aggregate=3)
+    c0 = raw[0].shape[1]
+    assert none.shape == agg3.shape == (1, c0 + raw[1].shape[1], 8, 8)
+    assert torch.allclose(none[:, :c0], raw[0])  # 1: the finest stage as it is
+    # 3: an interior patch of the finest stage is the mean of its 3x3 neighbours
+    assert torch.allclose(agg3[0, :c0, 3, 4], raw[0][0, :, 2:5, 3:6].mean((1, 2)), atol=1e-5)
+    with pytest.raises(ValueError):
+        AnomalyConfig(data_dir=".", aggregate=2)
+
+
 def test_false_alarm_threshold_on_known_scores():
     s = np.arange(1, 101, dtype=float)  # 100 good parts
     t = false_alarm_threshold(s, 0.05)

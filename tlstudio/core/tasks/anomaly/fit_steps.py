@@ -131,7 +131,7 @@ def _learn_normal(job: _Fit, ex: _Extractor, bank_paths: list[str]) -> Generator
             failed += len(fails)
             if ok:
                 with torch.inference_mode():
-                    sink.add(forward_chunked(lambda c: patch_features(ex.body, c, ex.indices), torch.from_numpy(x)))
+                    sink.add(forward_chunked(lambda c: patch_features(ex.body, c, ex.indices, config.aggregate), torch.from_numpy(x)))
             done += len(ok) + len(fails)
             yield Progress("features", done, len(bank_paths),
                            f"features {done}/{len(bank_paths)} images {_eta(t_feat, done, len(bank_paths))}".strip())

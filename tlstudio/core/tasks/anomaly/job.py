@@ -87,7 +87,7 @@ def _fit(config: AnomalyConfig, run_dir: Path, stop, pause, state) -> Generator[
                          len(holdout), 1, -(-len(bank_paths) // config.batch_size), 0,
                          sum(p_.numel() for p_ in ex.body.parameters()), phase="fit")
         head = yield from _learn_normal(job, ex, bank_paths)
-        model = AnomalyModel(ex.body, ex.indices, head).eval()
+        model = AnomalyModel(ex.body, ex.indices, head, aggregate=config.aggregate).eval()
         meta = yield from _set_threshold(job, model, ex, head, holdout)
         metrics = yield from _evaluate_test(job, model, ex.spec, meta, data, holdout)
     except _Stop as s:
@@ -122,6 +122,7 @@ def _set_threshold(job: _Fit, model, ex: _Extractor, head, holdout: list[str]) -
                    f"rate: threshold set just above the highest held-out good score (more normal images help)")
     model.set_normalisation(thr, scale)
     meta = {"method": config.method, "indices": ex.indices, "strides": list(config.strides), "grid": ex.grid,
+            "aggregate": config.aggregate,
             "feature_dim": ex.plan["feature_dim"],
             "bank_size": int(getattr(head, "bank", torch.zeros(0)).shape[0]),
             "sigma": 4.0, "threshold": thr, "scale": scale, "false_alarm_threshold": thr,

@@ -18,11 +18,13 @@ from tlstudio.core.tasks.anomaly.threshold import NORM_SLOPE, normalise_np, raw_
 BANK_CHUNK = 4096  # bank rows per kNN block: bounds the query x bank distance matrix
 
 
-def patch_features(body: nn.Module, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
-    """(B, D, h, w): each stage averaged over its 3x3 neighbourhood (local context, as in
-    PatchCore), resized to the finest stage's grid, concatenated along channels."""
-    maps = feature_maps(body, x, indices)
-    maps = [F.avg_pool2d(m.float(), 3, stride=1, padding=1, count_include_pad=False) for m in maps]
+def patch_features(body: nn.Module, x: torch.Tensor, indices: list[int], aggregate: int = 3) -> torch.Tensor:
+    """(B, D, h, w): each stage averaged over its ``aggregate`` x ``aggregate`` neighbourhood
+    (PatchCore's local context; 1 = none), resized to the finest stage's grid, concatenated
+    along channels."""
+    maps = [m.float() for m in feature_maps(body, x, indices)]
+    if aggregate > 1:
+        maps = [F.avg_pool2d(m, aggregate, stride=1, padding=aggregate // 2, count_include_pad=False) for m in maps]
     size = maps[0].shape[-2:]
     maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             for m in maps]
@@ -101,10 +103,11 @@ class AnomalyModel(nn.Module):
     both normalised so the threshold is 0.5."""
 
     def __init__(self, body: nn.Module, indices: list[int], head: nn.Module, *, sigma: float = 4.0,
-                 threshold: float = 1.0, scale: float = 1.0) -> None:
+                 threshold: float = 1.0, scale: float = 1.0, aggregate: int = 3) -> None:
         super().__init__()
         self.body = body
         self.indices = [int(i) for i in indices]
+        self.aggregate = int(aggregate)
         self.head = head
         self.blur = GaussianBlur(sigma)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
@@ -115,7 +118,7 @@ class AnomalyModel(nn.Module):
         self.scale.fill_(max(float(scale), 1e-12))
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(patch_features(self.body, x, self.indices))
+        return self.head(patch_features(self.body, x, self.indices, self.aggregate))
 
     def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw image score (largest patch distance) and raw smoothed map at input resolution."""

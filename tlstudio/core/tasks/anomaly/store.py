@@ -71,7 +71,8 @@ def load_model(run_dir: str | Path, threshold: float | None = None):
     head = build_head(meta["method"], tensors)
     thr = float(meta["threshold"] if threshold is None else threshold)
     model = AnomalyModel(body, meta["indices"], head, sigma=float(meta.get("sigma", 4.0)),
-                         threshold=thr, scale=float(meta["scale"]))
+                         threshold=thr, scale=float(meta["scale"]),
+                         aggregate=int(meta.get("aggregate", 3)))  # runs before the setting: 3x3
     model.eval()
     return model, info, meta
 
