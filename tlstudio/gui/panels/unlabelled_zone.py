@@ -137,11 +137,14 @@ class UnlabelledZone(QGroupBox):
 
         self.what = QLabel("What are these images?")
         lay.addWidget(self.what)
-        self.same = QRadioButton("Same kind as my labelled images (semi-supervised: the model proposes labels, "
-                                 "you review them)")
-        self.other = QRadioButton("A new domain to adapt to (another camera, lighting or site: domain adaptation)")
+        # short texts (a radio button does not wrap: a long one widened the window past 1280 px);
+        # the whole sentence is the tooltip
+        self.same = QRadioButton("Same kind as my labelled images (semi-supervised)")
+        self.same.setToolTip("Same kind as my labelled images (semi-supervised: the model proposes labels, "
+                             "you review them)")
+        self.other = QRadioButton("A new domain to adapt to (domain adaptation)")
+        self.other.setToolTip("A new domain to adapt to (another camera, lighting or site: domain adaptation)")
         for b in (self.same, self.other):
-            b.setToolTip(b.text())
             lay.addWidget(b)
         self.choice = QButtonGroup(self)
         self.choice.addButton(self.same)
@@ -186,7 +189,8 @@ class UnlabelledZone(QGroupBox):
     def set_folder(self, folder: str) -> None:
         self.folder = str(folder)
         n = count_images(self.folder)
-        self.drop.label.setText(f"{self.folder}\n{n} images")
+        self.drop.label.setText(f"{Path(self.folder).name}\n{n} images")  # the full path: tooltip
+        self.drop.label.setToolTip(self.folder)
         self.gap = None
         self._apply()
         self._measure()
@@ -204,6 +208,7 @@ class UnlabelledZone(QGroupBox):
         self.gap = None
         self._gap_for = None
         self.drop.label.setText("Drop a folder of unlabelled images")
+        self.drop.label.setToolTip("")
         self._apply()
 
     # ------------------------------------------------------------------ state
