@@ -141,7 +141,7 @@ def make_adaptation(root: Path, per_class: int = 16, size: int = 64, seed: int =
     return lab, target, root / "check"
 
 
-def make_semisupervised(root: Path, labelled_per_class: int = 6, unlabelled_per_class: int = 20, size: int = 64,
+def make_semisupervised(root: Path, labelled_per_class: int = 10, unlabelled_per_class: int = 20, size: int = 64,
                         seed: int = 0) -> tuple[Path, Path]:
     """(a few labelled images per class, many unlabelled ones of the same kind in one folder)."""
     from tlstudio.core.data.synthetic import make_synthetic_folder

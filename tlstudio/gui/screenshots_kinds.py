@@ -135,7 +135,7 @@ class Shooter:
 
 
 def save_png(widget: Any, path: Path) -> Path:
-    """Grab at full size; a PNG over MAX_BYTES (photos, heat maps) is first reduced to 256 colours
+    """Grab at full size; a PNG over MAX_BYTES (photos, heat maps) is first reduced to 256, 128 or 64 colours
     (text stays sharp), and only if still too big shrunk like the classification screenshots."""
     import io
 
@@ -152,9 +152,10 @@ def save_png(widget: Any, path: Path) -> Path:
     buf.open(QIODevice.OpenModeFlag.WriteOnly)
     pm.toImage().save(buf, "PNG")
     img = Image.open(io.BytesIO(bytes(buf.data()))).convert("RGB")
-    img.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
-    if path.stat().st_size <= MAX_BYTES:
-        return path
+    for colours in (256, 128, 64):
+        img.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+        if path.stat().st_size <= MAX_BYTES:
+            return path
     return _save(widget, path)
 
 
