@@ -1,51 +1,58 @@
-"""What orders the table: LogME on length-normalised features (an image's feature length moves a
-softmax head's confidence, not its decision; LogME's linear-Gaussian fit mistakes it for misfit)."""
+"""What orders the table: LogME, and between neighbours within its noise the linear probe."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from tlstudio.core.tasks.ranking.job import RankConfig
-from tlstudio.core.tasks.ranking.logme import logme
 from tlstudio.core.tasks.ranking.results import RankRow
-from tlstudio.core.tasks.ranking.scoring import order_rows, score_row, unit_rows
-
-Y = np.repeat(np.arange(4), 30)
-
-
-def _features(rng, signal: float, d: int = 64) -> np.ndarray:
-    f = rng.normal(size=(len(Y), d))
-    f[:, :4] += signal * np.eye(4)[Y]
-    return f
+from tlstudio.core.tasks.ranking.scoring import order_rows
+from tlstudio.core.tasks.ranking.text import explain, summary
 
 
-def _scored(name: str, f: np.ndarray) -> RankRow:
-    row = RankRow(candidate={"spec": name})
-    score_row(row, f, Y, RankConfig(data_dir="unused", folds=3))
-    return row
+def _row(name: str, logme: float, draws: list[float], probe: float) -> RankRow:
+    return RankRow(candidate={"spec": name, "label": name, "source": "imagenet"}, logme=logme, logme_draws=draws,
+                   probe_acc=probe, probe_std=0.01, knn_acc=probe)
 
 
-def test_unit_rows_by_hand():
-    f = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
-    assert np.allclose(unit_rows(f), [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+# by hand: A - B on the subsets = [0, .2, -.2, 0]: sd .1633, x2 (80% subsets) = .327 > |0.50 - 0.49|
+NOISY_A = [0.5, 0.6, 0.4, 0.5]
+NOISY_B = [0.5, 0.4, 0.6, 0.5]
+# A - C = [.3, .31, .29, .3]: sd .0082, x2 = .016 < 0.30
+STEADY_C = [0.2, 0.2, 0.2, 0.2]
 
 
-def test_the_length_of_each_feature_vector_does_not_change_the_score():
-    rng = np.random.default_rng(1)
-    f = _features(rng, 2.0)
-    scaled = f * np.exp(rng.normal(0, 1.0, size=(len(Y), 1)))  # every image its own length
-    a, b = _scored("f", f), _scored("scaled", scaled)
-    assert a.logme == pytest.approx(b.logme, abs=2e-5)
-    assert a.logme_draws == pytest.approx(b.logme_draws, abs=2e-5)
+def test_within_noise_the_probe_decides():
+    a = _row("A", 0.50, NOISY_A, probe=0.90)
+    b = _row("B", 0.49, NOISY_B, probe=0.95)
+    rows = order_rows([a, b])
+    assert [(r.candidate["spec"], r.rank, r.tie) for r in rows] == [("B", 1, None), ("A", 2, 1)]
+    explain(rows, n_classes=2)
+    assert "Within noise of #1" in rows[1].explanation and "linear probe decides" in rows[1].explanation
+    assert "A is within noise of it" in summary(rows, [], 100)
 
 
-def test_clearly_better_features_with_uneven_lengths_rank_first():
-    rng = np.random.default_rng(0)
-    good = _features(rng, 3.0) * np.exp(rng.normal(0, 1.2, size=(len(Y), 1)))
-    mid = _features(rng, 1.5)
-    assert logme(good, Y) < logme(mid, Y)  # raw LogME is misled by the lengths
-    rows = order_rows([_scored("mid", mid), _scored("good", good)])
-    assert [r.candidate["spec"] for r in rows] == ["good", "mid"]
-    assert rows[0].logme > rows[1].logme + 0.1 and rows[1].tie is None
-    assert rows[0].probe_acc > rows[1].probe_acc
+def test_outside_the_noise_logme_decides_whatever_the_probe_says():
+    a = _row("A", 0.50, [0.5, 0.51, 0.49, 0.5], probe=0.80)
+    c = _row("C", 0.20, STEADY_C, probe=0.95)
+    rows = order_rows([c, a])
+    assert [(r.candidate["spec"], r.rank, r.tie) for r in rows] == [("A", 1, None), ("C", 2, None)]
+    explain(rows, n_classes=2)
+    assert "above the top one" in rows[1].explanation and "Within noise" not in rows[1].explanation
+
+
+def test_the_probe_only_reorders_inside_the_noise():
+    # B and A are within noise of each other, C is clearly below both: C stays last although its
+    # probe is the best, B (better probe) goes above A
+    a = _row("A", 0.50, NOISY_A, probe=0.90)
+    b = _row("B", 0.49, NOISY_B, probe=0.93)
+    c = _row("C", -0.40, [-0.4, -0.4, -0.4, -0.4], probe=0.99)
+    rows = order_rows([c, a, b])
+    assert [r.candidate["spec"] for r in rows] == ["B", "A", "C"]
+    assert [r.rank for r in rows] == [1, 2, 3] and rows[2].tie is None
+
+
+def test_equal_probes_keep_the_logme_order():
+    a = _row("A", 0.50, NOISY_A, probe=0.90)
+    b = _row("B", 0.49, NOISY_B, probe=0.90)
+    assert [r.candidate["spec"] for r in order_rows([b, a])] == ["A", "B"]
+    assert np.isclose(order_rows([b, a])[1].logme, 0.49)

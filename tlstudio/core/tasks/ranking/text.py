@@ -35,12 +35,12 @@ def explain(rows: list[RankRow], n_classes: int) -> None:
         if best is not None and r is not best and best.probe_acc is not None and r.probe_acc is not None:
             pts = 100 * (best.probe_acc - r.probe_acc)
             gap = (f", {pts:.0f} points below the top one" if pts >= 0.5 else
-                   f", {-pts:.0f} points above the top one (LogME still prefers the top one)" if pts <= -0.5 else
+                   f", {-pts:.0f} points above the top one (LogME prefers the top one)" if pts <= -0.5 else
                    ", the same as the top one; LogME separates them")
         tie = ""
         if r.tie:
             tie = (f" Within noise of #{r.tie}: their LogME differs by less than it moves between samples of "
-                   "your images, so either may fine-tune better; the order between them is not reliable.")
+                   "your images, so the linear probe decides the order; either may fine-tune better.")
         r.explanation = f"{lead}: {probe}{gap}, k-NN {r.knn_acc:.0%}{speed}, {fmt_params(r.params)} parameters.{tie}"
 
 
