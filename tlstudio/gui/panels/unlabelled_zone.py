@@ -118,7 +118,7 @@ class UnlabelledZone(QGroupBox):
 
         self._gap_stop = threading.Event()
         lay = QVBoxLayout(self)
-        intro = QLabel("More images without labels can make the model better. Drop a folder of them here.")
+        self.intro = intro = QLabel("More images without labels can make the model better. Drop a folder of them here.")
         intro.setWordWrap(True)
         lay.addWidget(intro)
         row = QHBoxLayout()
@@ -236,13 +236,15 @@ class UnlabelledZone(QGroupBox):
 
     def _refresh(self) -> None:
         has = self.folder is not None
+        self.intro.setVisible(not has)  # a dropped folder: its choices need the room (the Data step's left column is full)
         for w in (self.what, self.same, self.other, self.clear_btn, self.gap_bar, self.gap_text):
             w.setVisible(has)
         self.check_box.setVisible(has and self.other.isChecked())
         self.check_label.setText(
-            (f"Check set: {self.check_dir}." if self.check_dir else
+            (f"Check set: {Path(self.check_dir).name}." if self.check_dir else
              "Check set (optional): 10-20 of the new images that you labelled, a folder per class.")
             + " Only used to compare the adapted and unadapted models, never to train.")
+        self.check_label.setToolTip(self.check_dir or "")
         self.gap_bar.setVisible(has and self.gap is not None and self.gap.get("score") is not None)
 
     # ------------------------------------------------------------------ domain gap
