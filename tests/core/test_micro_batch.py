@@ -217,6 +217,11 @@ def test_measure_micro_batches_times_a_copy():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN running stats too
     assert all(p.grad is None for p in model.parameters())
     assert T.measure_micro_batches(model, 8, 16, [2, 4], rounds=1, budget_s=0.0) == {}
+    # a run of a few images (its whole training shorter than the timing) is not timed at all, even
+    # with a generous fixed budget; a long run is
+    assert T.measure_micro_batches(model, 8, 16, [2, 4], rounds=1, budget_s=60.0, train_images=8) == {}
+    assert set(T.measure_micro_batches(model, 8, 16, [2, 4], rounds=1, budget_s=60.0,
+                                       train_images=10**7)) == {0, 2, 4}
 
 
 def test_choose_micro_batch_order_of_decisions(monkeypatch):

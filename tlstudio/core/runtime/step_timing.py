@@ -156,6 +156,10 @@ MICRO_AT_224 = 8  # images per micro-batch at 224 px; scaled to keep the activat
 MICRO_MIN_GAIN = 1.15  # micro-batches must be this much faster per image than whole batches
 MICRO_BUDGET_S = 25.0  # measuring stops (whole batches stay) when a step shows it would take longer,
 MICRO_BUDGET_SHARE = 0.1  # unless the run is long: up to this share of its estimated training time
+# and never more than this share of it: a 1.7x gain saves at most ~40% of a run, so timing a short
+# run for longer than a quarter of its training costs more than it can win (84 images x 2 epochs at
+# 224 px under 2 busy loops: ~12 s of training, ~8 s of timing)
+MICRO_SHORT_RUN_SHARE = 0.25
 MICRO_ENV = "TLSTUDIO_MICRO_BATCH"  # images per micro-batch; 0 = whole batches (A/B, escape hatch)
 _micro_measured: dict[tuple, tuple[int, float, dict[int, float]]] = {}
 
@@ -240,8 +244,10 @@ def measure_micro_batches(model: Any, batch: int, size: int, candidates: list[in
                 dt = time.perf_counter() - t
                 for p in m.parameters():
                     p.grad = None
-                if r == 0 and k == 0:
-                    budget_s = max(budget_s, MICRO_BUDGET_SHARE * train_images * dt / batch)
+                if r == 0 and k == 0 and train_images:
+                    est = train_images * dt / batch  # the run's training time in whole batches
+                    # a long run may spend longer; a short one no more than it could win back
+                    budget_s = min(max(budget_s, MICRO_BUDGET_SHARE * est), MICRO_SHORT_RUN_SHARE * est)
                 if r == 0 and k == 0 and dt * (rounds + 1) * (1 + sum(kinds) / batch) > budget_s:
                     return {}  # whole steps alone would overrun the budget: not worth the wait
                 warmed.add(k)
@@ -323,7 +329,8 @@ def choose_micro_batch(model: Any, batch: int, size: int, plan: PrecisionPlan, *
         except Exception as e:  # a model that cannot run a bare step: whole batches, as before
             return MicroChoice(0, f"whole batches (micro-batches not measured: {e.__class__.__name__})")
         if 0 not in speeds or len(speeds) < 2:
-            return MicroChoice(0, f"whole batches (too slow here to time micro-batches at {size} px)")
+            return MicroChoice(0, f"whole batches (timing micro-batches at {size} px would take longer "
+                                  "than this run can win back)")
         _micro_measured[key] = (*pick_micro_batch(speeds), speeds)
     k, gain, speeds = _micro_measured[key]
     if k:
