@@ -73,18 +73,19 @@ def compare(mtl: dict[str, float], single: dict[str, float], margin: float = NEG
     delta_m = 100.0 * sum(rel) / len(rel) if rel else 0.0
     worse = [r["task"] for r in rows if r["negative"]]
     better = [r["task"] for r in rows if r["better"]]
-    noise = ", ".join(f"{r['task']} +-{r['noise_points']:.1f}" for r in rows)
+    # ASCII (the CLI prints this); callers put delta-m in front of the verdict, so it is not repeated here
+    noise = ", ".join(f"{r['noise_points']:.1f} for {r['task']}" for r in rows)
     if worse:
         verdict = (f"Negative transfer between tasks: {', '.join(worse)} did worse in the shared model than alone, "
-                   f"beyond the noise of the validation set (delta-m {delta_m:+.2f} %). Train "
+                   f"beyond the noise of the validation set. Train "
                    f"{'it' if len(worse) == 1 else 'them'} separately, or try another weighting / soft sharing.")
     elif better:
         verdict = (f"Multi-task learning helps: {', '.join(better)} did better than alone beyond the noise of the "
-                   f"validation set and no task got worse (delta-m {delta_m:+.2f} %), with one backbone instead "
+                   f"validation set and no task got worse, with one backbone instead "
                    f"of {len(rows)}.")
     else:
         verdict = (f"Multi-task matches the separate models: every difference is within the noise of the "
-                   f"validation set ({noise} points; delta-m {delta_m:+.2f} %), with one backbone instead of "
+                   f"validation set (up to {noise} points either way), with one backbone instead of "
                    f"{len(rows)}.")
     if heads_only:
         verdict += (" The body was frozen, so the tasks shared no trainable layer: the differences come from "
@@ -147,7 +148,8 @@ def run_baselines(config, run_dir: Path, info, stop, pause) -> Generator[Event, 
     for r in result["rows"]:
         yield Log(f"  {r['task']}: multi-task {r['mtl']:.1%} vs separate {r['single']:.1%} "
                   f"({r['delta_points']:+.1f} points){'  NEGATIVE TRANSFER' if r['negative'] else ''}")
-    yield (Warn if result["negative_tasks"] or result["unrelated_tasks"] else Log)(result["verdict"])
+    yield (Warn if result["negative_tasks"] or result["unrelated_tasks"] else Log)(
+        f"delta-m {result['delta_m']:+.2f} %: {result['verdict']}")
     return info
 
 
