@@ -173,6 +173,31 @@ def test_choose_precision_measured_per_size(monkeypatch):
     T._measured.clear()
 
 
+def test_shared_cpu_times_whole_batches_and_keeps_the_rule_when_too_slow(monkeypatch):
+    """With OpenMP threads sleeping while they wait (a shared CPU), few-image steps under-rate
+    bf16: whole training batches (up to 32) are timed, a separate measurement from a quiet CPU's."""
+    from types import SimpleNamespace
+
+    from tlstudio.core.runtime import contention
+
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
+    T._measured.clear()
+    calls = []
+
+    def fake(model, batch, size, modes, **kw):
+        calls.append(batch)
+        return {m: 10.0 + i for i, m in enumerate(modes)}
+
+    monkeypatch.setattr(T, "measure_modes", fake)
+    monkeypatch.setattr(contention, "current_monitor", lambda: SimpleNamespace(passive=True))
+    assert P.choose_precision("cpu", _Conv(), measure=(64, 224)).name == "bf16"
+    assert P.choose_precision("cpu", _Conv(), measure=(8, 224)).name == "bf16"
+    monkeypatch.setattr(contention, "current_monitor", lambda: SimpleNamespace(passive=False))
+    P.choose_precision("cpu", _Conv(), measure=(64, 224))
+    assert calls == [32, 8, 4]  # shared: the run's batch up to 32; quiet: the same pixels as 16 at 64 px
+    T._measured.clear()
+
+
 def test_describe_choice(monkeypatch):
     from tlstudio.core.runtime import contention
 
