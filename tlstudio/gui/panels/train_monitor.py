@@ -38,12 +38,19 @@ log = logging.getLogger("tlstudio.gui")
 def fmt_metric(name: str, value: float | None) -> str:
     """"val acc 80.0%", "val macro f1 0.790", "val loss/digit 0.6000": accuracies as percentages."""
     base, _, task = name.partition("/")
-    label = base.replace("_", " ") + (f" {task}" if task else "")
+    # multi-task: val_score is the mean of the task scores (accuracy, macro-F1, R^2), not an accuracy
+    label = ("mean task score" if base == "val_score" else base.replace("_", " ")) + (f" {task}" if task else "")
     if value is None or value != value:
         return f"{label} -"
     if base.endswith("acc") or base.endswith("accuracy"):
         return f"{label} {value:.1%}"
     return f"{label} {value:.4f}" if base.endswith("loss") else f"{label} {value:.3f}"
+
+
+def sub_run_task(phase: str) -> str | None:
+    """The task of a multi-task run's single-task baseline sub-run (phase "baseline:<task>"): its
+    curves stay out of the main charts (the Evaluate step compares it), else None."""
+    return (phase.partition(":")[2] or None) if phase.startswith("baseline:") else None
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -179,6 +186,19 @@ class TrainMonitorMixin:
 
     def _on_started(self, e: ev.RunStarted) -> None:
         self._phase = e.phase
+        sub = sub_run_task(e.phase)
+        if sub is not None:  # a separate single-task model after the multi-task run: not charted
+            self._reset_timing()
+            self.epoch_bar.setRange(0, e.epochs)
+            self.epoch_bar.setValue(e.start_epoch)
+            self.batch_bar.setRange(0, max(1, e.batches_per_epoch))
+            self.batch_bar.setValue(0)
+            self._epochs = e.epochs
+            self.status_label.setText(f"Separate model for '{sub}' (to compare with the multi-task run): "
+                                      f"{e.n_train} train / {e.n_val} val images")
+            self._log(f"Separate model for '{sub}' started in {e.run_dir}")
+            return
+        self._main_epochs = e.epochs  # the bars show it again when its separate models are done
         self._epochs = e.epochs
         self._last_run_dir = e.run_dir if e.phase == "main" else self._last_run_dir
         self._reset_timing()
@@ -198,7 +218,8 @@ class TrainMonitorMixin:
             self.state.set_current_run(e.run_dir)
 
     def _on_batch(self, e: ev.BatchEnd) -> None:
-        self.curves.add_batch(e.epoch, e.batch, e.batches, e.loss, e.lr, phase=e.phase)
+        if sub_run_task(e.phase) is None:
+            self.curves.add_batch(e.epoch, e.batch, e.batches, e.loss, e.lr, phase=e.phase)
         now = time.monotonic()
         done = e.epoch * e.batches + e.batch + 1  # batches of this phase done so far
         if self._t_first is None:
@@ -224,16 +245,21 @@ class TrainMonitorMixin:
             self.speed_label.setText(f"{e.images_per_s:.0f} img/s")
 
     def _on_epoch(self, e: ev.EpochEnd) -> None:
-        self.curves.add_epoch(e.epoch, e.train_loss, dict(e.metrics), phase=e.phase)
+        sub = sub_run_task(e.phase)
+        if sub is None:
+            self.curves.add_epoch(e.epoch, e.train_loss, dict(e.metrics), phase=e.phase)
         self._epoch_seconds.append(e.seconds)
         self.epoch_bar.setRange(0, e.epochs)
         self.epoch_bar.setValue(e.epoch + 1)
         star = "  ★ best" if e.best else ""
-        prefix = "Baseline " if e.phase == "baseline" else ""
+        prefix = "Baseline " if e.phase == "baseline" else f"Separate model '{sub}': " if sub else ""
         parts = [f"train loss {e.train_loss:.4f}"] + [fmt_metric(k, v) for k, v in e.metrics.items()]
         text = f"{prefix}Epoch {e.epoch + 1}/{e.epochs}: " + " · ".join(parts) + f" · {e.seconds:.1f} s{star}"
-        self.metrics_label.setText(text)
-        self.metrics_label.setToolTip(text)
+        if sub is None:  # the metrics line keeps the multi-task run's last epoch
+            self.metrics_label.setText(text)
+            self.metrics_label.setToolTip(text)
+        else:
+            self.status_label.setText(text)
         self._log(text)
 
     def _on_finished_event(self, e: ev.Finished) -> None:
@@ -241,12 +267,20 @@ class TrainMonitorMixin:
         self.eta_label.setText("")  # nothing left to estimate
         acc = ""
         if e.best_epoch is not None and (e.best_val_acc is not None or e.metrics):
-            name = "val_acc" if e.best_val_acc is not None else next(iter(e.metrics))
-            value = e.best_val_acc if e.best_val_acc is not None else e.metrics[name]
+            name = "val_score" if "val_score" in (e.metrics or {}) else \
+                "val_acc" if e.best_val_acc is not None else next(iter(e.metrics))
+            value = e.metrics[name] if name in (e.metrics or {}) else e.best_val_acc
             acc = f", best {fmt_metric(name, value)} (epoch {e.best_epoch + 1})"
-        phase = "Baseline" if self._phase == "baseline" else "Training"
+        # a multi-task run's own Finished comes again after its baselines' (same run folder)
+        main = self._phase == "main" or (sub_run_task(self._phase) is not None and e.run_dir == self._last_run_dir)
+        sub = sub_run_task(self._phase) if not main else None
+        phase = "Baseline" if self._phase == "baseline" else f"Separate model '{sub}'" if sub else "Training"
         text = f"{phase} {e.status.replace('_', ' ')}{acc}." + (f" {e.message}" if e.message else "")
-        if self._phase == "main":
+        if main and sub_run_task(self._phase) is not None:  # back to the multi-task run's own progress
+            epochs = getattr(self, "_main_epochs", 0) or self.epoch_bar.maximum()
+            self.epoch_bar.setRange(0, epochs)
+            self.epoch_bar.setValue(epochs if e.status in ("finished", "early_stopped") else self.epoch_bar.value())
+        if main:
             self._finish_message = e.message
             self._best_text = acc.split(" (epoch")[0]
         self.status_label.setText(text)

@@ -319,8 +319,14 @@ class TrainPanel(TrainSettingsMixin, TrainMonitorMixin, RunStartMixin, QWidget):
         else:
             self.state.set_step_status("train", "attention")
         name = run_dir.rstrip("/\\").rsplit("/", 1)[-1] if run_dir else "run"
-        msg = f"Training {status.replace('_', ' ')}: {name}" + (
-            f", best val acc {best:.1%}" if best is not None else self._best_text)
+        metrics = getattr(result, "metrics", None) or {}
+        if isinstance(metrics, dict) and metrics.get("val_score") is not None:  # multi-task: mean task score
+            from tlstudio.gui.panels.train_monitor import fmt_metric
+
+            best_text = f", best {fmt_metric('val_score', metrics['val_score'])}"
+        else:
+            best_text = f", best val acc {best:.1%}" if best is not None else self._best_text
+        msg = f"Training {status.replace('_', ' ')}: {name}" + best_text
         base = getattr(result, "baseline", None)
         if isinstance(base, dict) and base.get("gain") is not None:
             msg += f"; from scratch {base.get('scratch_val_acc', 0):.1%} (gain {base['gain'] * 100:+.1f} points)"
