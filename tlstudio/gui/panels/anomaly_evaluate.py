@@ -22,7 +22,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, HeatmapList, ScoreHistogram
+from tlstudio.gui.panels.anomaly_widgets import (
+    ANOMALY_RED,
+    NORMAL_GREEN,
+    HeatmapList,
+    ScoreHistogram,
+    score_detail,
+    score_label,
+    score_sort_key,
+)
 from tlstudio.gui.state import AppState
 from tlstudio.gui.workers import start_worker
 
@@ -164,26 +172,29 @@ class AnomalyEvaluatePanel(QWidget):
         rows = [r for r in (self.report or {}).get("per_image", []) if r.get("score") is not None]
         mode = self.sort.currentIndex()
         if mode == 0:
-            return sorted(rows, key=lambda r: -r["score"])
+            return sorted(rows, key=lambda r: -score_sort_key(r))
         if mode == 1:
             def wrong(r):
                 return r["label"] >= 0 and (r["verdict"] == "anomaly") != (r["label"] == 1)
-            return sorted(rows, key=lambda r: (not wrong(r), -r["score"]))
+            return sorted(rows, key=lambda r: (not wrong(r), -score_sort_key(r)))
         return sorted(rows, key=lambda r: (r["defect"], r["path"]))
 
     def _fill_gallery(self) -> None:
         self.browser.clear()
+        thr = (self.report or {}).get("threshold")
         for r in self._sorted_rows()[:GALLERY_LIMIT]:
             truth = {1: r["defect"], 0: "good"}.get(r["label"], "")
-            self.browser.add(r, f"{r['score']:.2f} {truth}".strip(), heatmap=r.get("map"),
-                             border=ANOMALY_RED if r["verdict"] == "anomaly" else NORMAL_GREEN,
-                             tooltip=f"{r['path']}\nscore {r['score']:.3f} ({r['verdict']}), truth: {truth or 'unknown'}")
+            self.browser.add(r, f"{score_label(r['score'], r.get('raw_score'), thr)} {truth}".strip(),
+                             heatmap=r.get("map"), border=ANOMALY_RED if r["verdict"] == "anomaly" else NORMAL_GREEN,
+                             tooltip=f"{r['path']}\n{score_detail(r['score'], r.get('raw_score'), thr)} "
+                                     f"({r['verdict']}), truth: {truth or 'unknown'}")
         self.browser.select_first()
 
     def _show_row(self, r: dict) -> None:
         truth = {1: f"defect ({r['defect']})", 0: "good"}.get(r["label"], "unknown")
         colour = ANOMALY_RED if r["verdict"] == "anomaly" else NORMAL_GREEN
-        self.browser.show_image(r["path"], r.get("map"), f"<b>{Path(r['path']).name}</b>: score {r['score']:.3f} → "
+        self.browser.show_image(r["path"], r.get("map"), f"<b>{Path(r['path']).name}</b>: "
+                                f"{score_detail(r['score'], r.get('raw_score'), (self.report or {}).get('threshold'))} → "
                                 f"<span style='color:{colour}'><b>{r['verdict']}</b></span>; truth: {truth}")
 
 

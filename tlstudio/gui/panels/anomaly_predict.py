@@ -21,7 +21,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tlstudio.gui.panels.anomaly_widgets import ANOMALY_RED, NORMAL_GREEN, FalseAlarmSlider, HeatmapList
+from tlstudio.gui.panels.anomaly_widgets import (
+    ANOMALY_RED,
+    NORMAL_GREEN,
+    FalseAlarmSlider,
+    HeatmapList,
+    score_detail,
+    score_label,
+)
 from tlstudio.gui.state import AppState
 from tlstudio.gui.workers import start_worker
 
@@ -165,7 +172,8 @@ class AnomalyPredictPanel(QWidget):
                 continue
             bad = r["raw_score"] > self.threshold
             flagged += bad
-            item.setText(f"{_name(r['path'])}\n{'ANOMALY' if bad else 'normal'}  score {self.score_of(r['raw_score']):.2f}")
+            item.setText(f"{_name(r['path'])}\n{'ANOMALY' if bad else 'normal'}  score "
+                         f"{score_label(self.score_of(r['raw_score']), r['raw_score'], self.threshold)}")
             item.setForeground(Qt.GlobalColor.red if bad else Qt.GlobalColor.darkGreen)
         scored = sum(1 for r in self.rows if r.get("raw_score") is not None)
         if scored:
@@ -228,7 +236,8 @@ class AnomalyPredictPanel(QWidget):
             m = renormalise(m.astype(np.float64), old, (self.threshold, self.scale)).astype(np.float32)
         bad = r["raw_score"] > self.threshold
         colour = ANOMALY_RED if bad else NORMAL_GREEN
-        self.browser.show_image(r["path"], m, f"<b>{_name(r['path'])}</b>: score <b>{self.score_of(r['raw_score']):.3f}</b> "
+        self.browser.show_image(r["path"], m, f"<b>{_name(r['path'])}</b>: "
+                                f"{score_detail(self.score_of(r['raw_score']), r['raw_score'], self.threshold)} "
                                 f"(0.5 = threshold) → <span style='color:{colour}'><b>{'anomaly' if bad else 'normal'}"
                                 f"</b></span>")
 

@@ -28,6 +28,32 @@ from tlstudio.gui.views.heatmap_overlay import HeatmapOverlay, heatmap_to_qimage
 ONE_IN = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 ANOMALY_RED = "#c62828"
 NORMAL_GREEN = "#2e7d32"
+SATURATED = 0.995  # a normalised score this close to 0 or 1 no longer tells images apart
+
+
+def score_sort_key(row: dict) -> float:
+    """Higher = more anomalous: the raw (unclipped) score when the row has one, since normalised
+    scores saturate at 1.00 for every clear defect."""
+    raw = row.get("raw_score")
+    return float(raw) if raw is not None else float(row.get("score") or 0.0)
+
+
+def score_label(norm: float, raw: float | None, threshold: float | None, digits: int = 2) -> str:
+    """The normalised score (0.5 = threshold); when it saturates, the raw score as a multiple of
+    the raw threshold as well ("1.00 ×3.2"), so that two clear defects still differ."""
+    text = f"{norm:.{digits}f}"
+    if raw is not None and threshold and threshold > 0 and not (1 - SATURATED < norm < SATURATED):
+        text += f" ×{raw / threshold:.3g}"
+    return text
+
+
+def score_detail(norm: float, raw: float | None, threshold: float | None) -> str:
+    """A sentence for the detail line / tooltip: normalised score, raw score and its multiple of the threshold."""
+    text = f"score {norm:.3f}"
+    if raw is not None:
+        text += f" (raw {raw:.4g}"
+        text += f", {raw / threshold:.3g}× the threshold)" if threshold and threshold > 0 else ")"
+    return text
 
 
 class FalseAlarmSlider(QWidget):

@@ -10,6 +10,32 @@ from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QS
 from tlstudio.gui.panels.data_scan import make_split_or_none
 from tlstudio.gui.tooltips import tip
 
+SPLIT_TITLE = "Train / validation split"
+
+
+def anomaly_split_text(data_dir: str | None, total: int, holdout_fraction: float) -> str:
+    """What an anomaly fit does with the folder: normal images into the memory bank, some held
+    out to set the threshold, the labelled test images (if any) for Evaluate."""
+    from tlstudio.core.tasks.anomaly.data import count_normal, layout_of
+
+    if not data_dir:
+        return ""
+    layout = layout_of(data_dir)
+    if layout is None:
+        return "Anomaly detection needs normal images only, a good/ folder (plus defect folders) or the MVTec layout."
+    n = count_normal(data_dir)
+    hold = min(max(1, round(holdout_fraction * n)), max(0, n - 2))  # as the fit holds them out
+    text = (f"<b>{n - hold:,}</b> normal images for the memory bank · <b>{hold:,}</b> held out to set the "
+            f"threshold ({holdout_fraction:.0%})")
+    others = max(0, total - n)
+    if layout == "mvtec" and others:
+        text += f" · test: <b>{others:,}</b> labelled images (test/)"
+    elif layout == "good_defects" and others:
+        text += f" · test: <b>{others:,}</b> defect images, with the held-out good ones"
+    else:
+        text += " · no test images: Evaluate asks for a folder of good and defect images"
+    return text
+
 
 class DataSplitMixin:
     """The split settings of the Data panel, which provides ``self.state``, ``self.class_table``
@@ -30,20 +56,36 @@ class DataSplitMixin:
         self.seed_spin.valueChanged.connect(self._split_params_changed)
         self.split_label = QLabel("")
         self.split_label.setToolTip(tip("split"))
-        split_box = QGroupBox("Train / validation split")
+        split_box = QGroupBox(SPLIT_TITLE)
         split_box.setToolTip(tip("split"))
         form = QFormLayout(split_box)
         form.addRow("Validation fraction", self.val_spin)
         form.addRow("Seed", self.seed_spin)
         form.addRow(self.split_label)
+        self.split_label.setWordWrap(True)
+        self.split_box, self._split_form = split_box, form
+        self.state.task_kind_changed.connect(lambda _kind: self._show_split())
         return split_box
 
     def _show_split(self) -> None:
         report, split = self.state.scan_report, self.state.split
         if report is None:
             return
+        kind = getattr(self.state, "task_kind", "")
+        self.split_box.setTitle("What the fit uses" if kind == "anomaly" else SPLIT_TITLE)
+        for row in (0, 1):  # validation fraction, seed: an anomaly fit has neither
+            self._split_form.setRowVisible(row, kind != "anomaly")
+        if kind == "anomaly":  # no train/validation split: a memory bank and a held-out threshold set
+            self.class_table.set_counts(report.classes, report.counts)
+            frac = float(self.state.task_settings.get("holdout_fraction", 0.2))
+            self.split_label.setText(anomaly_split_text(self.state.data_dir, sum(report.counts.values()), frac))
+            return
         if split is None:
             self.class_table.set_counts(report.classes, report.counts)
+            if kind == "multitask":
+                self.split_label.setText("The split is made over the rows of the label table when training "
+                                         "starts (validation fraction and seed above).")
+                return
             self.split_label.setText("No split (the data set cannot be trained as it is).")
             return
         tr = Counter(s.label for s in split.train)

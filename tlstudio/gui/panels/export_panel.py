@@ -45,7 +45,9 @@ from tlstudio.gui.panels.export_text import (
     MASTER_PORT,
     check_text,
     human_size,
+    kind_formats,
     rerun_commands,
+    run_line,
 )
 from tlstudio.gui.panels.run_elsewhere import RunElsewhereMixin
 
@@ -123,7 +125,8 @@ class ExportPanel(RunElsewhereMixin, QWidget):
         fr = QHBoxLayout()
         fr.addWidget(QLabel("Formats:"))
         self.format_checks: dict[str, QCheckBox] = {}
-        for fmt in ("safetensors", "onnx", "torchscript", "int8"):
+        self.formats: tuple[str, ...] = tuple(FORMAT_LABELS)  # the selected run's kind writes these
+        for fmt in self.formats:
             cb = QCheckBox(FORMAT_LABELS[fmt])
             cb.setChecked(True)
             cb.setToolTip(FORMAT_TIPS[fmt])
@@ -277,10 +280,12 @@ class ExportPanel(RunElsewhereMixin, QWidget):
             try:
                 from tlstudio.core.runs.folder import read_run
 
+                from tlstudio.core.tasks.registry import get, task_of_info
+
                 info = read_run(run)
-                m = info.model
-                acc = f", best val acc {100 * info.best_val_acc:.1f}%" if info.best_val_acc is not None else ""
-                self.run_label.setText(f"{m.backbone}, {m.num_classes} classes, {m.image_size} px{acc}")
+                kind = get(task_of_info(info))
+                self._apply_kind(kind_formats(kind.kind), kind.trains)
+                self.run_label.setText(run_line(kind.kind, info))  # multi-task: its tasks, mean task score
                 data = str(info.config.get("data_dir") or info.data.get("root") or "")
             except Exception as exc:  # noqa: BLE001 - a damaged run.json: say so, keep the panel usable
                 self.run_label.setText(f"<span style='color:#b00020'>{exc}</span>")
@@ -298,7 +303,7 @@ class ExportPanel(RunElsewhereMixin, QWidget):
 
     # --- export ---------------------------------------------------------------------
     def selected_formats(self) -> list[str]:
-        return [f for f, cb in self.format_checks.items() if cb.isChecked()]
+        return [f for f, cb in self.format_checks.items() if cb.isChecked() and f in self.formats]
 
     def set_formats(self, formats: list[str]) -> None:
         for f, cb in self.format_checks.items():

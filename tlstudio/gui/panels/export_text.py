@@ -20,6 +20,47 @@ FORMAT_TIPS = {
 FORMAT_LABELS = {"safetensors": "safetensors (timm)", "onnx": "ONNX", "torchscript": "TorchScript",
                  "int8": "int8 (quantized ONNX)"}
 COLUMNS = ("Format", "File", "Size", "Check")
+ALL_FORMATS = ("safetensors", "onnx", "torchscript", "int8")
+
+
+def kind_formats(kind: str) -> tuple[str, ...]:
+    """The formats a kind's export writes (the Export step offers only these)."""
+    if kind == "anomaly":
+        from tlstudio.core.tasks.anomaly.export import SUPPORTED
+
+        return tuple(f for f in ALL_FORMATS if f in SUPPORTED)
+    if kind == "multitask":
+        from tlstudio.core.tasks.multitask.export import FORMATS
+
+        return tuple(f for f in ALL_FORMATS if f in FORMATS)
+    return ALL_FORMATS
+
+
+def outputs_text(kind: str, num_classes: int, label_schema: dict[str, Any] | None = None) -> str:
+    """What the exported model outputs, for the line next to the run picker; a multi-task run:
+    "3 tasks (object: 4 classes, tags: 5 labels, size: numeric)"."""
+    if kind == "anomaly":
+        return "outputs an anomaly score (0.5 = threshold) and a heat map"
+    tasks = (label_schema or {}).get("tasks") or []
+    if kind == "multitask" and tasks:
+        def one(t: dict[str, Any]) -> str:
+            n = len(t.get("classes") or [])
+            what = ("numeric" if t.get("type") == "numeric" else f"{n} labels" if t.get("type") == "multilabel"
+                    else f"{n} classes")
+            return f"{t.get('name', '?')}: {what}"
+
+        return f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} ({', '.join(one(t) for t in tasks)})"
+    return f"{num_classes} classes"
+
+
+def run_line(kind: str, info: Any) -> str:
+    """The line next to the run picker: backbone, outputs, input size and the best validation result
+    (a multi-task run: its mean task score, which picked the best epoch, not an accuracy)."""
+    m = info.model
+    score = (info.metrics or {}).get("val_score") if kind == "multitask" else None
+    best = (f", best mean task score {score:.3f}" if score is not None
+            else f", best val acc {100 * info.best_val_acc:.1f}%" if info.best_val_acc is not None else "")
+    return f"{m.backbone}, {outputs_text(kind, m.num_classes, info.label_schema)}, {m.image_size} px{best}"
 INT8_DROP_WARN = 0.02  # accuracy drop of int8 vs fp32 ONNX shown as a warning above this
 
 

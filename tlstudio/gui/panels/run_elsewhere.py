@@ -29,7 +29,8 @@ from tlstudio.gui.panels.export_text import MASTER_PORT, rerun_commands
 class RunElsewhereMixin:
     """The widgets of the group (``self.data_edit``, ``self.nproc_spin``, ``self.command_text``,
     ...) and the commands they make. The panel provides ``self.state``, ``self._run`` (the
-    selected run folder) and ``self.summary`` (where errors are shown)."""
+    selected run folder), ``self.summary`` (where errors are shown) and ``self.format_checks``
+    (the export group's format boxes, which ``_apply_kind`` narrows to the run's kind)."""
 
     def _build_run_elsewhere(self) -> QGroupBox:
         rbox = QGroupBox("Run elsewhere")
@@ -74,6 +75,8 @@ class RunElsewhereMixin:
         crow.addWidget(QLabel("Master address:"))
         crow.addWidget(self.master_edit, 1)
         form.addRow("Cluster:", crow)
+        self._cluster_form, self._cluster_row = form, form.rowCount() - 1
+        self.trains = True  # False: the run's kind does not train (no torchrun / DDP to offer)
         rl.addLayout(form)
         self.command_text = QPlainTextEdit()
         self.command_text.setReadOnly(True)
@@ -95,6 +98,15 @@ class RunElsewhereMixin:
         rl.addLayout(arow)
         return rbox
 
+    def _apply_kind(self, formats: tuple[str, ...], trains: bool) -> None:
+        """Offer only the formats the run's kind writes, and torchrun only for kinds that train."""
+        self.formats = tuple(formats)
+        for f, cb in self.format_checks.items():
+            cb.setVisible(f in self.formats)
+        self.trains = bool(trains)
+        self._cluster_form.setRowVisible(self._cluster_row, self.trains)
+        self.update_commands()
+
     def config_path(self) -> Path | None:
         if not self._run:
             return None
@@ -109,6 +121,8 @@ class RunElsewhereMixin:
 
     def command_block(self) -> str:
         headless, cluster = self.commands()
+        if not self.trains:  # nothing to spread over processes: the fit runs once, headless
+            return f"# the same fit, headless on this or another machine (it does not train: nothing to spread over processes)\n{headless}\n"
         nn = self.nnodes_spin.value()
         where = ("one machine" if nn == 1 else
                  f"{nn} machines: run it on each with NODE_RANK=0 on {self.master_edit.text().strip() or 'localhost'}"

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 ADAPT, SEMI = "adaptation", "semisupervised"
 _MY_KEYS = ("target_dir", "check_dir", "unlabeled_dir")
+NO_UNLABELLED = ("anomaly", "multitask")  # kinds that take no folder of unlabelled images
 
 
 def kind_keys(kind: str) -> set[str]:
@@ -173,7 +174,16 @@ class UnlabelledZone(QGroupBox):
         lay.addWidget(self.check_box)
         self.gap_ready.connect(self._show_gap)
         state.dataset_changed.connect(self._measure)
+        state.task_kind_changed.connect(self._kind_changed)
         self._refresh()
+        self._kind_changed(state.task_kind)
+
+    def _kind_changed(self, kind: str) -> None:
+        """Hidden for kinds that take no unlabelled images (dropping some would switch the kind
+        to semi-supervised); kept while it holds a folder."""
+        hide = kind in NO_UNLABELLED and self.folder is None
+        if hide or self.parentWidget() is not None:  # never shown as a window of its own
+            self.setVisible(not hide)
 
     # ------------------------------------------------------------------ user actions
     def _choose(self) -> None:
