@@ -109,6 +109,22 @@ def test_passive_waits_switch_keeps_thread_settings():
     assert not w.on and not [t for t in threading.enumerate() if t.name == "tlstudio-omp-park"]
 
 
+def test_threads_timed_faster_on_shared_cores_are_kept_only_while_shared(monkeypatch):
+    c = C.choose_threads(2, 2.0, shared_threads=1)
+    assert (c.threads, c.passive) == (1, False) and c.reason.endswith("training with 1 thread (timed faster than 2 here)")
+    assert C.choose_threads(2, 0.0, shared_threads=1).threads == 2  # quiet again: every core
+    assert C.choose_threads(2, 2.0, shared_threads=1, requested=2).threads == 2  # the user's setting wins
+    monkeypatch.setattr(C, "RECHECK_S", 3600)
+    monkeypatch.setattr(C, "passive_waits_available", lambda: True)
+    busy = C.CpuLoad(cores=2, other_busy=2.0, other_runnable=5.0)
+    assert C.start_monitor(False, load=busy).threads == 2
+    mon = C.current_monitor()
+    choice = mon.prefer_when_shared(1)
+    assert choice.threads == 1 and torch.get_num_threads() == 1 and not mon.passive
+    assert mon.decide(busy, 2).threads == 1  # re-checks keep it while the cores are shared
+    assert mon.decide(C.CpuLoad(cores=2, other_busy=0.0, other_runnable=0.0), 2).threads == 2
+
+
 def test_monitor_decides_switches_and_applies_threads_in_the_training_thread(monkeypatch):
     monkeypatch.setattr(C, "RECHECK_S", 3600)  # no background re-check during the test
     monkeypatch.setattr(C, "passive_waits_available", lambda: False)  # thread counts change instead

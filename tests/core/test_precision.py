@@ -189,6 +189,7 @@ def test_shared_cpu_times_whole_batches_and_keeps_the_rule_when_too_slow(monkeyp
         return {m: 10.0 + i for i, m in enumerate(modes)}
 
     monkeypatch.setattr(T, "measure_modes", fake)
+    monkeypatch.setattr(T, "_one_thread_if_faster", lambda *a: (0, a[-1]))  # (tested below)
     monkeypatch.setattr(contention, "current_monitor", lambda: SimpleNamespace(passive=True))
     assert P.choose_precision("cpu", _Conv(), measure=(64, 224)).name == "bf16"
     assert P.choose_precision("cpu", _Conv(), measure=(8, 224)).name == "bf16"
@@ -196,6 +197,39 @@ def test_shared_cpu_times_whole_batches_and_keeps_the_rule_when_too_slow(monkeyp
     P.choose_precision("cpu", _Conv(), measure=(64, 224))
     assert calls == [32, 8, 4]  # shared: the run's batch up to 32; quiet: the same pixels as 16 at 64 px
     T._measured.clear()
+
+
+def test_shared_cpu_takes_one_thread_when_timed_clearly_faster(monkeypatch):
+    """On shared cores the chosen mode is timed again on one thread; clearly faster -> the run's
+    monitor keeps one thread while the cores stay shared (and says so), else nothing changes."""
+    from types import SimpleNamespace
+
+    from tlstudio.core.runtime import contention
+
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: False)
+    preferred = []
+    mon = SimpleNamespace(passive=True, prefer_when_shared=preferred.append)
+    monkeypatch.setattr(contention, "current_monitor", lambda: mon)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for one_thread_speed, expect in ((30.0, [1]), (21.0, [])):
+            T._measured.clear()
+            preferred.clear()
+
+            def fake(model, batch, size, modes, **kw):
+                if torch.get_num_threads() == 1:
+                    return {m: one_thread_speed for m in modes}
+                return {("fp32", False): 20.0, ("fp32", True): 15.0}
+
+            monkeypatch.setattr(T, "measure_modes", fake)
+            plan = P.choose_precision("cpu", _Conv(), measure=(32, 32))
+            assert plan.name == "fp32" and not plan.channels_last
+            assert preferred == expect and f"on 1 thread {one_thread_speed:.1f}" in plan.reason
+            assert torch.get_num_threads() == 2  # the timing's one thread is not left behind
+    finally:
+        torch.set_num_threads(old)
+        T._measured.clear()
 
 
 def test_describe_choice(monkeypatch):

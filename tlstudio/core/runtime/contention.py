@@ -60,13 +60,16 @@ def _cores_phrase(others: float, cores: int) -> str:
 
 
 def choose_threads(cores: int, others: float, *, leave_one_core: bool = False, requested: int | None = None,
-                   passive_available: bool = True, was_shared: bool | None = None) -> ThreadChoice:
+                   passive_available: bool = True, was_shared: bool | None = None,
+                   shared_threads: int | None = None) -> ThreadChoice:
     """Threads and OpenMP waiting for a CPU where other programs demand `others` cores.
 
     `cores`: cores we may use; `leave_one_core`: the GUI keeps one for the window;
     `requested`: a thread count the user set (wins; waiting still follows the load);
     `passive_available`: short OpenMP spins can be switched on (libgomp); otherwise fewer
-    threads is the remedy; `was_shared`: the previous decision, for hysteresis."""
+    threads is the remedy; `was_shared`: the previous decision, for hysteresis;
+    `shared_threads`: fewer threads a timing of this run found faster while the cores are shared
+    (step_timing.measured_plan), used only while they are."""
     cores = max(1, int(cores))
     others = max(0.0, float(others))
     cap = max(1, cores - 1) if leave_one_core and cores > 1 else cores
@@ -82,6 +85,10 @@ def choose_threads(cores: int, others: float, *, leave_one_core: bool = False, r
     if not shared:
         why = " (one core kept for the window)" if cap < cores else ""
         return ThreadChoice(cap, False, min(others, cores), f"{where}: training with {_n_threads(cap)}{why}")
+    if shared_threads and shared_threads < cap:
+        n = max(1, int(shared_threads))
+        return ThreadChoice(n, False, min(others, cores),
+                            f"{where}: training with {_n_threads(n)} (timed faster than {cap} here)")
     if passive_available:
         why = "; one core kept for the window" if cap < cores else ""
         wait = " that sleep while they wait" if cap > 1 else ""
@@ -180,6 +187,8 @@ class ContentionMonitor:
     requested: int | None = None
     choice: ThreadChoice | None = None
     changes: list[str] = field(default_factory=list)  # log lines not yet shown
+    shared_threads: int | None = None  # fewer threads timed faster while the cores are shared
+    _load: CpuLoad | None = None  # the last sample decided on
     _pending: int | None = None
     _owner: "weakref.ref | None" = None
     _thread: threading.Thread | None = None
@@ -196,7 +205,26 @@ class ContentionMonitor:
             return ThreadChoice(cap, False, others, f"CPU sharing adaptation off: training with {_n_threads(cap)}")
         return choose_threads(cores, others, leave_one_core=self.leave_one_core, requested=self.requested,
                               passive_available=passive_waits_available(),
-                              was_shared=None if prev is None else (prev.passive or prev.threads < self._cap(cores)))
+                              was_shared=None if prev is None else (prev.passive or prev.threads < self._cap(cores)),
+                              shared_threads=self.shared_threads)
+
+    def prefer_when_shared(self, n: int) -> ThreadChoice:
+        """A timing found `n` threads faster on the shared cores: decide again with it, now, in the
+        training thread (the one that calls this), and at every re-check while the cores are shared."""
+        import torch
+
+        from tlstudio.core.runtime.precision import available_cores
+
+        self.shared_threads = int(n)
+        new = self.decide(self._load, available_cores())
+        with self._lock:
+            self.choice = new
+        torch.set_num_threads(new.threads)
+        if new.passive:
+            self._waits.start()
+        else:
+            self._waits.stop()
+        return new
 
     def _cap(self, cores: int) -> int:
         return max(1, cores - 1) if self.leave_one_core and cores > 1 else cores
@@ -210,6 +238,7 @@ class ContentionMonitor:
         cores = available_cores()
         if load is None:
             load = sample_load(cores=cores)
+        self._load = load
         self.choice = self.decide(load, cores)
         torch.set_num_threads(self.choice.threads)
         if self.choice.passive:
@@ -228,7 +257,8 @@ class ContentionMonitor:
             if owner is None or not owner.is_alive():
                 break
             cores = available_cores()
-            new = self.decide(sample_load(cores=cores), cores)
+            self._load = sample_load(cores=cores)
+            new = self.decide(self._load, cores)
             self.update(new)
         self._waits.stop()
 

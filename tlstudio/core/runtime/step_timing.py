@@ -33,7 +33,7 @@ MEASURE_BUDGET_S = 15.0  # stop measuring further modes after this (big models a
 MEASURE_BATCH = 16  # images per measured step (per-image cost is close to batch 32's; half the time)
 MEASURE_SHARED_MAX = 32  # images per measured step on a shared CPU (see step_batch)
 MIN_GAIN = 1.10  # reduced precision / another layout must be this much faster than fp32 to win
-_measured: dict[tuple, tuple[str, bool, str]] = {}  # (model, batch, size, threads) -> choice
+_measured: dict[tuple, tuple[str, bool, str, int]] = {}  # (model, batch, size, threads, ...) -> (mode, why, 1 thread?)
 
 
 def mode_label(name: str, channels_last: bool) -> str:
@@ -162,10 +162,36 @@ def measured_plan(plan: PrecisionPlan, model: Any, batch: int, size: int, conv: 
             return replace(plan, reason=f"{plan.reason}; not measured ({e.__class__.__name__})")
         if len(speeds) < len(modes):  # cut short by the time budget (a big model, a busy CPU): the rule
             return replace(plan, reason=f"{plan.reason}; too slow here to time the modes at {size} px")
-        _measured[key] = pick_mode(speeds)
-    name, cl, why = _measured[key]
+        name, cl, why = pick_mode(speeds)
+        threads = 0
+        if shared and torch.get_num_threads() > 1:
+            threads, why = _one_thread_if_faster(model, step_batch(batch, size, shared), size, (name, cl), speeds, why)
+        _measured[key] = (name, cl, why, threads)
+    name, cl, why, threads = _measured[key]
+    if threads:  # the cores are shared and one thread was timed clearly faster: the monitor keeps it so
+        from tlstudio.core.runtime import contention
+
+        mon = contention.current_monitor()
+        if mon is not None:
+            mon.prefer_when_shared(threads)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[name]
     return replace(plan, name=name, dtype=dtype, channels_last=cl, use_scaler=False, reason=f"{why} at {size} px")
+
+
+def _one_thread_if_faster(model: Any, batch: int, size: int, mode: tuple[str, bool],
+                          speeds: dict[tuple[str, bool], float], why: str) -> tuple[int, str]:
+    """On shared cores, the chosen mode timed again on one thread: (1, reason) when that is at
+    least MIN_GAIN faster (resnet18 at 32 px under 2 busy loops: a 1-thread loop 116 img/s, TL
+    Studio's 2 sleeping threads 68), else (0, reason)."""
+    from tlstudio.core.runtime.inference import one_thread
+
+    with one_thread():
+        one = measure_modes(model, batch, size, [mode])
+    v = one.get(mode)
+    if not v:
+        return 0, why
+    why = f"{why}; on 1 thread {v:.1f}"
+    return (1, why) if v >= speeds[mode] * MIN_GAIN else (0, why)
 
 
 
