@@ -3,9 +3,9 @@
 Order: LogME, best first. Where two neighbours' LogME differ by less than its noise (below), the
 k-fold linear probe (held-out accuracy on the same features) decides between them: a second,
 independent estimate is better than a coin flip inside the noise, and it is the one a user can
-read. On the benchmark (benchmarks/RESULTS.md, 2026-12-01) this moved the top one on "textures"
-(Lite1 and Lite0 within noise; the probe and the fine-tuned accuracy prefer Lite0) and changed
-nothing on "objects". Length-normalised features were tried too (a fine-tuned run's features vary
+read. On the benchmark (benchmarks/RESULTS.md, 2026-12-01) it moved the top one to the candidate
+that fine-tuned best twice (textures seed 0, objects seed 1; each time Lite0 over Lite1 within
+noise) and changed nothing in the other two cases. Length-normalised features were tried too (a fine-tuned run's features vary
 3x more in length than ImageNet bodies', which raw LogME penalises) and rejected: with 500 test
 images they ordered "objects" worse and "textures" the same.
 
