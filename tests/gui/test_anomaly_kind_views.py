@@ -137,3 +137,37 @@ def test_data_step_for_anomaly_hides_the_unlabelled_zone_and_says_what_the_fit_u
     finally:
         p.stop_scan()
         QThreadPool.globalInstance().waitForDone(30_000)
+
+
+def test_runs_step_says_why_an_anomaly_run_has_no_curves(qtbot, anomaly_run, tmp_path):
+    import shutil
+
+    from tlstudio.core.runs.folder import ModelSpec, RunInfo, write_history, write_run
+    from tlstudio.gui.panels.runs_panel import RunsPanel
+
+    _data, run = anomaly_run
+    root = tmp_path / "runs"
+    shutil.copytree(run, root / run.name)
+    trained = root / "20260101-000001-clf"
+    trained.mkdir()
+    write_run(trained, RunInfo(kind="train", task="classification", name="clf", status="finished",
+                               config={"epochs": 2}, model=ModelSpec(backbone="resnet10t", num_classes=2,
+                                                                     classes=["a", "b"], image_size=32),
+                               epochs_done=2, best_epoch=2, metrics={"val_acc": 0.8, "val_loss": 0.5}))
+    write_history(trained, [{"epoch": e + 1, "val_acc": 0.4 * (e + 1), "val_loss": 1.0 / (e + 1)} for e in range(2)])
+    st = AppState()
+    st.runs_dir = str(root)
+    p = RunsPanel(st)
+    qtbot.addWidget(p)
+    p.resize(1100, 700)
+    p.show()
+    anom_row = next(r for r in range(p.table.rowCount()) if "anomaly" in p.table.item(r, 0).text())
+    assert p.table.item(anom_row, 6).text() == "–"  # no epochs, not "1/"
+    p.overlay([str(root / run.name)])
+    assert p.curves_stack.currentWidget() is p.no_curves and not p.plots.isVisible()
+    text = p.no_curves.text()
+    assert "no finished epoch" in text and registry.get("anomaly").title in text
+    qtbot.wait(50)
+    p.grab().save("/tmp/anomaly_views_runs.png")
+    p.overlay([str(trained)])  # a run with epochs: the plots are back
+    assert p.curves_stack.currentWidget() is p.plots and len(p.acc_plot.listDataItems()) == 1

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -141,7 +142,13 @@ class RunsPanel(QWidget):
         self.plots = plots
         plots.setAccessibleName("Compared curves")
         plots.setToolTip("Validation curves of the runs chosen with Compare curves.")
-        split.addWidget(plots)
+        self.no_curves = QLabel("")  # instead of empty plots: runs without epochs (fits that do not train)
+        self.no_curves.setWordWrap(True)
+        self.no_curves.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.curves_stack = QStackedWidget()
+        self.curves_stack.addWidget(plots)
+        self.curves_stack.addWidget(self.no_curves)
+        split.addWidget(self.curves_stack)
         split.setSizes([300, 300])
         root.addWidget(split, 1)
         self.overlaid: list[str] = []
@@ -218,7 +225,9 @@ class RunsPanel(QWidget):
         best_item = item(best, sort=best_value, right=True)
         best_item.setToolTip(f"{shown} (the metric that picked the best epoch)" if shown else "no epoch finished")
         self.table.setItem(r, 5, best_item)
-        self.table.setItem(r, 6, item(f"{info.epochs_done}/{epochs_total}", right=True))
+        # no epoch count in the config: a fit without training epochs (anomaly): not "1/"
+        self.table.setItem(r, 6, item(f"{info.epochs_done}/{epochs_total}" if epochs_total != "" else "–",
+                                      right=True))
         self.table.setItem(r, 7, item(gain, right=True))
         text = " · ".join(fmt_metric(k, v) for k, v in metrics.items())
         m_item = item(text)
@@ -302,7 +311,13 @@ class RunsPanel(QWidget):
             self.loss_plot.plot(x, [r.get("val_loss", float("nan")) for r in rows], pen=pen, symbol="o",
                                 symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)])
             self.overlaid.append(d)
+        self.curves_stack.setCurrentWidget(self.no_curves if dirs and not self.overlaid else self.plots)
         if not self.overlaid and dirs:
+            tasks = sorted({task_title(i.task) for d, i in self.runs if str(d) in set(map(str, dirs))
+                            and i is not None and getattr(i, "task", None)})
+            self.no_curves.setText("No curves to draw: the selected runs have no finished epoch"
+                                   + (f" ({', '.join(tasks)} fits without training epochs: its metrics are "
+                                      "in the table and in its Evaluate step)." if tasks else "."))
             self.state.status_message.emit("The selected runs have no finished epoch to draw yet.")
 
     def rename_selected(self) -> None:
