@@ -44,6 +44,17 @@ COLUMN_TIPS = ["The run's display name", "When it started", "The kind of learnin
                "Every validation metric of the best epoch"]
 
 
+def epochs_set(info: Any) -> Any:
+    """The epochs a run was set to train, as counted in its epochs_done: a semi-supervised run with
+    pseudo-labels on a frozen body trains its head head_epochs per round (not the Train step's epochs)."""
+    cfg, semi = info.config or {}, (info.extra or {}).get("semisupervised") or {}
+    if semi.get("method") == "pseudolabel" and semi.get("frozen_body") and cfg.get("head_epochs") and cfg.get("rounds"):
+        return int(cfg["head_epochs"]) * int(cfg["rounds"])
+    total = cfg.get("epochs", "")
+    # a run that counted more epochs than set (another kind's own schedule): what it trained
+    return info.epochs_done if isinstance(total, int) and info.epochs_done > total else total
+
+
 def task_title(task: str) -> str:
     """The kind's title when the registry is loaded (the Data step loads it in the background),
     else the kind's name; never imports the kinds on the UI thread."""
@@ -209,7 +220,7 @@ class RunsPanel(QWidget):
         best_value = metrics.get(best_name, info.best_val_acc if best_name == "val_acc" else None)
         shown = fmt_metric(best_name, best_value) if best_value is not None else ""
         best = shown.rsplit(" ", 1)[-1] if shown else ""
-        epochs_total = info.config.get("epochs", "")
+        epochs_total = epochs_set(info)
         gain = ""
         if info.baseline and info.baseline.get("gain") is not None:
             g = float(info.baseline["gain"])
@@ -290,6 +301,7 @@ class RunsPanel(QWidget):
         self.loss_plot.clear()
         self.acc_legend.clear()
         self.overlaid = []
+        has_loss = False
         names = {str(d): (i.name if i is not None and i.name else d.name) for d, i in self.runs}
         best = {str(d): (i.best_metric if i is not None and i.best_metric else "val_acc") for d, i in self.runs}
         wanted = {best.get(str(d), "val_acc") for d in dirs}
@@ -308,9 +320,19 @@ class RunsPanel(QWidget):
             label = name if len(wanted) == 1 else f"{name}: {metric}"
             self.acc_plot.plot(x, [r.get(metric, float("nan")) for r in rows], pen=pen, symbol="o",
                                symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)], name=label)
-            self.loss_plot.plot(x, [r.get("val_loss", float("nan")) for r in rows], pen=pen, symbol="o",
-                                symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)])
+            losses = [r.get("val_loss", float("nan")) for r in rows]
+            if any(v == v for v in losses):  # semi-supervised head fits record none
+                has_loss = True
+                self.loss_plot.plot(x, losses, pen=pen, symbol="o",
+                                    symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)])
             self.overlaid.append(d)
+        show, inside = has_loss or not self.overlaid, self.loss_plot in self.plots.ci.items
+        if show != inside:  # no empty "Validation loss" plot: the accuracy plot takes the width
+            if show:
+                self.plots.ci.addItem(self.loss_plot, row=0, col=1)
+            else:
+                self.plots.ci.removeItem(self.loss_plot)
+        self.loss_plot.setVisible(show)
         self.curves_stack.setCurrentWidget(self.no_curves if dirs and not self.overlaid else self.plots)
         if not self.overlaid and dirs:
             tasks = sorted({task_title(i.task) for d, i in self.runs if str(d) in set(map(str, dirs))
