@@ -1,7 +1,10 @@
 """Ranking: which backbone or earlier run to start from, scored on the user's data before training.
 
-Registers the "ranking" TaskKind (no gradient training). The job is ``job.rank``; scores are in
-``logme`` and ``probes``; candidate parsing in ``candidates``.
+Registers the "ranking" TaskKind (no gradient training; not offered in the kind chooser: it is
+classification's Rank step and ``tlstudio rank``). The job is ``job.rank``; candidate parsing in
+``candidates``; a candidate's features and latency in ``extract``; the scores in ``logme`` (with
+its noise on subsets) and ``probes``; the order of the table and ties within noise in ``scoring``;
+rows, ``rank.json`` and the settings "train the top one" uses in ``results``; the words in ``text``.
 """
 
 from __future__ import annotations
