@@ -114,6 +114,7 @@ class ExportPanel(RunElsewhereMixin, QWidget):
         row.addWidget(self.run_combo, 1)
         self.run_label = QLabel("")
         self.run_label.setToolTip("The run's backbone, classes, input size and best validation accuracy.")
+        self.run_label.setWordWrap(True)  # a multi-task run's task list must not widen the window
         row.addWidget(self.run_label, 1)
         root.addLayout(row)
 
