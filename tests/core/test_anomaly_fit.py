@@ -133,3 +133,11 @@ def test_cli_fit_eval_predict_export(tmp_path, capsys):
     side = json.loads((tmp_path / "exp" / "anomaly.json").read_text())
     assert side["threshold"]["raw"] == pytest.approx(thr["threshold"])  # the moved threshold is shipped
     assert main(["anomaly", "fit", str(tmp_path / "nothing")]) == 2
+    capsys.readouterr()
+    # the Export step's "run elsewhere" line: `tlstudio train DATA --config config.json` fits again
+    # (the saved config's kind decides, not classification's settings)
+    assert main(["train", str(data), "--config", str(run / "config.json"), "--out", str(tmp_path / "again"),
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["task"] == "anomaly" and again["status"] == "finished"
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["max_bank"] == 200

@@ -164,8 +164,8 @@ def cmd_kinds(args) -> int:
     return 0
 
 
-def _train_config(args) -> Any:
-    from tlstudio.core.config import TrainConfig
+def _train_values(args) -> dict[str, Any]:
+    """The settings the train flags give, over a saved config.json's (--config) when one is given."""
     from tlstudio.core.errors import UserError
     from tlstudio.core.paths import sample_dir
 
@@ -198,7 +198,24 @@ def _train_config(args) -> Any:
         values = {**base, **values}
     if not values.get("data_dir"):
         raise UserError("give a data folder, or --sample for the bundled sample data set")
-    config = TrainConfig(**values)
+    return values
+
+
+def _config_task(args) -> str | None:
+    """The kind a --config file was saved by ("task" in config.json), e.g. an anomaly fit's."""
+    if not getattr(args, "config", None):
+        return None
+    try:
+        task = json.loads(Path(args.config).read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None  # _train_values says what is wrong with the file
+    return task if isinstance(task, str) else None
+
+
+def _train_config(args) -> Any:
+    from tlstudio.core.config import TrainConfig
+
+    config = TrainConfig(**_train_values(args))
     from tlstudio.core.models.advice import scratch_freeze_warning
 
     if warning := scratch_freeze_warning(config.init, config.freeze, config.frozen_groups):
@@ -278,7 +295,7 @@ def _run_kind(args) -> int:
     from tlstudio.core.tasks.registry import get
 
     kind = get(args.task)
-    values = _train_config(args).model_dump(exclude_unset=True)
+    values = _train_values(args)
     fields = kind.config_cls.model_fields
     ignored = sorted(k for k in values if k not in fields and k != "task")
     explicit = {k.replace("-", "_") for k in vars(args) if getattr(args, k) not in (None, False)}
@@ -291,6 +308,8 @@ def _run_kind(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if getattr(args, "task", None) is None and _config_task(args) not in (None, "classification"):
+        args.task = _config_task(args)  # a saved config of another kind (the Export step's "run elsewhere")
     if getattr(args, "task", None) not in (None, "classification"):
         return _run_kind(args)
     from tlstudio.cli import multitask
