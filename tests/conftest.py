@@ -30,3 +30,14 @@ def shapes3(tmp_path):
 @pytest.fixture
 def shapes3_hard(tmp_path):
     return make_synthetic_folder(tmp_path / "shapes3_hard", per_class=12, size=48, easy=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared, busy CPU: one torch thread (two spin-waiting threads crawl under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

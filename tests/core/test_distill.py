@@ -26,13 +26,7 @@ from tlstudio.core.training.objectives import ObjectiveContext
 from tlstudio.core.runs.folder import ModelSpec, RunInfo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ the loss, by hand

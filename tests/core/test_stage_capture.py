@@ -26,13 +26,7 @@ from tlstudio.core.models.features import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared, busy CPU: one thread (two spin-waiting threads crawl under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _resnet(seed: int = 0, classes: int = 3):
