@@ -96,3 +96,19 @@ def test_threads_kept_when_quiet_when_a_training_run_adapts_them_or_when_switche
     finally:
         torch.set_num_threads(before)
     assert seen == [before, before, before, 1]
+
+
+def test_compute_scope_leaves_no_monitor_behind(monkeypatch):
+    """A ranking or explanation job adapts threads while it runs; afterwards the process has no
+    monitor, so later forwards adapt on their own again."""
+    from tlstudio.core.runtime import contention as C
+
+    monkeypatch.setattr(C, "RECHECK_S", 3600)
+    before = torch.get_num_threads()
+    try:
+        with inference.compute_scope() as n:
+            assert n >= 1 and C.current_monitor() is not None
+        assert C.current_monitor() is None
+    finally:
+        C.stop_monitor()
+        torch.set_num_threads(before)

@@ -80,8 +80,9 @@ def _threads_for_shared_cpu() -> Iterator[None]:
     time slices: an anomaly map (score + map of one 224 px image) took 385-1,425 CPU ms with 2
     threads at load 10 against 80 CPU ms with one. Anomaly predict of 12 images (measured in one
     run, 2 busy loops): 132-137 -> 86-88 CPU ms per image, wall 130-143 -> 145-154 ms; with more
-    programs than that (load 14): CPU 158-168 -> 87-91 ms, wall 209-224 -> 189-197 ms. A training run of this process already
-    adapts the threads and waiting (contention.ContentionMonitor): then nothing changes here.
+    programs than that (load 14): CPU 158-168 -> 87-91 ms, wall 209-224 -> 189-197 ms. A training
+    run of this process already adapts the threads and waiting (contention.ContentionMonitor):
+    then nothing changes here.
     `TLSTUDIO_CPU_SHARING=off` switches it off as for training."""
     import torch
 
@@ -129,7 +130,13 @@ def compute_scope(leave_one_core: bool = False, threads: int | None = None) -> I
     run does: torch threads from the CPU load, OpenMP threads that sleep instead of spinning when
     other programs share the cores (runtime/contention.py, issue 18), heap reuse for the big
     activation buffers. Yields the thread count."""
-    from tlstudio.core.runtime import allocator, precision
+    from tlstudio.core.runtime import allocator, contention, precision
 
     with allocator.training_allocator():
-        yield precision.set_threads(leave_one_core, threads)
+        n = precision.set_threads(leave_one_core, threads)
+        mine = contention.current_monitor()
+        try:
+            yield n
+        finally:  # the job is over: no monitor left behind (unless another job replaced it)
+            if contention.current_monitor() is mine:
+                contention.stop_monitor()
