@@ -4,30 +4,19 @@ give one run folder, as one process does, with close metrics and no files left b
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image, ImageOps
 
+from tests.core.test_distributed import train_cli  # TLSTUDIO_HOME, OMP_NUM_THREADS=1, TMPDIR under tmp_path
 from tlstudio.core.data.synthetic import make_synthetic_folder
 from tlstudio.core.runs import folder as runs
 
 COMMON = ["--backbone", "test_resnet", "--scratch", "--image-size", "48", "--freeze", "none", "--epochs", "3",
           "--batch-size", "8", "--lr", "0.01", "--augment", "none", "--precision", "fp32", "--workers", "0",
           "--warmup-epochs", "0", "--seed", "0"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["TLSTUDIO_HOME"] = str(tmp_path / "home")
-    env["OMP_NUM_THREADS"] = "1"
-    env["TMPDIR"] = str(tmp_path / "tmp")  # where a non-main rank's scratch files would go
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return env
 
 
 def _flat(src: Path, dst: Path, invert: bool) -> Path:
@@ -39,18 +28,10 @@ def _flat(src: Path, dst: Path, invert: bool) -> Path:
     return dst
 
 
-def _train(tmp_path: Path, args: list[str], out: str, processes: int) -> subprocess.CompletedProcess:
-    cmd = (TORCHRUN if processes == 2 else [sys.executable]) + ["-m", "tlstudio", "train", *args, *COMMON,
-                                                                 "--out", str(tmp_path / out)]
-    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 def _one_and_two(tmp_path: Path, args: list[str], task: str):
     """The same run in one process and under torchrun with two: (RunInfo of one, RunInfo of two)."""
-    one = _train(tmp_path, args, "one", 1)
-    two = _train(tmp_path, args, "two", 2)
+    one = train_cli(tmp_path, [*args, *COMMON], "one", 1, timeout=900)
+    two = train_cli(tmp_path, [*args, *COMMON], "two", 2, timeout=900)
     _one_folder_no_leftovers(tmp_path, one, two)
     i1, i2 = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")
     assert i2.status == "finished" and i2.task == task

@@ -23,15 +23,22 @@ def _env(tmp_path):
     return env
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def train_cli(tmp_path, args: list[str], out: str, processes: int, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`tlstudio train ARGS --out tmp_path/OUT` in one process or under torchrun with two; it must succeed."""
+    cmd = (TORCHRUN if processes == 2 else [sys.executable]) + ["-m", "tlstudio", "train", *args,
+                                                                 "--out", str(tmp_path / out)]
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_torchrun_two_processes_match_one(tmp_path):
     data = make_synthetic_folder(tmp_path / "d", per_class=24, size=48, easy=True)
-    one = subprocess.run([sys.executable, "-m", "tlstudio", "train", str(data), *COMMON, "--out", str(tmp_path / "one")],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "tlstudio", "train", str(data), *COMMON, "--out", str(tmp_path / "two")],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one = train_cli(tmp_path, [str(data), *COMMON], "one", 1)
+    two = train_cli(tmp_path, [str(data), *COMMON], "two", 2)
     # only rank 0 printed the run header and wrote the run folder
     assert two.stdout.count("Run ") == 1, two.stdout
     info_one, info_two = runs.read_run(tmp_path / "one"), runs.read_run(tmp_path / "two")

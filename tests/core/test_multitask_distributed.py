@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from tests.core.test_distributed import _env  # TLSTUDIO_HOME, OMP_NUM_THREADS=1, TMPDIR under tmp_path
+from tests.core.test_distributed import train_cli  # TLSTUDIO_HOME, OMP_NUM_THREADS=1, TMPDIR under tmp_path
 from tests.core.test_multitask_run import make_two_task_set
 from tlstudio.core.runs import folder as runs
 
@@ -25,13 +23,8 @@ COMMON = ["--tasks", "object,colour", "--backbone", "test_resnet", "--scratch", 
 @pytest.mark.slow  # two `tlstudio train` processes (one of them torchrun's pair): ~45 s on the loaded 2-core box
 def test_torchrun_multitask_two_processes_match_one(tmp_path):
     data = make_two_task_set(tmp_path / "d", n=64, size=48)
-    one = subprocess.run([sys.executable, "-m", "tlstudio", "train", str(data), *COMMON, "--out", str(tmp_path / "one")],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "tlstudio", "train", str(data), *COMMON, "--out", str(tmp_path / "two")],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one = train_cli(tmp_path, [str(data), *COMMON], "one", 1)
+    two = train_cli(tmp_path, [str(data), *COMMON], "two", 2)
     # only rank 0 printed and wrote a run folder; the other process's scratch folder is gone
     assert two.stdout.count("Run ") == 1, two.stdout
     assert two.stdout.count("per task (best epoch)") == 1
