@@ -32,6 +32,20 @@ def listed_path(root: str, rel: str) -> str | None:
     return full if full_n == root_n or full_n.startswith(root_n + os.sep) else None
 
 
+def claim_listed(root: str, rel: str, where: str, seen: set[str], skipped: list, folder: str) -> str | None:
+    """A table row's image path, once: its full path (added to ``seen``), or None with the reason
+    in ``skipped`` (outside ``folder``, the table's folder, or listed on an earlier row)."""
+    full = listed_path(root, rel)
+    if full is None:
+        skipped.append(SkippedFile(rel, f"{where}: path is outside {folder} (refused)"))
+        return None
+    if full in seen:
+        skipped.append(SkippedFile(full, f"{where}: listed more than once"))
+        return None
+    seen.add(full)
+    return full
+
+
 def decode_csv(data: bytes) -> tuple[str, str | None]:
     """Text of a CSV file and a warning when it was not UTF-8: UTF-16 with a byte-order mark
     (Excel's "Unicode text"), UTF-8 with or without one, else Windows-1252 (older exports)."""
@@ -101,14 +115,9 @@ def read_csv(csv_path: str) -> tuple[list[tuple[str, str, str | None, int]], lis
         if not label:
             skipped.append(SkippedFile(rel, f"{where}: no label"))
             continue
-        full = listed_path(root, rel)
+        full = claim_listed(root, rel, where, seen, skipped, "the CSV's folder")
         if full is None:
-            skipped.append(SkippedFile(rel, f"{where}: path is outside the CSV's folder (refused)"))
             continue
-        if full in seen:
-            skipped.append(SkippedFile(full, f"{where}: listed more than once"))
-            continue
-        seen.add(full)
         split = None
         if si is not None and si < len(row):
             split = SPLIT_NAMES.get(row[si].strip().lower())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 
-from tlstudio.core.data.csv_labels import listed_path
+from tlstudio.core.data.csv_labels import claim_listed
 from tlstudio.core.data.dataset import SPLIT_NAMES, DatasetError, SkippedFile, _PATH_HEADERS
 from tlstudio.core.data.images import _os_reason
 from tlstudio.core.data.multitask_report import MultiTaskReport, build_report
@@ -69,14 +69,9 @@ def scan_table(path: str, tasks, types, **kw) -> MultiTaskReport:
             skipped.append(SkippedFile(",".join(r), f"{where}: no image path"))
             continue
         rel = rel.replace("\\", "/")
-        full = listed_path(root, rel)
+        full = claim_listed(root, rel, where, seen, skipped, "the table's folder")
         if full is None:
-            skipped.append(SkippedFile(rel, f"{where}: path is outside the table's folder (refused)"))
             continue
-        if full in seen:
-            skipped.append(SkippedFile(full, f"{where}: listed more than once"))
-            continue
-        seen.add(full)
         split = None
         if si is not None and si < len(r) and r[si]:
             split = SPLIT_NAMES.get(r[si].lower())
