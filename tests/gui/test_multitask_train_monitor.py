@@ -13,9 +13,6 @@ from tlstudio.core import events as ev
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.tasks import registry
 from tlstudio.gui.panels.train_monitor import fmt_metric, sub_run_task
-from tlstudio.gui.panels.train_panel import TrainPanel
-from tlstudio.gui.runner import JobRunner
-from tlstudio.gui.state import AppState
 
 
 class ToyMTConfig(TrainConfig):
@@ -52,21 +49,12 @@ def toy_mt_run(config, stop=None, pause=None):
 
 
 @pytest.fixture
-def panel(qtbot, tmp_path, monkeypatch):
+def panel(kind_train_panel, monkeypatch):
     kind = registry.TaskKind(kind="toy_mt", title="Multi-task (test)", summary="a test kind",
                              config_cls=ToyMTConfig, run=toy_mt_run, best_metric=("val_score", "max"))
     registry.all_kinds()
     monkeypatch.setitem(registry._REGISTRY, kind.kind, kind)
-    state = AppState()
-    state.runs_dir = str(tmp_path / "runs")
-    runner = JobRunner()
-    p = TrainPanel(state, runner)
-    qtbot.addWidget(p)
-    p.resize(1024, 700)
-    p.show()
-    yield p
-    runner.stop()
-    runner.wait(5000)
+    return kind_train_panel  # tests/gui/conftest.py
 
 
 def test_sub_run_phase_names():

@@ -13,9 +13,6 @@ import pytest
 from tlstudio.core import events as ev
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.tasks import registry
-from tlstudio.gui.panels.train_panel import TrainPanel
-from tlstudio.gui.runner import JobRunner
-from tlstudio.gui.state import AppState
 
 
 class ToyConfig(TrainConfig):
@@ -57,17 +54,8 @@ def toy_kind(monkeypatch):
 
 
 @pytest.fixture
-def panel(qtbot, tmp_path):
-    state = AppState()
-    state.runs_dir = str(tmp_path / "runs")
-    runner = JobRunner()
-    p = TrainPanel(state, runner)
-    qtbot.addWidget(p)
-    p.resize(1024, 700)
-    p.show()
-    yield p
-    runner.stop()
-    runner.wait(5000)
+def panel(kind_train_panel):
+    return kind_train_panel  # tests/gui/conftest.py
 
 
 def test_any_kind_runs_through_the_registry_with_per_task_curves(qtbot, panel, toy_kind, tmp_path):
