@@ -308,8 +308,8 @@ def _run_kind(args) -> int:
 
 
 def cmd_train(args) -> int:
-    if getattr(args, "task", None) is None and _config_task(args) not in (None, "classification"):
-        args.task = _config_task(args)  # a saved config of another kind (the Export step's "run elsewhere")
+    if getattr(args, "task", None) is None:  # a saved config of another kind (the Export step's "run elsewhere")
+        args.task = _config_task(args)
     if getattr(args, "task", None) not in (None, "classification"):
         return _run_kind(args)
     from tlstudio.cli import multitask
