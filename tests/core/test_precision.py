@@ -319,3 +319,27 @@ def test_cpu_bf16_plan_trains_vits_with_plain_attention_and_same_outputs():
     with torch.no_grad():
         plain = vit(x)
     assert torch.allclose(fused, plain, atol=1e-5)
+
+
+def test_short_run_keeps_the_rule_without_timing(monkeypatch):
+    # a run that trains on fewer images than MODES_SHORT_RUN_SHARE allows the timing to push
+    # through is not timed: the rule decides and the log says why
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
+    T._measured.clear()
+    calls = []
+
+    def fake(model, batch, size, modes, **kw):
+        calls.append(size)
+        return {m: 10.0 for m in modes}
+
+    monkeypatch.setattr(T, "measure_modes", fake)
+    step = T.measure_batch(32, 64)
+    need = T.timing_images(3, step, shared=False)  # 3 modes: fp32, fp32 + channels_last, bf16 + channels_last
+    short = P.choose_precision("cpu", _Conv(), measure=(32, 64, int(need / T.MODES_SHORT_RUN_SHARE) - 1))
+    assert calls == [] and (short.name, short.channels_last) == ("bf16", True)
+    assert "short run" in short.reason and "64 px" in short.reason
+    long = P.choose_precision("cpu", _Conv(), measure=(32, 64, int(need / T.MODES_SHORT_RUN_SHARE) + 1))
+    assert calls == [64] and "measured" in long.reason
+    # shared cores time one more step per round (one thread): the bar rises with it
+    assert T.timing_images(3, 32, shared=True) == 4 * 3 * 32
+    T._measured.clear()

@@ -159,12 +159,13 @@ def is_conv_net(model: Any) -> bool:
 
 
 def choose_precision(device: Any, model: Any = None, requested: str = "auto",
-                     channels_last: bool | None = None, measure: tuple[int, int] | None = None) -> PrecisionPlan:
+                     channels_last: bool | None = None, measure: tuple[int, ...] | None = None) -> PrecisionPlan:
     """Pick precision and layout. `requested`: auto | fp32 | bf16 | fp16; `channels_last`: None = auto.
 
-    `measure=(batch_size, image_size)`: on a CPU, time a few training steps of `model` (a copy)
-    in each candidate mode at that size and take the fastest (runtime/step_timing.py
-    `measure_modes`); the fixed rule below is the fallback. An explicit precision or layout is
+    `measure=(batch_size, image_size[, train_images])`: on a CPU, time a few training steps of
+    `model` (a copy) in each candidate mode at that size and take the fastest (runtime/step_timing.py
+    `measure_modes`); the fixed rule below is the fallback, and decides a run too short to win the
+    timing back (train_images = images x epochs). An explicit precision or layout is
     never overridden."""
     import torch
 
@@ -201,7 +202,8 @@ def choose_precision(device: Any, model: Any = None, requested: str = "auto",
     if measure is not None and model is not None and device.type == "cpu" and requested == "auto":
         from tlstudio.core.runtime.step_timing import measured_plan
 
-        plan = measured_plan(plan, model, int(measure[0]), int(measure[1]), conv, layout_fixed)
+        plan = measured_plan(plan, model, int(measure[0]), int(measure[1]), conv, layout_fixed,
+                             int(measure[2]) if len(measure) > 2 else 0)
     return plan
 
 

@@ -270,7 +270,8 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     else:
         plan = precision.choose_precision(
             device, model, config.precision, config.channels_last,
-            measure=(config.batch_size, size) if body_trains and not dist.enabled else None)
+            measure=(config.batch_size, size, len(train_split.train) * config.epochs)
+            if body_trains and not dist.enabled else None)
     features_mode = (
         config.cache != "off" and gradual_every is None and layers.frozen_prefix_is_whole_body(trainable)
         and objective.supports_features_mode() and not config.compile
