@@ -50,7 +50,8 @@ TIPS = {
     "stop": "Stop after the current batch; a checkpoint is saved so the run can be continued later.",
     "continue": "Continue the selected stopped run from its last checkpoint.",
     "curves": "Loss should go down and validation accuracy up. A validation loss that rises while the "
-              "training loss falls means over-fitting.",
+              "training loss falls means over-fitting. When the charts do not all fit, the mouse wheel scrolls "
+              "them and Ctrl+wheel zooms the chart under the mouse; double-click or A resets the ranges.",
 }
 
 

@@ -7,6 +7,11 @@ painter and pyqtgraph's (Python) axis painting stays off the UI thread's critica
 down-sampling and clip-to-view keep 100,000+ points cheap to draw.
 
 x axis: epochs (fractional within an epoch), so batch points and epoch points line up.
+
+Every chart keeps a readable plot area (``PLOT_MIN_PX`` high): when many charts (one per metric of
+a multi-task run) do not fit, the charts scroll (the mouse wheel scrolls them, Ctrl+wheel zooms a
+chart). Legends sit under their chart's x axis, never over the curves, and name a metric chart's
+curves by their task only (the chart's title names the metric).
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtWidgets import QApplication, QFrame, QScrollArea, QVBoxLayout, QWidget
 from superqt.utils import qthrottled
 
 from tlstudio.gui.widgets.curve_data import (  # noqa: F401 - Series, _nice_ceil: used by tests too
@@ -33,6 +38,18 @@ from tlstudio.gui.widgets.curve_data import (  # noqa: F401 - Series, _nice_ceil
     split_metric,
 )
 
+PLOT_MIN_PX = 90  # the smallest plot area (inside the axes) of a chart; the charts scroll below that
+LOSS_PLOT_MIN_PX = 110
+LEGEND_TEXT = (60, 60, 60)
+
+
+def legend_label(name: str, phase: str, chart: str) -> str:
+    """The legend text of a curve: in a metric chart (its title names the metric) the task alone,
+    "object" for "val_acc/object"; in the Loss chart the whole name; "(baseline)" etc. appended."""
+    task = split_metric(name)[1]
+    text = task if (task and chart != "loss") else curve_label(name)
+    return text + ("" if phase in ("main", "distill") else f" ({phase})")
+
 
 class CurvesWidget(QWidget):
     """The Loss chart (batch loss raw/smoothed and every validation loss), one chart per other
@@ -46,16 +63,24 @@ class CurvesWidget(QWidget):
         self.view.setBackground("w")
         self.view.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # reachable by Tab; A resets the view
         self.view.installEventFilter(self)
+        self.view.viewport().installEventFilter(self)  # the wheel scrolls the charts when they overflow
         self.view.setAccessibleName("Training curves")
+        # many charts (a multi-task run) keep their height and scroll instead of shrinking to slivers
+        self.scroll = QScrollArea()
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.view)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.view)
+        lay.addWidget(self.scroll)
         self.loss_plot = self.view.addPlot(row=0, col=0, colspan=2, title="Loss")
         self.lr_plot = self.view.addPlot(row=1, col=1, title="Learning rate")
         self.view.ci.layout.setRowStretchFactor(0, 3)
         self.view.ci.layout.setRowStretchFactor(1, 2)
         self.charts: dict[str, Any] = {"loss": self.loss_plot}  # chart key -> PlotItem
         self.legends: dict[str, Any] = {}
+        self._spans: dict[str, int] = {"loss": 2}  # columns each chart spans (of 2)
         for p in (self.loss_plot, self.lr_plot):
             self._style(p)
         # Ranges are set by us, in coarse steps, instead of pyqtgraph's auto-range: an axis whose
@@ -67,7 +92,7 @@ class CurvesWidget(QWidget):
         self._ranges: dict[Any, tuple] = {}
         self._user_ranged: set[Any] = set()
         self.view.scene().sigMouseClicked.connect(self._on_click)
-        self.loss_legend = self._legend("loss", self.loss_plot, (-10, 10))
+        self.loss_legend = self._legend("loss", self.loss_plot)
         self._dirty = False
         self.redraws = 0
         self._throttled = qthrottled(self._redraw, timeout=redraw_ms, leading=False, parent=self)
@@ -85,17 +110,56 @@ class CurvesWidget(QWidget):
         p.setClipToView(True)
         p.setDownsampling(auto=True, mode="peak")
         p.getAxis("left").setWidth(52)  # room for "0.0015" before the first paint
+        p.getViewBox().setMinimumHeight(LOSS_PLOT_MIN_PX if p is getattr(self, "loss_plot", None) else PLOT_MIN_PX)
         p.disableAutoRange()
         p.getViewBox().sigRangeChangedManually.connect(lambda *_, p=p: self._user_ranged.add(p))
 
-    def _legend(self, key: str, plot: Any, offset: tuple[int, int]) -> Any:
-        legend = plot.addLegend(offset=offset)
-        legend.setBrush(pg.mkBrush(255, 255, 255, 215))  # readable over the curves
-        legend.setPen(pg.mkPen(200, 200, 200))
-        legend.setZValue(1000)
-        legend.setVisible(False)  # an empty legend is an empty box: shown once it has curves
+    def _legend(self, key: str, plot: Any) -> Any:
+        """The chart's legend, in a row of the chart's own layout under the x axis: outside the
+        plot area, so it never covers a curve. Entries are added by ``_add_legend_entry``."""
+        legend = pg.LegendItem(labelTextSize="8pt", labelTextColor=LEGEND_TEXT, horSpacing=4, verSpacing=-4)
+        legend.setParentItem(plot)
+        legend.frame = False
+        plot.layout.addItem(legend, 4, 1, alignment=Qt.AlignmentFlag.AlignHCenter)
+        legend.setVisible(False)  # an empty legend is an empty row: shown once it has curves
         self.legends[key] = legend
         return legend
+
+    def _add_legend_entry(self, key: str, item: Any, text: str) -> None:
+        legend = self.legends[key]
+        legend.addItem(item, text)
+        # one curve needs no legend (the chart's title names it); the Loss chart always has two
+        legend.setVisible(key == "loss" or len(legend.items) > 1)
+        self._fit_legend(key)
+
+    def _fit_legend(self, key: str) -> None:
+        """As many legend columns as fit the chart's width (one row when they all fit)."""
+        legend, plot = self.legends.get(key), self.charts.get(key)
+        if legend is None or plot is None or not legend.items:
+            return
+        widths = [s.boundingRect().width() + lab.item.boundingRect().width() + 8 for s, lab in legend.items]
+        # the chart's share of the view's width (the plots' own widths lag behind a resize), less its y axis
+        view_w = self.view.width() if self.view.width() > 200 else 640
+        room = view_w * self._spans.get(key, 1) / 2 - 70
+        cols = len(widths)
+        while cols > 1 and sum(max(widths[j::cols]) for j in range(cols)) > room:
+            cols -= 1
+        if cols != legend.columnCount:
+            legend.setColumnCount(cols)
+        self._update_min_height()
+
+    def _update_min_height(self) -> None:
+        """The charts' area is never shorter than every chart's smallest readable height; the
+        scroll area shows a scroll bar when the window is shorter than that."""
+        ci = self.view.ci
+        ci.layout.invalidate()
+        need = ci.effectiveSizeHint(Qt.SizeHint.MinimumSize).height()
+        self.view.setMinimumHeight(int(need) + 2 * self.view.frameWidth() + 2)
+
+    def legend_texts(self, key: str) -> list[str]:
+        """The texts shown in chart ``key``'s legend (tests)."""
+        legend = self.legends.get(key)
+        return [] if legend is None else [lab.text for _s, lab in legend.items]
 
     def _chart(self, key: str) -> Any:
         """The chart of a metric base name, added after the others (2 per row under the loss)."""
@@ -104,7 +168,7 @@ class CurvesWidget(QWidget):
         plot = pg.PlotItem(title=chart_title(key))
         self._style(plot)
         self.charts[key] = plot
-        self._legend(key, plot, (-10, -10))
+        self._legend(key, plot)
         self._ranges.pop(plot, None)
         self._arrange()
         return plot
@@ -117,11 +181,17 @@ class CurvesWidget(QWidget):
         for p in below:
             if p in ci.items:
                 ci.removeItem(p)
+        self._spans = {"loss": 2}
+        keys = {id(p): k for k, p in self.charts.items()}
         for i, p in enumerate(below):
             row, col = 1 + i // 2, i % 2
             span = 2 if (i == len(below) - 1 and col == 0) else 1
             ci.addItem(p, row=row, col=col, colspan=span)
+            self._spans[keys.get(id(p), "lr")] = span
             ci.layout.setRowStretchFactor(row, 2)
+        for key in self.legends:
+            self._fit_legend(key)
+        self._update_min_height()
 
     def add_charts(self, names: list[str]) -> None:
         """Show these metrics' charts now (e.g. the kind's best metric before the first epoch)."""
@@ -134,6 +204,7 @@ class CurvesWidget(QWidget):
         for key in [k for k in self.charts if k != "loss"]:
             self.view.removeItem(self.charts.pop(key))
             self.legends.pop(key, None)
+        self._arrange()
         self.add_charts(names)
 
     # --- data in ---------------------------------------------------------------------------
@@ -149,7 +220,8 @@ class CurvesWidget(QWidget):
                 "lr": self.lr_plot.plot(pen=pg.mkPen(pens["lr"], width=2, **style)),
             }
             self.phases[phase] = _PhaseCurves(phase)  # after its items: _redraw pairs the two dicts
-            self.legends["loss"].setVisible(True)
+            for k in ("loss", "smooth"):
+                self._add_legend_entry("loss", self.items[phase][k], self.items[phase][k].name())
         return self.phases[phase]
 
     def _metric_item(self, phase: str, name: str) -> None:
@@ -159,15 +231,15 @@ class CurvesWidget(QWidget):
         key = chart_of(name)
         plot = self._chart(key)
         n_same = sum(1 for k in items if k not in ("loss", "smooth", "lr") and chart_of(k) == key)
-        color = _ACC_COLOR if name == "val_acc" else _METRIC_COLORS[n_same % len(_METRIC_COLORS)]
+        # the single accuracy curve is green; in a chart of per-task curves every curve has its own colour
+        color = _ACC_COLOR if (name == "val_acc" and n_same == 0) else _METRIC_COLORS[n_same % len(_METRIC_COLORS)]
         if phase == "baseline":
             color = tuple(int(c * 0.5 + 200 * 0.5) for c in color)
         style = dict() if phase != "baseline" else dict(style=Qt.PenStyle.DashLine)
         suffix = "" if phase in ("main", "distill") else f" ({phase})"
         items[name] = plot.plot(pen=pg.mkPen(color, width=2, **style), symbol="o", symbolSize=6,
                                 symbolBrush=color, name=f"{curve_label(name)}{suffix}")
-        # one curve needs no legend (the chart's title names it); the Loss chart always has two
-        self.legends[key].setVisible(key == "loss" or len([i for i in plot.listDataItems() if i.name()]) > 1)
+        self._add_legend_entry(key, items[name], legend_label(name, phase, key))
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float, lr: float, phase: str = "main") -> None:
         c = self._phase(phase)
@@ -215,6 +287,7 @@ class CurvesWidget(QWidget):
         for legend in self.legends.values():
             legend.clear()
             legend.setVisible(False)
+        self._update_min_height()
         self.phases.clear()
         self.items.clear()
         self._throttled.cancel()
@@ -266,15 +339,25 @@ class CurvesWidget(QWidget):
         return "; ".join(parts) or "No training data yet"
 
     def eventFilter(self, obj, ev) -> bool:  # noqa: ANN001
-        """Keyboard on the focused charts: A or Home = automatic ranges again (as a double-click)."""
-        from PySide6.QtCore import QEvent
-
+        """Keyboard on the focused charts: A or Home = automatic ranges again (as a double-click);
+        the wheel scrolls the charts when they overflow (Ctrl+wheel zooms the chart under the mouse)."""
         if obj is self.view and ev.type() == QEvent.Type.KeyPress and ev.key() in (Qt.Key.Key_A, Qt.Key.Key_Home):
             self._user_ranged.clear()
             self._ranges.clear()
             self._apply_ranges()
             return True
+        if obj is self.view and ev.type() == QEvent.Type.Resize:
+            for key in self.legends:
+                self._fit_legend(key)
+        if (obj is self.view.viewport() and ev.type() == QEvent.Type.Wheel and self.overflowing()
+                and not ev.modifiers() & Qt.KeyboardModifier.ControlModifier):
+            QApplication.sendEvent(self.scroll.verticalScrollBar(), ev)  # scroll the charts, not zoom one
+            return True
         return super().eventFilter(obj, ev)
+
+    def overflowing(self) -> bool:
+        """True when the charts are taller than the room they have (a scroll bar is shown)."""
+        return self.scroll.verticalScrollBar().maximum() > 0
 
     def _on_click(self, ev) -> None:  # noqa: ANN001 - double-click: back to automatic ranges
         if ev.double():
