@@ -123,6 +123,10 @@ def test_threads_timed_faster_on_shared_cores_are_kept_only_while_shared(monkeyp
     assert choice.threads == 1 and torch.get_num_threads() == 1 and not mon.passive
     assert mon.decide(busy, 2).threads == 1  # re-checks keep it while the cores are shared
     assert mon.decide(C.CpuLoad(cores=2, other_busy=0.0, other_runnable=0.0), 2).threads == 2
+    # a reason other than a timing (bf16's spinning convolutions) is what the log says
+    choice = mon.prefer_when_shared(1, "bf16 convolutions spin-wait between threads on shared cores")
+    assert choice.reason.endswith("training with 1 thread (bf16 convolutions spin-wait between threads on shared cores)")
+    C.stop_monitor()
 
 
 def test_monitor_decides_switches_and_applies_threads_in_the_training_thread(monkeypatch):

@@ -190,13 +190,51 @@ def test_shared_cpu_times_whole_batches_and_keeps_the_rule_when_too_slow(monkeyp
 
     monkeypatch.setattr(T, "measure_modes", fake)
     monkeypatch.setattr(T, "_one_thread_if_faster", lambda *a: (0, a[-1]))  # (tested below)
-    monkeypatch.setattr(contention, "current_monitor", lambda: SimpleNamespace(passive=True))
+    preferred = []
+
+    def monitor(passive):
+        return SimpleNamespace(passive=passive, requested=None,
+                               prefer_when_shared=lambda n, why="": preferred.append((n, why)))
+
+    monkeypatch.setattr(contention, "current_monitor", lambda: monitor(True))
     assert P.choose_precision("cpu", _Conv(), measure=(64, 224)).name == "bf16"
     assert P.choose_precision("cpu", _Conv(), measure=(8, 224)).name == "bf16"
-    monkeypatch.setattr(contention, "current_monitor", lambda: SimpleNamespace(passive=False))
+    # a bf16 plan asks its monitor for one thread while the cores are shared (oneDNN spin-waits)
+    assert preferred == [(1, T.BF16_SHARED_WHY)] * 2
+    monkeypatch.setattr(contention, "current_monitor", lambda: monitor(False))
     P.choose_precision("cpu", _Conv(), measure=(64, 224))
     assert calls == [32, 8, 4]  # shared: the run's batch up to 32; quiet: the same pixels as 16 at 64 px
+    # fp32 asks for nothing
+    P.choose_precision("cpu", _Conv(), "fp32")
+    assert len(preferred) == 3
     T._measured.clear()
+
+
+def test_shared_cpu_times_bf16_on_one_thread(monkeypatch):
+    """On shared cores with 2 threads, bf16 modes are timed on one thread (the others on the run's
+    threads), and the listing says so."""
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            seen.setdefault(torch.is_autocast_enabled('cpu'), set()).add(torch.get_num_threads())
+            return self.c(x).mean((2, 3))
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        speeds = T.measure_modes(Spy(), 2, 8, [("fp32", False), ("bf16", True)], rounds=1,
+                                 single=frozenset({("bf16", True)}))
+        assert set(speeds) == {("fp32", False), ("bf16", True)}
+        assert seen == {False: {2}, True: {1}} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    why = T.pick_mode({("fp32", False): 10.0, ("bf16", True): 30.0}, single=frozenset({("bf16", True)}))[2]
+    assert why == "measured img/s: bf16 + channels_last on 1 thread 30.0, fp32 10.0"
 
 
 def test_shared_cpu_takes_one_thread_when_timed_clearly_faster(monkeypatch):
@@ -208,7 +246,7 @@ def test_shared_cpu_takes_one_thread_when_timed_clearly_faster(monkeypatch):
 
     monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: False)
     preferred = []
-    mon = SimpleNamespace(passive=True, prefer_when_shared=preferred.append)
+    mon = SimpleNamespace(passive=True, requested=None, prefer_when_shared=preferred.append)
     monkeypatch.setattr(contention, "current_monitor", lambda: mon)
     old = torch.get_num_threads()
     torch.set_num_threads(2)

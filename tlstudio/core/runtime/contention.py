@@ -61,7 +61,7 @@ def _cores_phrase(others: float, cores: int) -> str:
 
 def choose_threads(cores: int, others: float, *, leave_one_core: bool = False, requested: int | None = None,
                    passive_available: bool = True, was_shared: bool | None = None,
-                   shared_threads: int | None = None) -> ThreadChoice:
+                   shared_threads: int | None = None, shared_why: str = "") -> ThreadChoice:
     """Threads and OpenMP waiting for a CPU where other programs demand `others` cores.
 
     `cores`: cores we may use; `leave_one_core`: the GUI keeps one for the window;
@@ -69,7 +69,7 @@ def choose_threads(cores: int, others: float, *, leave_one_core: bool = False, r
     `passive_available`: short OpenMP spins can be switched on (libgomp); otherwise fewer
     threads is the remedy; `was_shared`: the previous decision, for hysteresis;
     `shared_threads`: fewer threads a timing of this run found faster while the cores are shared
-    (step_timing.measured_plan), used only while they are."""
+    (step_timing.measured_plan) or bf16 needs there, used only while they are; `shared_why` says why."""
     cores = max(1, int(cores))
     others = max(0.0, float(others))
     cap = max(1, cores - 1) if leave_one_core and cores > 1 else cores
@@ -87,8 +87,8 @@ def choose_threads(cores: int, others: float, *, leave_one_core: bool = False, r
         return ThreadChoice(cap, False, min(others, cores), f"{where}: training with {_n_threads(cap)}{why}")
     if shared_threads and shared_threads < cap:
         n = max(1, int(shared_threads))
-        return ThreadChoice(n, False, min(others, cores),
-                            f"{where}: training with {_n_threads(n)} (timed faster than {cap} here)")
+        why = shared_why or f"timed faster than {cap} here"
+        return ThreadChoice(n, False, min(others, cores), f"{where}: training with {_n_threads(n)} ({why})")
     if passive_available:
         why = "; one core kept for the window" if cap < cores else ""
         wait = " that sleep while they wait" if cap > 1 else ""
@@ -188,6 +188,7 @@ class ContentionMonitor:
     choice: ThreadChoice | None = None
     changes: list[str] = field(default_factory=list)  # log lines not yet shown
     shared_threads: int | None = None  # fewer threads timed faster while the cores are shared
+    shared_why: str = ""  # why (for the log); "" = timed faster
     _load: CpuLoad | None = None  # the last sample decided on
     _pending: int | None = None
     _owner: "weakref.ref | None" = None
@@ -206,16 +207,17 @@ class ContentionMonitor:
         return choose_threads(cores, others, leave_one_core=self.leave_one_core, requested=self.requested,
                               passive_available=passive_waits_available(),
                               was_shared=None if prev is None else (prev.passive or prev.threads < self._cap(cores)),
-                              shared_threads=self.shared_threads)
+                              shared_threads=self.shared_threads, shared_why=self.shared_why)
 
-    def prefer_when_shared(self, n: int) -> ThreadChoice:
-        """A timing found `n` threads faster on the shared cores: decide again with it, now, in the
-        training thread (the one that calls this), and at every re-check while the cores are shared."""
+    def prefer_when_shared(self, n: int, why: str = "") -> ThreadChoice:
+        """`n` threads are faster on the shared cores (a timing found it, or `why`): decide again
+        with it, now, in the training thread (the one that calls this), and at every re-check while
+        the cores are shared."""
         import torch
 
         from tlstudio.core.runtime.precision import available_cores
 
-        self.shared_threads = int(n)
+        self.shared_threads, self.shared_why = int(n), why
         new = self.decide(self._load, available_cores())
         with self._lock:
             self.choice = new

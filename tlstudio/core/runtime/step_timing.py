@@ -44,17 +44,20 @@ def mode_label(name: str, channels_last: bool) -> str:
     return name + (" + channels_last" if channels_last else "")
 
 
-def pick_mode(speeds: dict[tuple[str, bool], float], min_gain: float = MIN_GAIN) -> tuple[str, bool, str]:
+def pick_mode(speeds: dict[tuple[str, bool], float], min_gain: float = MIN_GAIN,
+              single: frozenset = frozenset()) -> tuple[str, bool, str]:
     """The mode to train in from measured images/s per (precision, channels_last).
 
     fp32 contiguous is the reference (exact, no conversions): another mode must be at least
-    `min_gain` times faster to be chosen. Returns (precision, channels_last, reason)."""
+    `min_gain` times faster to be chosen. `single`: modes timed on one thread (said so in the
+    listing). Returns (precision, channels_last, reason)."""
     if not speeds:
         raise ValueError("no measurements")
     ref = ("fp32", False)
     base = speeds.get(ref)
     best = max(speeds, key=lambda k: speeds[k])
-    listing = ", ".join(f"{mode_label(*k)} {v:.1f}" for k, v in sorted(speeds.items(), key=lambda kv: -kv[1]))
+    listing = ", ".join(f"{mode_label(*k)}{' on 1 thread' if k in single else ''} {v:.1f}"
+                        for k, v in sorted(speeds.items(), key=lambda kv: -kv[1]))
     if base is None:
         return best[0], best[1], f"measured img/s: {listing}"
     if best != ref and speeds[best] >= base * min_gain:
@@ -68,16 +71,20 @@ def pick_mode(speeds: dict[tuple[str, bool], float], min_gain: float = MIN_GAIN)
 
 
 def measure_modes(model: Any, batch: int, size: int, modes: list[tuple[str, bool]], *, rounds: int = 2,
-                  budget_s: float = MEASURE_BUDGET_S) -> dict[tuple[str, bool], float]:
+                  budget_s: float = MEASURE_BUDGET_S,
+                  single: frozenset = frozenset()) -> dict[tuple[str, bool], float]:
     """Images/s of a training step (forward, loss, backward) of a copy of `model` in each mode.
 
     Modes are interleaved (one warm-up step each, then `rounds` timed rounds) and the best step
     per mode counts: on a shared CPU another program's burst then hits every mode alike and the
     minimum is the mode's own cost. When `budget_s` is spent, modes not yet timed are left out
-    of the result. The model itself is untouched (weights, buffers, grads): one copy is measured."""
+    of the result. Modes in `single` run on one thread. The model itself is untouched (weights,
+    buffers, grads): one copy is measured."""
     import time
 
     import torch
+
+    from tlstudio.core.runtime.inference import one_thread
 
     m, x = _timing_copy(model, batch, size)
     layout = None
@@ -95,9 +102,10 @@ def measure_modes(model: Any, batch: int, size: int, modes: list[tuple[str, bool
                     m = m.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                     layout = cl
                 xi = x.contiguous(memory_format=torch.channels_last) if cl else x
-                t = time.perf_counter()
-                _step_loss(m, xi, name == "bf16").backward()
-                dt = time.perf_counter() - t
+                with one_thread() if mode in single else contextlib.nullcontext():
+                    t = time.perf_counter()
+                    _step_loss(m, xi, name == "bf16").backward()
+                    dt = time.perf_counter() - t
                 for p in m.parameters():
                     p.grad = None
                 if r == 0:
@@ -149,6 +157,14 @@ def step_batch(batch: int, size: int, shared: bool) -> int:
     return max(1, min(int(batch), MEASURE_SHARED_MAX)) if shared else measure_batch(batch, size)
 
 
+# oneDNN's bf16 convolution backward waits for its threads by spinning, whatever OpenMP's policy:
+# under 2 busy loops a resnet18 step of 32 images on 2 threads took 2.8-3.4 s at every size from
+# 32 to 224 px (96% in convolution_backward), on 1 thread 0.16 s at 32 px, 0.30 at 64, 0.8 at
+# 112, 2.9 at 224; under 1 busy loop 1 thread still won (64 px 0.25 against 0.30 s, 224 px 1.9
+# against 2.1). So bf16 on shared cores trains, and is timed, on one thread.
+BF16_SHARED_WHY = "bf16 convolutions spin-wait between threads on shared cores"
+
+
 def timing_images(n_modes: int, step: int, shared: bool, rounds: int = 2) -> int:
     """Images the mode timing pushes through: a warm-up and `rounds` steps of `step` images per
     mode, plus the same for the one-thread step on shared cores."""
@@ -171,15 +187,17 @@ def measured_plan(plan: PrecisionPlan, model: Any, batch: int, size: int, conv: 
         step = step_batch(batch, size, shared)
         if train_images and timing_images(len(modes), step, shared) > MODES_SHORT_RUN_SHARE * train_images:
             return replace(plan, reason=f"{plan.reason}; a short run: not worth timing the modes at {size} px")
+        multi = shared and torch.get_num_threads() > 1
+        single = frozenset(m for m in modes if m[0] == "bf16") if multi else frozenset()
         try:
-            speeds = measure_modes(model, step, size, modes)
+            speeds = measure_modes(model, step, size, modes, single=single)
         except Exception as e:  # a model that cannot run a bare step here: keep the rule's choice
             return replace(plan, reason=f"{plan.reason}; not measured ({e.__class__.__name__})")
         if len(speeds) < len(modes):  # cut short by the time budget (a big model, a busy CPU): the rule
             return replace(plan, reason=f"{plan.reason}; too slow here to time the modes at {size} px")
-        name, cl, why = pick_mode(speeds)
+        name, cl, why = pick_mode(speeds, single=single)
         threads = 0
-        if shared and torch.get_num_threads() > 1:
+        if multi and (name, cl) not in single:
             threads, why = _one_thread_if_faster(model, step, size, (name, cl), speeds, why)
         _measured[key] = (name, cl, why, threads)
     name, cl, why, threads = _measured[key]
@@ -191,6 +209,18 @@ def measured_plan(plan: PrecisionPlan, model: Any, batch: int, size: int, conv: 
             mon.prefer_when_shared(threads)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[name]
     return replace(plan, name=name, dtype=dtype, channels_last=cl, use_scaler=False, reason=f"{why} at {size} px")
+
+
+def one_thread_for_bf16_when_shared(plan: PrecisionPlan) -> None:
+    """A bf16 CPU plan trains on one thread while the cores are shared (BF16_SHARED_WHY), however
+    it was chosen (the rule, a timing, the user): the run's monitor re-applies it at every re-check."""
+    if plan.device.type != "cpu" or plan.name != "bf16":
+        return
+    from tlstudio.core.runtime import contention
+
+    mon = contention.current_monitor()
+    if mon is not None and mon.requested is None:
+        mon.prefer_when_shared(1, BF16_SHARED_WHY)
 
 
 def _one_thread_if_faster(model: Any, batch: int, size: int, mode: tuple[str, bool],
