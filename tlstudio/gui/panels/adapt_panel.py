@@ -53,6 +53,10 @@ class AdaptPanel(QWidget):
         self.state = state
         self.runner = runner
         self._points: dict[str, list[tuple[float, float]]] = {}
+        # how the last run ended ("" before any run), and for which folder: the status line says so
+        # until another run starts or another folder is chosen
+        self.outcome = ""
+        self._outcome_for: tuple | None = None
         lay = QVBoxLayout(self)
         self.title = QLabel()
         lay.addWidget(self.title)
@@ -163,6 +167,8 @@ class AdaptPanel(QWidget):
         if runner is not None:
             runner.event.connect(self.on_event)
             runner.running_changed.connect(lambda _r: self._refresh_status())
+            runner.finished.connect(self._on_finished)
+            runner.failed.connect(self._on_failed)
         self._refresh()
         if getattr(state, "current_run", None):
             self.show_run(state.current_run)
@@ -226,9 +232,16 @@ class AdaptPanel(QWidget):
         self.stop_btn.setEnabled(running)
         if not folder and not running:
             self.status.setText("Add a folder of unlabelled images in the Data step first.")
+        elif not running and self.outcome and self._outcome_for == self._inputs():
+            self.status.setText(self.outcome)  # how the run ended, as the Train step says it
         elif not running:
             extra = f"; check set {ts['check_dir']}" if ts.get("check_dir") else ""
             self.status.setText(f"Unlabelled images: {folder}{extra}")
+
+    def _inputs(self) -> tuple:
+        """The kind and folders a run used: another choice makes the last outcome old news."""
+        ts = self.state.task_settings or {}
+        return self.kind(), ts.get("target_dir"), ts.get("unlabeled_dir"), ts.get("check_dir")
 
     # ------------------------------------------------------------------ running
     def make_config(self):
@@ -248,7 +261,10 @@ class AdaptPanel(QWidget):
             self.status.setText(f"Cannot start: {exc}")
             return
         self.clear_curves()
+        self.outcome, self._outcome_for = "", None
+        self._title = kind.title
         self.status.setText(f"{kind.title}: running...")
+        self.state.set_step_status("adapt", "busy")
         self.runner.start(lambda stop, pause: kind.run(cfg, stop, pause), owner=self)
 
     def clear_curves(self) -> None:
@@ -272,9 +288,52 @@ class AdaptPanel(QWidget):
             self.status.setText(ev.message[:300])
         elif isinstance(ev, E.Finished) and ev.run_dir and self._is_main_run(ev.run_dir):
             self.state.set_current_run(ev.run_dir)  # not the source-only / labelled-only sub-run
-            if ev.status == "finished" and hasattr(self.state, "set_step_status"):
-                self.state.set_step_status("adapt", "done")  # the sidebar ticks the step, as Train does
+            if hasattr(self.state, "set_step_status"):  # the sidebar ticks the step, as Train does
+                self.state.set_step_status("adapt", "done" if ev.status in ("finished", "early_stopped")
+                                           else "attention")
+            if self.runner is None or self.runner.owner is self:
+                self._set_outcome(self._finished_text(ev))
             self.show_run(ev.run_dir)
+
+    def _finished_text(self, ev: Any) -> str:
+        title = getattr(self, "_title", "") or ("Adaptation" if self.kind() == "adaptation" else "Semi-supervised")
+        best = f", best val acc {ev.best_val_acc:.1%}" if ev.best_val_acc is not None else ""
+        text = f"{title} {ev.status.replace('_', ' ')}: {Path(ev.run_dir).name}{best}."
+        if ev.message:
+            text += f" {ev.message}"
+        elif ev.status == "finished":
+            text += " The result is below." if self.kind() == "adaptation" else \
+                " The result is below; review the proposed labels in the Review step."
+        return text
+
+    def _set_outcome(self, text: str) -> None:
+        self.outcome, self._outcome_for = text, self._inputs()
+        self.status.setText(text)
+
+    def _on_finished(self, result: Any) -> None:
+        """The job ended (after its last event): the status line and the status bar say how."""
+        if self.runner is None or self.runner.owner is not self:
+            return
+        if not self.outcome:  # no Finished event of the main run (e.g. stopped before it began)
+            status = getattr(result, "status", None) or "finished"
+            title = getattr(self, "_title", "") or "Run"
+            self._set_outcome(f"{title} {str(status).replace('_', ' ')}.")
+            self.state.set_step_status("adapt", "done" if status in ("finished", "early_stopped") else "attention")
+        self._refresh_status()
+        self.state.status_message.emit(self.outcome)
+        self.state.runs_changed.emit()
+
+    def _on_failed(self, message: str, tb: str) -> None:
+        if self.runner is None or self.runner.owner is not self:
+            return
+        self.state.set_step_status("adapt", "attention")
+        self._set_outcome(f"Failed: {message}")
+        self._refresh_status()
+        self.state.status_message.emit(self.outcome)
+        from tlstudio.gui.widgets.error_dialog import show_error
+
+        show_error(self, "Adaptation failed" if self.kind() == "adaptation" else "Semi-supervised run failed",
+                   message, tb, modal=False)
 
     @staticmethod
     def _is_main_run(run_dir: str) -> bool:
