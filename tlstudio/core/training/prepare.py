@@ -19,6 +19,7 @@ from tlstudio.core.errors import UserError
 from tlstudio.core.events import Event, Log, Progress, Warn
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.training.objectives import ClassificationObjective, Objective, ObjectiveContext
+from tlstudio.core.training.optimizers import load_optimizer_state, make_optimizer
 
 MAX_SKIPPED_LISTED = 50  # individual warnings for skipped files; the rest are summarised
 
@@ -332,15 +333,12 @@ def _set_up_optimiser(ctx: RunContext) -> None:
         pgroups.append({"params": extra_params, "lr": lr, "weight_decay": config.weight_decay})
     for g in pgroups:
         g.setdefault("lr", lr)
-    if config.optimizer == "sgd":
-        ctx.opt = torch.optim.SGD(pgroups, lr=lr, momentum=0.9, nesterov=True)
-    else:
-        ctx.opt = torch.optim.AdamW(pgroups, lr=lr)
+    ctx.opt = make_optimizer(pgroups, config.optimizer, lr)
     ctx.steps_per_epoch, lr_factor = schedule(config, ctx.loaders)
     ctx.sched = torch.optim.lr_scheduler.LambdaLR(ctx.opt, lr_factor)
     ctx.scaler = torch.amp.GradScaler(ctx.device.type) if ctx.plan.use_scaler else None
     if ckpt is not None:
-        ctx.opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(ctx.opt, ckpt["optimizer"])
         ctx.sched.load_state_dict(ckpt["scheduler"])
         if ctx.scaler is not None and ckpt.get("scaler"):
             ctx.scaler.load_state_dict(ckpt["scaler"])

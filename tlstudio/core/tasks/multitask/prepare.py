@@ -19,6 +19,7 @@ from tlstudio.core.errors import UserError
 from tlstudio.core.events import Event, Log, Warn
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.tasks.multitask.config import MultiTaskConfig
+from tlstudio.core.training.optimizers import load_optimizer_state, make_optimizer
 
 
 @dataclasses.dataclass
@@ -244,13 +245,12 @@ def _set_up_optimiser(run: MTRun) -> None:
         pgroups.append({"params": extra, "lr": lr * 10, "weight_decay": 0.0})
     for g in pgroups:
         g.setdefault("lr", lr)
-    run.opt = (torch.optim.SGD(pgroups, lr=lr, momentum=0.9, nesterov=True) if config.optimizer == "sgd"
-               else torch.optim.AdamW(pgroups, lr=lr))
+    run.opt = make_optimizer(pgroups, config.optimizer, lr)
     run.steps_per_epoch, lr_factor = eng.schedule(config, run.loaders.batches_per_epoch)
     run.sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lr_factor)
     ckpt = run.ckpt
     if ckpt is not None:
-        run.opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(run.opt, ckpt["optimizer"])
         run.sched.load_state_dict(ckpt["scheduler"])
         for m, sd in zip(run.objective.extra_modules(), ckpt.get("extra_modules", [])):
             m.load_state_dict(sd)
