@@ -15,10 +15,12 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -106,11 +108,21 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         left = self._build_classes_side()
         right = self._build_images_side()
 
+        # the left column scrolls when it is taller than the window (an unlabelled folder adds its
+        # choices, the domain gap and the check set under the split): nothing is squeezed or cut off
+        self.left_scroll = QScrollArea()
+        self.left_scroll.setWidgetResizable(True)
+        self.left_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.left_scroll.setWidget(left)
+        left.installEventFilter(self)  # its minimum width follows what it shows
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.left_scroll)
         self.splitter.addWidget(right)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 3)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setSizes([400, 600])  # 2 : 3 of the real width (the texts on the left wrap less)
 
         self.kind_chooser = KindChooser(self.state)
         lay = QVBoxLayout(self)
@@ -118,6 +130,21 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
         lay.addWidget(self.kind_chooser)
         lay.addWidget(self.splitter, 1)
         self._embed_task_widgets(left)
+        self._fit_left()
+
+    def _fit_left(self) -> None:
+        """The left column's scroll area is as wide as the column's widest row needs (no
+        horizontal scrolling); heights scroll."""
+        inner = self.left_scroll.widget()
+        bar = self.left_scroll.verticalScrollBar().sizeHint().width()
+        self.left_scroll.setMinimumWidth(inner.minimumSizeHint().width() + bar + 2)
+
+    def eventFilter(self, obj, ev) -> bool:  # noqa: ANN001
+        from PySide6.QtCore import QEvent
+
+        if obj is self.left_scroll.widget() and ev.type() == QEvent.Type.LayoutRequest:
+            self._fit_left()  # e.g. the unlabelled folder's choices appeared
+        return super().eventFilter(obj, ev)
 
     # --- opening and scanning -----------------------------------------------------------
     def choose_folder(self) -> None:

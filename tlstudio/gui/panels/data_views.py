@@ -54,6 +54,10 @@ class DataViewsMixin:
         self.summary.setToolTip(tip("dataset"))
         self.class_table = ClassTable()
         self.class_table.itemSelectionChanged.connect(self._table_selected)
+        # at least three class rows stay visible however much the column below holds (it scrolls)
+        t = self.class_table
+        t.setMinimumHeight(t.horizontalHeader().sizeHint().height() + 3 * t.verticalHeader().defaultSectionSize()
+                           + 2 * t.frameWidth() + 2)
         self.chart = ClassBarChart()
         split_box = self._build_split_box()
 
