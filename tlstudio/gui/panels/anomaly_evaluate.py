@@ -139,11 +139,13 @@ class AnomalyEvaluatePanel(QWidget):
             return
         self.eval_btn.setEnabled(False)
         self.status.setText("Evaluating… (features of every test image, then the scores and maps)")
+        self.state.set_step_status("anomaly_evaluate", "busy")
         start_worker(self, _evaluate, run, self.folder, returned=self.set_report, errored=self._failed)
 
     def _failed(self, exc: BaseException) -> None:
         self.eval_btn.setEnabled(True)
         self.status.setText(f"Cannot evaluate: {exc}")
+        self.state.set_step_status("anomaly_evaluate", "attention")
 
     def set_report(self, report: dict[str, Any]) -> None:
         self.report = report
@@ -167,6 +169,8 @@ class AnomalyEvaluatePanel(QWidget):
         n_fail = len(report.get("failures", []))
         self.status.setText(f"{report.get('n', 0)} images scored" + (f", {n_fail} could not be read" if n_fail else ""))
         self._fill_gallery()
+        # the sidebar ticks the step, as the classification Evaluate step does
+        self.state.set_step_status("anomaly_evaluate", "done" if report.get("n", 0) else "attention")
 
     def _sorted_rows(self) -> list[dict]:
         rows = [r for r in (self.report or {}).get("per_image", []) if r.get("score") is not None]

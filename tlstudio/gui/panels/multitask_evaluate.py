@@ -229,14 +229,22 @@ class MultiTaskEvaluatePanel(QWidget):
         self.status.setText(f"Evaluating on {data or 'the validation split'}…")
         self.again_btn.setEnabled(False)
         self.table_btn.setEnabled(False)
+        self._step("busy")
         run_job(self, job, self._done, self._failed, wait)
+
+    def _step(self, status: str) -> None:
+        """The sidebar's mark of this step (a bare stand-in state in some tests has none)."""
+        if hasattr(self.state, "set_step_status"):
+            self.state.set_step_status("mt_evaluate", status)
 
     def _done(self, result: dict[str, Any]) -> None:
         self.show_per_task(result["tasks"])
         self.status.setText(f"Evaluated on {result['data']}: {result['n']} images, mean task score "
                             f"{result['metrics'].get('score', 0):.3f}")
         self._buttons()
+        self._step("done")  # ticked, as the classification Evaluate step is
 
     def _failed(self, exc: BaseException) -> None:
         self.status.setText(f"Evaluation failed: {exc}")
         self._buttons()
+        self._step("attention")

@@ -267,9 +267,13 @@ class ReviewQueuePanel(QWidget):
             out = self.queue.write_csv(path, existing)
         except UserError as exc:
             self.saved.setText(f"Not saved: {exc}")
+            if hasattr(self.state, "set_step_status"):
+                self.state.set_step_status("review", "attention")
             return None
         self._save_state()
         self.csv_path = out
+        if hasattr(self.state, "set_step_status"):  # the labels are saved: the sidebar ticks the step
+            self.state.set_step_status("review", "done")
         n = len(self.queue.labelled())
         self.saved.setText(f"Saved {n} reviewed + {len(existing)} labelled images to {out}. Open this CSV in the "
                            "Data step to train with them (your image files were not moved or copied).")
