@@ -34,6 +34,11 @@ __all__ = ["MAX_RECENT", "MainWindow", "app_settings"]
 
 log = logging.getLogger("tlstudio.gui")
 
+#: a status-bar message disappears after this long, when the user moves to another step, or when
+#: the run it was shown during ends: it never describes an action that is long over
+MESSAGE_MS = 15_000
+IDLE_NO_DATA = "Ready. Drop a folder of images anywhere on this window."
+
 def app_settings() -> QSettings:
     """Settings persisted between launches, in tlstudio.core.paths.user_config_dir()."""
     from tlstudio.core.paths import user_config_dir
@@ -80,10 +85,16 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
             self.stack.addWidget(page)
 
         self._make_panel("data")  # the first page is built now, the others right after showing
-        self._status = QLabel("Ready. Drop a folder of images anywhere on this window.")
+        self._status = QLabel(IDLE_NO_DATA)
         self.statusBar().addWidget(self._status, 1)
+        self._message_timer = QTimer(self)
+        self._message_timer.setSingleShot(True)
+        self._message_timer.timeout.connect(self.clear_message)
+        self._message_in_run = False  # the shown message was shown while a job ran
         self.state.status_message.connect(self.show_message)
         self.state.training_changed.connect(self._training_changed)
+        if hasattr(self.runner, "running_changed"):
+            self.runner.running_changed.connect(self._job_running_changed)
         self.state.task_kind_changed.connect(self._kind_changed)
         self._build_menus()
         self._restore_settings()
@@ -142,6 +153,8 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
             return
         self._make_panel(self.steps[index])
         self._size_to_current(index)
+        if index != self.stack.currentIndex():
+            self.clear_message()  # a message about the step the user leaves is over
         self.stack.setCurrentIndex(index)
         if self.sidebar.currentRow() != index:
             self.sidebar.setCurrentRow(index)
@@ -171,8 +184,32 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
         if self.sidebar.isRowHidden(self.stack.currentIndex()):
             self.show_step(0)
 
-    def show_message(self, text: str) -> None:
+    def show_message(self, text: str, timeout_ms: int | None = None) -> None:
+        """A transient message: gone after ``timeout_ms`` (None: MESSAGE_MS; 0: kept), on a step
+        change, or when the job running while it was shown ends."""
         self._status.setText(text)
+        self._message_in_run = bool(getattr(self.runner, "running", False))
+        timeout_ms = MESSAGE_MS if timeout_ms is None else timeout_ms
+        if timeout_ms > 0:
+            self._message_timer.start(timeout_ms)
+        else:
+            self._message_timer.stop()
+
+    def clear_message(self) -> None:
+        """Back to the idle text: the drop hint while there is no data, else nothing."""
+        self._message_timer.stop()
+        self._message_in_run = False
+        self._status.setText("" if self.state.data_dir else IDLE_NO_DATA)
+
+    def status_text(self) -> str:
+        """What the status bar says now (tests)."""
+        return self._status.text()
+
+    def _job_running_changed(self, running: bool) -> None:
+        # a job ended: what was said while it ran ("Stopping after this batch…") is over; the
+        # job's own end message (finished / stopped / failed) comes right after this
+        if not running and self._message_in_run:
+            self.clear_message()
 
     # --- training -----------------------------------------------------------------------
     def start_training(self) -> None:
@@ -189,7 +226,8 @@ class MainWindow(MenusMixin, DataDropMixin, ProjectsMixin, QMainWindow):
     def stop_training(self) -> None:
         if self.runner.running:
             self.runner.stop()
-            self.show_message("Stopping after this batch; a checkpoint is saved, the run can be continued.")
+            # kept until the run has stopped (then the run's own end message replaces it)
+            self.show_message("Stopping after this batch; a checkpoint is saved, the run can be continued.", 0)
 
     def _training_changed(self, running: bool) -> None:
         self.act_start.setEnabled(not running)

@@ -18,7 +18,8 @@ log = logging.getLogger("tlstudio.gui")
 
 class DataDropMixin:
     """Open a folder or archive, add dropped images to a class. MainWindow provides
-    ``self.state``, ``self.panels``, ``self.panel``, ``self.show_step`` and ``self.show_message``."""
+    ``self.state``, ``self.panels``, ``self.panel``, ``self.show_step``, ``self.show_message`` and
+    ``self.clear_message``."""
 
     # --- opening data -------------------------------------------------------------------
     def open_folder_dialog(self) -> None:
@@ -128,6 +129,10 @@ class DataDropMixin:
         else:
             ev.ignore()
 
+    def dragLeaveEvent(self, ev) -> None:  # noqa: ANN001
+        self.clear_message()  # "Drop to open this folder" is over when the drag leaves the window
+        super().dragLeaveEvent(ev)
+
     def dragMoveEvent(self, ev) -> None:  # noqa: ANN001
         if ev.mimeData().hasUrls():
             ev.setDropAction(Qt.DropAction.CopyAction)
@@ -135,6 +140,7 @@ class DataDropMixin:
 
     def dropEvent(self, ev: QDropEvent) -> None:
         kind, paths = self.classify_drop(ev.mimeData().urls()) if ev.mimeData().hasUrls() else ("", [])
+        self.clear_message()  # the "Drop to …" hint of the drag
         if not kind:
             ev.ignore()
             return
