@@ -161,7 +161,8 @@ def step_batch(batch: int, size: int, shared: bool) -> int:
 # under 2 busy loops a resnet18 step of 32 images on 2 threads took 2.8-3.4 s at every size from
 # 32 to 224 px (96% in convolution_backward), on 1 thread 0.16 s at 32 px, 0.30 at 64, 0.8 at
 # 112, 2.9 at 224; under 1 busy loop 1 thread still won (64 px 0.25 against 0.30 s, 224 px 1.9
-# against 2.1). So bf16 on shared cores trains, and is timed, on one thread.
+# against 2.1); vit_tiny (one convolution) at 224 px: 1 thread 2.9-3.0 s, 2 threads the same.
+# So bf16 on shared cores trains, and is timed, on one thread.
 BF16_SHARED_WHY = "bf16 convolutions spin-wait between threads on shared cores"
 
 
