@@ -16,6 +16,8 @@ evaluation - counts against it). Imports are done before any timing.
     python benchmarks/bench_contention.py                       # 32,64,112,224 px, 2 busy loops
     python benchmarks/bench_contention.py --sizes 32,64 --compete 0   # quiet-machine control
     python benchmarks/bench_contention.py --quick               # 32 and 64 px, fewer images
+    python benchmarks/bench_contention.py --images 32:2000,64:2000,112:2000,224:400
+                                          # the scale (2,000 images, 2 epochs): set-up amortised
 
 Prints images/s per loop and the ratios TL Studio / bare at each size, with the load average
 before and after each measurement (the machine may be shared by other work as well).
