@@ -73,6 +73,12 @@ def test_the_column_scrolls_to_its_last_line(data_step):
     _win, data = data_step
     scroll = data.left_scroll
     bar = scroll.verticalScrollBar()
+    bar.setValue(0)
+    # the table and chart keep their minimum, not more, while the column scrolls: the unlabelled
+    # folder's drop zone is in view without scrolling
+    drop = data.unlabelled_zone.drop
+    top = drop.mapTo(scroll.viewport(), drop.rect().topLeft()).y()
+    assert 0 <= top < scroll.viewport().height() - drop.height() / 2, (top, scroll.viewport().height())
     bar.setValue(bar.maximum())
     btn = data.unlabelled_zone.check_btn
     bottom = btn.mapTo(scroll.viewport(), btn.rect().bottomLeft()).y()

@@ -49,6 +49,41 @@ class _Progress(QObject):
     changed = Signal(int, int)  # done, total (-1 = unknown)
 
 
+class _ColumnScroll(QScrollArea):
+    """A column that fills the height it is given and scrolls only when its content needs more:
+    the content is as tall as the viewport, or as its minimum height at the viewport's width
+    (wrapped texts whole, tables and charts at their minimum) when that is taller. A resizable
+    QScrollArea would lay it out at its preferred height instead (a tall table and chart that push
+    the rest of the column out of view)."""
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(False)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(widget)
+
+    def fit(self) -> None:
+        inner, lay = self.widget(), self.widget().layout()
+        width = self.viewport().width()
+        need = lay.totalMinimumHeightForWidth(width) if lay.hasHeightForWidth() else lay.totalMinimumSize().height()
+        if need > self.height() and not self.verticalScrollBar().isVisible():  # the bar will take its width
+            width = max(1, self.width() - self.verticalScrollBar().sizeHint().width())
+            need = lay.totalMinimumHeightForWidth(width) if lay.hasHeightForWidth() else need
+        inner.resize(width, max(self.viewport().height(), need))
+
+    def resizeEvent(self, ev) -> None:  # noqa: ANN001
+        super().resizeEvent(ev)
+        self.fit()
+
+    def viewportEvent(self, ev) -> bool:  # noqa: ANN001 - the scroll bar came or went
+        from PySide6.QtCore import QEvent
+
+        if ev.type() == QEvent.Type.Resize:
+            self.fit()
+        return super().viewportEvent(ev)
+
+
 class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
     scan_started = Signal(str)
     scan_finished = Signal(object)  # ScanReport
@@ -110,11 +145,7 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
 
         # the left column scrolls when it is taller than the window (an unlabelled folder adds its
         # choices, the domain gap and the check set under the split): nothing is squeezed or cut off
-        self.left_scroll = QScrollArea()
-        self.left_scroll.setWidgetResizable(True)
-        self.left_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.left_scroll.setWidget(left)
+        self.left_scroll = _ColumnScroll(left)
         left.installEventFilter(self)  # its minimum width follows what it shows
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.left_scroll)
@@ -144,6 +175,7 @@ class DataPanel(DataViewsMixin, DataSplitMixin, QWidget):
 
         if obj is self.left_scroll.widget() and ev.type() == QEvent.Type.LayoutRequest:
             self._fit_left()  # e.g. the unlabelled folder's choices appeared
+            self.left_scroll.fit()
         return super().eventFilter(obj, ev)
 
     # --- opening and scanning -----------------------------------------------------------
