@@ -61,6 +61,7 @@ class _ColumnScroll(QScrollArea):
         self.setWidgetResizable(False)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setAccessibleName("Classes, split and unlabelled images")
         self.setWidget(widget)
 
     def fit(self) -> None:
