@@ -25,15 +25,20 @@ def _feed(w: CurvesWidget, epochs: int = 6) -> None:
     w.flush()
 
 
-@pytest.fixture
-def multitask_curves(qtbot):
-    # the curves' share of the multi-task Train step in a 1280x800 window (right of the settings,
-    # above the warnings and log): about 670 x 450 px
+def _shown_curves(qtbot) -> CurvesWidget:
+    # the curves' share of the Train step in a 1280x800 window (right of the settings, above the
+    # warnings and log): about 670 x 450 px
     w = CurvesWidget()
     qtbot.addWidget(w)
     w.resize(670, 450)
     w.show()
     qtbot.waitExposed(w)
+    return w
+
+
+@pytest.fixture
+def multitask_curves(qtbot):
+    w = _shown_curves(qtbot)
     _feed(w)
     qtbot.wait(50)
     return w
@@ -96,11 +101,7 @@ def test_wheel_scrolls_the_charts_when_they_overflow_and_ctrl_wheel_zooms(multit
 
 def test_few_charts_fit_without_scrolling(qtbot):
     """Classification (loss, accuracy, learning rate) in the same room: no scroll bar."""
-    w = CurvesWidget()
-    qtbot.addWidget(w)
-    w.resize(670, 450)
-    w.show()
-    qtbot.waitExposed(w)
+    w = _shown_curves(qtbot)
     w.add_charts(["val_acc"])
     for b in range(4):
         w.add_batch(0, b, 4, 1.0, 1e-3)
