@@ -56,3 +56,24 @@ def test_equal_probes_keep_the_logme_order():
     b = _row("B", 0.49, NOISY_B, probe=0.90)
     assert [r.candidate["spec"] for r in order_rows([b, a])] == ["A", "B"]
     assert np.isclose(order_rows([b, a])[1].logme, 0.49)
+
+
+def test_scores_do_not_depend_on_each_image_feature_length():
+    """A fine-tuned run's features vary more in length per image than an ImageNet body's; a softmax
+    head decides by direction, so the scores are taken on unit-length rows: scaling each image's
+    features by its own factor changes nothing, while raw LogME would move."""
+    from tlstudio.core.tasks.ranking.job import RankConfig
+    from tlstudio.core.tasks.ranking.logme import logme
+    from tlstudio.core.tasks.ranking.scoring import score_row
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    f = rng.normal(size=(60, 16)) + 2.0 * np.eye(3, 16)[y]
+    scaled = f * rng.uniform(0.3, 3.0, size=(60, 1))
+    a, b = RankRow(candidate={"spec": "a"}), RankRow(candidate={"spec": "b"})
+    cfg = RankConfig(data_dir="x")
+    score_row(a, f, y, cfg)
+    score_row(b, scaled, y, cfg)
+    assert abs(a.logme - b.logme) < 1e-4 and a.probe_acc == b.probe_acc and a.knn_acc == b.knn_acc
+    assert a.logme_draws == b.logme_draws
+    assert abs(logme(f, y) - logme(scaled, y)) > 0.05  # what raw LogME does with it

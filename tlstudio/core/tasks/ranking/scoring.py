@@ -5,9 +5,17 @@ k-fold linear probe (held-out accuracy on the same features) decides between the
 independent estimate is better than a coin flip inside the noise, and it is the one a user can
 read. On the benchmark (benchmarks/RESULTS.md, 2026-12-01) it moved the top one to the candidate
 that fine-tuned best twice (textures seed 0, objects seed 1; each time Lite0 over Lite1 within
-noise) and changed nothing in the other two cases. Length-normalised features were tried too (a fine-tuned run's features vary
-3x more in length than ImageNet bodies', which raw LogME penalises) and rejected: with 500 test
-images they ordered "objects" worse and "textures" the same.
+noise) and changed nothing in the other two cases.
+
+Every score is computed on unit-length feature rows. A head-only fine-tuning's softmax decides by
+direction, not length, while LogME's linear-Gaussian evidence counts length variation as noise:
+an earlier run fine-tuned on a related domain has features 3x more varied in length than an
+ImageNet body's (coefficient of variation 0.38-0.42 against 0.11-0.14), and raw LogME ranked it
+4th where it fine-tuned as well as the best. Over 15 measurements (5 crop seeds x 2 targets,
+head-only and app-default fine-tuning, 300-500 test images; benchmarks/RESULTS.md, session 5)
+unit rows put the best candidate first 9 times against 7 and reached Spearman >= 0.6 11 times
+against 8 (mean 0.71 against 0.62). On the first 3 measurements alone (session 4) they had looked
+no better, and were not shipped then.
 
 Noise: LogME is also computed on DRAWS stratified subsets of DRAW_FRACTION of the images (the
 same subsets for every candidate, from the seed). The spread of a difference between two
@@ -48,10 +56,20 @@ def draw_subsets(labels: np.ndarray, draws: int = DRAWS, fraction: float = DRAW_
     return out
 
 
+def unit_rows(f) -> np.ndarray:
+    """Each feature row scaled to length 1 (rows of zeros stay zero)."""
+    f = np.asarray(f, dtype=np.float64)
+    n = np.linalg.norm(f, axis=1, keepdims=True)
+    return f / np.where(n > 0, n, 1.0)
+
+
 def score_row(row: RankRow, f, y, config: RankConfig) -> None:
+    """LogME (with its subset draws), k-fold probe, k-NN and H-score of one candidate's features,
+    all on unit-length rows (module docstring)."""
     from tlstudio.core.tasks.ranking.logme import logme, logme_subsets
     from tlstudio.core.tasks.ranking.probes import hscore, knn_accuracy, linear_probe
 
+    f = unit_rows(f)
     row.logme = round(float(logme(f, y)), 5)
     row.logme_draws = [round(v, 6) for v in logme_subsets(f, y, draw_subsets(y, seed=config.seed))]
     acc, sd = linear_probe(f, y, folds=config.folds, seed=config.seed)
