@@ -116,3 +116,22 @@ def test_big_folder_in_chunks_with_progress_and_cancel(panel, runs, qtbot, monke
         assert panel.progress.isVisible() and panel.cancel_btn.isVisible()
     assert panel.results.count() == 15 and not panel.progress.isVisible()
     assert any(isinstance(e, Progress) for e in seen)
+
+
+def test_rows_shown_by_a_taller_window_get_their_thumbnails(panel, runs, qtbot):
+    """Rows laid out while the list was short (or the step hidden) decode their thumbnails once a
+    resize or the step's showing brings them into view, not only on scrolling."""
+    data, root = runs
+    panel.state.set_current_run(str(root / "r1"))
+    panel.resize(1000, 300)
+    with qtbot.waitSignal(panel.predictions_shown, timeout=120_000):
+        panel.predict_paths([str(data)])
+    qtbot.waitUntil(lambda: len(panel._requested) > 0, timeout=10_000)
+    short = set(panel._requested)
+    assert len(short) < panel.results.count() == 15
+    panel.resize(1000, 1400)
+    qtbot.waitUntil(lambda: len(panel._requested) > len(short), timeout=10_000)
+    qtbot.waitUntil(lambda: panel.loader.pending() == 0, timeout=30_000)
+    shown = [panel._rows[p] for p in panel._requested - short]
+    qtbot.waitUntil(lambda: all(r.thumb.pixmap() is not None and not r.thumb.pixmap().isNull() for r in shown),
+                    timeout=30_000)

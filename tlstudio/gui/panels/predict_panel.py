@@ -458,6 +458,11 @@ class PredictPanel(QWidget):
     def showEvent(self, e: Any) -> None:  # noqa: N802 - the weights may have appeared meanwhile
         super().showEvent(e)
         self.refresh_models()
+        QTimer.singleShot(0, self._request_visible)  # rows laid out while hidden come into view
+
+    def resizeEvent(self, e: Any) -> None:  # noqa: N802 - a taller window shows more rows
+        super().resizeEvent(e)
+        QTimer.singleShot(0, self._request_visible)
 
     def _update(self) -> None:
         from tlstudio.core.runs.folder import RunError, read_run
