@@ -81,3 +81,26 @@ def test_rank_then_train_the_top_one(panel, qtbot, shapes3):
     panel.table.selectRow(1)
     panel.train_sel_btn.click()
     assert panel.state.settings["backbone"] == result.ranked()[1].candidate["backbone"]
+
+
+def test_long_run_names_leave_the_scores_and_note_in_view(panel):
+    """An earlier run's label is long; the candidate column is capped (the whole name in the
+    tooltip) so every score and the note stay visible without scrolling."""
+    from tlstudio.core.tasks.ranking.results import RankResult, RankRow
+
+    long = "run 20261201-043110-tf_efficientnet_lite0-" + "x" * 80 + " (tf_efficientnet_lite0)"
+    rows = [RankRow(candidate={"label": long, "spec": "run:/r", "backbone": "tf_efficientnet_lite0", "init": "pretrained"},
+                    rank=1, logme=1.2, probe_acc=1.0, knn_acc=1.0, latency_ms=14.0, params=3_400_000,
+                    explanation="Best fit for your data."),
+            RankRow(candidate={"label": "tf_efficientnet_lite0", "spec": "tf_efficientnet_lite0",
+                               "backbone": "tf_efficientnet_lite0", "init": "pretrained"},
+                    rank=2, logme=0.9, probe_acc=0.99, probe_std=0.02, knn_acc=1.0, latency_ms=13.9, params=3_400_000,
+                    explanation="Second.")]
+    panel.show_result(RankResult(rows=rows, classes=["a", "b"], n_images=120, data_dir="", out_dir="",
+                                 summary="Start from the run.", seconds=8.0))
+    view = panel.table.viewport().width()
+    assert panel.table.columnWidth(1) <= max(160, view // 3)
+    note = panel.table.columnViewportPosition(7)
+    assert 0 <= note < view - 40  # the note column starts inside the visible table
+    assert panel.table.horizontalScrollBar().maximum() == 0 or panel.table.horizontalScrollBar().isHidden()
+    assert long in panel.table.item(0, 1).toolTip()

@@ -157,6 +157,10 @@ class RankPanel(QWidget):
         for i in range(len(COLUMNS)):
             hh.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
         hh.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        # a run's name is long: the candidate column is capped (its date and time stay in view, the
+        # whole name is in the tooltip) so the scores and the note stay in view (_fit_candidate_column)
+        hh.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        self.table.setWordWrap(False)
         self.table.itemSelectionChanged.connect(self._on_select)
         rl.addWidget(self.table, 2)
         self.summary = QLabel("Tick candidates and press Rank.")
@@ -367,6 +371,7 @@ class RankPanel(QWidget):
         stopped = getattr(result, "status", "") == "stopped"
         for r in result.rows:
             self._add_row(r)
+        self._fit_candidate_column()
         if result.ranked():
             self.table.selectRow(0)
         self.summary.setText(("Stopped: partial ranking. " if stopped else "") + (result.summary or ""))
@@ -396,7 +401,8 @@ class RankPanel(QWidget):
             vals = [str(r.rank), label, f"{r.logme:.3f}", probe, f"{r.knn_acc:.0%}",
                     f"{r.latency_ms:.1f}" if r.latency_ms else "-", _params(r.params), r.explanation]
         for col, v in enumerate(vals):
-            it = cell(v.split(". Choices")[0], tip=r.explanation or r.error, align_right=col not in (1, 7))
+            tip = r.explanation or r.error
+            it = cell(v.split(". Choices")[0], tip=f"{label}\n{tip}" if col == 1 else tip, align_right=col not in (1, 7))
             if r.rank is None:
                 it.setForeground(QColor("#6b7280"))
             elif r.rank == 1:
@@ -404,6 +410,18 @@ class RankPanel(QWidget):
                 f.setBold(True)
                 it.setFont(f)
             self.table.setItem(i, col, it)
+
+    def _fit_candidate_column(self) -> None:
+        """The candidate column as wide as its names, at most a third of the table."""
+        self.table.resizeColumnToContents(1)
+        cap = max(160, self.table.viewport().width() // 3)
+        if self.table.columnWidth(1) > cap:
+            self.table.setColumnWidth(1, cap)
+
+    def resizeEvent(self, e: Any) -> None:  # noqa: N802 - the cap follows the table's width
+        super().resizeEvent(e)
+        if self.table.rowCount():
+            self._fit_candidate_column()
 
     def _on_select(self) -> None:
         row = self.table.currentRow()
