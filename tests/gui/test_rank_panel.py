@@ -55,6 +55,8 @@ def test_rank_then_train_the_top_one(panel, qtbot, shapes3):
     assert panel.rank_btn.isEnabled()
     seen = []
     panel.runner.event.connect(lambda e: seen.append(e))
+    listed = []
+    panel.state.runs_changed.connect(lambda: listed.append(True))
     with qtbot.waitSignal(panel.ranked, timeout=240_000) as sig:
         panel.rank_btn.click()
         assert panel.progress.isVisible() and panel.stop_btn.isEnabled() and not panel.rank_btn.isEnabled()
@@ -73,6 +75,7 @@ def test_rank_then_train_the_top_one(panel, qtbot, shapes3):
         assert ranked[0].probe_acc >= ranked[1].probe_acc
     assert result.top().candidate["label"] in panel.summary.text()
     assert panel.state.step_status["rank"] == "done"
+    assert listed  # the Runs step lists the ranking's folder without a manual refresh
     assert panel.train_top_btn.isEnabled()
     panel.train_top_btn.click()
     top = result.top()

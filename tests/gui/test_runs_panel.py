@@ -272,3 +272,27 @@ def test_a_multi_task_run_shows_its_task_best_metric_and_per_task_curves(qtbot, 
     (item,) = p.acc_plot.listDataItems()
     assert [float(v) for v in item.yData] == pytest.approx([0.45, 0.9])  # the run's own best metric
     assert p.acc_plot.titleLabel.text == "Validation accuracy"
+
+
+def test_run_names_are_readable_next_to_long_metrics(qtbot, tmp_path):
+    """A run's name (date, time, backbone) gets the width it needs, up to 40% of the table, and the
+    metrics column takes what is left; before, the metrics pushed names down to '2026120...'."""
+    root = tmp_path / "runs"
+    name = "20261201-050243-tf_efficientnet_lite0"
+    run = make_fake_run(root, name, classes=tuple(f"class_{i}" for i in range(3)))
+    state = AppState()
+    state.runs_dir = str(root)
+    state.current_run = str(run)  # the open run's name is shown in bold, which is wider
+    p = RunsPanel(state)
+    qtbot.addWidget(p)
+    p.resize(1100, 700)
+    p.refresh()  # filled while hidden (the training ended on another step) ...
+    from PySide6.QtGui import QFontMetrics
+
+    bold = p.table.item(0, 0).font()
+    assert bold.bold()
+    p.show()  # ... then shown
+    qtbot.waitUntil(lambda: p.table.columnWidth(0) >= QFontMetrics(bold).horizontalAdvance(name), timeout=5_000)
+    assert p.table.columnWidth(0) <= max(200, int(p.table.viewport().width() * 0.4))
+    right = p.table.columnViewportPosition(8) + p.table.columnWidth(8)
+    assert right <= p.table.viewport().width() + 1  # the metrics fit in the view: no sideways scrolling

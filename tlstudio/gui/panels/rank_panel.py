@@ -354,6 +354,7 @@ class RankPanel(QWidget):
         self._mine = False
         self.progress.setVisible(False)
         self.show_result(result)
+        self.state.runs_changed.emit()  # the ranking's folder is listed in the Runs step
 
     def _on_failed(self, message: str, tb: str) -> None:
         if not self._owned():

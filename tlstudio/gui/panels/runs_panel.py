@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QMessageBox,
@@ -134,7 +133,8 @@ class RunsPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setStretchLastSection(True)  # the metrics take what is left
+        self.table.setWordWrap(False)
         self.table.setSortingEnabled(True)
         self.table.setToolTip("Every training run in the runs folder. Double-click to open one; select "
                               "several and click Compare curves to overlay them.")
@@ -189,10 +189,29 @@ class RunsPanel(QWidget):
             if str(d) in selected:
                 self.table.selectRow(r)
         self.table.setSortingEnabled(True)
-        self.table.resizeColumnsToContents()
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self._select_current(self.state.current_run or "")
+        self._select_current(self.state.current_run or "")  # bold, then the widths
         self._update_buttons()
+
+    def _fit_columns(self) -> None:
+        """Every column as wide as its contents, the run's name at most 40% of the table (a
+        name squeezed to "2026120..." says nothing), the metrics in what is left."""
+        self.table.resizeColumnsToContents()
+        view = self.table.viewport().width()
+        cap = max(200, int(view * 0.4))
+        slack = self.table.fontMetrics().horizontalAdvance("MM")  # a styled bold name measures short
+        self.table.setColumnWidth(0, min(cap, self.table.columnWidth(0) + slack))
+        last = self.table.columnCount() - 1  # elided, whole in its tooltip
+        self.table.setColumnWidth(last, max(60, view - self.table.columnViewportPosition(last)))
+
+    def resizeEvent(self, e: Any) -> None:  # noqa: N802 - the name's cap follows the table's width
+        super().resizeEvent(e)
+        if self.table.rowCount():
+            self._fit_columns()
+
+    def showEvent(self, e: Any) -> None:  # noqa: N802 - fitted while hidden, the table had no real width
+        super().showEvent(e)
+        if self.table.rowCount():
+            QTimer.singleShot(0, self._fit_columns)
 
     def _fill_row(self, r: int, d: Path, info: Any) -> None:
         def item(text: str, sort: Any = None, right: bool = False) -> QTableWidgetItem:
@@ -272,6 +291,7 @@ class RunsPanel(QWidget):
             f = it.font()
             f.setBold(bool(run_dir) and it.data(Qt.ItemDataRole.UserRole) == run_dir)
             it.setFont(f)
+        self._fit_columns()  # the open run's name is in bold: wider
 
     def _update_buttons(self) -> None:
         sel = self.selected_dirs()
