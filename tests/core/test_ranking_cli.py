@@ -71,3 +71,25 @@ def test_explain_unknown_class_is_one_line(tiny_run, tmp_path, capsys):
     assert main(["explain", str(run), str(img), "--out", str(tmp_path / "o"), "--class", "zebra"]) == 2
     err = capsys.readouterr().err
     assert "unknown class 'zebra'" in err and "Traceback" not in err
+
+
+def test_a_head_only_run_is_said_to_share_its_sources_features(tiny_run, tmp_path, capsys):
+    """A run that trained only its head on top of an earlier run keeps that run's body: the
+    ranking gives both the same scores and says why, instead of two unexplained equal rows."""
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.training.engine import fit
+
+    data, run = tiny_run
+    head_only = tmp_path / "head_only"
+    drive(fit(TrainConfig(data_dir=str(data), out_dir=str(head_only), backbone="test_resnet", init="run",
+                          init_run=str(run), epochs=1, batch_size=8, image_size=32, freeze="head", augment="none")))
+    code = main(["rank", str(data), "--candidates", f"run:{run},run:{head_only},random:test_resnet",
+                 "--image-size", "32", "--out", str(tmp_path / "r"), "--json", "--no-latency"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    by = {r["candidate"]["spec"]: r for r in out["rows"]}
+    first, second = by[f"run:{run}"], by[f"run:{head_only}"]
+    assert first["same_as"] is None and by["random:test_resnet"]["same_as"] is None
+    assert second["same_as"] == first["candidate"]["label"]
+    assert second["logme"] == pytest.approx(first["logme"])
+    assert "exactly those of" in second["explanation"] and first["candidate"]["label"] in second["explanation"]

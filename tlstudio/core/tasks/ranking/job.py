@@ -109,8 +109,11 @@ def rank(config: RankConfig, stop: threading.Event | None = None, pause: threadi
 
 def _rank_all(cands, split, classes, labels, config: RankConfig, stop):
     """Features and scores of every candidate, in order: (rows, "finished" | "stopped")."""
+    import hashlib
+
     rows: list[RankRow] = []
     status = "finished"
+    seen: dict[str, str] = {}  # features' digest -> the first candidate that gave them
     for i, cand in enumerate(cands):
         if stop is not None and stop.is_set():
             status = "stopped"
@@ -134,6 +137,11 @@ def _rank_all(cands, split, classes, labels, config: RankConfig, stop):
             rows.pop()
             break
         f, valid = feats
+        # a run that trained only its head keeps its backbone's body: the same features, the same
+        # scores; say so instead of leaving two identical rows unexplained
+        digest = hashlib.blake2b(f[valid].tobytes() + valid.tobytes(), digest_size=16).hexdigest()
+        row.same_as = seen.get(digest)
+        seen.setdefault(digest, cand.label)
         yield Progress(task="rank", done=i, total=len(cands), message=f"Scoring {cand.label}: LogME, probes")
         try:
             score_row(row, f[valid], labels[valid], config)

@@ -29,6 +29,7 @@ class RankRow:
     input_size: int | None = None
     seconds: float | None = None  # feature extraction + scoring time
     cache_reused: bool = False
+    same_as: str | None = None  # label of an earlier candidate with exactly these features (same body)
     error: str = ""
     explanation: str = ""
 

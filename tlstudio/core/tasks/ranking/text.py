@@ -41,7 +41,19 @@ def explain(rows: list[RankRow], n_classes: int) -> None:
         if r.tie:
             tie = (f" Within noise of #{r.tie}: their LogME differs by less than it moves between samples of "
                    "your images, so the linear probe decides the order; either may fine-tune better.")
-        r.explanation = f"{lead}: {probe}{gap}, k-NN {r.knn_acc:.0%}{speed}, {fmt_params(r.params)} parameters.{tie}"
+        same = ""
+        if r.same_as:  # identical features: no gap to explain, no noise to weigh
+            gap = tie = ""
+            same = (f" Its features are exactly those of {r.same_as}: the same body weights (a run that "
+                    "trained only its head keeps the body it started from), so every score is the same.")
+        r.explanation = (f"{lead}: {probe}{gap}, k-NN {r.knn_acc:.0%}{speed}, {fmt_params(r.params)} "
+                         f"parameters.{same}{tie}")
+
+
+def _same_features(a: RankRow, b: RankRow) -> bool:
+    """Whether two rows scored exactly the same features (RankRow.same_as names the first one)."""
+    la, lb = a.candidate["label"], b.candidate["label"]
+    return a.same_as == lb or b.same_as == la or (a.same_as is not None and a.same_as == b.same_as)
 
 
 def summary(scored: list[RankRow], unscored: list[RankRow], n: int) -> str:
@@ -55,7 +67,11 @@ def summary(scored: list[RankRow], unscored: list[RankRow], n: int) -> str:
     if len(scored) > 1 and by_probe[0] is not top and (by_probe[0].probe_acc or 0) > (top.probe_acc or 0) + 0.02:
         parts.append(f"The linear probe prefers {by_probe[0].candidate['label']} "
                      f"({by_probe[0].probe_acc:.0%}): with this little data the two are close; try both if time allows.")
-    tied = [r for r in scored if r.tie == 1]
+    same = [r for r in scored[1:] if _same_features(r, top)]
+    if same:
+        names = ", ".join(r.candidate["label"] for r in same)
+        parts.append(f"{names} {'has' if len(same) == 1 else 'have'} exactly its features (the same body).")
+    tied = [r for r in scored if r.tie == 1 and r not in same]
     if tied:
         names = ", ".join(r.candidate["label"] for r in tied)
         parts.append(f"{names} {'is' if len(tied) == 1 else 'are'} within noise of it: with {n} images the "
