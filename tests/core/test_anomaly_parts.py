@@ -157,9 +157,10 @@ def test_few_held_out_scores_keep_the_false_alarm_rate_near_the_setting():
     it near 1%. Measured here on 2,000 draws of normal scores."""
     from tlstudio.core.tasks.anomaly.threshold import t_quantile
 
-    # Student's t quantiles from tables: the expansion is within 3% from 3 degrees of freedom
-    for p, dof, table in ((0.99, 3, 4.541), (0.99, 5, 3.365), (0.95, 19, 1.729), (0.999, 10, 4.144)):
-        assert t_quantile(p, dof) == pytest.approx(table, rel=0.03)
+    # Student's t quantiles from printed tables (3 decimals), odd and even degrees of freedom
+    for p, dof, table in ((0.99, 3, 4.541), (0.99, 5, 3.365), (0.95, 19, 1.729), (0.999, 10, 4.144),
+                          (0.975, 1, 12.706), (0.995, 2, 9.925), (0.9995, 4, 8.610)):
+        assert t_quantile(p, dof) == pytest.approx(table, abs=1e-3)
     rng = np.random.default_rng(0)
     above_max, bounded = [], []
     for _ in range(2000):
