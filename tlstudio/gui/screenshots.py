@@ -103,12 +103,9 @@ def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: boo
         elif step == "layers":
             _wait(app, lambda: layers.memory_label.text() not in ("estimating…", "–"), 60)
         elif step == "rank" and train:  # rank the ticked candidates and the run just trained
-            from tlstudio.gui.panels.rank_panel import ROLE
-
             rank = win.panel("rank")
             _wait(app, lambda: rank.tree.topLevelItemCount() > 0, 30)
-            rank.set_checked(rank.checked_specs() + [it.data(0, ROLE) for it in rank._items()
-                                                     if str(it.data(0, ROLE)).startswith("run:")])
+            rank.set_checked(rank.checked_specs() + [s for s in rank.all_specs() if str(s).startswith("run:")])
             rank.start()
             _wait(app, lambda: not win.runner.running, 600)
             _wait(app, lambda: False, 0.3)

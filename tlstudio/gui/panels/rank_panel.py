@@ -269,6 +269,9 @@ class RankPanel(QWidget):
             for j in range(top.childCount()):
                 yield top.child(j)
 
+    def all_specs(self) -> list[str]:
+        return [it.data(0, ROLE) for it in self._items()]
+
     def checked_specs(self) -> list[str]:
         return [it.data(0, ROLE) for it in self._items() if it.checkState(0) == Qt.CheckState.Checked]
 
