@@ -253,8 +253,12 @@ class TrainMonitorMixin:
         self.epoch_bar.setValue(e.epoch + 1)
         star = "  ★ best" if e.best else ""
         prefix = "Baseline " if e.phase == "baseline" else f"Separate model '{sub}': " if sub else ""
-        parts = [f"train loss {e.train_loss:.4f}"] + [fmt_metric(k, v) for k, v in e.metrics.items()]
-        text = f"{prefix}Epoch {e.epoch + 1}/{e.epochs}: " + " · ".join(parts) + f" · {e.seconds:.1f} s{star}"
+        # what matters first (a multi-task line runs past the panel's width; the rest is in the
+        # tooltip and the log): the epoch, its time, the metric that picks the best epoch
+        key = e.best_metric if e.best_metric in e.metrics else None
+        parts = ([fmt_metric(key, e.metrics[key])] if key else []) + [f"train loss {e.train_loss:.4f}"] + \
+            [fmt_metric(k, v) for k, v in e.metrics.items() if k != key]
+        text = f"{prefix}Epoch {e.epoch + 1}/{e.epochs} ({e.seconds:.1f} s): " + " · ".join(parts) + star
         if sub is None:  # the metrics line keeps the multi-task run's last epoch
             self.metrics_label.setText(text)
             self.metrics_label.setToolTip(text)
