@@ -136,6 +136,37 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path):
     assert full == part
 
 
+def test_last_checkpoint_after_the_final_epoch_drops_the_optimiser_and_still_resumes(tmp_path):
+    """Once every epoch is done nothing is left to train: last.pt keeps weights, schedule and
+    trackers but not AdamW's moments (twice the model, fsynced while the user waits). A run
+    killed after that write, before it was marked finished, still resumes to its end."""
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48)
+    stop = threading.Event()
+
+    def stop_in_first_epoch(ev):
+        if isinstance(ev, E.BatchEnd) and ev.epoch == 0 and ev.batch == 0:
+            stop.set()
+
+    info, _ = run_all(fit(cfg(data, tmp_path / "stopped"), stop=stop), stop_in_first_epoch)
+    assert info.status == "stopped"
+    mid = torch.load(tmp_path / "stopped" / runs.LAST_CKPT, weights_only=True)
+    assert mid["optimizer"]["state"]  # mid-run: the moments are needed to continue
+    run = tmp_path / "full"
+    info, _ = run_all(fit(cfg(data, run)))
+    assert info.status == "finished"
+    end = torch.load(run / runs.LAST_CKPT, weights_only=True)
+    assert end["optimizer"] == {} and end["epoch"] == 2 and end["model"]
+    assert (run / runs.LAST_CKPT).stat().st_size < 0.6 * (tmp_path / "stopped" / runs.LAST_CKPT).stat().st_size
+    # killed between last.pt and run.json: the run still says "running"
+    killed = runs.read_run(run)
+    killed.status = "running"
+    runs.write_run(run, killed)
+    (run / runs.EVAL_JSON).unlink()
+    info2, _ = run_all(resume(run))
+    assert info2.status == "finished" and info2.epochs_done == 2
+    assert (run / runs.EVAL_JSON).is_file()
+
+
 @pytest.mark.slow  # three real trainings: ~1 min on a quiet 2-core CPU, ten on a busy one
 @pytest.mark.timeout(1800)
 def test_chained_transfer_beats_scratch_on_small_related_task(tmp_path):

@@ -36,7 +36,10 @@ def _fusable(pgroups: list[dict[str, Any]]) -> bool:
 
 def load_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
     """Load a checkpoint's optimiser state, keeping this optimiser's fused setting (a run saved
-    before optimisers were fused resumes fused; torch's load would restore the saved flag)."""
+    before optimisers were fused resumes fused; torch's load would restore the saved flag). An
+    empty state (last.pt of a run whose epochs are all done) leaves the optimiser fresh."""
+    if not state:  # written after the last epoch (checkpoint.optimizer_state): nothing to restore
+        return
     fused = [g.get("fused") for g in opt.param_groups]
     opt.load_state_dict(state)
     for g, f in zip(opt.param_groups, fused):

@@ -29,7 +29,8 @@ def save_last(run: Any, st: Any, epoch: int, batch: int) -> None:
         return
     path = run.run_dir / runs.LAST_CKPT
     checkpoint.save(path, atomic_torch_save, path, {
-        "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        "model": run.model.state_dict(), "optimizer": checkpoint.optimizer_state(run.opt, epoch, run.config.epochs),
+        "scheduler": run.sched.state_dict(),
         "extra_modules": [m.state_dict() for m in run.objective.extra_modules()],
         "objective": run.objective.state_dict(), "epoch": epoch, "batch": batch, "step": st.step,
         "batch_size": run.batch_size, "trainable": list(run.trainable), "history": list(st.history),
