@@ -148,6 +148,38 @@ def test_monitor_decides_switches_and_applies_threads_in_the_training_thread(mon
     assert C.take_log_lines() == []
 
 
+def test_a_load_sampled_during_set_up_is_used_without_sampling_again(monkeypatch):
+    """The run starts sampling the CPU load while it scans and builds the model; the thread choice
+    takes that sample instead of waiting out a window of its own."""
+    from tlstudio.core.runtime import precision
+
+    monkeypatch.setattr(C, "RECHECK_S", 3600)
+    busy = C.CpuLoad(cores=2, other_busy=2.0, other_runnable=4.0)
+    calls = []
+
+    def fake_sample(**kw):
+        calls.append(kw)
+        return busy
+
+    monkeypatch.setattr(L, "sample_load", fake_sample)
+    monkeypatch.setattr(C, "sample_load", fake_sample)
+    pending = L.LoadSample(cores=2)
+    assert pending.result() == busy and len(calls) == 1
+    precision.set_threads(False, load=pending.result())
+    assert len(calls) == 1  # not sampled again
+    mon = C.current_monitor()
+    assert mon._load == busy and mon.choice.others == pytest.approx(2.0)
+    C.stop_monitor()
+
+
+def test_a_failed_background_sample_leaves_the_choice_to_the_monitor(monkeypatch):
+    def broken(**kw):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(L, "sample_load", broken)
+    assert L.LoadSample().result() is None
+
+
 def test_end_of_last_training_stops_the_monitor(monkeypatch):
     from tlstudio.core.runtime.allocator import training_allocator
 

@@ -105,6 +105,29 @@ def sample_load(window_s: float = 0.3, polls: int = 6, cores: int | None = None)
     return CpuLoad(cores=cores, other_busy=round(other, 2), other_runnable=round(runnable, 2))
 
 
+class LoadSample:
+    """`sample_load` running in the background while a run sets itself up (scan, model), so the
+    thread choice does not wait out its window. The sample subtracts this process's own CPU time
+    and running threads, so the set-up work does not count as other programs' load."""
+
+    def __init__(self, **kw) -> None:
+        import threading
+
+        self._load: CpuLoad | None = None
+        self._thread = threading.Thread(target=self._run, kwargs=kw, name="tlstudio-cpu-sample", daemon=True)
+        self._thread.start()
+
+    def _run(self, **kw) -> None:
+        try:
+            self._load = sample_load(**kw)
+        except Exception:  # noqa: BLE001 - no sample: the monitor samples again itself
+            self._load = None
+
+    def result(self, timeout: float = 2.0) -> CpuLoad | None:
+        self._thread.join(timeout)
+        return None if self._thread.is_alive() else self._load
+
+
 def load_from_loadavg(cores: int, own_threads: float = 0.0) -> CpuLoad | None:
     """A coarse stand-in where /proc/stat is missing (macOS): the 1-minute load average."""
     try:

@@ -218,17 +218,18 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def set_threads(leave_one_core: bool, requested: int | None = None) -> int:
+def set_threads(leave_one_core: bool, requested: int | None = None, load: Any = None) -> int:
     """Set torch's intra-op threads for a run starting in this thread, from the CPU load now.
 
     All cores (all but one with `leave_one_core`, so the window stays responsive) unless the
     user set `requested`. When other programs use the CPU, OpenMP threads are made to sleep
     instead of spinning while they wait (or, where that is not possible, fewer threads are
     used); the load is re-checked every few seconds until the run ends (runtime/contention.py).
-    `thread_choice()` has the decision and the sentence for the log."""
+    `thread_choice()` has the decision and the sentence for the log. `load`: a CpuLoad sampled
+    already (cpu_load.LoadSample), else one is sampled now."""
     from tlstudio.core.runtime import contention
 
-    return contention.start_monitor(leave_one_core, requested).threads
+    return contention.start_monitor(leave_one_core, requested, load).threads
 
 
 def thread_choice() -> Any:

@@ -222,6 +222,9 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     from tlstudio.core.runtime.rng_state import seed_everything
     from tlstudio.core.training import checkpoint
 
+    from tlstudio.core.runtime.cpu_load import LoadSample
+
+    load_sample = LoadSample()  # the CPU load, sampled while the data and the model are prepared
     ckpt = checkpoint.load(run_dir) if resuming else None
     seed_everything(config.seed)
     report, classes, split, train_split, dist = yield from load_data(config, run_dir, stop, resuming, extra_train)
@@ -259,7 +262,7 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     device = precision.resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    threads = precision.set_threads(config.leave_one_core, getattr(config, "threads", None))
+    threads = precision.set_threads(config.leave_one_core, getattr(config, "threads", None), load_sample.result())
     # precision and layout from a quick timing at this size when the body trains (issue 18)
     # (a resumed run keeps the mode it trained in: the same numbers as an uninterrupted run; every
     # DDP process takes the same fixed rule, as a timing could differ between them)

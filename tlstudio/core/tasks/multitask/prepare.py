@@ -92,6 +92,9 @@ def prepare_run(config: MultiTaskConfig, run_dir: Path, source_dir: Path | None,
     resuming = source_dir is not None
     source = source_dir or run_dir
     dist = init_distributed()
+    from tlstudio.core.runtime.cpu_load import LoadSample
+
+    load_sample = LoadSample()  # the CPU load, sampled while the data and the model are prepared
     ckpt = load_checkpoint(source, owner=source == run_dir) if resuming else None
     seed_everything(config.seed)
     report, schema, split = yield from _load_data(config, run_dir, source, stop, resuming, same_split, given_schema)
@@ -115,7 +118,7 @@ def prepare_run(config: MultiTaskConfig, run_dir: Path, source_dir: Path | None,
         import torch
 
         device = torch.device("cuda", dist.local_rank)
-    precision.set_threads(config.leave_one_core)
+    precision.set_threads(config.leave_one_core, load=load_sample.result())
     saved = (ckpt or {}).get("plan")  # a resumed run keeps the mode it trained in
     plan = (precision.choose_precision(device, model, saved["precision"], bool(saved["channels_last"])) if saved
             else precision.choose_precision(device, model, config.precision, config.channels_last))
