@@ -180,6 +180,15 @@ def test_a_failed_background_sample_leaves_the_choice_to_the_monitor(monkeypatch
     assert L.LoadSample().result() is None
 
 
+def test_a_stale_background_sample_is_not_used(monkeypatch):
+    """Set-up that took long (a download) makes the early sample stale: the monitor samples afresh."""
+    monkeypatch.setattr(L, "sample_load", lambda **kw: C.CpuLoad(cores=2, other_busy=0.0, other_runnable=0.0))
+    pending = L.LoadSample()
+    assert pending.result() is not None
+    monkeypatch.setattr(L.LoadSample, "MAX_AGE_S", -1.0)
+    assert pending.result() is None
+
+
 def test_end_of_last_training_stops_the_monitor(monkeypatch):
     from tlstudio.core.runtime.allocator import training_allocator
 

@@ -114,18 +114,25 @@ class LoadSample:
         import threading
 
         self._load: CpuLoad | None = None
+        self._done_at = 0.0
         self._thread = threading.Thread(target=self._run, kwargs=kw, name="tlstudio-cpu-sample", daemon=True)
         self._thread.start()
+
+    MAX_AGE_S = 10.0  # older (a long download, a big scan): the monitor samples afresh
 
     def _run(self, **kw) -> None:
         try:
             self._load = sample_load(**kw)
         except Exception:  # noqa: BLE001 - no sample: the monitor samples again itself
             self._load = None
+        self._done_at = time.monotonic()
 
     def result(self, timeout: float = 2.0) -> CpuLoad | None:
+        """The sample, or None when it is not there (yet), failed, or is too old to decide on."""
         self._thread.join(timeout)
-        return None if self._thread.is_alive() else self._load
+        if self._thread.is_alive() or time.monotonic() - self._done_at > self.MAX_AGE_S:
+            return None
+        return self._load
 
 
 def load_from_loadavg(cores: int, own_threads: float = 0.0) -> CpuLoad | None:
