@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tlstudio.core.events import BatchEnd, EpochEnd, drive
+from tlstudio.core.events import BatchEnd, EpochEnd, Log, drive
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.tasks.multitask.config import MultiTaskConfig
 from tlstudio.core.tasks.multitask.trainer import resume, run
@@ -106,6 +106,13 @@ def test_metrics_dicts_history_and_task_weights(mtl_run):
         assert m[f"val_acc/{t}"] == pytest.approx(max(r[f"val_acc/{t}"] for r in hist))
     assert m["val_score"] == pytest.approx(sum(m[f"val_acc/{t}"] for t in ("object", "colour", "noise")) / 3)
     assert set(mtl_run["info"].extra["multitask"]["task_epochs"]) == {"object", "colour", "noise"}
+    # an epoch marked best kept some task's head: the log names which, with the kept heads' score
+    kept = [e.message for e in mtl_run["events"] if isinstance(e, Log) and "head kept for" in e.message]
+    epochs = mtl_run["info"].extra["multitask"]["task_epochs"]
+    last = max(epochs.values())
+    score = f"{mtl_run['info'].metrics['val_score']:.3f}"
+    line = [m for m in kept if m.startswith(f"Epoch {last + 1}: ") and m.endswith(score)]
+    assert line and all(t in line[0] for t, e in epochs.items() if e == last), kept
     # colour has empty cells: its labelled validation count is below the others'
     per = mtl_run["info"].extra["multitask"]["per_task"]
     assert per["colour"]["n"] < per["object"]["n"]
