@@ -57,6 +57,7 @@ class AdaptPanel(QWidget):
         # until another run starts or another folder is chosen
         self.outcome = ""
         self._outcome_for: tuple | None = None
+        self._title = ""  # the running kind's title, for the outcome text
         lay = QVBoxLayout(self)
         self.title = QLabel()
         lay.addWidget(self.title)
@@ -115,32 +116,7 @@ class AdaptPanel(QWidget):
         lay.addLayout(row)
 
         # --- curves ---------------------------------------------------------------------
-        import pyqtgraph as pg
-
-        self.plot = pg.PlotWidget(background="w")
-        self.plot.setAccessibleName("Source and target loss per step")
-        self.plot.setMinimumHeight(160)
-        self.plot.addLegend(offset=(-10, 10))
-        self.plot.setLabel("bottom", "epoch of the adaptation")
-        self.plot.setLabel("left", "loss")
-        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.5, not "500 (x0.001)"
-        self.curves = {
-            "source_loss": self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=2), name="source (labelled) loss"),
-            "target_loss": self.plot.plot([], [], pen=pg.mkPen("#d62728", width=2), name="target (unlabelled) loss"),
-        }
-        self.acc_plot = pg.PlotWidget(background="w")
-        self.acc_plot.setAccessibleName("Accuracy and target score per epoch")
-        self.acc_plot.setMinimumHeight(120)
-        self.acc_plot.addLegend(offset=(-10, -10))  # bottom right: accuracy curves run along the top
-        self.acc_plot.setYRange(0, 1)
-        self.acc_plot.setLabel("left", "score")
-        self.curves["val_acc"] = self.acc_plot.plot([], [], pen=pg.mkPen("#2ca02c", width=2),
-                                                    name="source validation accuracy")
-        self.curves["target_info_max"] = self.acc_plot.plot([], [], pen=pg.mkPen("#9467bd", width=2),
-                                                            name="target confidence/diversity")
-        plots = QHBoxLayout()
-        plots.addWidget(self.plot, 1)
-        plots.addWidget(self.acc_plot, 1)
+        plots = self._build_curves()
         lay.addLayout(plots, 1)
 
         # --- results --------------------------------------------------------------------
@@ -172,6 +148,36 @@ class AdaptPanel(QWidget):
         self._refresh()
         if getattr(state, "current_run", None):
             self.show_run(state.current_run)
+
+    def _build_curves(self) -> QHBoxLayout:
+        """The loss chart (source and target loss per step) and the score chart (per epoch), side by side."""
+        import pyqtgraph as pg
+
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setAccessibleName("Source and target loss per step")
+        self.plot.setMinimumHeight(160)
+        self.plot.addLegend(offset=(-10, 10))
+        self.plot.setLabel("bottom", "epoch of the adaptation")
+        self.plot.setLabel("left", "loss")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.5, not "500 (x0.001)"
+        self.curves = {
+            "source_loss": self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=2), name="source (labelled) loss"),
+            "target_loss": self.plot.plot([], [], pen=pg.mkPen("#d62728", width=2), name="target (unlabelled) loss"),
+        }
+        self.acc_plot = pg.PlotWidget(background="w")
+        self.acc_plot.setAccessibleName("Accuracy and target score per epoch")
+        self.acc_plot.setMinimumHeight(120)
+        self.acc_plot.addLegend(offset=(-10, -10))  # bottom right: accuracy curves run along the top
+        self.acc_plot.setYRange(0, 1)
+        self.acc_plot.setLabel("left", "score")
+        self.curves["val_acc"] = self.acc_plot.plot([], [], pen=pg.mkPen("#2ca02c", width=2),
+                                                    name="source validation accuracy")
+        self.curves["target_info_max"] = self.acc_plot.plot([], [], pen=pg.mkPen("#9467bd", width=2),
+                                                            name="target confidence/diversity")
+        plots = QHBoxLayout()
+        plots.addWidget(self.plot, 1)
+        plots.addWidget(self.acc_plot, 1)
+        return plots
 
     # ------------------------------------------------------------------ settings
     def kind(self) -> str:
@@ -296,7 +302,7 @@ class AdaptPanel(QWidget):
             self.show_run(ev.run_dir)
 
     def _finished_text(self, ev: Any) -> str:
-        title = getattr(self, "_title", "") or ("Adaptation" if self.kind() == "adaptation" else "Semi-supervised")
+        title = self._title or ("Adaptation" if self.kind() == "adaptation" else "Semi-supervised")
         best = f", best val acc {ev.best_val_acc:.1%}" if ev.best_val_acc is not None else ""
         text = f"{title} {ev.status.replace('_', ' ')}: {Path(ev.run_dir).name}{best}."
         if ev.message:
@@ -316,7 +322,7 @@ class AdaptPanel(QWidget):
             return
         if not self.outcome:  # no Finished event of the main run (e.g. stopped before it began)
             status = getattr(result, "status", None) or "finished"
-            title = getattr(self, "_title", "") or "Run"
+            title = self._title or "Run"
             self._set_outcome(f"{title} {str(status).replace('_', ' ')}.")
             self.state.set_step_status("adapt", "done" if status in ("finished", "early_stopped") else "attention")
         self._refresh_status()
