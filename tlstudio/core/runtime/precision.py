@@ -204,10 +204,9 @@ def choose_precision(device: Any, model: Any = None, requested: str = "auto",
 
         plan = measured_plan(plan, model, int(measure[0]), int(measure[1]), conv, layout_fixed,
                              int(measure[2]) if len(measure) > 2 else 0)
-    if plan.device.type == "cpu":
-        from tlstudio.core.runtime.step_timing import one_thread_for_bf16_when_shared
+    from tlstudio.core.runtime.step_timing import one_thread_for_bf16_when_shared
 
-        one_thread_for_bf16_when_shared(plan)
+    one_thread_for_bf16_when_shared(plan)  # a CPU bf16 plan only; it checks
     return plan
 
 

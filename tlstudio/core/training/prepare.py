@@ -219,10 +219,9 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     from tlstudio.core.models import backbones, layers
     from tlstudio.core.runtime import precision, step_timing
     from tlstudio.core.runtime.parallel import wrap_ddp
+    from tlstudio.core.runtime.cpu_load import LoadSample
     from tlstudio.core.runtime.rng_state import seed_everything
     from tlstudio.core.training import checkpoint
-
-    from tlstudio.core.runtime.cpu_load import LoadSample
 
     load_sample = LoadSample()  # the CPU load, sampled while the data and the model are prepared
     ckpt = checkpoint.load(run_dir) if resuming else None

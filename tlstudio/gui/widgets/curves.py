@@ -237,9 +237,8 @@ class CurvesWidget(QWidget):
         if phase == "baseline":
             color = tuple(int(c * 0.5 + 200 * 0.5) for c in color)
         style = dict() if phase != "baseline" else dict(style=Qt.PenStyle.DashLine)
-        suffix = "" if phase in ("main", "distill") else f" ({phase})"
         items[name] = plot.plot(pen=pg.mkPen(color, width=2, **style), symbol="o", symbolSize=6,
-                                symbolBrush=color, name=f"{curve_label(name)}{suffix}")
+                                symbolBrush=color, name=legend_label(name, phase, "loss"))  # the whole name
         self._add_legend_entry(key, items[name], legend_label(name, phase, key))
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float, lr: float, phase: str = "main") -> None:

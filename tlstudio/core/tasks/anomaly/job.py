@@ -107,7 +107,7 @@ def _set_threshold(job: _Fit, model, ex: _Extractor, head, holdout: list[str]) -
     import torch
 
     from tlstudio.core.tasks.anomaly.scoring import score_paths
-    from tlstudio.core.tasks.anomaly.threshold import PREDICTION_BOUND_MIN_N, false_alarm_threshold, normal_scale
+    from tlstudio.core.tasks.anomaly.threshold import false_alarm_threshold, few_scores_rule, normal_scale
 
     config = job.config
     hold_scores, _maps, _fail = score_paths(model, holdout, ex.spec, batch_size=4, stop=job.stop)
@@ -118,10 +118,8 @@ def _set_threshold(job: _Fit, model, ex: _Extractor, head, holdout: list[str]) -
     thr = false_alarm_threshold(hs, config.false_alarm_rate)
     scale = normal_scale(hs, thr)
     if config.false_alarm_rate * hs.size < 1:
-        how = ("estimated from the spread of their scores" if hs.size >= PREDICTION_BOUND_MIN_N
-               else "set just above the highest held-out good score")
         yield Warn(f"{hs.size} held-out good images cannot measure a {config.false_alarm_rate:.1%} false-alarm "
-                   f"rate: threshold {how} (more normal images help)")
+                   f"rate: threshold {few_scores_rule(hs.size)} (more normal images help)")
     model.set_normalisation(thr, scale)
     meta = {"method": config.method, "indices": ex.indices, "strides": list(config.strides), "grid": ex.grid,
             "aggregate": config.aggregate,

@@ -81,6 +81,12 @@ def false_alarm_threshold(normal_scores, rate: float) -> float:
     return float(s[s.size - allowed - 1])
 
 
+def few_scores_rule(n: int) -> str:
+    """How false_alarm_threshold sets the threshold from n scores too few for the rate (the log)."""
+    return ("estimated from the spread of their scores" if n >= PREDICTION_BOUND_MIN_N
+            else "set just above the highest held-out good score")
+
+
 def normal_scale(normal_scores, threshold: float) -> float:
     """Spread used by the normalisation: threshold minus the median normal score."""
     s = np.asarray(normal_scores, dtype=np.float64)
