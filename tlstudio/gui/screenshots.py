@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,32 @@ def _save(widget: Any, path: Path) -> Path:
         scale *= 0.85
 
 
-def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: bool = True) -> list[Path]:
+def take_screenshots(out_dir: str | Path, run_dir: str | None = None, train: bool = True,
+                     work_dir: str | Path | None = None) -> list[Path]:
+    """The classification tour. Its run, ranking and window settings go to a temporary folder
+    (``work_dir`` if given), not to the user's runs folder and saved settings."""
+    with tempfile.TemporaryDirectory(prefix="tlstudio-shots-classification-") as tmp:
+        work = Path(work_dir) if work_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        return _tour(Path(out_dir), run_dir, train, work)
+
+
+def _tour(out: Path, run_dir: str | None, train: bool, work: Path) -> list[Path]:
+    from PySide6.QtCore import QSettings
+
     from tlstudio.gui.main_window import MainWindow
     from tlstudio.gui.panels.data_panel import sample_folder
     from tlstudio.gui.qt_app import make_app
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     app = make_app()
-    win = MainWindow()
+    # a first start (no window size or settings of an earlier session), runs kept out of the user's folder
+    win = MainWindow(settings=QSettings(str(work / "tlstudio.ini"), QSettings.Format.IniFormat))
     win.resize(1280, 800)
     win.show()
     win.ensure_panels()
     st = win.state
+    st.runs_dir = str(work / "runs")
     data = win.panel("data")
     saved = [_save(win, out / "0-start.png")]
     data.open_folder(str(sample_folder()))
