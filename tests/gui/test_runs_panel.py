@@ -296,3 +296,29 @@ def test_run_names_are_readable_next_to_long_metrics(qtbot, tmp_path):
     assert p.table.columnWidth(0) <= max(200, int(p.table.viewport().width() * 0.4))
     right = p.table.columnViewportPosition(8) + p.table.columnWidth(8)
     assert right <= p.table.viewport().width() + 1  # the metrics fit in the view: no sideways scrolling
+
+
+def test_compared_accuracy_stops_at_one_and_epochs_are_whole(qtbot, tmp_path):
+    """Curves flat at 100% used to get an axis from 0.6 to 1.4 (pyqtgraph pads a flat line) and
+    ticks at epoch 1.5, 2.5; a chart of fractions now ends at 1.0 and the epoch axis has whole ticks."""
+    from tlstudio.gui.panels.runs_panel import fraction_range
+
+    root = tmp_path / "runs"
+    d = make_fake_run(root, "perfect", acc=1.0, epochs=4)
+    write_history(d, [{"epoch": e + 1, "train_loss": 0.1, "val_loss": 0.02, "val_acc": 1.0, "val_macro_f1": 1.0,
+                       "lr": 1e-3, "seconds": 1.0, "trainable_params": 10} for e in range(4)])
+    state = AppState()
+    state.runs_dir = str(root)
+    p = RunsPanel(state)
+    qtbot.addWidget(p)
+    p.resize(1000, 700)
+    p.show()
+    p.select_dirs([str(d)])
+    p.overlay([str(d)])
+    lo, hi = p.acc_plot.getViewBox().viewRange()[1]
+    assert hi <= 1.03 and 0.8 <= lo < 1.0
+    axis = p.acc_plot.getAxis("bottom")
+    ticks = [v for _, values in axis.tickValues(1.0, 4.0, 400) for v in values]
+    assert ticks and all(float(v).is_integer() for v in ticks)
+    assert fraction_range([0.5, 0.7]) == pytest.approx((0.45, 1.0))
+    assert fraction_range([0.2, 1.7]) is None  # a loss or an error keeps the automatic range

@@ -73,6 +73,29 @@ def _runs_root(state: AppState) -> Path:
     return Path(default_runs_dir())
 
 
+class EpochAxis(pg.AxisItem):
+    """An x axis of whole epochs: no 1.5, 2.5 ticks between the points of a short run."""
+
+    def tickValues(self, minVal, maxVal, size):  # noqa: ANN001, N802, N803 - pyqtgraph's names
+        levels, seen = [], set()
+        for spacing, values in super().tickValues(minVal, maxVal, size):
+            whole = [v for v in values if float(v).is_integer() and v not in seen]
+            seen.update(whole)
+            if whole:
+                levels.append((spacing, whole))
+        return levels
+
+
+def fraction_range(values: list[float]) -> tuple[float, float] | None:
+    """The y range of a chart of fractions (accuracy, F1, AUROC: every value in [0, 1]): up to 1.0
+    and down to a little below the lowest value (at least 0.1 of room when the curves are flat at
+    the top); None when some value lies outside [0, 1] (a loss or an error: pyqtgraph's auto range)."""
+    if not values or min(values) < 0.0 or max(values) > 1.0:
+        return None
+    lo = min(min(values), 0.9)
+    return max(0.0, lo - 0.1 * (1.0 - lo)), 1.0
+
+
 class RunsPanel(QWidget):
     run_opened = Signal(str)
 
@@ -144,8 +167,8 @@ class RunsPanel(QWidget):
 
         plots = pg.GraphicsLayoutWidget()
         plots.setBackground("w")
-        self.acc_plot = plots.addPlot(row=0, col=0, title="Validation accuracy")
-        self.loss_plot = plots.addPlot(row=0, col=1, title="Validation loss")
+        self.acc_plot = plots.addPlot(row=0, col=0, title="Validation accuracy", axisItems={"bottom": EpochAxis("bottom")})
+        self.loss_plot = plots.addPlot(row=0, col=1, title="Validation loss", axisItems={"bottom": EpochAxis("bottom")})
         for p in (self.acc_plot, self.loss_plot):
             p.showGrid(x=True, y=True, alpha=0.25)
             p.setLabel("bottom", "epoch")
@@ -322,6 +345,7 @@ class RunsPanel(QWidget):
         self.acc_legend.clear()
         self.overlaid = []
         has_loss = False
+        metric_values: list[float] = []
         names = {str(d): (i.name if i is not None and i.name else d.name) for d, i in self.runs}
         best = {str(d): (i.best_metric if i is not None and i.best_metric else "val_acc") for d, i in self.runs}
         wanted = {best.get(str(d), "val_acc") for d in dirs}
@@ -346,6 +370,11 @@ class RunsPanel(QWidget):
                 self.loss_plot.plot(x, losses, pen=pen, symbol="o",
                                     symbolSize=5, symbolBrush=_COLOURS[n % len(_COLOURS)])
             self.overlaid.append(d)
+            metric_values += [v for v in (r.get(metric) for r in rows) if isinstance(v, float) and v == v]
+        self.acc_plot.enableAutoRange()
+        bounds = fraction_range(metric_values)
+        if bounds is not None:  # accuracy-like: 1.0 is the top, never an axis running to 1.4
+            self.acc_plot.setYRange(*bounds, padding=0.02)
         show, inside = has_loss or not self.overlaid, self.loss_plot in self.plots.ci.items
         if show != inside:  # no empty "Validation loss" plot: the accuracy plot takes the width
             if show:
