@@ -143,5 +143,82 @@ def test_pseudo_label_rounds_warn_when_nothing_reaches_the_threshold(tmp_path):
             head, history, stats = done.value
             break
     assert stats[0]["selected"] == 0
-    assert any(isinstance(e, Warn) and "no unlabelled image reached 90%" in e.message for e in events)
+    assert any(isinstance(e, Warn) and "no unlabelled image reached 90%" in e.message
+               and "a lower threshold may help" in e.message for e in events)
     assert len([e for e in events if isinstance(e, EpochEnd)]) == 4 and len(history) == 4
+
+
+def test_per_class_bars_give_a_hard_class_its_surest_predictions():
+    """FlexMatch's bars: the class the model is most often sure of keeps the threshold, a class it
+    is never sure of keeps its most confident predictions (within its cap) instead of none."""
+    from tlstudio.core.tasks.semisupervised.pseudo import class_thresholds, select_pseudo_labels
+
+    easy = [[0.9, 0.05, 0.05]] * 4 + [[0.6, 0.2, 0.2]] * 2  # class 0: 4 sure of 6
+    mid = [[0.05, 0.9, 0.05]] * 2 + [[0.2, 0.6, 0.2]] * 4  # class 1: 2 sure of 6
+    hard = [[0.3, 0.3, 0.4]] * 3 + [[0.25, 0.3, 0.45]]  # class 2: never sure
+    probs = torch.tensor(easy + mid + hard)
+    conf, pred = probs.max(1)
+    bars = class_thresholds(conf, pred, 3, 0.8)
+    assert bars[0] == pytest.approx(0.8)
+    assert bars[1] == pytest.approx(0.8 * (0.5 / 1.5))  # beta 2/4
+    assert bars[2] == 0.0
+    one = select_pseudo_labels(probs, 0.8, caps=[10, 10, 2])
+    assert one.per_class == [4, 2, 0] and one.class_thresholds == []
+    flex = select_pseudo_labels(probs, 0.8, caps=[10, 10, 2], per_class=True)
+    assert flex.per_class == [4, 6, 2]
+    assert sorted(i for i, y in zip(flex.index, flex.labels) if y == 2) == [12, 15]  # its surest two (cap 2)
+    assert flex.lowered() == [1, 2]
+    assert flex.to_json()["class_thresholds"][0] == pytest.approx(0.8)
+    # nothing sure anywhere: the bars stay (no class is known to be easier than another)
+    flat = torch.full((5, 3), 1 / 3)
+    assert select_pseudo_labels(flat, 0.8, per_class=True).index == []
+
+
+def test_pseudo_label_rounds_log_the_lowered_bars_by_class_name(tmp_path):
+    import threading
+
+    from tlstudio.core.events import Log
+    from tlstudio.core.tasks.adaptation.scoring import Feats
+    from tlstudio.core.tasks.semisupervised.config import SemiConfig
+    from tlstudio.core.tasks.semisupervised.methods import pseudo_label_rounds
+
+    f = Feats()
+    f.fs, f.ys = torch.eye(3).repeat(4, 1), torch.arange(12) % 3
+    f.fv, f.yv = torch.eye(3), torch.arange(3)
+    # unlabelled rows: 10 near class 0, 10 near class 1, 10 halfway between class 2 and the others
+    f.ft = torch.cat([torch.tensor([[3.0, 0, 0]]).repeat(10, 1), torch.tensor([[0, 3.0, 0]]).repeat(10, 1),
+                      torch.tensor([[0.5, 0.5, 0.9]]).repeat(10, 1)])
+    f.fc, f.yc = torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)
+    head0 = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        head0.weight.copy_(torch.eye(3) * 2)
+        head0.bias.zero_()
+    cfg = SemiConfig(data_dir=str(tmp_path), unlabeled_dir=str(tmp_path), pseudo_threshold=0.8, rounds=1,
+                     head_epochs=1)
+    gen = pseudo_label_rounds(cfg, head0, f, [4, 4, 4], threading.Event(), ["cat", "dog", "fox"])
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            stats = done.value[2]
+            break
+    assert stats[0]["per_class"] == [10, 10, 10] and stats[0]["class_thresholds"][2] == 0.0
+    assert any(isinstance(e, Log) and "rarely sure of: fox 0%" in e.message for e in events)
+    cfg_one = cfg.model_copy(update={"class_thresholds": False})
+    gen = pseudo_label_rounds(cfg_one, head0, f, [4, 4, 4], threading.Event(), ["cat", "dog", "fox"])
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            assert done.value[2][0]["per_class"] == [10, 10, 0]
+            break
+
+
+def test_cli_one_threshold_turns_the_per_class_bars_off(tmp_path):
+    from tlstudio.cli.adapt import config_from_args
+    from tlstudio.cli.main import build_parser
+
+    base = ["train", str(tmp_path), "--unlabeled", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert config_from_args(build_parser().parse_args(base)).class_thresholds is True
+    assert config_from_args(build_parser().parse_args(base + ["--one-threshold"])).class_thresholds is False

@@ -194,3 +194,27 @@ def test_adapt_panel_settings_curves_and_result(qtbot, tmp_path):
     assert panel.semi_box.isVisibleTo(panel) and not panel.adapt_box.isVisibleTo(panel)
     panel.threshold.setValue(0.9)
     assert state.task_settings["pseudo_threshold"] == 0.9
+    assert state.task_settings["class_thresholds"] is True  # per-class bars by default
+    panel.class_bars.setChecked(False)
+    assert state.task_settings["class_thresholds"] is False
+    panel.semi_method.setCurrentIndex(panel.semi_method.findData("fixmatch"))
+    assert not panel.class_bars.isEnabled()  # FixMatch keeps its own fixed bar
+
+
+def test_semi_result_shows_the_lowered_bars_of_a_round(qtbot):
+    from tlstudio.gui.panels.adapt_panel import AdaptPanel
+
+    state = AppState()
+    state.set_task_kind("semisupervised")
+    panel = AdaptPanel(state)
+    qtbot.addWidget(panel)
+    panel._show_semi({"labelled_only": {"val_acc": 0.6}, "semi": {"val_acc": 0.9}, "unlabelled_images": 30,
+                      "method": "pseudolabel", "pseudo_labels": [
+                          {"round": 1, "selected": 10, "per_class": [5, 5, 0], "threshold": 0.5,
+                           "class_thresholds": [0.5, 0.5, 0.5]},
+                          {"round": 2, "selected": 20, "per_class": [8, 7, 5], "threshold": 0.5,
+                           "class_thresholds": [0.5, 0.1667, 0.0]},
+                          {"round": 3, "selected": 9, "per_class": [3, 3, 3], "threshold": 0.7}]})
+    assert panel.table.horizontalHeaderItem(3).text() == "Confidence bar"
+    assert [panel.table.item(r, 3).text() for r in range(3)] == ["0.50", "0.50, 0.17, 0.00", "0.70"]
+    assert "+30.0 points" in panel.result_text.text()

@@ -17,7 +17,7 @@ from tlstudio.core.tasks.adaptation.config import DEFAULT_METHOD, METHODS
 from tlstudio.core.tasks.semisupervised.config import DEFAULT_THRESHOLD
 
 _FLAGS = ("--target", "--adapt", "--check", "--bn-adapt", "--adapt-weight", "--rounds", "--unlabeled",
-          "--pseudo-threshold", "--semi-method", "--cap-factor")
+          "--pseudo-threshold", "--semi-method", "--cap-factor", "--one-threshold")
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    "semi-supervised learning with pseudo-labels (review them in the app)")
     g.add_argument("--pseudo-threshold", type=float, metavar="P",
                    help=f"confidence a pseudo-label needs (default {DEFAULT_THRESHOLD})")
+    g.add_argument("--one-threshold", action="store_true",
+                   help="the same confidence bar for every class (default: a class the model is rarely sure of "
+                        "gets a lower bar, so it still gets pseudo-labels)")
     g.add_argument("--semi-method", choices=["auto", "pseudolabel", "fixmatch"],
                    help="auto (default): pseudo-labels on cached features with a frozen body, FixMatch when "
                         "the body trains")
@@ -88,6 +91,8 @@ def config_from_args(args: Any):
         extra["method"] = args.semi_method
     if args.cap_factor is not None:
         extra["cap_factor"] = args.cap_factor
+    if args.one_threshold:
+        extra["class_thresholds"] = False
     if args.rounds is not None:
         extra["rounds"] = args.rounds
     return SemiConfig(**base, **extra)

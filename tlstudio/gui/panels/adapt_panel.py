@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -45,6 +46,15 @@ SEMI_TEXT = {
     "pseudolabel": "Pseudo-labels: confident predictions become labels (class-balanced cap)",
     "fixmatch": "FixMatch: weak/strong augmentation consistency (trains the last layers)",
 }
+
+
+def bars_text(stats: dict[str, Any]) -> str:
+    """A round's confidence bar: "0.50", or one per class ("0.50, 0.17, 0.00") when some were lowered."""
+    bars = stats.get("class_thresholds") or []
+    thr = float(stats.get("threshold", 0))
+    if not bars or all(b >= thr for b in bars):
+        return f"{thr:.2f}"
+    return ", ".join(f"{b:.2f}" for b in bars)
 
 
 class AdaptPanel(QWidget):
@@ -97,8 +107,14 @@ class AdaptPanel(QWidget):
         self.cap = QDoubleSpinBox(minimum=0.1, maximum=10.0, singleStep=0.1, value=1.0)
         self.cap.setToolTip("Per class at most this multiple of its expected share of the unlabelled images")
         self.semi_rounds = QSpinBox(minimum=1, maximum=10, value=2)
+        self.class_bars = QCheckBox("Lower it for classes the model is rarely sure of")
+        self.class_bars.setChecked(True)
+        self.class_bars.setToolTip("Each class's bar follows how often the model is sure of that class, so a hard "
+                                   "class still gets pseudo-labels instead of none (FlexMatch's thresholds). Off: "
+                                   "one bar for every class.")
         sform.addRow("Method", self.semi_method)
         sform.addRow("Confidence threshold", self.threshold)
+        sform.addRow("", self.class_bars)
         sform.addRow("Class cap", self.cap)
         sform.addRow("Rounds", self.semi_rounds)
         lay.addWidget(self.semi_box)
@@ -136,6 +152,10 @@ class AdaptPanel(QWidget):
             w.valueChanged.connect(self._write_settings)
         for w in (self.rounds, self.semi_rounds):
             w.valueChanged.connect(self._write_settings)
+        self.class_bars.toggled.connect(self._write_settings)
+        # FixMatch keeps its own fixed bar on weak-view predictions
+        self.semi_method.currentIndexChanged.connect(
+            lambda _i: self.class_bars.setEnabled(self.semi_method.currentData() != "fixmatch"))
         state.task_kind_changed.connect(lambda _k: self._refresh())
         state.task_settings_changed.connect(self._refresh_status)
         state.current_run_changed.connect(self.show_run)
@@ -193,7 +213,8 @@ class AdaptPanel(QWidget):
                 out["mcc_weight"] = self.weight.value()
             return out
         return {"method": self.semi_method.currentData(), "pseudo_threshold": round(self.threshold.value(), 3),
-                "cap_factor": self.cap.value(), "rounds": self.semi_rounds.value()}
+                "cap_factor": self.cap.value(), "rounds": self.semi_rounds.value(),
+                "class_thresholds": self.class_bars.isChecked()}
 
     def _write_settings(self) -> None:
         from tlstudio.gui.panels.unlabelled_zone import ADAPT, SEMI, kind_keys
@@ -419,9 +440,9 @@ class AdaptPanel(QWidget):
         a = (rep.get("semi") or {}).get("val_acc")
         b = (rep.get("labelled_only") or {}).get("val_acc")
         rows = [[f"Round {st['round']}", str(st.get("selected", 0)),
-                 ", ".join(str(x) for x in st.get("per_class", [])), f"{st.get('threshold', 0):.2f}"]
+                 ", ".join(str(x) for x in st.get("per_class", [])), bars_text(st)]
                 for st in rep.get("pseudo_labels", [])]
-        self._fill(["Round", "Pseudo-labels", "Per class", "Threshold"], rows)
+        self._fill(["Round", "Pseudo-labels", "Per class", "Confidence bar"], rows)
         parts = []
         if a is not None and b is not None:
             parts.append(f"Validation accuracy: labelled images alone {b:.1%}, with the unlabelled images {a:.1%} "

@@ -18,7 +18,7 @@ from tlstudio.core.runs import folder as runs
 from tlstudio.core.tasks.adaptation.ranks import Stopped
 from tlstudio.core.tasks.adaptation.scaffold import Baseline, base_config, set_head, sub_run, write_model_folder
 from tlstudio.core.tasks.adaptation.scoring import Feats, extract_all, score, score_model
-from tlstudio.core.tasks.semisupervised.config import SemiConfig
+from tlstudio.core.tasks.semisupervised.config import DEFAULT_THRESHOLD, SemiConfig
 
 BASE_DIR = "labelled_only"
 SEMI_DIR = "semi"
@@ -56,7 +56,8 @@ def semi_phase(config: SemiConfig, run_dir: Path, base: Baseline, unl: list, met
         before["source_val_acc"] = base.info.best_val_acc
     head0 = copy_linear(base.model.get_classifier()).cpu()
     if method == "pseudolabel" and base.frozen:
-        head, history, stats = yield from pseudo_label_rounds(config, head0, feats, base.class_counts(), stop)
+        head, history, stats = yield from pseudo_label_rounds(config, head0, feats, base.class_counts(), stop,
+                                                           base.classes)
         final = copy.deepcopy(base.model).cpu()
         set_head(final, head)
         after = score(head, feats)
@@ -73,7 +74,8 @@ def semi_phase(config: SemiConfig, run_dir: Path, base: Baseline, unl: list, met
                 runs.read_history(run_dir / SEMI_DIR), stats)
 
 
-def pseudo_label_rounds(config: SemiConfig, head0, feats: Feats, counts: list[int], stop
+def pseudo_label_rounds(config: SemiConfig, head0, feats: Feats, counts: list[int], stop,
+                        classes: list[str] | None = None
                         ) -> Generator[Event, None, tuple[Any, list[dict], list[dict]]]:
     """Rounds of: propose labels with the current head, keep the confident ones within each class's
     cap, retrain a fresh head on labelled + pseudo-labelled features."""
@@ -86,20 +88,34 @@ def pseudo_label_rounds(config: SemiConfig, head0, feats: Feats, counts: list[in
                   pseudo_weight=config.unlabeled_weight)
 
     def select(r: int, probs):
-        return select_pseudo_labels(probs, config.pseudo_threshold, caps=caps)
+        return select_pseudo_labels(probs, config.pseudo_threshold, caps=caps, per_class=config.class_thresholds)
 
     def announce(r: int, pl, probs) -> list[Event]:
         out: list[Event] = []
         if not pl.index:
             top = float(probs.max(1).values.max()) if len(probs) else 0.0
+            advice = ("; the next round tries again with a head trained longer on the labelled images"
+                      if r < config.rounds else "")
+            if config.pseudo_threshold > DEFAULT_THRESHOLD:
+                advice += f"; a lower threshold may help ({DEFAULT_THRESHOLD} did best in our measurements)"
             out.append(Warn(f"Round {r}: no unlabelled image reached {config.pseudo_threshold:.0%} confidence (the "
-                            f"most confident is {top:.0%}), so no pseudo-labels; lower the threshold (0.5 did best "
-                            "in our measurements)"))
-        out.append(Log(f"Round {r}/{config.rounds}: {len(pl.index)} of {len(probs)} unlabelled images above "
-                       f"{config.pseudo_threshold:.0%} confidence within the class caps (per class {pl.per_class})"))
+                            f"most confident is {top:.0%}), so no pseudo-labels this round{advice}"))
+        out.append(Log(f"Round {r}/{config.rounds}: {len(pl.index)} of {len(probs)} unlabelled images pseudo-labelled "
+                       f"(per class {pl.per_class}, each class at most its share of the unlabelled images); "
+                       f"confidence bar {config.pseudo_threshold:.0%}" + lowered_text(pl, classes or [])))
         return out
 
     return (yield from head_rounds(head0, feats, feats.ft, feats.fc, config.rounds, select, announce, common, stop))
+
+
+def lowered_text(pl, classes: list[str]) -> str:
+    """", lowered for the classes the model is rarely sure of: cat 31%, dog 0%" when per-class bars
+    were lowered, else ""."""
+    low = pl.lowered()
+    if not low:
+        return ""
+    return ", lowered for the classes the model is rarely sure of: " + ", ".join(
+        f"{classes[k] if k < len(classes) else k} {pl.class_thresholds[k]:.0%}" for k in low)
 
 
 def train_semi(config: SemiConfig, run_dir: Path, unl: list, counts: list[int], method: str, frozen: bool,
@@ -126,7 +142,7 @@ def train_semi(config: SemiConfig, run_dir: Path, unl: list, counts: list[int], 
 
     def select(r: int, probs):
         caps = class_caps(len(unl), counts, len(counts), config.cap_factor)
-        return select_pseudo_labels(probs, config.pseudo_threshold, caps=caps)
+        return select_pseudo_labels(probs, config.pseudo_threshold, caps=caps, per_class=config.class_thresholds)
 
     def announce(r: int, n_rounds: int, n: int) -> str:
         return f"Round {r}/{n_rounds}: fine-tuning on the labelled + {n} pseudo-labelled images"
