@@ -113,6 +113,9 @@ def test_metrics_dicts_history_and_task_weights(mtl_run):
     score = f"{mtl_run['info'].metrics['val_score']:.3f}"
     line = [m for m in kept if m.startswith(f"Epoch {last + 1}: ") and m.endswith(score)]
     assert line and all(t in line[0] for t, e in epochs.items() if e == last), kept
+    marked = [e for e in mtl_run["events"] if isinstance(e, EpochEnd) and e.best and e.phase == "main"]
+    assert marked[-1].kept_score == pytest.approx(mtl_run["info"].metrics["val_score"])  # shown beside the star
+    assert all(e.kept_score is not None for e in marked)
     # colour has empty cells: its labelled validation count is below the others'
     per = mtl_run["info"].extra["multitask"]["per_task"]
     assert per["colour"]["n"] < per["object"]["n"]

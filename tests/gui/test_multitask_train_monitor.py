@@ -89,3 +89,17 @@ def test_separate_models_stay_out_of_the_main_charts(qtbot, panel, tmp_path):
     assert panel.epoch_bar.maximum() == 3 and panel.epoch_bar.value() == 3  # not the last separate model's 4
     log = panel.log_view.toPlainText()
     assert "Separate model 'noise': Epoch 4/4" in log and "Separate model for 'object' started" in log
+
+
+def test_a_kept_head_epoch_shows_the_kept_heads_score(panel):
+    """Multi-task with a frozen body: each task keeps the head of its own best epoch, so an epoch
+    marked best shows the score of the kept heads, not only its own (0.833 here, kept 0.917)."""
+    panel._on_epoch(ev.EpochEnd(epoch=7, epochs=8, train_loss=0.5, metrics={"val_score": 0.833, "val_loss": 0.4},
+                               lr=1e-3, seconds=0.1, best=True, trainable_params=10, best_metric="val_score",
+                               kept_score=0.917))
+    line = panel.metrics_label.text()
+    assert line.startswith("Epoch 8/8") and "mean task score 0.833" in line
+    assert line.endswith("★ head kept · kept heads' mean task score 0.917"), line
+    panel._on_epoch(ev.EpochEnd(epoch=0, epochs=3, train_loss=0.5, metrics={"val_acc": 0.8}, lr=1e-3, seconds=0.1,
+                               best=True, trainable_params=10))
+    assert panel.metrics_label.text().endswith("★ best")  # one model, one score: unchanged

@@ -62,6 +62,8 @@ class EventPrinter:
                     f"{ev.trainable_params:,} of {ev.total_params:,} parameters trainable")
         elif isinstance(ev, E.EpochEnd):
             star = " *" if ev.best else ""
+            if ev.best and ev.kept_score is not None:  # multi-task, frozen body: each task keeps its own best head
+                star = f" * (kept heads: {ev.best_metric} {ev.kept_score:.4g})"
             self._p(f"epoch {ev.epoch + 1}/{ev.epochs}  train loss {ev.train_loss:.4f}  {format_metrics(ev.metrics)}  "
                     f"lr {ev.lr:.2e}  {ev.seconds:.1f}s{star}")
         elif isinstance(ev, E.Warn):

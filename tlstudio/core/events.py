@@ -82,6 +82,9 @@ class EpochEnd(Event):
     parts: dict[str, float] = field(default_factory=dict)
     phase: str = "main"
     best_metric: str = "val_acc"  # the metric that picks the best epoch
+    # the best metric of the model kept so far when that is not this epoch's own value (multi-task
+    # with a frozen body: each task keeps the head of its own best epoch); None otherwise
+    kept_score: float | None = None
 
     @property
     def val_loss(self) -> float | None:

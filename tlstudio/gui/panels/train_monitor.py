@@ -252,6 +252,8 @@ class TrainMonitorMixin:
         self.epoch_bar.setRange(0, e.epochs)
         self.epoch_bar.setValue(e.epoch + 1)
         star = "  ★ best" if e.best else ""
+        if e.best and e.kept_score is not None:  # some task kept this epoch's head: the kept model's score
+            star = f"  ★ head kept · kept heads' {fmt_metric(e.best_metric, e.kept_score)}"
         prefix = "Baseline " if e.phase == "baseline" else f"Separate model '{sub}': " if sub else ""
         # what matters first (a multi-task line runs past the panel's width; the rest is in the
         # tooltip and the log): the epoch, its time, the metric that picks the best epoch

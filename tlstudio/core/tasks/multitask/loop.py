@@ -195,7 +195,7 @@ def _end_epoch(run: MTRun, st: LoopState, epoch: int, train_loss: float, t_epoch
     runs.write_history(run.run_dir, st.history)
     yield EpochEnd(epoch=epoch, epochs=run.config.epochs, train_loss=train_loss, metrics=dict(metrics),
                    lr=row["lr"], seconds=row["seconds"], best=improved, trainable_params=n_tr, phase=run.phase,
-                   best_metric="val_score")
+                   best_metric="val_score", kept_score=float(best["score"]) if run.heads_independent else None)
     if run.heads_independent and improved:  # the epoch's own mean score is not what was kept: say what was
         kept = [name for name, e in best["task_epochs"].items() if e == epoch]
         yield Log(f"Epoch {epoch + 1}: this epoch's head kept for {', '.join(kept)} (each task keeps the head "
