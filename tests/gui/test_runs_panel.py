@@ -298,6 +298,27 @@ def test_run_names_are_readable_next_to_long_metrics(qtbot, tmp_path):
     assert right <= p.table.viewport().width() + 1  # the metrics fit in the view: no sideways scrolling
 
 
+def test_a_long_name_leaves_the_metrics_in_view(qtbot, tmp_path):
+    """An anomaly fit's name ("...-anomaly-tf_efficientnet_lite0 (fit)") took its 40% and pushed the
+    metrics column to a few pixels with a sideways scroll bar; the name now gives way first."""
+    from tlstudio.gui.panels.runs_panel import METRICS_MIN_PX
+
+    root = tmp_path / "runs"
+    name = "20261201-065551-anomaly-tf_efficientnet_lite0-with-a-longer-name"
+    run = make_fake_run(root, name, baseline={"gain": 0.05, "scratch_val_acc": 0.9, "transfer_val_acc": 0.95})
+    state = AppState()
+    state.runs_dir = str(root)
+    p = RunsPanel(state)
+    qtbot.addWidget(p)
+    p.resize(1080, 700)
+    p.show()
+    qtbot.waitUntil(lambda: p.table.viewport().width() > 900, timeout=5_000)
+    p._fit_columns()
+    assert p.table.columnWidth(8) >= METRICS_MIN_PX
+    assert p.table.columnViewportPosition(8) + p.table.columnWidth(8) <= p.table.viewport().width() + 1
+    assert p.table.columnWidth(0) >= 200 and name in p.table.item(0, 0).toolTip() and str(run) in p.table.item(0, 0).toolTip()
+
+
 def test_compared_accuracy_stops_at_one_and_epochs_are_whole(qtbot, tmp_path):
     """Curves flat at 100% used to get an axis from 0.6 to 1.4 (pyqtgraph pads a flat line) and
     ticks at epoch 1.5, 2.5; a chart of fractions now ends at 1.0 and the epoch axis has whole ticks."""

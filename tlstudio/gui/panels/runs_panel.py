@@ -35,6 +35,7 @@ from tlstudio.gui.state import AppState
 
 log = logging.getLogger("tlstudio.gui")
 
+METRICS_MIN_PX = 150  # the metrics column keeps room for "val acc 91.2%, ..." before the name gets more
 COLUMNS = ["Name", "Date", "Task", "Backbone", "Status", "Best", "Epochs", "Transfer gain", "Metrics"]
 COLUMN_TIPS = ["The run's display name", "When it started", "The kind of learning",
                "The network it trained", "finished, stopped (can be continued), failed ...",
@@ -217,13 +218,16 @@ class RunsPanel(QWidget):
 
     def _fit_columns(self) -> None:
         """Every column as wide as its contents, the run's name at most 40% of the table (a
-        name squeezed to "2026120..." says nothing), the metrics in what is left."""
+        name squeezed to "2026120..." says nothing) and never so wide that the metrics get less
+        than ``METRICS_MIN_PX`` (a long anomaly run's name pushed them out of view), the metrics
+        in what is left. Names and metrics cut short are whole in their tooltips."""
         self.table.resizeColumnsToContents()
         view = self.table.viewport().width()
-        cap = max(200, int(view * 0.4))
+        last = self.table.columnCount() - 1
+        others = sum(self.table.columnWidth(c) for c in range(1, last))
+        cap = max(200, min(int(view * 0.4), view - others - METRICS_MIN_PX))
         slack = self.table.fontMetrics().horizontalAdvance("MM")  # a styled bold name measures short
         self.table.setColumnWidth(0, min(cap, self.table.columnWidth(0) + slack))
-        last = self.table.columnCount() - 1  # elided, whole in its tooltip
         self.table.setColumnWidth(last, max(60, view - self.table.columnViewportPosition(last)))
 
     def resizeEvent(self, e: Any) -> None:  # noqa: N802 - the name's cap follows the table's width
@@ -270,7 +274,9 @@ class RunsPanel(QWidget):
         name = info.name or d.name
         if info.kind != "train":
             name += f" ({info.kind})"
-        self.table.setItem(r, 0, item(name))
+        name_item = item(name)
+        name_item.setToolTip(f"{name}\n{d}")  # whole when the column cuts it short
+        self.table.setItem(r, 0, name_item)
         self.table.setItem(r, 1, item(date))
         self.table.setItem(r, 2, item(task_title(task_of_info(info))))
         self.table.setItem(r, 3, item(info.model.backbone))
