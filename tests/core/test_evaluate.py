@@ -114,6 +114,21 @@ def test_report_matches_hand_count():
     assert all(m["confidence"] == pytest.approx(0.8) for m in r.misclassified)
     back = ev.EvalReport.from_json(json.loads(json.dumps(r.to_json())))
     assert back == r
+    # the correct ones are kept too (for the confusion matrix's diagonal), per class
+    assert sorted(m["path"] for m in r.correct) == sorted(f"img{i}.png" for i in (0, 1, 2, 4, 5, 7, 8))
+    assert all(m["true"] == m["pred"] for m in r.correct)
+
+
+def test_correct_images_are_kept_least_sure_first_and_capped(monkeypatch):
+    from tlstudio.core.evaluation import metrics
+
+    monkeypatch.setattr(metrics, "CORRECT_PER_CLASS", 3)
+    conf = [0.9, 0.5, 0.7, 0.6, 0.95]
+    probs = np.array([[c, 1 - c] for c in conf] + [[0.2, 0.8]])
+    r = metrics.report_from_probs(probs, [0] * 5 + [1], ["a", "b"], [f"{i}.png" for i in range(6)])
+    assert [m["path"] for m in r.correct if m["true"] == "a"] == ["1.png", "3.png", "2.png"]  # 0.5, 0.6, 0.7
+    assert [m["path"] for m in r.correct if m["true"] == "b"] == ["5.png"]
+    assert ev.EvalReport.from_json({k: v for k, v in r.to_json().items() if k != "correct"}).correct == []
 
 
 def test_top_k_with_many_classes():

@@ -71,8 +71,8 @@ def test_click_confusion_cell_lists_its_images(panel, qtbot, tmp_path, images):
     assert "circle predicted as square" in panel.gallery_label.text()
     panel.show_cell(2, 0)
     assert panel.gallery_paths() == [images[3]]
-    panel.show_cell(1, 1)  # diagonal: correct images are counted, not listed
-    assert panel.gallery_paths() == [] and "correctly" in panel.gallery_label.text()
+    panel.show_cell(1, 1)  # diagonal of a report that kept no correct images: counted, not listed
+    assert panel.gallery_paths() == [] and "evaluate again" in panel.gallery_label.text()
     panel.all_btn.click()
     assert len(panel.gallery_paths()) == 4
     assert panel.confusion.cell_at(QPoint(0, 0)) is None
@@ -170,3 +170,25 @@ def test_metrics_view_shows_any_metrics_dictionary(qtbot):
     assert "ROC" in v.labels["image_auroc"].toolTip()
     v.set_metrics({})
     assert v.text("accuracy/digit") == "" and v.text("n") == "-"
+
+
+def test_a_diagonal_cell_lists_the_correct_images_least_sure_first(panel, tmp_path, images):
+    """The model is explained on what it gets right too: a diagonal cell lists that class's correct
+    images (kept in eval.json since session 7), the closest calls first."""
+    import json
+
+    from tlstudio.core.evaluation.metrics import report_from_probs
+
+    classes = ["circle", "square", "triangle"]
+    probs = [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.7, 0.2, 0.1]]
+    labels = [0, 0, 1, 1, 2, 2]
+    rep = report_from_probs(probs, labels, classes, paths=images[:6])
+    run = make_fake_run(tmp_path / "runs", "r1", images=images)
+    (run / "eval.json").write_text(json.dumps(rep.to_json()), encoding="utf-8")
+    panel.state.set_current_run(str(run))
+    assert panel.gallery_paths() == [images[5]]  # the one mistake
+    panel.show_cell(0, 0)
+    assert panel.gallery_paths() == [images[1], images[0]]  # 0.6 before 0.9
+    assert "2 images of circle classified correctly, least sure first" in panel.gallery_label.text()
+    panel.show_cell(2, 2)
+    assert panel.gallery_paths() == [images[4]]

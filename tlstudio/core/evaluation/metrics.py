@@ -26,6 +26,10 @@ class EvalReport:
     n: int
     failures: list[dict[str, str]] = field(default_factory=list)  # path, reason: files that could not be read
     source: str = ""  # "validation split" or the folder evaluated
+    # correctly classified images, as misclassified (path, true, pred, confidence): per class the
+    # CORRECT_PER_CLASS least sure first (the close calls), so a diagonal cell of the confusion
+    # matrix can be browsed and explained; empty in reports written before it was kept
+    correct: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -38,6 +42,9 @@ class EvalReport:
         d["top_k"] = {int(k): float(v) for k, v in d.get("top_k", {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+CORRECT_PER_CLASS = 200  # bounds eval.json on a big test set (~30 KB per class)
 
 
 def report_from_probs(
@@ -93,6 +100,12 @@ def report_from_probs(
             }
         )
     mis.sort(key=lambda m: -m["confidence"])  # most confident mistakes first: likely label errors
+    right = []
+    for k in range(c):
+        rows = np.nonzero((pred == labels_a) & (labels_a == k))[0]
+        rows = rows[np.argsort(probs[rows, k], kind="stable")][:CORRECT_PER_CLASS]  # least sure first
+        right += [{"path": paths[i], "true": classes[k], "pred": classes[k], "confidence": float(probs[i, k])}
+                  for i in rows if paths[i]]
     return EvalReport(
         accuracy=float((pred == labels_a).mean()) if n else 0.0,
         macro_f1=float(np.mean(f1s)) if f1s else 0.0,
@@ -104,4 +117,5 @@ def report_from_probs(
         n=n,
         failures=list(failures or []),
         source=source,
+        correct=right,
     )

@@ -97,7 +97,7 @@ class EvalErrorsMixin:
         self.gallery.selectionModel().currentChanged.connect(lambda cur, _prev: self.explain_index(cur))
         self.explain = ExplainPane()
         self.explain.setMinimumWidth(240)
-        self.explain.caption.setText("Click a mistake to see what the model looked at.")
+        self.explain.caption.setText("Click an image to see what the model looked at.")
         pics = QSplitter(Qt.Orientation.Horizontal)
         pics.addWidget(self.gallery)
         pics.addWidget(self.explain)
@@ -118,7 +118,7 @@ class EvalErrorsMixin:
         shot = m._samples[row]
         self.explain.set_run(getattr(self, "run_dir", None))
         if shot.path != self.explain.path:
-            self.explain.show_image(shot.path, [shot.pred, shot.true], shot.pred)
+            self.explain.show_image(shot.path, list(dict.fromkeys([shot.pred, shot.true])), shot.pred)
 
     def _show_errors(self, report: Any) -> None:
         """The heat map and every mistake of ``report`` (both emptied for None)."""
@@ -130,16 +130,16 @@ class EvalErrorsMixin:
         self.confusion.set_matrix(report.confusion, report.classes)
         self.show_all_mistakes()
 
-    def _set_gallery(self, items: list[dict[str, Any]], title: str) -> None:
+    def _set_gallery(self, items: list[dict[str, Any]], title: str, limit: int = 0) -> None:
         if hasattr(self, "explain"):
             self.explain.set_run(getattr(self, "run_dir", None))
             self.explain.clear()
         classes = list(self.report.classes) if self.report is not None else []
         index = {c: i for i, c in enumerate(classes)}
         shots = [Shot(m["path"], index.get(m["true"], -1), m["true"], m["pred"], float(m["confidence"]))
-                 for m in items[:GALLERY_LIMIT] if m.get("path")]
+                 for m in items[:max(limit, GALLERY_LIMIT)] if m.get("path")]
         self.gallery_model.set_samples(shots, classes)
-        more = f" (showing the {GALLERY_LIMIT} most confident)" if len(items) > GALLERY_LIMIT else ""
+        more = f" (showing the {GALLERY_LIMIT} most confident)" if len(items) > max(limit, GALLERY_LIMIT) else ""
         self.gallery_label.setText(title + more)
 
     def show_all_mistakes(self) -> None:
@@ -149,7 +149,8 @@ class EvalErrorsMixin:
         self.confusion.selected = None
         self.confusion.update()
         if not mis:
-            self._set_gallery([], "No misclassified images: every image was classified correctly.")
+            self._set_gallery([], "No misclassified images: every image was classified correctly. Click a "
+                                  "diagonal cell of the matrix to see a class's images and what the model looked at.")
         else:
             self._set_gallery(mis, f"{len(mis)} misclassified images, most confident first")
 
@@ -160,8 +161,13 @@ class EvalErrorsMixin:
         t, p = self.report.classes[true_idx], self.report.classes[pred_idx]
         count = self.report.confusion[true_idx][pred_idx]
         if true_idx == pred_idx:
-            self._set_gallery([], f"{count} images of {t} classified correctly "
-                                  "(only mistakes are kept with their file names).")
+            right = [m for m in getattr(self.report, "correct", []) if m["true"] == t]
+            if not right and count:  # a report written before correct images were kept
+                self._set_gallery([], f"{count} images of {t} classified correctly; evaluate again to list them.")
+            else:
+                shown = f", the {len(right)} least sure" if len(right) < count else ""
+                self._set_gallery(right, f"{count} images of {t} classified correctly{shown}, least sure first; "
+                                         "click one to see what the model looked at", limit=len(right))
             return
         cell = [m for m in self.report.misclassified if m["true"] == t and m["pred"] == p]
         self._set_gallery(cell, f"{count} images of {t} predicted as {p}")
