@@ -167,6 +167,17 @@ def test_last_checkpoint_after_the_final_epoch_drops_the_optimiser_and_still_res
     assert (run / runs.EVAL_JSON).is_file()
 
 
+def test_an_early_stopped_run_keeps_no_optimiser_state(tmp_path):
+    """An early-stopped run is not resumed, so its last last.pt needs no AdamW moments either."""
+    data = make_synthetic_folder(tmp_path / "d", per_class=6, size=48)
+    run = tmp_path / "early"
+    # a learning rate too small to change anything: no epoch after the first improves
+    info, evs = run_all(fit(cfg(data, run, epochs=6, lr=1e-12, early_stop_patience=1)))
+    assert info.status == "early_stopped" and info.epochs_done < 6
+    end = torch.load(run / runs.LAST_CKPT, weights_only=True)
+    assert end["optimizer"] == {} and end["epoch"] == info.epochs_done and end["model"]
+
+
 @pytest.mark.slow  # three real trainings: ~1 min on a quiet 2-core CPU, ten on a busy one
 @pytest.mark.timeout(1800)
 def test_chained_transfer_beats_scratch_on_small_related_task(tmp_path):

@@ -205,3 +205,15 @@ def test_stop_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
     for a, b in zip(h_whole, h_split):
         assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
     assert resumed.extra["multitask"]["weights"] == pytest.approx(whole.extra["multitask"]["weights"], rel=1e-4)
+
+
+def test_an_early_stopped_multi_task_run_keeps_no_optimiser_state(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("TLSTUDIO_HOME", str(tmp_path / "home"))
+    data = make_two_task_set(tmp_path / "data", n=24)
+    # a learning rate too small to change anything: no epoch after the first improves the score
+    info = drive(run(head_only(data, tmp_path / "run", lr=1e-12, early_stop_patience=1)))
+    assert info.status == "early_stopped" and info.epochs_done < 6
+    end = torch.load(tmp_path / "run" / runs.LAST_CKPT, weights_only=True)
+    assert end["optimizer"] == {} and end["epoch"] == info.epochs_done

@@ -75,9 +75,10 @@ def set_epoch_train_mode(model, train_module, groups, trainable, features_mode: 
     train_module.training = True
 
 
-def save_last(ctx: RunContext, st: LoopState, epoch: int, batch: int) -> None:
+def save_last(ctx: RunContext, st: LoopState, epoch: int, batch: int, last: bool = False) -> None:
     path = ctx.run_dir / runs.LAST_CKPT
-    ctx.writer.submit(checkpoint.save, path, atomic_torch_save, path, snapshot(checkpoint.state(ctx, st, epoch, batch)))
+    ctx.writer.submit(checkpoint.save, path, atomic_torch_save, path,
+                      snapshot(checkpoint.state(ctx, st, epoch, batch, last)))
 
 
 def finish(ctx: RunContext, st: LoopState, info: runs.RunInfo, status: str,
@@ -169,8 +170,9 @@ def run_epochs(ctx: RunContext, st: LoopState, info: runs.RunInfo,
         tr.history.append(row)
         yield from objective.on_epoch_end(epoch, metrics, octx) or ()
         st.epoch = epoch + 1
+        stopping_early = bool(patience and tr.bad_epochs >= patience and st.epoch < config.epochs)
         # last.pt first: it is the source of truth; history and run.json follow (checkpoint.reconcile)
-        save_last(ctx, st, st.epoch, 0)
+        save_last(ctx, st, st.epoch, 0, last=stopping_early)
         ctx.writer.submit(checkpoint.save, ctx.run_dir / runs.HISTORY_CSV, runs.write_history, ctx.run_dir,
                           list(tr.history))
         info.epochs_done = st.epoch
@@ -182,7 +184,7 @@ def run_epochs(ctx: RunContext, st: LoopState, info: runs.RunInfo,
         if improved:
             yield Checkpointed(path=str(ctx.run_dir / runs.BEST_WEIGHTS), epoch=epoch, kind="best")
         yield Checkpointed(path=str(ctx.run_dir / runs.LAST_CKPT), epoch=epoch, kind="last")
-        if patience and tr.bad_epochs >= patience and st.epoch < config.epochs:
+        if stopping_early:
             from tlstudio.core.runs.guard import early_stop_message
 
             yield Log(early_stop_message(epoch, patience, tr.best_epoch, metric, tr.best_value, len(ctx.split.train)))

@@ -21,7 +21,8 @@ from tlstudio.core.runs import folder as runs
 MT_STATE = "multitask.json"  # per-task validation details of the best epoch (Evaluate page)
 
 
-def save_last(run: Any, st: Any, epoch: int, batch: int) -> None:
+def save_last(run: Any, st: Any, epoch: int, batch: int, last: bool = False) -> None:
+    """last.pt (rank 0); ``last``: the run stops early after this epoch (no optimiser state kept)."""
     from tlstudio.core.runtime.rng_state import rng_state
     from tlstudio.core.training import checkpoint
 
@@ -29,7 +30,7 @@ def save_last(run: Any, st: Any, epoch: int, batch: int) -> None:
         return
     path = run.run_dir / runs.LAST_CKPT
     checkpoint.save(path, atomic_torch_save, path, {
-        "model": run.model.state_dict(), "optimizer": checkpoint.optimizer_state(run.opt, epoch, run.config.epochs),
+        "model": run.model.state_dict(), "optimizer": checkpoint.optimizer_state(run.opt, epoch, run.config.epochs, last),
         "scheduler": run.sched.state_dict(),
         "extra_modules": [m.state_dict() for m in run.objective.extra_modules()],
         "objective": run.objective.state_dict(), "epoch": epoch, "batch": batch, "step": st.step,

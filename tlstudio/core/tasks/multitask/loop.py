@@ -71,10 +71,16 @@ def run_epochs(run: MTRun, st: LoopState, info: runs.RunInfo) -> Generator[Event
         if isinstance(trained, Interrupted):
             return (yield from _interrupted(run, st, info, epoch, trained))
         yield from _end_epoch(run, st, epoch, trained, t_epoch)
-        if config.early_stop_patience and st.best["bad"] >= config.early_stop_patience and st.epoch < config.epochs:
+        if stops_early(run, st):
             yield Log(f"Early stopping: no improvement of the mean task score for {st.best['bad']} epochs")
             return (yield from checkpoint.finish(run, st, info, "early_stopped"))
     return (yield from checkpoint.finish(run, st, info, "finished"))
+
+
+def stops_early(run: MTRun, st: LoopState) -> bool:
+    """No improvement of the mean task score for the patience, with epochs left."""
+    patience = run.config.early_stop_patience
+    return bool(patience and st.best["bad"] >= patience and st.epoch < run.config.epochs)
 
 
 def _interrupted(run: MTRun, st: LoopState, info, epoch: int, why: Interrupted) -> Generator[Event, None, runs.RunInfo]:
@@ -191,7 +197,7 @@ def _end_epoch(run: MTRun, st: LoopState, epoch: int, train_loss: float, t_epoch
            "seconds": time.time() - t_epoch}
     st.history.append(row)
     st.epoch = epoch + 1
-    checkpoint.save_last(run, st, st.epoch, 0)  # last.pt first: resume trusts it over history.csv
+    checkpoint.save_last(run, st, st.epoch, 0, last=stops_early(run, st))  # last.pt first: resume trusts it
     runs.write_history(run.run_dir, st.history)
     yield EpochEnd(epoch=epoch, epochs=run.config.epochs, train_loss=train_loss, metrics=dict(metrics),
                    lr=row["lr"], seconds=row["seconds"], best=improved, trainable_params=n_tr, phase=run.phase,
