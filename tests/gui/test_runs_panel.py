@@ -298,6 +298,16 @@ def test_run_names_are_readable_next_to_long_metrics(qtbot, tmp_path):
     assert right <= p.table.viewport().width() + 1  # the metrics fit in the view: no sideways scrolling
 
 
+def _shown_panel(qtbot, root, width: int) -> RunsPanel:
+    state = AppState()
+    state.runs_dir = str(root)
+    p = RunsPanel(state)
+    qtbot.addWidget(p)
+    p.resize(width, 700)
+    p.show()
+    return p
+
+
 def test_a_long_name_leaves_the_metrics_in_view(qtbot, tmp_path):
     """An anomaly fit's name ("...-anomaly-tf_efficientnet_lite0 (fit)") took its 40% and pushed the
     metrics column to a few pixels with a sideways scroll bar; the name now gives way first."""
@@ -306,12 +316,7 @@ def test_a_long_name_leaves_the_metrics_in_view(qtbot, tmp_path):
     root = tmp_path / "runs"
     name = "20261201-065551-anomaly-tf_efficientnet_lite0-with-a-longer-name"
     run = make_fake_run(root, name, baseline={"gain": 0.05, "scratch_val_acc": 0.9, "transfer_val_acc": 0.95})
-    state = AppState()
-    state.runs_dir = str(root)
-    p = RunsPanel(state)
-    qtbot.addWidget(p)
-    p.resize(1080, 700)
-    p.show()
+    p = _shown_panel(qtbot, root, 1080)
     qtbot.waitUntil(lambda: p.table.viewport().width() > 900, timeout=5_000)
     p._fit_columns()
     assert p.table.columnWidth(8) >= METRICS_MIN_PX
@@ -328,12 +333,7 @@ def test_compared_accuracy_stops_at_one_and_epochs_are_whole(qtbot, tmp_path):
     d = make_fake_run(root, "perfect", acc=1.0, epochs=4)
     write_history(d, [{"epoch": e + 1, "train_loss": 0.1, "val_loss": 0.02, "val_acc": 1.0, "val_macro_f1": 1.0,
                        "lr": 1e-3, "seconds": 1.0, "trainable_params": 10} for e in range(4)])
-    state = AppState()
-    state.runs_dir = str(root)
-    p = RunsPanel(state)
-    qtbot.addWidget(p)
-    p.resize(1000, 700)
-    p.show()
+    p = _shown_panel(qtbot, root, 1000)
     p.select_dirs([str(d)])
     p.overlay([str(d)])
     lo, hi = p.acc_plot.getViewBox().viewRange()[1]
