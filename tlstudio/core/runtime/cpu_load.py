@@ -1,8 +1,14 @@
 """What other programs take from the CPU cores this process may use (issue 18).
 
 Sampled from /proc/stat over a short window: busy jiffies of the whole machine minus this
-process's own CPU time, and runnable threads minus this process's own running ones; the load
-average where /proc is missing. runtime/contention.py decides threads and OpenMP waiting from it.
+process's own CPU time is what other programs got. What they want (their demand) can be more
+when the cores are saturated: they and we then share the cores in proportion to runnable threads,
+so their demand is our runnable threads x their share / ours. Only cumulative counters enter
+that estimate. An earlier one, the machine's runnable threads (procs_running) minus ours, read
+the two counts at different instants; with a training run's threads switching between running
+and waiting it read 0.3-1.5 cores of "other programs" on an idle machine (2.0 in some windows),
+and a quiet run dropped to one thread. The load average stands in where /proc is missing.
+runtime/contention.py decides threads and OpenMP waiting from it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ class CpuLoad:
 
     cores: int
     other_busy: float  # cores' worth of CPU time other programs got (0..cores)
-    other_runnable: float  # average threads of other programs ready to run (demand; may exceed cores)
+    # their demand in cores: what they got, or more when no core was idle (may exceed cores)
+    other_runnable: float
 
     @property
     def others(self) -> float:
@@ -26,26 +33,22 @@ class CpuLoad:
         return min(float(self.cores), max(self.other_busy, self.other_runnable))
 
 
-def _read_proc_stat() -> tuple[float, float, int] | None:
-    """(busy jiffies, total jiffies, procs_running) from /proc/stat, or None off Linux."""
+def _read_proc_stat() -> tuple[float, float] | None:
+    """(busy jiffies, total jiffies) of the whole machine from /proc/stat, or None off Linux."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             text = f.read()
     except OSError:
         return None
-    busy = total = 0.0
-    running = -1
     for line in text.splitlines():
         if line.startswith("cpu "):
             v = [float(x) for x in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
             v += [0.0] * (8 - len(v))
             total = sum(v)
-            busy = total - v[3] - v[4]  # steal counts as busy: another VM had the core
-        elif line.startswith("procs_running"):
-            running = int(line.split()[1])
-    if total <= 0 or running < 0:
-        return None
-    return busy, total, running
+            if total <= 0:
+                return None
+            return total - v[3] - v[4], total  # steal counts as busy: another VM had the core
+    return None
 
 
 def _own_running_threads() -> int:
@@ -67,6 +70,10 @@ def _own_running_threads() -> int:
     return n
 
 
+SATURATED_IDLE = 0.2  # cores left idle below which the machine counts as saturated
+MIN_OWN_CORES = 0.05  # less of our own use says too little about the split
+
+
 def _system_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -80,14 +87,10 @@ def sample_load(window_s: float = 0.3, polls: int = 6, cores: int | None = None)
     if a is None:
         return None
     own0 = time.process_time()
-    demand = []
+    ours = []  # our runnable threads, less this sampling one
     for _ in range(max(1, polls)):
         time.sleep(window_s / max(1, polls))
-        s = _read_proc_stat()
-        if s is None:
-            return None
-        # procs_running counts this sampling thread too; it is ours, like every R thread here
-        demand.append(max(0, s[2] - _own_running_threads()))
+        ours.append(max(0, _own_running_threads() - 1))
     b = _read_proc_stat()
     own = time.process_time() - own0
     if b is None:
@@ -98,11 +101,17 @@ def sample_load(window_s: float = 0.3, polls: int = 6, cores: int | None = None)
     ncpu = _system_cpus()
     wall_jiffies = d_total / ncpu
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    other = (b[0] - a[0]) / wall_jiffies - own * hz / wall_jiffies  # cores' worth, whole machine
+    busy = (b[0] - a[0]) / wall_jiffies  # cores' worth, whole machine
+    own_cores = own * hz / wall_jiffies
+    other = max(0.0, busy - own_cores)
+    demand = other
+    threads = sum(ours) / len(ours)
+    if ncpu - busy < SATURATED_IDLE and own_cores > MIN_OWN_CORES and threads > 0:
+        # no idle core: they and we split the cores by runnable threads (the scheduler's fair share)
+        demand = max(other, threads * other / own_cores)
     # the machine may have more CPUs than we may use: scale to our share of them
-    other = max(0.0, other) * cores / ncpu
-    runnable = sum(demand) / len(demand) * cores / ncpu
-    return CpuLoad(cores=cores, other_busy=round(other, 2), other_runnable=round(runnable, 2))
+    scale = cores / ncpu
+    return CpuLoad(cores=cores, other_busy=round(other * scale, 2), other_runnable=round(demand * scale, 2))
 
 
 class LoadSample:
