@@ -22,7 +22,7 @@ class SemiConfig(TrainConfig):
     method: Literal["auto", "pseudolabel", "fixmatch"] = "auto"  # auto: fixmatch when the body trains
     pseudo_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, lt=1.0)
     # each class's bar follows how often the model is sure of it (FlexMatch): a class the head is
-    # rarely sure of still gets pseudo-labels (+5.6 points against +3.9 with one bar, RESULTS.md)
+    # rarely sure of still gets pseudo-labels (+5.9 points against +3.9 with one bar, RESULTS.md)
     class_thresholds: bool = True
     cap_factor: float = Field(1.0, gt=0.0, le=10.0)  # per-class cap = expected share of the unlabelled x this
     rounds: int = Field(2, ge=1, le=10)

@@ -94,7 +94,7 @@ def pseudo_label_rounds(config: SemiConfig, head0, feats: Feats, counts: list[in
         out: list[Event] = []
         if not pl.index:
             top = float(probs.max(1).values.max()) if len(probs) else 0.0
-            advice = ("; the next round tries again with a head trained longer on the labelled images"
+            advice = ("; the next round proposes again with a head retrained on the labelled images"
                       if r < config.rounds else "")
             if config.pseudo_threshold > DEFAULT_THRESHOLD:
                 advice += f"; a lower threshold may help ({DEFAULT_THRESHOLD} did best in our measurements)"
