@@ -25,6 +25,7 @@ BENCHES = [
     ("scan", "bench_scan.py", "5. scan of many images (data helper)"),
     ("memory_budget", "bench_memory_budget.py", "6. peak memory, data set 4x the cache budget"),
     ("contention", "bench_contention.py", "7. training with 2 busy-loop processes competing vs bare fp32 loops (issue 18: >= 2x)"),
+    ("load_reading", "bench_load_reading.py", "8. the CPU-load reading under 0/1/2 busy loops (right answers 0, 1, 2 cores)"),
 ]
 
 
