@@ -47,8 +47,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="the same confidence bar for every class (default: a class the model is rarely sure of "
                         "gets a lower bar, so it still gets pseudo-labels)")
     g.add_argument("--semi-method", choices=["auto", "pseudolabel", "fixmatch"],
-                   help="auto (default): pseudo-labels on cached features with a frozen body, FixMatch when "
-                        "the body trains")
+                   help="auto (default): pseudo-labels, on cached features with a frozen body and by rounds "
+                        "of fine-tuning when the body trains; fixmatch: weak/strong consistency (advanced)")
     g.add_argument("--cap-factor", type=float, help="per-class cap of pseudo-labels as a multiple of the "
                    "class's expected share (default 1)")
 

@@ -42,9 +42,9 @@ METHOD_TEXT = {
              "alike. Trains the last layers of the body: slower."),
 }
 SEMI_TEXT = {
-    "auto": "Automatic: pseudo-labels on cached features when the body is frozen, FixMatch when it trains",
+    "auto": "Automatic: pseudo-labels (best in our measurements, frozen or training body)",
     "pseudolabel": "Pseudo-labels: confident predictions become labels (class-balanced cap)",
-    "fixmatch": "FixMatch: weak/strong augmentation consistency (trains the last layers)",
+    "fixmatch": "FixMatch: weak/strong augmentation consistency (trains the last layers; advanced)",
 }
 
 

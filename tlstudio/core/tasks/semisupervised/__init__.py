@@ -1,7 +1,8 @@
 """Semi-supervised learning: a few labelled images + many unlabelled ones of the same kind.
 
 Pseudo-labels with a confidence threshold and a class-balanced cap (pseudo.py; on cached features
-when the body is frozen), FixMatch weak/strong consistency where the body trains (fixmatch.py),
+when the body is frozen, by rounds of fine-tuning when it trains), FixMatch weak/strong
+consistency on request (fixmatch.py),
 and the review queue that turns proposed labels a person accepted into labelled data (review.py).
 """
 

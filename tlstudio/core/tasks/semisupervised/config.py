@@ -19,7 +19,7 @@ class SemiConfig(TrainConfig):
 
     task: Literal["semisupervised"] = "semisupervised"
     unlabeled_dir: str
-    method: Literal["auto", "pseudolabel", "fixmatch"] = "auto"  # auto: fixmatch when the body trains
+    method: Literal["auto", "pseudolabel", "fixmatch"] = "auto"  # auto: pseudo-labels (methods.method_of)
     pseudo_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, lt=1.0)
     # each class's bar follows how often the model is sure of it (FlexMatch): a class the head is
     # rarely sure of still gets pseudo-labels (+5.9 points against +3.9 with one bar, RESULTS.md)

@@ -68,7 +68,7 @@ def _run(config: SemiConfig, run_dir: Path, stop, pause) -> Generator[Event, Non
                                                                                  *split.test]}
     unl = yield from on_main(functools.partial(_unlabelled, config, labelled))
     base = None if is_follower() else load_baseline(config, base_dir, base_info)
-    method, frozen = share(None if base is None else (method_of(config, base.frozen), base.frozen))
+    method, frozen = share(None if base is None else (method_of(config), base.frozen))
     if base is None:  # another torchrun process: it trains the gradient phase with rank 0, scores nothing
         if method == "pseudolabel" and frozen:
             return base_info
