@@ -319,6 +319,7 @@ def test_a_long_name_leaves_the_metrics_in_view(qtbot, tmp_path):
     p = _shown_panel(qtbot, root, 1080)
     qtbot.waitUntil(lambda: p.table.viewport().width() > 900, timeout=5_000)
     p._fit_columns()
+    assert not p.table.isColumnHidden(7)  # this run trained a from-scratch baseline: its gain is shown
     assert p.table.columnWidth(8) >= METRICS_MIN_PX
     assert p.table.columnViewportPosition(8) + p.table.columnWidth(8) <= p.table.viewport().width() + 1
     assert p.table.columnWidth(0) >= 200 and name in p.table.item(0, 0).toolTip() and str(run) in p.table.item(0, 0).toolTip()
@@ -334,6 +335,7 @@ def test_compared_accuracy_stops_at_one_and_epochs_are_whole(qtbot, tmp_path):
     write_history(d, [{"epoch": e + 1, "train_loss": 0.1, "val_loss": 0.02, "val_acc": 1.0, "val_macro_f1": 1.0,
                        "lr": 1e-3, "seconds": 1.0, "trainable_params": 10} for e in range(4)])
     p = _shown_panel(qtbot, root, 1000)
+    assert p.table.isColumnHidden(7)  # no run with a baseline: no empty "Transfer gain" column
     p.select_dirs([str(d)])
     p.overlay([str(d)])
     lo, hi = p.acc_plot.getViewBox().viewRange()[1]

@@ -213,6 +213,12 @@ class RunsPanel(QWidget):
             if str(d) in selected:
                 self.table.selectRow(r)
         self.table.setSortingEnabled(True)
+        # "Transfer gain" only where some run trained a from-scratch baseline: an empty column
+        # would take the width the names need
+        gain_col = COLUMNS.index("Transfer gain")
+        self.table.setColumnHidden(gain_col, not any(
+            (self.table.item(r, gain_col) is not None and self.table.item(r, gain_col).text())
+            for r in range(self.table.rowCount())))
         self._select_current(self.state.current_run or "")  # bold, then the widths
         self._update_buttons()
 
@@ -224,7 +230,7 @@ class RunsPanel(QWidget):
         self.table.resizeColumnsToContents()
         view = self.table.viewport().width()
         last = self.table.columnCount() - 1
-        others = sum(self.table.columnWidth(c) for c in range(1, last))
+        others = sum(self.table.columnWidth(c) for c in range(1, last) if not self.table.isColumnHidden(c))
         cap = max(200, min(int(view * 0.4), view - others - METRICS_MIN_PX))
         slack = self.table.fontMetrics().horizontalAdvance("MM")  # a styled bold name measures short
         self.table.setColumnWidth(0, min(cap, self.table.columnWidth(0) + slack))
@@ -380,7 +386,7 @@ class RunsPanel(QWidget):
         self.acc_plot.enableAutoRange()
         bounds = fraction_range(metric_values)
         if bounds is not None:  # accuracy-like: 1.0 is the top, never an axis running to 1.4
-            self.acc_plot.setYRange(*bounds, padding=0.02)
+            self.acc_plot.setYRange(*bounds, padding=0.05)  # room for the 1.0 tick's label
         show, inside = has_loss or not self.overlaid, self.loss_plot in self.plots.ci.items
         if show != inside:  # no empty "Validation loss" plot: the accuracy plot takes the width
             if show:
