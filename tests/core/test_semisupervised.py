@@ -242,3 +242,26 @@ def test_auto_picks_pseudo_label_rounds_when_the_body_trains(tmp_path):
     assert info.status == "finished" and rep["method"] == "pseudolabel"
     assert len(rep["pseudo_labels"]) == 1 and rep["pseudo_labels"][0]["selected"] > 0
     assert (tmp_path / "run" / "semi" / runs.BEST_WEIGHTS).is_file()
+
+
+def test_a_worse_validation_with_the_unlabelled_images_is_said(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tlstudio.core.events import Warn
+    from tlstudio.core.tasks.semisupervised import job
+    from tlstudio.core.tasks.semisupervised.config import SemiConfig
+
+    monkeypatch.setattr(job, "write_main_run", lambda *a, **k: SimpleNamespace(best_epoch=0, best_val_acc=0.6))
+    cfg = SemiConfig(data_dir="d", unlabeled_dir="u")
+    base = SimpleNamespace(frozen=False, spec=None, split=SimpleNamespace(val=[0] * 10))
+
+    def warnings(before: float, after: float, method: str) -> list[str]:
+        semi = SimpleNamespace(before={"source_val_acc": before}, after={"source_val_acc": after}, stats=[], history=[])
+        events = []
+        drive(job._finish(cfg, tmp_path, base, [], method, semi, 0.0), events.append)
+        return [e.message for e in events if isinstance(e, Warn)]
+
+    said = warnings(0.7, 0.6, "fixmatch")
+    assert len(said) == 1 and "70.0% -> 60.0% on 10 validation images" in said[0]
+    assert str(tmp_path / "labelled_only") in said[0] and "FixMatch" in said[0]
+    assert warnings(0.7, 0.9, "pseudolabel") == [] and warnings(0.7, 0.7, "pseudolabel") == []

@@ -107,6 +107,11 @@ def _finish(config: SemiConfig, run_dir: Path, base: Baseline, unl: list, method
     msg = (f"Validation accuracy with the unlabelled images {a:.1%} (labelled alone {b:.1%}); "
            f"review the proposed labels in the review queue" if a is not None and b is not None else "Done")
     yield Log(msg)
+    if a is not None and b is not None and a < b:  # say so: the run's model is the one with the unlabelled images
+        yield Warn(f"The unlabelled images lowered the validation accuracy ({b:.1%} -> {a:.1%} on "
+                   f"{len(base.split.val)} validation images): the model trained on the labelled images alone is "
+                   f"in {run_dir / BASE_DIR} (open it in Runs to use it)"
+                   + ("; pseudo-labels did better than FixMatch in our measurements" if method == "fixmatch" else ""))
     yield Finished(run_dir=str(run_dir), status="finished", best_epoch=info.best_epoch, best_val_acc=info.best_val_acc,
                    message=msg, metrics=dict(metrics), result={"method": method})
     return info
