@@ -237,10 +237,16 @@ def test_auto_picks_pseudo_label_rounds_when_the_body_trains(tmp_path):
     cfg = registry.get("semisupervised").config_cls(
         data_dir=str(lab), unlabeled_dir=str(unl), backbone="test_efficientnet", init="scratch", freeze="none",
         epochs=1, batch_size=8, image_size=32, workers=1, rounds=1, pseudo_threshold=0.0, out_dir=str(tmp_path / "run"))
-    info = drive(registry.get("semisupervised").run(cfg))
+    events = []
+    info = drive(registry.get("semisupervised").run(cfg), events.append)
     rep = info.extra["semisupervised"]
     assert info.status == "finished" and rep["method"] == "pseudolabel"
     assert len(rep["pseudo_labels"]) == 1 and rep["pseudo_labels"][0]["selected"] > 0
+    # both sub-runs scan the 12 labelled images (4 a class): each warning about them is said once
+    from tlstudio.core.events import Warn
+
+    said = [e.message for e in events if isinstance(e, Warn)]
+    assert any("has only 4 images" in m for m in said) and len(said) == len(set(said)), said
     assert (tmp_path / "run" / "semi" / runs.BEST_WEIGHTS).is_file()
 
 

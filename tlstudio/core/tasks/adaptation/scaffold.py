@@ -18,7 +18,7 @@ from typing import Any
 
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.errors import UserError
-from tlstudio.core.events import Event, Finished, Log
+from tlstudio.core.events import Event, Finished, Log, Warn
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.tasks.adaptation.ranks import Stopped, is_follower, on_main, share, silent
 
@@ -127,10 +127,16 @@ def _sub_run_plan(out: Path) -> tuple[str, runs.RunInfo | None]:
     return "fit", None
 
 
+# warnings already said in a job, by the job's run folder: every sub-run scans the same labelled
+# images, and a semi-supervised run with a training body repeated each scan warning three times
+_SAID: dict[str, set[str]] = {}
+
+
 def sub_run(cfg: TrainConfig, stop, pause, phase: str, **kw: Any) -> Generator[Event, None, runs.RunInfo]:
     """Train a sub-run folder, resuming it if a stopped one is there, reusing it if it finished.
     Rank 0 decides; under torchrun every process then trains the same sub-run (the engine shards
-    the images and writes files on rank 0 only)."""
+    the images and writes files on rank 0 only). A warning an earlier sub-run of the job gave is
+    not given again."""
     from tlstudio.core.training import engine
 
     out = Path(cfg.out_dir)
@@ -138,12 +144,31 @@ def sub_run(cfg: TrainConfig, stop, pause, phase: str, **kw: Any) -> Generator[E
     if action == "reuse":
         yield Log(f"{out.name}: already trained, reusing it")
         return info
+    said = _SAID.setdefault(str(out.parent.resolve()), set())
     if action == "resume" and is_follower():
-        return (yield from _follower_resume(out, stop, pause, **kw))
+        return (yield from _once(_follower_resume(out, stop, pause, **kw), said))
     if action == "resume":
         share()  # the other processes have copied the sub-run's checkpoint
-        return (yield from engine.resume(out, stop, pause, **kw))
-    return (yield from engine.fit(cfg, stop, pause, phase=phase, **kw))
+        return (yield from _once(engine.resume(out, stop, pause, **kw), said))
+    return (yield from _once(engine.fit(cfg, stop, pause, phase=phase, **kw), said))
+
+
+def _once(events: Generator[Event, None, Any], said: set[str]) -> Generator[Event, None, Any]:
+    """``events`` without the warnings in ``said`` (which it adds its own to). Closing this closes
+    ``events`` at once, as ``yield from`` would (the engine's clean-up runs then, not at collection)."""
+    try:
+        while True:
+            try:
+                ev = next(events)
+            except StopIteration as done:
+                return done.value
+            if isinstance(ev, Warn):
+                if ev.message in said:
+                    continue
+                said.add(ev.message)
+            yield ev
+    finally:
+        events.close()
 
 
 def _follower_resume(out: Path, stop, pause, **kw: Any) -> Generator[Event, None, runs.RunInfo]:
