@@ -247,6 +247,10 @@ def test_auto_picks_pseudo_label_rounds_when_the_body_trains(tmp_path):
 
     said = [e.message for e in events if isinstance(e, Warn)]
     assert any("has only 4 images" in m for m in said) and len(said) == len(set(said)), said
+    from tlstudio.core.events import RunStarted
+
+    phase2 = [e for e in events if isinstance(e, RunStarted) and e.phase == "semi" and e.run_dir == cfg.out_dir]
+    assert phase2 and phase2[0].trainable_params == phase2[0].total_params  # freeze none: everything trains
     assert (tmp_path / "run" / "semi" / runs.BEST_WEIGHTS).is_file()
 
 

@@ -80,7 +80,7 @@ def _run(config: SemiConfig, run_dir: Path, stop, pause) -> Generator[Event, Non
     yield RunStarted(run_dir=str(run_dir), backbone=config.backbone, device=str(base.device), precision="fp32",
                      classes=tuple(base.classes), n_train=len(base.split.train), n_val=len(base.split.val),
                      epochs=config.head_epochs * config.rounds if method == "pseudolabel" and frozen else config.epochs,
-                     batches_per_epoch=1, trainable_params=0,
+                     batches_per_epoch=1, trainable_params=_phase_trainable(config, base, method),
                      total_params=sum(p.numel() for p in base.model.parameters()), phase="semi")
     yield Log(f"Phase 2 of 2: {'pseudo-labels' if method == 'pseudolabel' else 'FixMatch'} with "
               f"{len(unl)} unlabelled images")
@@ -88,6 +88,20 @@ def _run(config: SemiConfig, run_dir: Path, stop, pause) -> Generator[Event, Non
     yield from _write_review(run_dir, base.classes, unl, semi, base, stop)
     shutil.copyfile(run_dir / SEMI_DIR / runs.BEST_WEIGHTS, run_dir / runs.BEST_WEIGHTS)
     return (yield from _finish(config, run_dir, base, unl, method, semi, t_start))
+
+
+def _phase_trainable(config: SemiConfig, base: Baseline, method: str) -> int:
+    """Parameters phase 2 trains: the head on cached features, FixMatch's last 2 groups on a frozen
+    body, else what the run's freeze settings open (the rounds of fine-tuning use them)."""
+    from tlstudio.core.models import layers
+
+    groups = layers.layer_groups(base.model)
+    if base.frozen:
+        spec, custom = ("head" if method == "pseudolabel" else "last:2"), None
+    else:
+        spec, custom = config.freeze, config.frozen_groups
+    trainable, _ = layers.plan_from_settings(spec, custom, groups)
+    return sum(g.n_params for g, t in zip(groups, trainable) if t)
 
 
 def _finish(config: SemiConfig, run_dir: Path, base: Baseline, unl: list, method: str, semi: Semi,
