@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=12)
     p.add_argument("--compete", default="0,1,2")
     p.add_argument("--threads", default="2,1")
+    p.add_argument("--window", type=float, default=0.3, help="seconds per sample (the training run's: 0.3)")
     args = p.parse_args()
     from bench_contention import competition
     from common import print_machine
@@ -94,7 +95,7 @@ def main() -> None:
                 time.sleep(2.0)  # the training load settles
                 new, old = [], []
                 for _ in range(args.samples):
-                    new.append(cl.sample_load(cores=2).others)
+                    new.append(cl.sample_load(window_s=args.window, cores=2).others)
                     old.append(_old_estimate(cl))
                 stop.set()
                 t.join()

@@ -119,9 +119,15 @@ class LoadSample:
     thread choice does not wait out its window. The sample subtracts this process's own CPU time
     and running threads, so the set-up work does not count as other programs' load."""
 
+    # half the monitor's window: a short run's set-up (scan, model) is often over before 0.3 s,
+    # and the readings stay apart at 0.15 s (bench_load_reading.py --window 0.15: idle at most
+    # 0.13 cores, 1 busy loop at least 0.66, 2 at least 1.64; shared from 0.6)
+    WINDOW_S, POLLS = 0.15, 3
+
     def __init__(self, **kw) -> None:
         import threading
 
+        kw = {"window_s": self.WINDOW_S, "polls": self.POLLS, **kw}
         self._load: CpuLoad | None = None
         self._done_at = 0.0
         self._thread = threading.Thread(target=self._run, kwargs=kw, name="tlstudio-cpu-sample", daemon=True)
