@@ -89,13 +89,19 @@ def test_fixmatch_loss_uses_only_confident_weak_predictions():
     assert float(zero) == 0.0 and k0 == 0.0
 
 
-def test_semisupervised_run_with_pseudo_labels(tmp_path):
+def _labelled_and_unlabelled(tmp_path, unlabelled_per_class: int):
+    """4 labelled shapes a class, and a flat folder of other shapes without labels."""
     lab = make_synthetic_folder(tmp_path / "lab", per_class=4, size=32, seed=0, easy=True)
-    raw = make_synthetic_folder(tmp_path / "raw", per_class=6, size=32, seed=5, easy=True)
+    raw = make_synthetic_folder(tmp_path / "raw", per_class=unlabelled_per_class, size=32, seed=5, easy=True)
     unl = tmp_path / "unl"
     unl.mkdir()
     for i, p in enumerate(sorted(raw.rglob("*.png"))):
         (unl / f"{i:03d}.png").write_bytes(p.read_bytes())
+    return lab, unl
+
+
+def test_semisupervised_run_with_pseudo_labels(tmp_path):
+    lab, unl = _labelled_and_unlabelled(tmp_path, 6)
     cfg = registry.get("semisupervised").config_cls(
         data_dir=str(lab), unlabeled_dir=str(unl), backbone="test_efficientnet", init="scratch", freeze="head",
         epochs=1, batch_size=8, image_size=32, workers=1, head_epochs=2, rounds=2, pseudo_threshold=0.0,
@@ -228,12 +234,7 @@ def test_auto_picks_pseudo_label_rounds_when_the_body_trains(tmp_path):
     """FixMatch lost to the labelled images alone on real photos with 2 labels per class; rounds
     of fine-tuning on pseudo-labels gained ~10 points (RESULTS.md): auto is pseudo-labels, here
     by a fine-tuning round because the body trains."""
-    lab = make_synthetic_folder(tmp_path / "lab", per_class=4, size=32, seed=0, easy=True)
-    raw = make_synthetic_folder(tmp_path / "raw", per_class=3, size=32, seed=5, easy=True)
-    unl = tmp_path / "unl"
-    unl.mkdir()
-    for i, p in enumerate(sorted(raw.rglob("*.png"))):
-        (unl / f"{i:03d}.png").write_bytes(p.read_bytes())
+    lab, unl = _labelled_and_unlabelled(tmp_path, 3)
     cfg = registry.get("semisupervised").config_cls(
         data_dir=str(lab), unlabeled_dir=str(unl), backbone="test_efficientnet", init="scratch", freeze="none",
         epochs=1, batch_size=8, image_size=32, workers=1, rounds=1, pseudo_threshold=0.0, out_dir=str(tmp_path / "run"))

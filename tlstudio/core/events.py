@@ -126,6 +126,23 @@ class Finished(Event):
     metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's metrics
 
 
+def relay(gen: Generator, transform: Callable[[Any], Any]) -> Generator:
+    """Yield ``transform(ev)`` for each event of ``gen`` (None drops the event) and return
+    ``gen``'s value. Closing the relay closes ``gen`` at once, as ``yield from`` would, so a
+    run's clean-up (its ``finally`` blocks) runs then and not when the generator is collected."""
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as done:
+                return done.value
+            out = transform(ev)
+            if out is not None:
+                yield out
+    finally:
+        gen.close()
+
+
 def drive(gen: Generator, on_event: Callable[[Any], None] | None = None) -> Any:
     """Run an event generator (fit, resume, distill...) to its end; return its return value."""
     while True:

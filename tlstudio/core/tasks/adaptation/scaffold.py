@@ -18,7 +18,7 @@ from typing import Any
 
 from tlstudio.core.config import TrainConfig
 from tlstudio.core.errors import UserError
-from tlstudio.core.events import Event, Finished, Log, Warn
+from tlstudio.core.events import Event, Finished, Log, Warn, relay
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.tasks.adaptation.ranks import Stopped, is_follower, on_main, share, silent
 
@@ -154,21 +154,15 @@ def sub_run(cfg: TrainConfig, stop, pause, phase: str, **kw: Any) -> Generator[E
 
 
 def _once(events: Generator[Event, None, Any], said: set[str]) -> Generator[Event, None, Any]:
-    """``events`` without the warnings in ``said`` (which it adds its own to). Closing this closes
-    ``events`` at once, as ``yield from`` would (the engine's clean-up runs then, not at collection)."""
-    try:
-        while True:
-            try:
-                ev = next(events)
-            except StopIteration as done:
-                return done.value
-            if isinstance(ev, Warn):
-                if ev.message in said:
-                    continue
-                said.add(ev.message)
-            yield ev
-    finally:
-        events.close()
+    """``events`` without the warnings in ``said`` (which it adds its own to)."""
+    def keep(ev: Event) -> Event | None:
+        if isinstance(ev, Warn):
+            if ev.message in said:
+                return None
+            said.add(ev.message)
+        return ev
+
+    return (yield from relay(events, keep))
 
 
 def _follower_resume(out: Path, stop, pause, **kw: Any) -> Generator[Event, None, runs.RunInfo]:

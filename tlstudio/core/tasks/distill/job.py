@@ -8,7 +8,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from tlstudio.core.events import BatchEnd, EpochEnd, Event, Finished, Log, RunStarted, Warn
+from tlstudio.core.events import BatchEnd, EpochEnd, Event, Finished, Log, RunStarted, Warn, relay
 from tlstudio.core.tasks.distill.config import STUDENT_BASELINE_DIR, DistillConfig, DistillError
 from tlstudio.core.tasks.distill.objective import DistillObjective
 from tlstudio.core.tasks.distill.teachers import check_teacher_classes
@@ -18,11 +18,7 @@ from tlstudio.core.tasks.distill.teachers import check_teacher_classes
 # --------------------------------------------------------------------------------------
 def _relay(gen, phase: str | None, state: dict):
     """Yield ``gen``'s events (phase relabelled), remember the run folder; return its value."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
+    def note(ev):
         if isinstance(ev, RunStarted):
             state.setdefault("run_dir", ev.run_dir)
             state["last_run_dir"] = ev.run_dir
@@ -30,7 +26,9 @@ def _relay(gen, phase: str | None, state: dict):
             state["status"] = ev.status
         if phase is not None and isinstance(ev, (RunStarted, BatchEnd, EpochEnd)):
             ev = dataclasses.replace(ev, phase=phase)
-        yield ev
+        return ev
+
+    return (yield from relay(gen, note))
 
 
 def _prepare(config: DistillConfig) -> Generator[Event, None, list | None]:
