@@ -218,3 +218,9 @@ def test_semi_result_shows_the_lowered_bars_of_a_round(qtbot):
     assert panel.table.horizontalHeaderItem(3).text() == "Confidence bar"
     assert [panel.table.item(r, 3).text() for r in range(3)] == ["0.50", "0.50, 0.17, 0.00", "0.70"]
     assert "+30.0 points" in panel.result_text.text()
+    assert panel.table.item(1, 2).toolTip() == ""  # no class names given
+    panel._show_semi({"pseudo_labels": [{"round": 1, "selected": 20, "per_class": [8, 7, 5], "threshold": 0.5,
+                                         "class_thresholds": [0.5, 0.1667, 0.0]}]}, ["cat", "dog", "fox"])
+    assert panel.table.item(0, 2).toolTip().splitlines() == [
+        "cat: 8 pseudo-labels, bar 0.50", "dog: 7 pseudo-labels, bar 0.17", "fox: 5 pseudo-labels, bar 0.00"]
+    assert panel.table.horizontalHeaderItem(2).toolTip() == "In class order: cat, dog, fox"

@@ -393,7 +393,7 @@ class AdaptPanel(QWidget):
         if info.task == "adaptation":
             self._show_adaptation(info.extra.get("adaptation") or {})
         elif info.task == "semisupervised":
-            self._show_semi(info.extra.get("semisupervised") or {})
+            self._show_semi(info.extra.get("semisupervised") or {}, list(info.model.classes or []))
         else:
             return
         if not self._points:  # a finished run opened later: its curves from history.csv
@@ -436,13 +436,22 @@ class AdaptPanel(QWidget):
             text.append(f"<b>Kept: the {sel.get('selected')} model.</b> {sel.get('reason', '')}")
         self.result_text.setText("<br>".join(text))
 
-    def _show_semi(self, rep: dict[str, Any]) -> None:
+    def _show_semi(self, rep: dict[str, Any], classes: list[str] | None = None) -> None:
         a = (rep.get("semi") or {}).get("val_acc")
         b = (rep.get("labelled_only") or {}).get("val_acc")
+        rounds = rep.get("pseudo_labels", [])
         rows = [[f"Round {st['round']}", str(st.get("selected", 0)),
-                 ", ".join(str(x) for x in st.get("per_class", [])), bars_text(st)]
-                for st in rep.get("pseudo_labels", [])]
+                 ", ".join(str(x) for x in st.get("per_class", [])), bars_text(st)] for st in rounds]
         self._fill(["Round", "Pseudo-labels", "Per class", "Confidence bar"], rows)
+        names = list(classes or [])
+        if names:  # the numbers are in class order: each round's row names them in its tooltip
+            self.table.horizontalHeaderItem(2).setToolTip("In class order: " + ", ".join(names))
+            for r, st in enumerate(rounds):
+                bars = st.get("class_thresholds") or []
+                tip = "\n".join(f"{c}: {n} pseudo-labels" + (f", bar {bars[k]:.2f}" if k < len(bars) else "")
+                                 for k, (c, n) in enumerate(zip(names, st.get("per_class", []))))
+                for col in (2, 3):
+                    self.table.item(r, col).setToolTip(tip)
         parts = []
         if a is not None and b is not None:
             parts.append(f"Validation accuracy: labelled images alone {b:.1%}, with the unlabelled images {a:.1%} "
