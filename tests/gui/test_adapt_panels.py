@@ -134,6 +134,14 @@ def test_review_queue_keys_counts_and_csv(qtbot, folders, tmp_path):
     assert {p: p.read_bytes() for p in unl.glob("*.png")} == before  # the user's files are untouched
     assert len(list(unl.iterdir())) == 6
     assert (run_dir / "review.json").is_file()  # decisions kept with the run
+    # bulk accept: the button says how many pending proposals it would take, and is off at none
+    pending = [it.confidence for it in q.items if it.decision == "pending"]
+    panel.bulk.setValue(0.5)
+    n = sum(c >= 0.5 for c in pending)
+    assert panel.bulk_btn.text() == f"Accept the {n} at or above" and panel.bulk_btn.isEnabled() == (n > 0)
+    assert n > 0
+    panel.bulk.setValue(1.0)  # no proposal is 100% sure
+    assert panel.bulk_btn.text() == "Accept the 0 at or above" and not panel.bulk_btn.isEnabled()
 
 
 def test_adapt_panel_settings_curves_and_result(qtbot, tmp_path):

@@ -125,6 +125,7 @@ class ReviewQueuePanel(QWidget):
         self.bulk.setValue(0.95)
         self.bulk_btn = QPushButton("Accept all at or above")
         self.bulk_btn.clicked.connect(self.accept_above)
+        self.bulk.valueChanged.connect(lambda _v: self._update())  # the button says how many it would accept
         row.addWidget(self.bulk_btn)
         row.addWidget(self.bulk)
         lay.addLayout(row)
@@ -237,6 +238,9 @@ class ReviewQueuePanel(QWidget):
         if not has:
             self.counts.setText("")
             return
+        n = sum(1 for it in self.queue.items if it.decision == "pending" and it.confidence >= self.bulk.value())
+        self.bulk_btn.setText(f"Accept the {n} at or above")
+        self.bulk_btn.setEnabled(n > 0)
         c = self.queue.counts()
         per = ", ".join(f"{k} {v}" for k, v in c["labelled_per_class"].items() if v)
         self.counts.setText(f"{c['total']} images: {c['pending']} to review, {c['accepted']} accepted, "
