@@ -115,6 +115,32 @@ def test_student_list_puts_small_recommended_students_first(panel):
     assert order == ["resnet18", "mobilenetv3_small_100", "vit_huge", "convnext_tiny"]
 
 
+def test_a_student_as_large_as_its_teacher_is_said_to_give_no_faster_model(panel, runs_root):
+    """The default student (tf_efficientnet_lite0) distilled from a Lite0 teacher (the default
+    training backbone) is no faster; the panel says so next to the student, and not otherwise."""
+    from tlstudio.core.models.backbones import ModelInfo
+
+    _fake_run(runs_root, "teacher-lite0", "tf_efficientnet_lite0", 0.9)
+    panel.refresh_runs()
+
+    def mi(name, params):
+        return ModelInfo(name=name, family="x", params=params, input_size=224, pretrained=True, offline=True,
+                         recommended=True, student=True)
+
+    panel.set_students([mi("tf_efficientnet_lite0", 3_400_000), mi("mobilenetv3_small_050", 600_000),
+                        mi("resnet50", 25_600_000)])
+    panel.select_teachers([str(runs_root / "teacher-lite0")])
+    panel.student_combo.setCurrentIndex(panel.student_combo.findData("tf_efficientnet_lite0"))
+    assert "as large as the teacher tf_efficientnet_lite0" in panel.student_note.text()
+    assert "will not be faster" in panel.student_note.text()
+    panel.student_combo.setCurrentIndex(panel.student_combo.findData("mobilenetv3_small_050"))
+    assert panel.student_note.text() == ""
+    panel.student_combo.setCurrentIndex(panel.student_combo.findData("resnet50"))
+    assert "larger than the teacher" in panel.student_note.text()
+    panel.select_teachers([str(runs_root / "other-classes")])  # resnet18: not in this catalogue, no note
+    assert panel.student_note.text() == ""
+
+
 def test_default_student_works_offline_and_the_list_marks_offline_weights(qtbot, runs_root, tmp_path):
     """Issue 17 item 13: the default student (mobilenetv3_small_100) had no offline weights."""
     from tlstudio.core.models.offline_weights import offline_wheel_names

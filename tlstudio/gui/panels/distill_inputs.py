@@ -98,6 +98,12 @@ class DistillInputsMixin:
         self.student_combo.setToolTip(TIPS["student"])
         self.student_combo.addItems(list(QUICK_STUDENTS))
         sf.addRow("Backbone", self.student_combo)
+        self.student_note = QLabel("")  # a student as large as its teacher: no faster model
+        self.student_note.setWordWrap(True)
+        self.student_note.setStyleSheet("color: #8a5a00;")
+        sf.addRow("", self.student_note)
+        self._params: dict[str, int] = {}  # backbone -> parameters, from the catalogue
+        self.student_combo.currentIndexChanged.connect(lambda _i: self._check_ready())
         self.init_combo = QComboBox()
         self.init_combo.addItem("Pretrained (ImageNet)", "pretrained")
         self.init_combo.addItem("From scratch", "scratch")
@@ -205,6 +211,7 @@ class DistillInputsMixin:
             item = QListWidgetItem(f"{run.name} - {info.model.backbone}{acc}{kind}")
             item.setData(Qt.ItemDataRole.UserRole, str(run))
             item.setData(Qt.ItemDataRole.UserRole + 1, list(info.model.classes))
+            item.setData(Qt.ItemDataRole.UserRole + 2, info.model.backbone)
             item.setToolTip(f"{run}\nclasses: {', '.join(info.model.classes)}")
             self.teacher_list.addItem(item)
             if str(run) in keep:
@@ -232,6 +239,7 @@ class DistillInputsMixin:
         """Fill the student list: small students with offline weights first, then recommended,
         then small to large; each marked when its weights are on this computer."""
         current = self.student_name()
+        self._params = {m.name: int(m.params) for m in infos if m.params}
         ordered = sorted(infos, key=lambda m: (not m.student, not m.offline, not m.recommended,
                                                m.params or 10**12, m.name))
         self.student_combo.clear()
@@ -279,7 +287,27 @@ class DistillInputsMixin:
             n = len(self.selected_teachers())
             self.teacher_note.setStyleSheet("")
             self.teacher_note.setText(f"{n} teacher(s) selected" + (" (soft targets averaged)" if n > 1 else ""))
+        self.student_note.setText(self._size_note())
         self._update_buttons()
+
+    def _size_note(self) -> str:
+        """A note when the student is not smaller than the smallest selected teacher: distilling it
+        gives no faster model (it can still gain accuracy: self-distillation)."""
+        from tlstudio.gui.widgets.layer_strip import human_count
+
+        student = self.student_name()
+        s = self._params.get(student)
+        teachers = [(i.data(Qt.ItemDataRole.UserRole + 2), self._params.get(i.data(Qt.ItemDataRole.UserRole + 2)))
+                    for i in self.teacher_list.selectedItems()]
+        known = [(name, n) for name, n in teachers if n]
+        if not s or not known:
+            return ""
+        name, t = min(known, key=lambda kv: kv[1])
+        if s < 0.9 * t:
+            return ""
+        return (f"{student} ({human_count(s)} parameters) is {'as large as' if s < 1.1 * t else 'larger than'} the "
+                f"teacher {name} ({human_count(t)}): the distilled model will not be faster. It can still gain "
+                "accuracy from the teacher; for speed, choose a smaller student.")
 
     # ------------------------------------------------------------------ config
     def make_config(self):
