@@ -32,6 +32,20 @@ def ensure_imported() -> None:
         log.info("torch and timm imported in %.1f s", time.perf_counter() - t0)
 
 
+def needing_torch(fn):
+    """``fn`` for a worker thread that uses torch or timm: run after ``ensure_imported()``, as this
+    module asks of every such job (the anomaly Fit step's memory plan starts as soon as a folder of
+    normal images opens, possibly while the preload is still importing)."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        ensure_imported()
+        return fn(*args, **kwargs)
+
+    return run
+
+
 def preload() -> None:
     """Start the import in a daemon thread (returns at once)."""
     if not _done:

@@ -32,6 +32,7 @@ from tlstudio.gui.panels.anomaly_widgets import (
     score_sort_key,
 )
 from tlstudio.gui.state import AppState
+from tlstudio.gui.heavy import needing_torch
 from tlstudio.gui.workers import start_worker
 
 THUMB_PX = 112
@@ -140,7 +141,7 @@ class AnomalyEvaluatePanel(QWidget):
         self.eval_btn.setEnabled(False)
         self.status.setText("Evaluating… (features of every test image, then the scores and maps)")
         self.state.set_step_status("anomaly_evaluate", "busy")
-        start_worker(self, _evaluate, run, self.folder, returned=self.set_report, errored=self._failed)
+        start_worker(self, needing_torch(_evaluate), run, self.folder, returned=self.set_report, errored=self._failed)
 
     def _failed(self, exc: BaseException) -> None:
         self.eval_btn.setEnabled(True)

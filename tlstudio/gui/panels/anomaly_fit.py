@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from tlstudio.gui.panels.anomaly_widgets import FalseAlarmSlider
 from tlstudio.gui.runner import JobRunner
 from tlstudio.gui.state import AppState
+from tlstudio.gui.heavy import needing_torch
 from tlstudio.gui.workers import start_worker
 
 DEFAULTS = {"method": "patchcore", "backbone": "tf_efficientnet_lite0", "image_size": 224,
@@ -223,7 +224,7 @@ class AnomalyFitPanel(QWidget):
         self._plan_timer.start()
 
     def refresh_plan(self) -> None:
-        start_worker(self, _plan, self.values(), self.state.data_dir or "", returned=self._show_plan,
+        start_worker(self, needing_torch(_plan), self.values(), self.state.data_dir or "", returned=self._show_plan,
                      errored=lambda e: self.expected.setText(f"Expected memory bank: cannot estimate ({e})"))
 
     def _show_plan(self, p: dict[str, Any]) -> None:

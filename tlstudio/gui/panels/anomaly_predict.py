@@ -30,6 +30,7 @@ from tlstudio.gui.panels.anomaly_widgets import (
     score_label,
 )
 from tlstudio.gui.state import AppState
+from tlstudio.gui.heavy import needing_torch
 from tlstudio.gui.workers import start_worker
 
 THUMB_PX = 96
@@ -203,7 +204,7 @@ class AnomalyPredictPanel(QWidget):
         if not run or not self.meta:
             return
         self.status.setText(f"Scoring {len(paths)} item(s)…")
-        start_worker(self, _predict, run, list(paths), returned=self.add_rows,
+        start_worker(self, needing_torch(_predict), run, list(paths), returned=self.add_rows,
                      errored=lambda exc: self.status.setText(f"Cannot score: {exc}"))
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:

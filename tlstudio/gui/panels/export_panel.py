@@ -356,9 +356,10 @@ class ExportPanel(RunElsewhereMixin, QWidget):
             report = kind.export(run, fmts, out_dir, progress)
             return KindExportReport.of(report, time.time() - t0) if isinstance(report, dict) else report
 
+        from tlstudio.gui.heavy import needing_torch
         from tlstudio.gui.workers import start_worker
 
-        start_worker(self, job, self._run, out, formats, returned=self._export_done, errored=self._export_failed)
+        start_worker(self, needing_torch(job), self._run, out, formats, returned=self._export_done, errored=self._export_failed)
         return True
 
     def _on_progress(self, msg: str, i: int, n: int) -> None:

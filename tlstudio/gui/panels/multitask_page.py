@@ -38,6 +38,7 @@ def run_job(owner: QWidget, job: Callable[[], Any], done: Callable[[Any], Any],
     if wait:
         done(job())
         return
+    from tlstudio.gui.heavy import needing_torch
     from tlstudio.gui.workers import start_worker
 
-    start_worker(owner, job, returned=done, errored=failed)
+    start_worker(owner, needing_torch(job), returned=done, errored=failed)

@@ -405,11 +405,12 @@ class ExplainPane(QWidget):
         self._start(req)
 
     def _start(self, req: tuple) -> None:
+        from tlstudio.gui.heavy import needing_torch
         from tlstudio.gui.workers import start_worker
 
         self._busy = True
         self.overlay.set_message("Computing the heat map...")
-        start_worker(self, _explain_one, *req, returned=lambda e, r=req: self._done(r, e),
+        start_worker(self, needing_torch(_explain_one), *req, returned=lambda e, r=req: self._done(r, e),
                      errored=lambda exc, r=req: self._failed(r, exc))
 
     def _next(self) -> None:
