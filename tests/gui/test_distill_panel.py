@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from tlstudio.core import events as E
-from tlstudio.core.runs.folder import ModelSpec, RunInfo, write_run
+from PySide6.QtCore import Qt
+
+from tlstudio.core.runs.folder import ModelSpec, RunInfo, read_run, write_run
 from tlstudio.core.tasks.tradeoff import compare, save_tradeoff
 from tlstudio.gui.panels.distill_panel import DistillPanel
 from tlstudio.gui.runner import JobRunner
@@ -65,6 +67,21 @@ def panel(qtbot, runs_root, tmp_path):
     qtbot.addWidget(w)
     w.resize(1400, 820)
     return w
+
+
+def test_multi_task_and_anomaly_runs_are_not_offered_as_teachers(qtbot, runs_root, tmp_path):
+    for name, task in (("mt", "multitask"), ("anom", "anomaly"), ("semi", "semisupervised")):
+        d = _fake_run(runs_root, name, "tf_efficientnet_lite0", 0.9)
+        info = read_run(d)
+        info.task = task
+        write_run(d, info)
+    state = AppState()
+    state.runs_dir = str(runs_root)
+    w = DistillPanel(state, JobRunner())
+    w._catalog_requested = True
+    qtbot.addWidget(w)
+    listed = {Path(w.teacher_list.item(i).data(Qt.ItemDataRole.UserRole)).name for i in range(w.teacher_list.count())}
+    assert listed == {"teacher-resnet50", "other-classes", "semi"}  # a distilled run teaches too (below)
 
 
 def test_lists_teacher_runs_and_warns_on_class_mismatch(panel):

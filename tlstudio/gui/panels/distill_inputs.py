@@ -43,6 +43,10 @@ OFFLINE_MARK = "  ✓ offline"
 #: TrainConfig settings that describe the teacher's model in the Train step, not the student
 _NOT_FOR_STUDENT = ("backbone", "init", "weights_file", "init_run", "freeze", "frozen_groups", "out_dir", "baseline")
 
+# runs whose model is one classifier over the data's classes (a multi-task run has a head per
+# task, an anomaly run a memory bank: neither can teach)
+TEACHER_TASKS = ("classification", "adaptation", "semisupervised", "distillation")
+
 TIPS = {
     "teachers": "Trained runs whose knowledge the student copies. Pick several to average their soft targets "
                 "(multi-teacher). A teacher with the student's own architecture gives self-distillation.",
@@ -204,7 +208,7 @@ class DistillInputsMixin:
                 info = read_run(run)
             except (RunError, OSError):
                 continue
-            if not (run / "model.safetensors").is_file():
+            if not (run / "model.safetensors").is_file() or (info.task or "classification") not in TEACHER_TASKS:
                 continue
             acc = "" if info.best_val_acc is None else f", val acc {info.best_val_acc:.1%}"
             kind = " [distilled]" if info.kind == "distill" else ""
