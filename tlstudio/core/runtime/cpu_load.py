@@ -6,8 +6,9 @@ when the cores are saturated: they and we then share the cores in proportion to 
 so their demand is our runnable threads x their share / ours. Only cumulative counters enter
 that estimate. An earlier one, the machine's runnable threads (procs_running) minus ours, read
 the two counts at different instants; with a training run's threads switching between running
-and waiting it read 0.3-1.5 cores of "other programs" on an idle machine (2.0 in some windows),
-and a quiet run dropped to one thread. The load average stands in where /proc is missing.
+and waiting it read a median of 0.25-0.75 cores of "other programs" on an idle machine, up to
+2.0 (benchmarks/bench_load_reading.py; the new estimate: at most 0.07), and a quiet run dropped
+to one thread. The load average stands in where /proc is missing.
 runtime/contention.py decides threads and OpenMP waiting from it.
 """
 
