@@ -162,7 +162,9 @@ class EvalErrorsMixin:
         count = self.report.confusion[true_idx][pred_idx]
         if true_idx == pred_idx:
             right = [m for m in getattr(self.report, "correct", []) if m["true"] == t]
-            if not right and count:  # a report written before correct images were kept
+            if not count:
+                self._set_gallery([], f"No image of {t} was classified correctly.")
+            elif not right:  # a report written before correct images were kept
                 self._set_gallery([], f"{count} images of {t} classified correctly; evaluate again to list them.")
             else:
                 shown = f", the {len(right)} least sure" if len(right) < count else ""
