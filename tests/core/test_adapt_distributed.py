@@ -155,6 +155,7 @@ def _dann_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     loss, _ = obj.loss(ddp, x, y, None)
     loss.backward()
     torch.save(_grads(model, obj), Path(out_dir) / f"rank{rank}.pt")
+    tdist.barrier()  # no collective in flight when gloo's threads are torn down (a rare SIGABRT)
     tdist.destroy_process_group()
 
 

@@ -64,6 +64,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     for weighting, pcgrad in CASES:
         torch.save(_train_a_little(rank, world, weighting, pcgrad), os.path.join(out_dir, f"{weighting}{rank}.pt"))
+    tdist.barrier()  # no collective in flight when gloo's threads are torn down (a rare SIGABRT)
     tdist.destroy_process_group()
 
 

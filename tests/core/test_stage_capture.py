@@ -314,6 +314,7 @@ def _hint_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     assert "feature" in parts
     loss.backward()
     torch.save(_student_grads(student, obj), Path(out_dir) / f"rank{rank}.pt")
+    tdist.barrier()  # no collective in flight when gloo's threads are torn down (a rare SIGABRT)
     tdist.destroy_process_group()
 
 

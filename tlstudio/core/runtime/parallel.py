@@ -45,6 +45,11 @@ def init_distributed() -> DistContext:
 
         if not tdist.is_initialized():
             tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            import atexit
+
+            # torn down while the interpreter is alive: gloo's worker threads outliving it abort the
+            # process at exit ("terminate called without an active exception", pytorch#190489)
+            atexit.register(lambda: tdist.destroy_process_group() if tdist.is_initialized() else None)
     return dist
 
 
