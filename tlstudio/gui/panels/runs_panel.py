@@ -104,6 +104,7 @@ class RunsPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.runs: list[tuple[Path, Any]] = []  # (run_dir, RunInfo)
+        self._name_w: int | None = None  # the run names' measured width (_fit_columns)
         # tests replace these to answer the dialogs
         self.confirm = self._confirm
         self.ask_name = self._ask_name
@@ -222,24 +223,28 @@ class RunsPanel(QWidget):
         self._select_current(self.state.current_run or "")  # bold, then the widths
         self._update_buttons()
 
-    def _fit_columns(self) -> None:
+    def _fit_columns(self, measure: bool = True) -> None:
         """Every column as wide as its contents, the run's name at most 40% of the table (a
         name squeezed to "2026120..." says nothing) and never so wide that the metrics get less
         than ``METRICS_MIN_PX`` (a long anomaly run's name pushed them out of view), the metrics
-        in what is left. Names and metrics cut short are whole in their tooltips."""
-        self.table.resizeColumnsToContents()
+        in what is left. Names and metrics cut short are whole in their tooltips.
+        ``measure=False`` (a resize) reuses the contents' widths measured last time: measuring
+        every row on each resize event is slow with hundreds of runs."""
+        if measure or self._name_w is None:
+            self.table.resizeColumnsToContents()
+            slack = self.table.fontMetrics().horizontalAdvance("MM")  # a styled bold name measures short
+            self._name_w = self.table.columnWidth(0) + slack
         view = self.table.viewport().width()
         last = self.table.columnCount() - 1
         others = sum(self.table.columnWidth(c) for c in range(1, last) if not self.table.isColumnHidden(c))
         cap = max(200, min(int(view * 0.4), view - others - METRICS_MIN_PX))
-        slack = self.table.fontMetrics().horizontalAdvance("MM")  # a styled bold name measures short
-        self.table.setColumnWidth(0, min(cap, self.table.columnWidth(0) + slack))
+        self.table.setColumnWidth(0, min(cap, self._name_w))
         self.table.setColumnWidth(last, max(60, view - self.table.columnViewportPosition(last)))
 
     def resizeEvent(self, e: Any) -> None:  # noqa: N802 - the name's cap follows the table's width
         super().resizeEvent(e)
         if self.table.rowCount():
-            self._fit_columns()
+            self._fit_columns(measure=False)
 
     def showEvent(self, e: Any) -> None:  # noqa: N802 - fitted while hidden, the table had no real width
         super().showEvent(e)
