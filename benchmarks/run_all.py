@@ -26,6 +26,7 @@ BENCHES = [
     ("memory_budget", "bench_memory_budget.py", "6. peak memory, data set 4x the cache budget"),
     ("contention", "bench_contention.py", "7. training with 2 busy-loop processes competing vs bare fp32 loops (issue 18: >= 2x)"),
     ("load_reading", "bench_load_reading.py", "8. the CPU-load reading under 0/1/2 busy loops (right answers 0, 1, 2 cores)"),
+    ("head_fit", "bench_head_fit.py", "9. the L-BFGS head fit before head-only epochs: seconds, and vs 10 epochs"),
 ]
 
 

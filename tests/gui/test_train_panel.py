@@ -73,6 +73,7 @@ def test_defaults_come_from_train_config(panel):
     assert panel.augment.currentText() == d["augment"].default
     assert panel.optimizer.currentText() == d["optimizer"].default
     assert panel.early_stop_patience.value() == d["early_stop_patience"].default
+    assert panel.fit_head.isChecked() is d["fit_head"].default is True
     assert panel.advanced is not None  # advanced settings are folded away
     assert all(w.toolTip() for w in panel._fields.values())
 
@@ -84,6 +85,7 @@ def test_widgets_write_state_and_state_updates_widgets(panel):
     panel.lr.setText("3e-4")
     panel.lr.editingFinished.emit()
     panel.early_stop_patience.setValue(0)
+    panel.fit_head.setChecked(False)
     s = panel.state.settings
     assert s["epochs"] == 3 and s["augment"] == "strong" and s["baseline"] is True
     assert s["lr"] == pytest.approx(3e-4)
@@ -94,6 +96,7 @@ def test_widgets_write_state_and_state_updates_widgets(panel):
     panel.state.data_dir = "/x"
     cfg = panel.make_config()
     assert cfg.epochs == 3 and cfg.batch_size == 8 and cfg.lr is None and cfg.leave_one_core
+    assert cfg.fit_head is False
 
 
 def test_start_without_data_explains(panel):

@@ -187,7 +187,7 @@ def _train_values(args) -> dict[str, Any]:
     }
     for name in ("backbone", "epochs", "batch_size", "lr", "image_size", "val_fraction", "optimizer",
                  "label_smoothing", "weight_decay", "warmup_epochs", "precision", "workers", "cache",
-                 "early_stop_patience", "body_lr_mult", "layer_decay", "compile", "follow_links", "threads",
+                 "early_stop_patience", "fit_head", "body_lr_mult", "layer_decay", "compile", "follow_links", "threads",
                  "micro_batch"):
         values[name] = getattr(args, name, None)
     values = {k: v for k, v in values.items() if v is not None}
@@ -246,6 +246,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
     p.add_argument("--early-stop-patience", type=int)
+    p.add_argument("--no-head-fit", dest="fit_head", action="store_false", default=None,
+                   help="when only the head trains, do not fit it to convergence on the cached features "
+                        "before the epochs")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--follow-links", action="store_true", default=None,
                    help="follow symbolic links that lead outside the data folder (never ones back into it)")

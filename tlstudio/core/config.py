@@ -56,6 +56,7 @@ class TrainConfig(BaseModel):
     augment: Literal["none", "light", "strong"] = "light"
     class_weights: bool = False
     early_stop_patience: int | None = Field(5, ge=1)
+    fit_head: bool = True  # head only on cached features: fit it to convergence first (training/head_fit.py)
 
     # machine
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

@@ -64,6 +64,11 @@ class Objective:
         loss, acc, f1 = validate(model, loader, len(ctx.classes), ctx.device, ctx.precision)
         return {"val_loss": loss, "val_acc": acc, "val_macro_f1": f1}
 
+    def fit_head(self, ctx: ObjectiveContext, loaders: Any, stop: Any) -> Iterable[Any]:
+        """A fresh run in features mode: fit the head on the cached features before the first
+        epoch (training/head_fit.py). Only plain classification does; other losses start as built."""
+        return ()
+
     def on_epoch_start(self, epoch: int, ctx: ObjectiveContext) -> Iterable[Any]:
         return ()
 
@@ -125,6 +130,15 @@ class ClassificationObjective(Objective):
         else:  # a batch of unlabelled images only: nothing to learn from here
             loss = logits.float().sum() * 0.0
         return loss, {}
+
+    def fit_head(self, ctx: ObjectiveContext, loaders: Any, stop: Any) -> Iterable[Any]:
+        from tlstudio.core.training.head_fit import fit_head_on_cache
+
+        if getattr(ctx.config, "init", None) == "run":  # measured to lose there (head_fit.py)
+            return ()
+        weight = self._criterion.weight if self._criterion is not None else None
+        return fit_head_on_cache(ctx.full_model, loaders, label_smoothing=self.label_smoothing,
+                                 class_weight=weight, stop=stop, seed=int(getattr(ctx.config, "seed", 0)))
 
     def loss_weight(self, y, idx) -> float:
         """Cross-entropy's mean divides by the class weights of the labelled rows (unlabelled: 0)."""

@@ -310,6 +310,8 @@ def prepare_run(config, run_dir: Path, stop, pause, objective: Objective | None,
     yield from objective.setup(ctx.octx) or ()
     for m in objective.extra_modules():
         m.to(device)
+    if features_mode and ckpt is None and not dist.enabled and getattr(config, "fit_head", True):
+        yield from objective.fit_head(ctx.octx, ctx.loaders, stop) or ()
 
     _set_up_optimiser(ctx)
     return ctx
