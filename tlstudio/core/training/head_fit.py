@@ -16,7 +16,9 @@ check, 95 training images, 300 test images, head only for 10 epochs, fitted head
   (ClassificationObjective.fit_head).
 
 The epochs then go on from the fitted head (with the run's dropout, augmentation views and
-learning-rate schedule), and the best epoch is kept as before.
+learning-rate schedule), and the best epoch is kept as before. Not done: on a resumed run (its
+weights already hold the fit), under torchrun (each process holds only its share of the images),
+or with fewer than 2 training images in some class (no cross-validation possible).
 """
 
 from __future__ import annotations
