@@ -14,7 +14,7 @@ from tlstudio.core.data.synthetic import make_synthetic_folder
 from tlstudio.core.events import drive
 from tlstudio.core.runs import folder as runs
 from tlstudio.core.training.engine import fit
-from tlstudio.core.training.head_fit import L2_GRID, choose_l2, fit_linear_head
+from tlstudio.core.training.head_fit import L2_GRID, ONE_SHOT_L2, choose_l2, fit_linear_head
 
 
 def _blobs(n_per, dim, classes, sep, seed=0):
@@ -51,6 +51,15 @@ def test_penalty_is_strong_on_noise_and_weak_on_clean_classes():
     assert choose_l2(noise, labels, label_smoothing=0.0, class_weight=None) == max(L2_GRID)
     x, y = _blobs(40, 8, 3, sep=3.0, seed=2)
     assert choose_l2(torch.from_numpy(x), torch.from_numpy(y), label_smoothing=0.0, class_weight=None) <= 1e-2
+
+
+def test_one_image_a_class_still_fits_with_the_default_penalty():
+    x, y = _blobs(1, 16, 4, sep=3.0, seed=3)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 4)
+    got = fit_linear_head(head, x, y)
+    assert got is not None and got["l2"] == ONE_SHOT_L2 and not got["cross_validated"]
+    assert (head(torch.from_numpy(x)).argmax(1).numpy() == y).all()
 
 
 def test_nothing_to_fit_returns_none():
