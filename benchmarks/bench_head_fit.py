@@ -76,7 +76,8 @@ def main() -> None:
     torch.set_num_threads(1)  # the engine trains a head on cached features on one thread
     _fit(*_features(50), 10)  # warm-up: first calls pay for kernel selection
     ratios, extra = {}, {}
-    print("| busy loops | images | fit s | 10 epochs s | fit / epochs | loss after fit (penalised) | loss after epochs |")
+    print("| busy loops | images | fit s | 10 epochs s | fit / epochs | loss after fit (penalised) "
+          "| loss after epochs |")
     print("|---|---|---|---|---|---|---|")
     for n_busy in (int(v) for v in args.compete.split(",")):
         with competition(n_busy, 600):

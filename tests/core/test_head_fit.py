@@ -106,3 +106,21 @@ def test_cli_flag_turns_the_fit_off_and_leaves_the_default_alone(tmp_path):
     off = _train_values(build_parser().parse_args(["train", str(tmp_path), "--no-head-fit"]))
     assert "fit_head" not in on and TrainConfig(**on).fit_head is True
     assert off["fit_head"] is False and TrainConfig(**off).fit_head is False
+
+
+def test_a_large_set_is_fitted_on_a_random_share_and_the_log_says_so():
+    from types import SimpleNamespace
+
+    from tlstudio.core.events import Log
+    from tlstudio.core.training.head_fit import fit_head_on_cache
+
+    x, y = _blobs(400, 5000, 3, sep=0.2, seed=4)  # 1,200 images x 5,000 dims: above the row cap
+    head = torch.nn.Linear(5000, 3)
+    model = SimpleNamespace(get_classifier=lambda: head)
+    loaders = SimpleNamespace(feats=torch.from_numpy(x)[None], labels=torch.from_numpy(y),
+                              valid=np.ones(len(y), bool))
+    events = list(fit_head_on_cache(model, loaders, label_smoothing=0.1, class_weight=None))
+    assert len(events) == 1 and isinstance(events[0], Log)
+    assert "a random 1000 of the 1200 images" in events[0].message
+    acc = (head(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
+    assert acc > 0.9

@@ -54,7 +54,8 @@ def _lbfgs(x, y, weight, bias, *, l2: float, label_smoothing: float, class_weigh
 
     def objective():
         logits = x @ weight.T + (bias if bias is not None else 0.0)
-        return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=label_smoothing) + l2 * (weight ** 2).sum()
+        ce = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=label_smoothing)
+        return ce + l2 * (weight ** 2).sum()
 
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=ITERS_PER_CALL, history_size=20,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
@@ -162,7 +163,8 @@ def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: fl
     def loss_now() -> float:
         with torch.no_grad():
             logits = x @ weight.T + (bias if bias is not None else 0.0)
-            return float(F.cross_entropy(logits, y, weight=cw, label_smoothing=label_smoothing) + l2 * (weight ** 2).sum())
+            ce = F.cross_entropy(logits, y, weight=cw, label_smoothing=label_smoothing)
+            return float(ce + l2 * (weight ** 2).sum())
 
     before = loss_now()
     iters = _lbfgs(x, y, weight, bias, l2=l2, label_smoothing=label_smoothing, class_weight=cw, stop=stop)
@@ -187,6 +189,7 @@ def fit_head_on_cache(model: Any, loaders: Any, *, label_smoothing: float, class
     if not isinstance(clf, torch.nn.Linear) or getattr(loaders, "feats", None) is None:
         return
     rows = np.flatnonzero(np.asarray(loaders.valid, bool))
+    total = len(rows)
     n_views, dim = len(loaders.feats), int(np.asarray(loaders.feats[0][:1]).shape[-1])
     cap = max(CV_MAX_IMAGES, MAX_ROWS_X_DIM // max(1, dim * n_views))
     if len(rows) > cap:  # a large set: a random share of the images is plenty for a linear head
@@ -203,7 +206,9 @@ def fit_head_on_cache(model: Any, loaders: Any, *, label_smoothing: float, class
     if got is None:
         return
     n = int((labels >= 0).sum())
+    which = f"{n} images" if len(rows) == total else f"a random {n} of the {total} images"
     views_txt = f" x {len(views)} augmented views" if len(views) > 1 else ""
     how = "chosen by cross-validation" if got["cross_validated"] else "fixed, as a class has one training image"
-    yield Log(f"Head fitted to the cached features of {n} images{views_txt} (L-BFGS, penalty {got['l2']:g} "
-              f"{how}, {got['iterations']} iterations): training loss {got['before']:.3f} -> {got['after']:.3f}; the epochs go on from there")
+    yield Log(f"Head fitted to the cached features of {which}{views_txt} (L-BFGS, penalty {got['l2']:g} {how}, "
+              f"{got['iterations']} iterations): training loss {got['before']:.3f} -> {got['after']:.3f}; "
+              "the epochs go on from there")
