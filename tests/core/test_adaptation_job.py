@@ -58,6 +58,9 @@ def test_adaptation_run_end_to_end(domains, tmp_path):
     kept = out / ("adapted" if rep["selection"]["selected"] == "adapted" else "source_only")
     assert (out / runs.BEST_WEIGHTS).read_bytes() == (kept / runs.BEST_WEIGHTS).read_bytes()
     assert runs.read_run(out / "source_only").task == "classification"
+    # the source-only head is not pre-fitted: adapting from a converged head lost (adaptation/job.py)
+    assert "Head fitted" not in (out / "source_only" / runs.LOG_TXT).read_text(encoding="utf-8")
+    assert runs.read_run(out / "source_only").config["fit_head"] is False
     adapt_epochs = [e for e in events if isinstance(e, EpochEnd) and e.phase == "adapt"]
     assert len(adapt_epochs) == 3 and "target_loss" in adapt_epochs[0].parts
     assert isinstance(events[-1], Finished) and events[-1].result["selected"] in ("adapted", "unadapted")
