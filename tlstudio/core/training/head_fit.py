@@ -180,8 +180,9 @@ def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: fl
 
 
 def fit_head_on_cache(model: Any, loaders: Any, *, label_smoothing: float, class_weight: Any,
-                      stop: Any = None, seed: int = 0) -> Iterator[Event]:
-    """Fit the model's linear classifier on every cached training view (features mode)."""
+                      stop: Any = None, seed: int = 0, labels: Any = None) -> Iterator[Event]:
+    """Fit the model's linear classifier on every cached training view (features mode), to the
+    loaders' labels or to ``labels`` (one per training row, -1 = leave out)."""
     import numpy as np
     import torch
 
@@ -194,7 +195,7 @@ def fit_head_on_cache(model: Any, loaders: Any, *, label_smoothing: float, class
     cap = max(CV_MAX_IMAGES, MAX_ROWS_X_DIM // max(1, dim * n_views))
     if len(rows) > cap:  # a large set: a random share of the images is plenty for a linear head
         rows = np.sort(np.random.default_rng(seed).choice(rows, cap, replace=False))
-    labels = np.asarray(loaders.labels)[rows]
+    labels = np.asarray(loaders.labels if labels is None else labels)[rows]
     views = [np.asarray(v[rows]) for v in loaders.feats]
     feats = np.concatenate(views, 0)
     ys = np.concatenate([labels] * len(views), 0)

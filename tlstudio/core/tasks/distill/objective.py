@@ -48,6 +48,23 @@ class DistillObjective(Objective):
     def extra_modules(self) -> list[Any]:
         return [self.adapter] if self.adapter is not None else []
 
+    def fit_head(self, ctx: ObjectiveContext, loaders: Any, stop: Any) -> Iterable[Event]:
+        """Head only on cached features: fit the student's head to the teacher's answers (the label
+        where there is one, else the teacher's top class) before the KD epochs, as plain
+        classification fits its head (training/head_fit.py); the student trained on the labels
+        alone is fitted, and a KD student left to the epochs would start behind it."""
+        if self.cached_probs is None:
+            return ()
+        import numpy as np
+
+        from tlstudio.core.training.head_fit import fit_head_on_cache
+
+        y = np.asarray(loaders.labels)
+        top = self.cached_probs.argmax(1).cpu().numpy()
+        return fit_head_on_cache(ctx.full_model, loaders, label_smoothing=self.config.label_smoothing,
+                                 class_weight=None, stop=stop, seed=int(self.config.seed),
+                                 labels=np.where(y >= 0, y, top[: len(y)]))
+
     def setup(self, ctx: ObjectiveContext) -> Iterable[Event]:
         self.device = ctx.device
         if not self.teachers:
