@@ -15,6 +15,10 @@ check, 95 training images, 300 test images, head only for 10 epochs, fitted head
   did not make up for it, so such a body (init "run") is not pre-fitted
   (ClassificationObjective.fit_head).
 
+Who fits: plain classification (ClassificationObjective.fit_head) and distillation, whose
+student is fitted to the teacher's answers (DistillObjective.fit_head). Domain adaptation turns
+it off for its sub-runs (adaptation/job.py): MCC starting from a converged source head lost.
+
 The epochs then go on from the fitted head (with the run's dropout, augmentation views and
 learning-rate schedule), and the best epoch is kept as before. Not done: on a resumed run (its
 weights already hold the fit), under torchrun (each process holds only its share of the images),

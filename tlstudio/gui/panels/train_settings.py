@@ -38,7 +38,8 @@ TIPS = {
     "early_stop_patience": "Stop when validation accuracy has not improved for this many epochs (0 = never).",
     "fit_head": "When only the head trains: before the epochs, fit it to the cached features until it "
                 "converges (its penalty chosen by cross-validation). Measured 1-6 points more accurate "
-                "with ImageNet bodies on small data sets. Not used for a body from an earlier run.",
+                "with ImageNet bodies on small data sets. Not used for a body from an earlier run or in "
+                "domain adaptation.",
     "body_lr_mult": "The pretrained layers learn this fraction of the head's learning rate "
                     "(discriminative learning rates), so their knowledge is adjusted gently.",
     "layer_decay": "Each layer further from the head gets this factor less learning rate (0 = off).",
