@@ -48,9 +48,10 @@ def test_penalty_is_strong_on_noise_and_weak_on_clean_classes():
     rng = np.random.default_rng(1)
     noise = torch.from_numpy(rng.normal(size=(80, 32)).astype(np.float32))
     labels = torch.from_numpy(rng.integers(0, 4, 80))
-    assert choose_l2(noise, labels, label_smoothing=0.0, class_weight=None) == max(L2_GRID)
+    assert choose_l2(noise, labels, label_smoothing=0.0, class_weight=None) == (max(L2_GRID), True)
     x, y = _blobs(40, 8, 3, sep=3.0, seed=2)
-    assert choose_l2(torch.from_numpy(x), torch.from_numpy(y), label_smoothing=0.0, class_weight=None) <= 1e-2
+    l2, cross_validated = choose_l2(torch.from_numpy(x), torch.from_numpy(y), label_smoothing=0.0, class_weight=None)
+    assert l2 <= 1e-2 and cross_validated
 
 
 def test_one_image_a_class_still_fits_with_the_default_penalty():

@@ -123,3 +123,21 @@ def make_split(report: ScanReport, val_fraction: float = 0.2, seed: int = 0) -> 
         return Split(train=train, val=val, test=test, seed=seed, val_fraction=val_fraction)
     train, val = stratified(report.samples, val_fraction, seed, groups)
     return Split(train=train, val=val, test=[], seed=seed, val_fraction=val_fraction)
+
+
+def stratified_folds(labels: Any, k: int, seed: int = 0) -> list[Any]:
+    """k disjoint index arrays, every class spread evenly over them (shuffled with seed): the
+    ranking's k-fold probe and the head fit's choice of penalty (training/head_fit.py)."""
+    import numpy as np
+
+    y = np.asarray(labels).astype(int)
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            folds[(j + offset) % k].append(int(i))
+        offset += len(idx)  # next class starts where this one stopped: fold sizes stay even
+    return [np.array(sorted(f), dtype=int) for f in folds if f]

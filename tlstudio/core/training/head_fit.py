@@ -47,19 +47,25 @@ MAX_CALLS = 8  # at most 200 L-BFGS iterations
 ONE_SHOT_L2 = 1e-2
 
 
-def _lbfgs(x, y, weight, bias, *, l2: float, label_smoothing: float, class_weight, stop=None,
-           calls: int = MAX_CALLS) -> int | None:
-    """Minimise mean cross-entropy + l2 * |weight|^2 in place (weight, bias: leaf tensors with
-    grad; bias may be None). Returns the iterations used, or None when stopped."""
-    import torch
+def _penalised_loss(x, y, weight, bias, *, l2: float, label_smoothing: float, class_weight):
+    """Mean cross-entropy of the linear head (weight, bias or None) + l2 * |weight|^2."""
     import torch.nn.functional as F
 
-    params = [weight] + ([bias] if bias is not None else [])
+    logits = x @ weight.T + (bias if bias is not None else 0.0)
+    return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=label_smoothing) + l2 * (weight ** 2).sum()
 
-    def objective():
-        logits = x @ weight.T + (bias if bias is not None else 0.0)
-        ce = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=label_smoothing)
-        return ce + l2 * (weight ** 2).sum()
+
+def _lbfgs(x, y, weight, bias, *, l2: float, label_smoothing: float, class_weight, stop=None,
+           calls: int = MAX_CALLS) -> int | None:
+    """Minimise ``_penalised_loss`` in place (weight, bias: leaf tensors with grad; bias may be
+    None). Returns the iterations used, or None when stopped."""
+    import functools
+
+    import torch
+
+    params = [weight] + ([bias] if bias is not None else [])
+    objective = functools.partial(_penalised_loss, x, y, weight, bias, l2=l2, label_smoothing=label_smoothing,
+                                  class_weight=class_weight)
 
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=ITERS_PER_CALL, history_size=20,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
@@ -85,38 +91,29 @@ def _lbfgs(x, y, weight, bias, *, l2: float, label_smoothing: float, class_weigh
     return iters
 
 
-def _folds(y, k: int, seed: int):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(y), dtype=int)
-    offset = 0
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        fold[idx] = (np.arange(len(idx)) + offset) % k
-        offset += len(idx)
-    return fold
-
-
-def choose_l2(x, y, *, label_smoothing: float, class_weight, stop=None, seed: int = 0) -> float | None:
-    """The grid penalty with the lowest k-fold held-out log-loss (images, not views, are split);
-    ONE_SHOT_L2 when some class has a single image; None when stopped.
+def choose_l2(x, y, *, label_smoothing: float, class_weight, stop=None,
+              seed: int = 0) -> tuple[float, bool] | None:
+    """(penalty, cross-validated): the grid penalty with the lowest k-fold held-out log-loss
+    (images, not views, are split), or (ONE_SHOT_L2, False) when some class has a single image;
+    None when stopped.
     Strong penalties win on features that carry another task (an earlier run fine-tuned on other
     classes): a converged head with a weak penalty lost 2-6 points there on held-out images."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
+    from tlstudio.core.data.split import stratified_folds
+
     yn = y.numpy()
     _, counts = np.unique(yn, return_counts=True)
     k = int(min(CV_FOLDS, counts.min()))
     if k < 2:
-        return ONE_SHOT_L2
-    fold = _folds(yn, k, seed)
+        return ONE_SHOT_L2, False
     losses = np.zeros(len(L2_GRID))
-    for f in range(k):
-        tr, te = torch.from_numpy(fold != f), torch.from_numpy(fold == f)
+    for held in stratified_folds(yn, k, seed):
+        te = torch.zeros(len(yn), dtype=torch.bool)
+        te[torch.from_numpy(held)] = True
+        tr = ~te
         w = torch.zeros(int(y.max()) + 1, x.shape[1], requires_grad=True)
         b = torch.zeros(w.shape[0], requires_grad=True)
         for j, l2 in enumerate(L2_GRID):  # strong to weak: each fit starts from the previous one
@@ -125,7 +122,7 @@ def choose_l2(x, y, *, label_smoothing: float, class_weight, stop=None, seed: in
                 return None
             with torch.no_grad():
                 losses[j] += float(F.cross_entropy(x[te] @ w.T + b, y[te], reduction="sum"))
-    return float(L2_GRID[int(np.argmin(losses))])
+    return float(L2_GRID[int(np.argmin(losses))]), True
 
 
 def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: float = 0.0,
@@ -138,7 +135,6 @@ def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: fl
     fit did not lower the loss."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     x_all = torch.as_tensor(np.ascontiguousarray(feats), dtype=torch.float32)
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -153,9 +149,10 @@ def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: fl
     if x0.shape[0] > CV_MAX_IMAGES:
         rows = torch.randperm(x0.shape[0], generator=g)[:CV_MAX_IMAGES]
         x0, y0 = x0[rows], y0[rows]
-    l2 = choose_l2(x0, y0, label_smoothing=label_smoothing, class_weight=cw, stop=stop, seed=seed)
-    if l2 is None:
+    chosen = choose_l2(x0, y0, label_smoothing=label_smoothing, class_weight=cw, stop=stop, seed=seed)
+    if chosen is None:
         return None
+    l2, cross_validated = chosen
     keep = y_all >= 0
     x, y = x_all[keep], y_all[keep]
     if x.shape[0] * x.shape[1] > MAX_ROWS_X_DIM:
@@ -166,9 +163,7 @@ def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: fl
 
     def loss_now() -> float:
         with torch.no_grad():
-            logits = x @ weight.T + (bias if bias is not None else 0.0)
-            ce = F.cross_entropy(logits, y, weight=cw, label_smoothing=label_smoothing)
-            return float(ce + l2 * (weight ** 2).sum())
+            return float(_penalised_loss(x, y, weight, bias, l2=l2, label_smoothing=label_smoothing, class_weight=cw))
 
     before = loss_now()
     iters = _lbfgs(x, y, weight, bias, l2=l2, label_smoothing=label_smoothing, class_weight=cw, stop=stop)
@@ -180,7 +175,7 @@ def fit_linear_head(linear: Any, feats: Any, labels: Any, *, label_smoothing: fl
         if linear.bias is not None:
             linear.bias.copy_(bias.to(linear.bias.device, linear.bias.dtype))
     return {"before": before, "after": after, "iterations": iters, "rows": int(x.shape[0]), "l2": l2,
-            "cross_validated": bool(np.unique(y0.numpy(), return_counts=True)[1].min() >= 2)}
+            "cross_validated": cross_validated}
 
 
 def fit_head_on_cache(model: Any, loaders: Any, *, label_smoothing: float, class_weight: Any,

@@ -10,24 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tlstudio.core.data.split import stratified_folds  # noqa: F401 (the ranking's folds; tests import it here)
 from tlstudio.core.runtime.inference import one_thread  # noqa: F401 (the ranking modules import it from here)
 
 RIDGE_GRID = tuple(10.0 ** e for e in range(-3, 4))  # relative to the mean kernel diagonal
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """k disjoint index arrays, every class spread evenly over them (shuffled with seed)."""
-    y = np.asarray(labels).astype(int)
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    offset = 0
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        for j, i in enumerate(idx):
-            folds[(j + offset) % k].append(int(i))
-        offset += len(idx)  # next class starts where this one stopped: fold sizes stay even
-    return [np.array(sorted(f), dtype=int) for f in folds if f]
 
 
 def n_folds(labels: np.ndarray, wanted: int = 5) -> int:
