@@ -1,21 +1,27 @@
 """Scores of one candidate's cached features, the order of the table, and ties within noise.
 
-Order: LogME, best first. Where two neighbours' LogME differ by less than its noise (below), the
-k-fold linear probe (held-out accuracy on the same features) decides between them: a second,
-independent estimate is better than a coin flip inside the noise, and it is the one a user can
-read. On the benchmark (benchmarks/RESULTS.md, 2026-12-01) it moved the top one to the candidate
-that fine-tuned best twice (textures seed 0, objects seed 1; each time Lite0 over Lite1 within
-noise) and changed nothing in the other two cases.
+Order: LogME, best first, computed on the features as the head receives them. Neighbours whose
+LogME differs by less than its noise (below) are marked tied, and the table and the summary say
+that either may fine-tune better; the order between them stays LogME's.
 
-Every score is computed on unit-length feature rows. A head-only fine-tuning's softmax decides by
-direction, not length, while LogME's linear-Gaussian evidence counts length variation as noise:
-an earlier run fine-tuned on a related domain has features 3x more varied in length than an
-ImageNet body's (coefficient of variation 0.38-0.42 against 0.11-0.14), and raw LogME ranked it
-4th where it fine-tuned as well as the best. Over 15 measurements (5 crop seeds x 2 targets,
-head-only and app-default fine-tuning, 300-500 test images; benchmarks/RESULTS.md, session 5)
-unit rows put the best candidate first 9 times against 7 and reached Spearman >= 0.6 11 times
-against 8 (mean 0.71 against 0.62). On the first 3 measurements alone (session 4) they had looked
-no better, and were not shipped then.
+Why raw features and no tie-breaker (benchmarks/RESULTS.md, session 9): since head-only training
+fits its head to convergence (training/head_fit.py), 28 measurements of bench_rank.py's check
+(14 crop seeds x 2 targets, 5 candidates: ImageNet Lite0/1/2, an earlier run, random weights;
+120 images, accuracy on 300 held-out images after the app's default training) put the candidate
+that fine-tuned best first
+- 24 times with LogME on the raw features (Spearman >= 0.6: 28 of 28),
+- 21 times with LogME on unit-length rows (26 of 28),
+- 19 times with unit-row LogME and the k-fold probe deciding within LogME's noise (27 of 28),
+  the order shipped before: the probe once put the earlier run first, 8.3 points below the best.
+In the issue's 4-candidate shape (2 ImageNet bodies, the run, random; 84 subsets) raw LogME put
+the best first in 68 against 60, with Spearman >= 0.6 in 84 against 80. Unit rows had won in
+session 5, when a head-only run trained its head by 10 short epochs: an earlier run's features,
+3x more varied in length than an ImageNet body's, fine-tuned as well as the best then, and raw
+LogME ranked them 4th. With converged heads the ImageNet bodies gained 2.5 points and the run
+(not pre-fitted) did not, and raw LogME's order is the fine-tuned one.
+
+The probe, k-NN and H-score are shown, not used for the order; they are computed on unit-length
+rows (a softmax decides by direction; the probe also standardises each column).
 
 Noise: LogME is also computed on DRAWS stratified subsets of DRAW_FRACTION of the images (the
 same subsets for every candidate, from the seed). The spread of a difference between two
@@ -64,18 +70,19 @@ def unit_rows(f) -> np.ndarray:
 
 
 def score_row(row: RankRow, f, y, config: RankConfig) -> None:
-    """LogME (with its subset draws), k-fold probe, k-NN and H-score of one candidate's features,
-    all on unit-length rows (module docstring)."""
+    """LogME (with its subset draws) on the features as they are; k-fold probe, k-NN and H-score
+    on unit-length rows (module docstring)."""
     from tlstudio.core.tasks.ranking.logme import logme, logme_subsets
     from tlstudio.core.tasks.ranking.probes import hscore, knn_accuracy, linear_probe
 
-    f = unit_rows(f)
+    f = np.asarray(f, dtype=np.float64)
     row.logme = round(float(logme(f, y)), 5)
     row.logme_draws = [round(v, 6) for v in logme_subsets(f, y, draw_subsets(y, seed=config.seed))]
-    acc, sd = linear_probe(f, y, folds=config.folds, seed=config.seed)
+    u = unit_rows(f)
+    acc, sd = linear_probe(u, y, folds=config.folds, seed=config.seed)
     row.probe_acc, row.probe_std = round(acc, 4), round(sd, 4)
-    row.knn_acc = round(knn_accuracy(f, y, k=config.knn_k), 4)
-    row.hscore = round(hscore(f, y), 4)
+    row.knn_acc = round(knn_accuracy(u, y, k=config.knn_k), 4)
+    row.hscore = round(hscore(u, y), 4)
 
 
 def difference_noise(a: list[float] | None, b: list[float] | None, fraction: float = DRAW_FRACTION) -> float | None:
@@ -95,18 +102,9 @@ def within_noise(better: RankRow, worse: RankRow, z: float = TIE_Z) -> bool:
 
 
 def order_rows(rows: list[RankRow]) -> list[RankRow]:
-    """Scored rows best first (rank 1, 2, ...), then the unscored ones (rank None): by LogME, and
-    between neighbours within its noise by the linear probe. A row within noise of the top one
-    (or else of the row above) gets ``tie`` set to the rank it ties with."""
+    """Scored rows best first by LogME (rank 1, 2, ...), then the unscored ones (rank None). A row
+    within noise of the top one (or else of the row above) gets ``tie`` set to the rank it ties with."""
     scored = sorted((r for r in rows if r.logme is not None), key=lambda r: -r.logme)
-    swapped = True
-    while swapped:  # each swap moves a higher probe up past a neighbour within noise: it ends
-        swapped = False
-        for i in range(len(scored) - 1):
-            a, b = scored[i], scored[i + 1]
-            if (b.probe_acc or 0.0) > (a.probe_acc or 0.0) and within_noise(a, b):
-                scored[i], scored[i + 1] = b, a
-                swapped = True
     for k, r in enumerate(scored, 1):
         r.rank = k
         r.tie = None

@@ -40,7 +40,7 @@ def explain(rows: list[RankRow], n_classes: int) -> None:
         tie = ""
         if r.tie:
             tie = (f" Within noise of #{r.tie}: their LogME differs by less than it moves between samples of "
-                   "your images, so the linear probe decides the order; either may fine-tune better.")
+                   "your images, so either may fine-tune better.")
         same = ""
         if r.same_as:  # identical features: no gap to explain, no noise to weigh
             gap = tie = ""
