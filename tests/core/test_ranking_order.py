@@ -72,3 +72,14 @@ def test_scores_take_the_features_as_the_head_sees_them():
     assert np.isclose(a.logme, logme(f, y), atol=1e-5) and np.isclose(b.logme, logme(scaled, y), atol=1e-5)
     assert abs(a.logme - b.logme) > 0.05 and a.logme_draws != b.logme_draws
     assert a.probe_acc == b.probe_acc and a.knn_acc == b.knn_acc
+
+
+def test_explanations_count_points_and_do_not_contradict_a_tie():
+    a = _row("A", 0.50, NOISY_A, probe=0.95)
+    b = _row("B", 0.49, NOISY_B, probe=0.95)  # tied, the same probe
+    c = _row("C", 0.20, STEADY_C, probe=0.94)  # not tied, 1 point below
+    rows = order_rows([c, b, a])
+    explain(rows, n_classes=2)
+    assert rows[1].tie == 1 and "the same as the top one" in rows[1].explanation
+    assert "LogME separates them" not in rows[1].explanation
+    assert rows[2].tie is None and ", 1 point below the top one" in rows[2].explanation

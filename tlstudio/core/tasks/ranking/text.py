@@ -34,9 +34,10 @@ def explain(rows: list[RankRow], n_classes: int) -> None:
         gap = ""
         if best is not None and r is not best and best.probe_acc is not None and r.probe_acc is not None:
             pts = 100 * (best.probe_acc - r.probe_acc)
-            gap = (f", {pts:.0f} points below the top one" if pts >= 0.5 else
-                   f", {-pts:.0f} points above the top one (LogME prefers the top one)" if pts <= -0.5 else
-                   ", the same as the top one; LogME separates them")
+            unit = "point" if round(abs(pts)) == 1 else "points"
+            gap = (f", {pts:.0f} {unit} below the top one" if pts >= 0.5 else
+                   f", {-pts:.0f} {unit} above the top one (LogME prefers the top one)" if pts <= -0.5 else
+                   ", the same as the top one" + ("" if r.tie else "; LogME separates them"))
         tie = ""
         if r.tie:
             tie = (f" Within noise of #{r.tie}: their LogME differs by less than it moves between samples of "
