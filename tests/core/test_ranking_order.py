@@ -29,6 +29,7 @@ def test_within_noise_logme_keeps_the_order_and_the_tie_is_said():
     rows = order_rows([b, a])
     assert [(r.candidate["spec"], r.rank, r.tie) for r in rows] == [("A", 1, None), ("B", 2, 1)]
     explain(rows, n_classes=2)
+    assert rows[1].explanation.startswith("#2 (tied with #1): ")
     assert "Within noise of #1" in rows[1].explanation and "either may fine-tune better" in rows[1].explanation
     assert "probe decides" not in rows[1].explanation
     assert "B is within noise of it" in summary(rows, [], 100)

@@ -25,6 +25,8 @@ def explain(rows: list[RankRow], n_classes: int) -> None:
         what = {"imagenet": "ImageNet features", "run": "features of your earlier run",
                 "file": "features from your weights file", "random": "random (untrained) features"}[c["source"]]
         lead = "Best fit for your data" if r is best else f"#{r.rank}"
+        if r.tie and not r.same_as:  # first in the Note column, which the table cuts short
+            lead += f" (tied with #{r.tie})"
         probe = f"a linear classifier on its {what} gets {r.probe_acc:.0%} on held-out images"
         if r.probe_acc is not None and r.probe_acc < chance + 0.1:
             probe += " (close to guessing)"
