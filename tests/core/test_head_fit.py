@@ -100,6 +100,24 @@ def test_a_body_from_an_earlier_run_keeps_the_epochs_alone(tmp_path):
     assert "Feature cache" in log and "Head fitted" not in log
 
 
+def test_a_run_that_trained_only_its_head_is_fitted_like_its_backbone(tmp_path):
+    """A head-only run keeps its backbone's body, so training from it fits the head as training
+    from the backbone does; a run from such a run too; a body trained anywhere in the chain not."""
+    from tlstudio.core.models.backbones import run_body_trained
+
+    data = make_synthetic_folder(tmp_path / "d", per_class=10, size=48, easy=True)
+    _train(data, tmp_path / "head_only")
+    _train(data, tmp_path / "whole", freeze="none")
+    _train(data, tmp_path / "head_on_head", init="run", init_run=str(tmp_path / "head_only"))
+    _train(data, tmp_path / "head_on_whole", init="run", init_run=str(tmp_path / "whole"))
+    assert run_body_trained(tmp_path / "head_only") is False
+    assert run_body_trained(tmp_path / "head_on_head") is False
+    assert run_body_trained(tmp_path / "whole") is True and run_body_trained(tmp_path / "head_on_whole") is True
+    assert run_body_trained(tmp_path / "no_such_run") is True
+    _, log, _ = _train(data, tmp_path / "chained", init="run", init_run=str(tmp_path / "head_only"))
+    assert "Head fitted to the cached features" in log
+
+
 def test_cli_flag_turns_the_fit_off_and_leaves_the_default_alone(tmp_path):
     from tlstudio.cli.main import _train_values, build_parser
 

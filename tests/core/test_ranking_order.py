@@ -84,3 +84,14 @@ def test_explanations_count_points_and_do_not_contradict_a_tie():
     assert rows[1].tie == 1 and "the same as the top one" in rows[1].explanation
     assert "LogME separates them" not in rows[1].explanation
     assert rows[2].tie is None and ", 1 point below the top one" in rows[2].explanation
+
+
+def test_a_run_with_its_backbones_very_features_goes_after_the_backbone():
+    # a head-only earlier run keeps its backbone's body: the same features, the same LogME; the
+    # backbone goes first (a training from it fits the head first, one from a run does not)
+    run = RankRow(candidate={"spec": "run:/r", "label": "my run", "source": "run"}, logme=0.5,
+                  logme_draws=NOISY_A, probe_acc=0.9, probe_std=0.01, knn_acc=0.9)
+    net = _row("tf_efficientnet_lite0", 0.5, NOISY_A, probe=0.9)
+    rows = order_rows([run, net])
+    assert [r.candidate["spec"] for r in rows] == ["tf_efficientnet_lite0", "run:/r"]
+    assert rows[1].tie == 1

@@ -318,6 +318,21 @@ def _run_source(name: str, init_run, log: Callable[[str], None]) -> tuple[str, P
     return info.model.backbone, path
 
 
+def run_body_trained(init_run, _depth: int = 0) -> bool:
+    """Whether an earlier run changed its body's weights. False only when it trained its head alone
+    (freeze "head", no per-group choice) on a body that was itself untouched: ImageNet, a weights
+    file, random weights, or such a run. A run that cannot be read counts as trained."""
+    from tlstudio.core.runs.folder import RunError, read_run
+
+    try:
+        cfg = read_run(init_run).config or {}
+    except (RunError, OSError, ValueError):
+        return True
+    if cfg.get("freeze") != "head" or cfg.get("frozen_groups") is not None or _depth > 16:
+        return True
+    return cfg.get("init") == "run" and run_body_trained(cfg.get("init_run"), _depth + 1)
+
+
 def _create_hub_pretrained(name, num_classes, progress, log):
     import timm
     import timm.models

@@ -134,8 +134,13 @@ class ClassificationObjective(Objective):
     def fit_head(self, ctx: ObjectiveContext, loaders: Any, stop: Any) -> Iterable[Any]:
         from tlstudio.core.training.head_fit import fit_head_on_cache
 
-        if getattr(ctx.config, "init", None) == "run":  # measured to lose there (head_fit.py)
-            return ()
+        if getattr(ctx.config, "init", None) == "run":
+            from tlstudio.core.models.backbones import run_body_trained
+
+            # a body fine-tuned on other classes: measured to lose there (head_fit.py); a run that
+            # trained only its head kept its backbone's body, where the fit wins
+            if run_body_trained(ctx.config.init_run):
+                return ()
         weight = self._criterion.weight if self._criterion is not None else None
         return fit_head_on_cache(ctx.full_model, loaders, label_smoothing=self.label_smoothing,
                                  class_weight=weight, stop=stop, seed=int(getattr(ctx.config, "seed", 0)))
