@@ -93,3 +93,26 @@ def test_a_head_only_run_is_said_to_share_its_sources_features(tiny_run, tmp_pat
     assert second["same_as"] == first["candidate"]["label"]
     assert second["logme"] == pytest.approx(first["logme"])
     assert "exactly those of" in second["explanation"] and first["candidate"]["label"] in second["explanation"]
+
+
+def test_a_head_only_run_goes_after_the_weights_it_started_from(tiny_run, tmp_path, capsys):
+    """A run that trained only its head on a weights file has that file's body: equal scores, and
+    the file's row comes first (a training from it fits the head; the run row says why it ties)."""
+    from tlstudio.core.config import TrainConfig
+    from tlstudio.core.runs.folder import BEST_WEIGHTS
+    from tlstudio.core.training.engine import fit
+
+    data, run = tiny_run
+    weights = run / BEST_WEIGHTS
+    head_only = tmp_path / "head_only"
+    drive(fit(TrainConfig(data_dir=str(data), out_dir=str(head_only), backbone="test_resnet", init="file",
+                          weights_file=str(weights), epochs=1, batch_size=8, image_size=32, freeze="head",
+                          augment="none")))
+    code = main(["rank", str(data), "--candidates", f"run:{head_only}", "--weights", f"test_resnet={weights}",
+                 "--image-size", "32", "--out", str(tmp_path / "r"), "--json", "--no-latency"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rows = [r for r in out["rows"] if r["rank"] is not None]
+    assert [r["candidate"]["source"] for r in rows] == ["file", "run"]
+    assert rows[1]["logme"] == pytest.approx(rows[0]["logme"])
+    assert rows[0]["same_as"] is None and rows[1]["same_as"] == rows[0]["candidate"]["label"]

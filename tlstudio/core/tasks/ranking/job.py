@@ -92,10 +92,18 @@ def rank(config: RankConfig, stop: threading.Event | None = None, pause: threadi
         choice = precision.thread_choice()
         if choice is not None:
             yield Log(choice.summary().replace("training with", "ranking with"))
-        rows, status = yield from _rank_all(cands, split, classes, labels, config, stop)
+        rows, status, digests = yield from _rank_all(cands, split, classes, labels, config, stop)
     yield Progress(task="rank", done=len(rows), total=len(cands), message="Ranking done")
 
     ordered = order_rows(rows)
+    # a run that trained only its head keeps its backbone's body: the same features, the same
+    # scores; the lower of the two rows says so instead of leaving identical rows unexplained
+    first: dict[str, str] = {}
+    for r in ordered:
+        d = digests.get(id(r)) if r.rank is not None else None
+        r.same_as = first.get(d) if d else None
+        if d:
+            first.setdefault(d, r.candidate["label"])
     explain(ordered, n_classes=len(classes))
     text = summary([r for r in ordered if r.rank is not None], [r for r in ordered if r.rank is None], n)
     result = RankResult(rows=ordered, classes=classes, n_images=n, data_dir=str(config.data_dir),
@@ -108,12 +116,13 @@ def rank(config: RankConfig, stop: threading.Event | None = None, pause: threadi
 
 
 def _rank_all(cands, split, classes, labels, config: RankConfig, stop):
-    """Features and scores of every candidate, in order: (rows, "finished" | "stopped")."""
+    """Features and scores of every candidate, in order: (rows, "finished" | "stopped", the digest
+    of each scored row's features by id(row))."""
     import hashlib
 
     rows: list[RankRow] = []
     status = "finished"
-    seen: dict[str, str] = {}  # features' digest -> the first candidate that gave them
+    digests: dict[int, str] = {}
     for i, cand in enumerate(cands):
         if stop is not None and stop.is_set():
             status = "stopped"
@@ -137,11 +146,7 @@ def _rank_all(cands, split, classes, labels, config: RankConfig, stop):
             rows.pop()
             break
         f, valid = feats
-        # a run that trained only its head keeps its backbone's body: the same features, the same
-        # scores; say so instead of leaving two identical rows unexplained
-        digest = hashlib.blake2b(f[valid].tobytes() + valid.tobytes(), digest_size=16).hexdigest()
-        row.same_as = seen.get(digest)
-        seen.setdefault(digest, cand.label)
+        digests[id(row)] = hashlib.blake2b(f[valid].tobytes() + valid.tobytes(), digest_size=16).hexdigest()
         yield Progress(task="rank", done=i, total=len(cands), message=f"Scoring {cand.label}: LogME, probes")
         try:
             score_row(row, f[valid], labels[valid], config)
@@ -153,7 +158,7 @@ def _rank_all(cands, split, classes, labels, config: RankConfig, stop):
         yield Log(f"{cand.label}: LogME {row.logme:.3f}, linear probe {row.probe_acc:.1%}, "
                   f"k-NN {row.knn_acc:.1%}" + (f", {row.latency_ms:.1f} ms/image" if row.latency_ms else "")
                   + f" ({row.seconds:.1f} s{', cached features' if row.cache_reused else ''})")
-    return rows, status
+    return rows, status, digests
 
 
 def _default_out_dir() -> Path:
