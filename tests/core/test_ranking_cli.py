@@ -97,7 +97,7 @@ def test_a_head_only_run_is_said_to_share_its_sources_features(tiny_run, tmp_pat
 
 def test_a_head_only_run_goes_after_the_weights_it_started_from(tiny_run, tmp_path, capsys):
     """A run that trained only its head on a weights file has that file's body: equal scores, and
-    the file's row comes first (a training from it fits the head; the run row says why it ties)."""
+    the file's row comes first (the source of those features; the run row says why it ties)."""
     from tlstudio.core.config import TrainConfig
     from tlstudio.core.runs.folder import BEST_WEIGHTS
     from tlstudio.core.training.engine import fit

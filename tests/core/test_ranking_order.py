@@ -88,7 +88,7 @@ def test_explanations_count_points_and_do_not_contradict_a_tie():
 
 def test_a_run_with_its_backbones_very_features_goes_after_the_backbone():
     # a head-only earlier run keeps its backbone's body: the same features, the same LogME; the
-    # backbone goes first (a training from it fits the head first, one from a run does not)
+    # backbone, where those features come from, goes first
     run = RankRow(candidate={"spec": "run:/r", "label": "my run", "source": "run"}, logme=0.5,
                   logme_draws=NOISY_A, probe_acc=0.9, probe_std=0.01, knn_acc=0.9)
     net = _row("tf_efficientnet_lite0", 0.5, NOISY_A, probe=0.9)

@@ -105,8 +105,8 @@ def order_rows(rows: list[RankRow]) -> list[RankRow]:
     """Scored rows best first by LogME (rank 1, 2, ...), then the unscored ones (rank None). A row
     within noise of the top one (or else of the row above) gets ``tie`` set to the rank it ties with.
     Equal LogME (an earlier run that trained only its head has its backbone's very features): the
-    backbone goes first. Training from it fits the head before the epochs; from a run it does not
-    (training/head_fit.py), and the fitted head was better for ImageNet bodies in 33 of 36."""
+    backbone goes first, as the source of those features; a training from either fits its head
+    the same way (backbones.run_body_trained), and from the backbone it needs no run folder."""
     scored = sorted((r for r in rows if r.logme is not None),
                     key=lambda r: (-r.logme, r.candidate.get("source") == "run"))
     for k, r in enumerate(scored, 1):
